@@ -1,0 +1,32 @@
+/* cli.h — sub-commands of the attnprobe executable and their shared helpers. */
+#ifndef AP_CLI_H
+#define AP_CLI_H
+
+#include "engine/engine.h"
+
+/* Each sub-command takes argv after its name and returns an exit code. */
+int cmd_info(int argc, char **argv);
+int cmd_tokenize(int argc, char **argv);
+int cmd_prefill(int argc, char **argv);
+
+/* Prints "attnprobe: <msg>" to stderr and returns code. */
+int cli_fail(ap_status code, const ap_error *err);
+
+/* Parses a decimal int in [lo, hi] given to flag; on failure fills err. */
+ap_status cli_parse_int(const char *flag, const char *value, int lo, int hi, int *out, ap_error *err);
+
+/* Parses "6", "0,6,11" or "all" into layers (malloc'ed). */
+ap_status cli_parse_layers(const char *value, int n_layer, int **layers, int *n, ap_error *err);
+
+/* The bundled model folder (models/attnprobe-mini), or NULL when none is
+ * found next to the executable, under the install prefix or $ATTNPROBE_HOME. */
+const char *cli_default_model(void);
+
+/* Reads a whole file, or stdin for "-". */
+ap_status cli_read_input(const char *path, char **data, size_t *n, ap_error *err);
+
+/* Loads the model and, when it has one (or --tokenizer names one), its tokenizer. */
+ap_status cli_load_model(const char *model_spec, const char *tokenizer_dir, ap_model **model,
+                         ap_tokenizer **tok, ap_error *err);
+
+#endif

@@ -1,0 +1,166 @@
+/* cli_util.c — helpers shared by the sub-commands. */
+#include <errno.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "cli.h"
+
+int cli_fail(ap_status code, const ap_error *err)
+{
+    fprintf(stderr, "attnprobe: %s\n", err->msg);
+    return (int)code;
+}
+
+ap_status cli_parse_int(const char *flag, const char *value, int lo, int hi, int *out, ap_error *err)
+{
+    char *end;
+    errno = 0;
+    long v = strtol(value, &end, 10);
+    if (errno || end == value || *end != '\0' || v < lo || v > hi)
+        return ap_error_set(err, AP_ERR_USAGE, "%s %s: expected an integer in %d..%d", flag, value,
+                            lo, hi);
+    *out = (int)v;
+    return AP_OK;
+}
+
+ap_status cli_parse_layers(const char *value, int n_layer, int **layers, int *n, ap_error *err)
+{
+    *layers = malloc((size_t)n_layer * sizeof **layers);
+    *n = 0;
+    if (!*layers) return ap_error_set(err, AP_ERR_RUNTIME, "out of memory");
+    if (strcmp(value, "all") == 0) {
+        for (int l = 0; l < n_layer; l++) (*layers)[(*n)++] = l;
+        return AP_OK;
+    }
+    char buf[1024];
+    snprintf(buf, sizeof buf, "%s", value);
+    for (char *save = NULL, *tok = strtok_r(buf, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
+        int l = -1;
+        ap_status st = cli_parse_int("--layers", tok, 0, n_layer - 1, &l, err);
+        if (st) {
+            free(*layers);
+            *layers = NULL;
+            return ap_error_set(err, AP_ERR_USAGE,
+                                "--layers %s: \"%s\" is not a layer (accepted: all, or indices "
+                                "0..%d separated by commas)",
+                                value, tok, n_layer - 1);
+        }
+        int dup = 0;
+        for (int i = 0; i < *n; i++) dup |= (*layers)[i] == l;
+        if (!dup) (*layers)[(*n)++] = l;
+    }
+    if (*n == 0) {
+        free(*layers);
+        *layers = NULL;
+        return ap_error_set(err, AP_ERR_USAGE, "--layers: empty list (accepted: all or 0..%d)",
+                            n_layer - 1);
+    }
+    return AP_OK;
+}
+
+static int is_dir(const char *p)
+{
+    struct stat st;
+    return stat(p, &st) == 0 && S_ISDIR(st.st_mode);
+}
+
+static int has_tokenizer_files(const char *dir)
+{
+    const char *names[] = {"vocab.json", "merges.txt", "encoder.json", "vocab.bpe"};
+    char p[PATH_MAX + 32];
+    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
+        snprintf(p, sizeof p, "%s/%s", dir, names[i]);
+        if (access(p, F_OK) == 0) return 1;
+    }
+    return 0;
+}
+
+const char *cli_default_model(void)
+{
+    static char found[PATH_MAX + 64];
+    const char *home = getenv("ATTNPROBE_HOME");
+    if (home && *home) {
+        snprintf(found, sizeof found, "%s/models/attnprobe-mini", home);
+        if (is_dir(found)) return found;
+    }
+    char exe[PATH_MAX];
+    ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
+    if (n <= 0) return NULL;
+    exe[n] = '\0';
+    char *slash = strrchr(exe, '/');
+    if (!slash) return NULL;
+    *slash = '\0';
+    const char *rel[] = {"models/attnprobe-mini", "../share/attnprobe/models/attnprobe-mini"};
+    for (size_t i = 0; i < sizeof rel / sizeof rel[0]; i++) {
+        snprintf(found, sizeof found, "%s/%s", exe, rel[i]);
+        if (is_dir(found)) return found;
+    }
+    return NULL;
+}
+
+ap_status cli_read_input(const char *path, char **data, size_t *n, ap_error *err)
+{
+    FILE *f = strcmp(path, "-") == 0 ? stdin : fopen(path, "rb");
+    if (!f)
+        return ap_error_set(err, AP_ERR_INPUT, "--input %s: cannot open: %s", path, strerror(errno));
+    size_t cap = 1 << 16, len = 0;
+    char *buf = malloc(cap);
+    while (buf) {
+        if (len + 1 >= cap) {
+            char *bigger = realloc(buf, cap * 2);
+            if (!bigger) { free(buf); buf = NULL; break; }
+            buf = bigger;
+            cap *= 2;
+        }
+        size_t got = fread(buf + len, 1, cap - len - 1, f);
+        len += got;
+        if (got == 0) break;
+    }
+    int bad = ferror(f);
+    if (f != stdin) fclose(f);
+    if (!buf) return ap_error_set(err, AP_ERR_RUNTIME, "--input %s: out of memory", path);
+    if (bad) {
+        free(buf);
+        return ap_error_set(err, AP_ERR_INPUT, "--input %s: read error", path);
+    }
+    buf[len] = '\0';
+    *data = buf;
+    *n = len;
+    return AP_OK;
+}
+
+ap_status cli_load_model(const char *model_spec, const char *tokenizer_dir, ap_model **model,
+                         ap_tokenizer **tok, ap_error *err)
+{
+    *model = NULL;
+    if (tok) *tok = NULL;
+    if (!model_spec) {
+        model_spec = cli_default_model();
+        if (!model_spec)
+            return ap_error_set(err, AP_ERR_USAGE,
+                                "--model not given and no bundled model found (looked in "
+                                "$ATTNPROBE_HOME/models, next to the executable and under "
+                                "share/attnprobe); pass --model DIR|FILE|random:SPEC");
+    }
+    ap_status st = ap_model_load(model_spec, model, err);
+    if (st || !tok) return st;
+    const char *dir = tokenizer_dir ? tokenizer_dir : (*model)->dir[0] ? (*model)->dir : NULL;
+    if (!dir) return AP_OK; /* random and llm.c models carry no tokenizer */
+    if (!tokenizer_dir && !has_tokenizer_files(dir)) return AP_OK; /* weights-only folder */
+    st = ap_tokenizer_load_dir(dir, tok, err);
+    if (st == AP_OK && ap_tokenizer_vocab_size(*tok) > (*model)->config.vocab_size)
+        st = ap_error_set(err, AP_ERR_INPUT, "%s: tokenizer has %d ids, model only %d", dir,
+                          ap_tokenizer_vocab_size(*tok), (*model)->config.vocab_size);
+    if (st) {
+        ap_tokenizer_free(*tok);
+        *tok = NULL;
+        ap_model_free(*model);
+        *model = NULL;
+        if (!tokenizer_dir) return ap_error_wrap(err, st, "--model %s", model_spec);
+    }
+    return st;
+}

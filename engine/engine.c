@@ -1,0 +1,148 @@
+/* engine.c — backend selection and argument checks shared by all backends. */
+#include "engine_internal.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+ap_status ap_engine_create(const ap_model *model, ap_backend backend, ap_precision precision,
+                           ap_engine **out, ap_error *err)
+{
+    *out = NULL;
+    ap_engine *e = calloc(1, sizeof *e);
+    if (!e) return ap_error_set(err, AP_ERR_RUNTIME, "out of memory");
+    e->model = model;
+    e->backend = backend;
+    e->precision = precision;
+    ap_status st;
+    if (backend == AP_BACKEND_CPU) {
+        if (precision != AP_PRECISION_FP32) {
+            free(e);
+            return ap_error_set(err, AP_ERR_USAGE,
+                                "--precision: the cpu backend computes in fp32 only (tf32 and bf16 "
+                                "need --device cuda)");
+        }
+        st = ap_cpu_engine_init(e, err);
+    } else {
+#ifdef AP_HAVE_CUDA
+        st = ap_cuda_engine_init(e, err);
+#else
+        st = ap_error_set(err, AP_ERR_USAGE,
+                          "--device cuda: this build has no CUDA backend (rebuild where nvcc is "
+                          "installed, or use --device cpu)");
+#endif
+    }
+    if (st) {
+        free(e);
+        return st;
+    }
+    *out = e;
+    return AP_OK;
+}
+
+void ap_engine_free(ap_engine *e)
+{
+    if (!e) return;
+    e->ops->free(e);
+    free(e);
+}
+
+const char *ap_engine_device_name(const ap_engine *e) { return e->device_name; }
+
+static ap_status check_capture(const ap_engine *e, const ap_capture *cap, ap_error *err)
+{
+    if (!cap) return AP_OK;
+    for (int i = 0; i < cap->n_capture; i++)
+        if (cap->layers[i] < 0 || cap->layers[i] >= e->model->config.n_layer)
+            return ap_error_set(err, AP_ERR_USAGE, "layer %d does not exist (the model has 0..%d)",
+                                cap->layers[i], e->model->config.n_layer - 1);
+    return AP_OK;
+}
+
+static ap_status check_ids(const ap_engine *e, const int *ids, int n, ap_error *err)
+{
+    for (int i = 0; i < n; i++)
+        if (ids[i] < 0 || ids[i] >= e->model->config.vocab_size)
+            return ap_error_set(err, AP_ERR_INPUT, "token id %d at index %d is outside 0..%d", ids[i],
+                                i, e->model->config.vocab_size - 1);
+    return AP_OK;
+}
+
+ap_status ap_engine_prefill(ap_engine *e, const int *ids, int T, const ap_capture *cap, ap_error *err)
+{
+    if (T < 1 || T > e->model->config.n_ctx)
+        return ap_error_set(err, AP_ERR_USAGE, "sequence of %d tokens: the model takes 1..%d", T,
+                            e->model->config.n_ctx);
+    ap_status st;
+    if ((st = check_ids(e, ids, T, err)) || (st = check_capture(e, cap, err))) return st;
+    return e->ops->prefill(e, ids, T, cap, err);
+}
+
+ap_status ap_stream_create(ap_engine *e, int max_len, ap_stream **out, ap_error *err)
+{
+    *out = NULL;
+    if (max_len < 1 || max_len > e->model->config.n_ctx)
+        return ap_error_set(err, AP_ERR_USAGE, "stream length %d: the model takes 1..%d", max_len,
+                            e->model->config.n_ctx);
+    ap_stream *s = calloc(1, sizeof *s);
+    if (!s) return ap_error_set(err, AP_ERR_RUNTIME, "out of memory");
+    s->engine = e;
+    s->max_len = max_len;
+    ap_status st = e->ops->stream_init(e, s, err);
+    if (st) {
+        free(s);
+        return st;
+    }
+    *out = s;
+    return AP_OK;
+}
+
+void ap_stream_free(ap_stream *s)
+{
+    if (!s) return;
+    s->engine->ops->stream_free(s);
+    free(s);
+}
+
+int ap_stream_pos(const ap_stream *s) { return s->pos; }
+
+ap_status ap_engine_decode_step(ap_engine *e, const ap_decode_batch *b, const ap_capture *cap,
+                                ap_error *err)
+{
+    ap_status st;
+    if ((st = check_capture(e, cap, err)) || (st = check_ids(e, b->tokens, b->n_stream, err)))
+        return st;
+    const int n_lh = e->model->config.n_layer * e->model->config.n_head;
+    for (int s = 0; s < b->n_stream; s++) {
+        const ap_stream *str = b->streams[s];
+        if (str->engine != e)
+            return ap_error_set(err, AP_ERR_USAGE, "stream %d belongs to another engine", s);
+        if (str->pos >= str->max_len)
+            return ap_error_set(err, AP_ERR_USAGE, "stream %d is full (%d positions)", s,
+                                str->max_len);
+        if (!b->kept || !b->kept[s]) continue;
+        for (int lh = 0; lh < n_lh; lh++)
+            for (int i = 0; i < b->n_kept[s][lh]; i++) {
+                int p = b->kept[s][lh][i];
+                if (p < 0 || p >= str->pos)
+                    return ap_error_set(err, AP_ERR_USAGE,
+                                        "stream %d, layer %d, head %d: kept position %d is not in "
+                                        "0..%d",
+                                        s, lh / e->model->config.n_head,
+                                        lh % e->model->config.n_head, p, str->pos - 1);
+            }
+    }
+    st = e->ops->decode_step(e, b, cap, err);
+    if (st) return st;
+    for (int s = 0; s < b->n_stream; s++) b->streams[s]->pos++;
+    return AP_OK;
+}
+
+int ap_cuda_available(void)
+{
+#ifdef AP_HAVE_CUDA
+    extern int ap_cuda_device_count(void);
+    return ap_cuda_device_count() > 0;
+#else
+    return 0;
+#endif
+}

@@ -1,0 +1,40 @@
+/* engine_internal.h — what a backend implements; not public.
+ *
+ * engine.c validates arguments once and dispatches here, so a backend can
+ * trust its inputs (ids in range, T within n_ctx, kept positions < t). */
+#ifndef AP_ENGINE_INTERNAL_H
+#define AP_ENGINE_INTERNAL_H
+
+#include "engine.h"
+
+typedef struct {
+    ap_status (*prefill)(ap_engine *e, const int *ids, int T, const ap_capture *cap, ap_error *err);
+    ap_status (*stream_init)(ap_engine *e, ap_stream *s, ap_error *err);
+    void (*stream_free)(ap_stream *s);
+    ap_status (*decode_step)(ap_engine *e, const ap_decode_batch *b, const ap_capture *cap,
+                             ap_error *err);
+    void (*free)(ap_engine *e);
+} ap_backend_ops;
+
+struct ap_engine {
+    const ap_model *model;
+    ap_backend backend;
+    ap_precision precision;
+    const ap_backend_ops *ops;
+    void *impl;
+    char device_name[128];
+};
+
+struct ap_stream {
+    ap_engine *engine;
+    int pos;     /* next position to decode */
+    int max_len; /* positions the cache holds */
+    void *impl;
+};
+
+ap_status ap_cpu_engine_init(ap_engine *e, ap_error *err);
+#ifdef AP_HAVE_CUDA
+ap_status ap_cuda_engine_init(ap_engine *e, ap_error *err);
+#endif
+
+#endif
