@@ -15,6 +15,7 @@
 #include <stdint.h>
 
 #include "../common/status.h"
+#include "safetensors.h"
 
 /* ---- model ------------------------------------------------------------ */
 

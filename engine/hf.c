@@ -110,32 +110,9 @@ done:
     return st;
 }
 
-typedef enum { DT_F32, DT_F16, DT_BF16 } dtype;
-
-static int parse_dtype(const char *s, dtype *d, size_t *size)
-{
-    if (strcmp(s, "F32") == 0) { *d = DT_F32; *size = 4; return 1; }
-    if (strcmp(s, "F16") == 0) { *d = DT_F16; *size = 2; return 1; }
-    if (strcmp(s, "BF16") == 0) { *d = DT_BF16; *size = 2; return 1; }
-    return 0;
-}
-
-static void convert(const unsigned char *src, dtype d, size_t count, float *dst)
-{
-    for (size_t i = 0; i < count; i++) {
-        if (d == DT_F32) {
-            uint32_t bits = (uint32_t)src[4 * i] | (uint32_t)src[4 * i + 1] << 8 |
-                            (uint32_t)src[4 * i + 2] << 16 | (uint32_t)src[4 * i + 3] << 24;
-            memcpy(&dst[i], &bits, sizeof bits);
-        } else {
-            uint16_t h = (uint16_t)(src[2 * i] | src[2 * i + 1] << 8);
-            dst[i] = d == DT_F16 ? ap_half_to_float(h) : ap_bf16_to_float(h);
-        }
-    }
-}
-
 /* Tensors the loader knows to skip: causal-mask buffers of older GPT-2
- * checkpoints and the LM head, which GPT-2 ties to wte. */
+ * checkpoints and the LM head, which GPT-2 ties to wte (config.json's
+ * tie_word_embeddings is checked to be true). */
 static int ignorable(const char *name)
 {
     size_t n = strlen(name);
@@ -149,132 +126,63 @@ static const char *strip_prefix(const char *name)
     return strncmp(name, "transformer.", 12) == 0 ? name + 12 : name;
 }
 
-/* Checks the lm_head, when present, equals wte (a checkpoint with an untied
- * head would give other logits than we compute). Done after wte is read. */
+static void shape_text(char *buf, size_t size, int ndim, const int64_t *shape)
+{
+    int off = snprintf(buf, size, "[");
+    for (int i = 0; i < ndim && off < (int)size - 24; i++)
+        off += snprintf(buf + off, size - (size_t)off, i ? ", %lld" : "%lld", (long long)shape[i]);
+    snprintf(buf + off, size - (size_t)off, "]");
+}
+
+/* Matches every tensor of the file to a parameter of the config and converts it. */
 static ap_status load_safetensors(const char *path, ap_model *m, ap_error *err)
 {
-    char *file = NULL;
-    size_t size = 0;
-    ap_status st = ap_read_file(path, &file, &size, err);
+    ap_st_file *f;
+    ap_status st = ap_st_open(path, &f, err);
     if (st) return st;
-    cJSON *header = NULL;
-    ap_tensor_slot *slots = NULL;
-    char *seen = NULL;
-    const unsigned char *bytes = (const unsigned char *)file;
-    if (size < 8) {
-        st = ap_error_set(err, AP_ERR_INPUT, "%s: truncated: %zu bytes, a safetensors file starts "
-                          "with an 8-byte header length", path, size);
-        goto done;
-    }
-    uint64_t hlen = 0;
-    for (int i = 7; i >= 0; i--) hlen = hlen << 8 | bytes[i];
-    if (hlen > size - 8 || hlen > (100u << 20)) {
-        st = ap_error_set(err, AP_ERR_INPUT,
-                          "%s: header length %llu runs past the end of the file (%zu bytes)", path,
-                          (unsigned long long)hlen, size);
-        goto done;
-    }
-    header = cJSON_ParseWithLength(file + 8, (size_t)hlen);
-    if (!header || !cJSON_IsObject(header)) {
-        st = ap_error_set(err, AP_ERR_INPUT, "%s: header is not a JSON object", path);
-        goto done;
-    }
-    const size_t data_start = 8 + (size_t)hlen, data_size = size - data_start;
     int n_slots = ap_model_slot_count(&m->config);
-    slots = calloc((size_t)n_slots, sizeof *slots);
-    seen = calloc((size_t)n_slots, 1);
+    ap_tensor_slot *slots = calloc((size_t)n_slots, sizeof *slots);
+    char *seen = calloc((size_t)n_slots, 1);
     if (!slots || !seen) {
         st = ap_error_set(err, AP_ERR_RUNTIME, "out of memory");
         goto done;
     }
     ap_model_slots(m, slots);
     m->dtype[0] = '\0';
-    const cJSON *t;
-    cJSON_ArrayForEach(t, header)
-    {
-        const char *name = t->string;
-        if (strcmp(name, "__metadata__") == 0) continue;
-        if (!cJSON_IsObject(t)) {
-            st = ap_error_set(err, AP_ERR_INPUT, "%s: tensor %s: entry is not an object", path, name);
-            goto done;
-        }
-        const cJSON *jd = cJSON_GetObjectItemCaseSensitive(t, "dtype");
-        const cJSON *js = cJSON_GetObjectItemCaseSensitive(t, "shape");
-        const cJSON *jo = cJSON_GetObjectItemCaseSensitive(t, "data_offsets");
-        dtype d;
-        size_t esize;
-        if (!cJSON_IsString(jd) || !parse_dtype(jd->valuestring, &d, &esize)) {
+    for (int i = 0; i < ap_st_count(f); i++) {
+        const ap_st_tensor *t = ap_st_at(f, i);
+        if (ignorable(t->name)) continue;
+        if (t->dtype != AP_DT_F32 && t->dtype != AP_DT_F16 && t->dtype != AP_DT_BF16) {
             st = ap_error_set(err, AP_ERR_INPUT,
-                              "%s: tensor %s: dtype %s is not supported (accepted: F32, F16, BF16)",
-                              path, name, cJSON_IsString(jd) ? jd->valuestring : "(missing)");
+                              "%s: tensor %s: dtype %s is not supported for weights (accepted: F32, "
+                              "F16, BF16)", path, t->name, ap_dtype_name(t->dtype));
             goto done;
         }
-        if (!cJSON_IsArray(js) || cJSON_GetArraySize(js) > 4 || !cJSON_IsArray(jo) ||
-            cJSON_GetArraySize(jo) != 2) {
-            st = ap_error_set(err, AP_ERR_INPUT, "%s: tensor %s: malformed shape or data_offsets",
-                              path, name);
-            goto done;
-        }
-        int64_t shape[4] = {0};
-        int ndim = cJSON_GetArraySize(js);
-        double count = 1;
-        for (int i = 0; i < ndim; i++) {
-            const cJSON *dim = cJSON_GetArrayItem(js, i);
-            if (!cJSON_IsNumber(dim) || dim->valuedouble < 0 || dim->valuedouble > 1e12 ||
-                dim->valuedouble != floor(dim->valuedouble)) {
-                st = ap_error_set(err, AP_ERR_INPUT, "%s: tensor %s: bad dimension in shape", path,
-                                  name);
-                goto done;
-            }
-            shape[i] = (int64_t)dim->valuedouble;
-            count *= dim->valuedouble;
-        }
-        double b = cJSON_GetArrayItem(jo, 0)->valuedouble, e = cJSON_GetArrayItem(jo, 1)->valuedouble;
-        if (!cJSON_IsNumber(cJSON_GetArrayItem(jo, 0)) || !cJSON_IsNumber(cJSON_GetArrayItem(jo, 1)) ||
-            b < 0 || e < b || e > (double)data_size || b != floor(b) || e != floor(e)) {
-            st = ap_error_set(err, AP_ERR_INPUT,
-                              "%s: tensor %s: data_offsets [%.0f, %.0f] lie outside the %zu data "
-                              "bytes of the file",
-                              path, name, b, e, data_size);
-            goto done;
-        }
-        if (e - b != count * (double)esize) {
-            st = ap_error_set(err, AP_ERR_INPUT,
-                              "%s: tensor %s: %.0f bytes of data for %.0f elements of %s", path, name,
-                              e - b, count, jd->valuestring);
-            goto done;
-        }
-        if (ignorable(name)) continue;
-        const char *key = strip_prefix(name);
+        const char *key = strip_prefix(t->name);
         int k = 0;
         while (k < n_slots && strcmp(slots[k].name, key) != 0) k++;
         if (k == n_slots) {
             st = ap_error_set(err, AP_ERR_INPUT, "%s: tensor %s is not part of a GPT-2 with %d layers",
-                              path, name, m->config.n_layer);
+                              path, t->name, m->config.n_layer);
             goto done;
         }
         if (seen[k]) {
-            st = ap_error_set(err, AP_ERR_INPUT, "%s: tensor %s appears twice", path, name);
+            st = ap_error_set(err, AP_ERR_INPUT, "%s: tensor %s appears twice (with and without the "
+                              "transformer. prefix)", path, t->name);
             goto done;
         }
-        if (ndim != slots[k].ndim || shape[0] != slots[k].shape[0] ||
-            (ndim == 2 && shape[1] != slots[k].shape[1])) {
+        if (t->ndim != slots[k].ndim || t->shape[0] != slots[k].shape[0] ||
+            (t->ndim == 2 && t->shape[1] != slots[k].shape[1])) {
             char want[64], got[96];
-            snprintf(want, sizeof want, slots[k].ndim == 2 ? "[%lld, %lld]" : "[%lld]",
-                     (long long)slots[k].shape[0], (long long)slots[k].shape[1]);
-            int off = snprintf(got, sizeof got, "[");
-            for (int i = 0; i < ndim && off < (int)sizeof got - 24; i++)
-                off += snprintf(got + off, sizeof got - (size_t)off, i ? ", %lld" : "%lld",
-                                (long long)shape[i]);
-            snprintf(got + off, sizeof got - (size_t)off, "]");
-            st = ap_error_set(err, AP_ERR_INPUT,
-                              "%s: tensor %s has shape %s, config.json implies %s", path, name, got,
-                              want);
+            shape_text(want, sizeof want, slots[k].ndim, slots[k].shape);
+            shape_text(got, sizeof got, t->ndim, t->shape);
+            st = ap_error_set(err, AP_ERR_INPUT, "%s: tensor %s has shape %s, config.json implies %s",
+                              path, t->name, got, want);
             goto done;
         }
-        convert(bytes + data_start + (size_t)b, d, (size_t)count, slots[k].dst);
+        if ((st = ap_st_read_f32(f, t, slots[k].dst, err))) goto done;
         seen[k] = 1;
-        if (!m->dtype[0]) snprintf(m->dtype, sizeof m->dtype, "%s", jd->valuestring);
+        if (!m->dtype[0]) snprintf(m->dtype, sizeof m->dtype, "%s", ap_dtype_name(t->dtype));
     }
     for (int k = 0; k < n_slots; k++)
         if (!seen[k]) {
@@ -282,12 +190,11 @@ static ap_status load_safetensors(const char *path, ap_model *m, ap_error *err)
                               slots[k].name, slots[k].name);
             goto done;
         }
-    ap_sha256_hex(file, size, m->sha256);
+    snprintf(m->sha256, sizeof m->sha256, "%s", ap_st_sha256(f));
 done:
-    cJSON_Delete(header);
     free(slots);
     free(seen);
-    free(file);
+    ap_st_close(f);
     return st;
 }
 

@@ -1,0 +1,18 @@
+/* parity.h — compares the engine with a reference.safetensors written by
+ * tools/make_fixtures.py (ids, attn.<l> [H,T,T], logits_last [V]). */
+#ifndef AP_TEST_PARITY_H
+#define AP_TEST_PARITY_H
+
+#include "engine/engine.h"
+
+typedef struct {
+    double attn_max_abs;     /* max |ours - ref| over all layers' attention */
+    double logits_max_rel;   /* max |ours - ref| / max |ref| over the last logits */
+    int T, n_layer;
+} parity_result;
+
+/* Runs prefill on the reference's ids and compares. */
+ap_status parity_run(const char *model_spec, const char *reference, ap_backend backend,
+                     ap_precision precision, parity_result *out, ap_error *err);
+
+#endif
