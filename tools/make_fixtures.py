@@ -40,8 +40,8 @@ from transformers import GPT2Config, GPT2LMHeadModel
 FIXTURES = [
     # name, layers, heads, width, vocab, positions, sequence length, dtype, eps, seed
     dict(name="tiny", L=2, H=4, C=128, V=512, n_ctx=256, T=160, dtype="F32", eps=1e-5, seed=1),
-    dict(name="vocab50257", L=3, H=4, C=48, V=50257, n_ctx=192, T=128, dtype="F16", eps=1e-5, seed=2),
-    dict(name="bf16", L=4, H=8, C=128, V=1000, n_ctx=300, T=144, dtype="BF16", eps=1e-6, seed=3),
+    dict(name="vocab50257", L=3, H=4, C=48, V=50257, n_ctx=192, T=128, dtype="F16", eps=1e-6, seed=2),
+    dict(name="bf16", L=4, H=8, C=128, V=1000, n_ctx=300, T=144, dtype="BF16", eps=1e-5, seed=3),
 ]
 TORCH_DTYPE = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
 
@@ -61,7 +61,7 @@ def build_model(spec):
         for block in model.transformer.h:
             C = spec["C"]
             # Peaky attention: larger q and k projections sharpen the softmax.
-            block.attn.c_attn.weight[:, : 2 * C] *= 6.0
+            block.attn.c_attn.weight[:, : 2 * C] *= spec.get("q_scale", 6.0)
             for p in (block.attn.c_attn.bias, block.attn.c_proj.bias, block.mlp.c_fc.bias,
                       block.mlp.c_proj.bias, block.ln_1.bias, block.ln_2.bias):
                 p.copy_(0.05 * torch.randn(p.shape, generator=g))
@@ -195,8 +195,9 @@ def make_tokenizer_fixture(tok_dir, text_dir, out_dir):
 
 
 def make_gpt2_small(out):
+    # q_scale 2.45 = 6 * sqrt(128 / 768): attention logits of the same spread as `tiny`.
     spec = dict(name="gpt2-small", L=12, H=12, C=768, V=50257, n_ctx=1024, T=256, dtype="F32",
-                eps=1e-5, seed=124)
+                eps=1e-5, seed=124, q_scale=2.45)
     model = build_model(spec)
     save_model(model, spec, out)
     ids = np.random.default_rng(7).integers(0, spec["V"], size=spec["T"]).tolist()
@@ -205,7 +206,29 @@ def make_gpt2_small(out):
     ref["ids"] = torch.tensor(ids, dtype=torch.int32)
     ref["logits_last"] = logits
     save_file(ref, os.path.join(out, "reference.safetensors"))
-    print(f"gpt2-small: {sum(p.numel() for p in model.parameters())} parameters in {out}")
+    # For context: how far transformers' own fp32 forward is from its float64 one.
+    with torch.no_grad():
+        out32 = model(torch.tensor([ids]), output_attentions=True)
+    errs = [float((a[0].float() - attn[f"attn.{l}"]).abs().max()) for l, a in
+            enumerate(out32.attentions)]
+    lg = float((out32.logits[0, -1] - logits).abs().max() / logits.abs().max())
+    print(f"gpt2-small: {sum(p.numel() for p in model.parameters())} parameters in {out}; "
+          f"transformers fp32 vs float64: attention max abs {max(errs):.3g} "
+          f"(per layer {' '.join(f'{e:.2g}' for e in errs)}), logits max rel {lg:.3g}")
+
+
+def make_bundled_reference(folder, out):
+    """Reference of a trained model exactly as stored (fp16 weights, float64 compute)."""
+    model = GPT2LMHeadModel.from_pretrained(folder, attn_implementation="eager",
+                                            dtype=torch.float32).eval()
+    ids = np.random.default_rng(11).integers(0, model.config.vocab_size, size=96).tolist()
+    attn, logits = reference(model, ids)
+    ref = dict(attn)
+    ref["ids"] = torch.tensor(ids, dtype=torch.int32)
+    ref["logits_last"] = logits
+    os.makedirs(out, exist_ok=True)
+    save_file(ref, os.path.join(out, "reference.safetensors"))
+    print(f"bundled model {folder}: reference of {len(ids)} tokens in {out}")
 
 
 def main():
@@ -215,6 +238,8 @@ def main():
     ap.add_argument("--text", help="folder with the corpus .txt files")
     ap.add_argument("--gpt2-small", help="also build a 124M model and reference here")
     ap.add_argument("--skip-models", action="store_true")
+    ap.add_argument("--bundled", help="a model folder (the bundled model): write its reference "
+                    "to OUT/mini/reference.safetensors")
     args = ap.parse_args()
     torch.set_grad_enabled(False)
     if not args.skip_models:
@@ -224,6 +249,8 @@ def main():
         make_tokenizer_fixture(args.tokenizer, args.text, args.out)
     if args.gpt2_small:
         make_gpt2_small(args.gpt2_small)
+    if args.bundled:
+        make_bundled_reference(args.bundled, os.path.join(args.out, "mini"))
     return 0
 
 
