@@ -42,7 +42,7 @@ def main():
     ap.add_argument("--text", action="append", required=True)
     ap.add_argument("--out", required=True)
     ap.add_argument("--seed", type=int, default=1234)
-    ap.add_argument("--steps", type=int, default=3000)
+    ap.add_argument("--steps", type=int, default=4000)
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--seq", type=int, default=1024)
     ap.add_argument("--lr", type=float, default=1.5e-3)
@@ -102,10 +102,20 @@ def main():
     gen = torch.Generator().manual_seed(args.seed)
     train_gpu = train_ids.to(dev)
 
+    eot_col = torch.full((args.batch, 1), eot, dtype=torch.int64, device=dev)
+    n_repeat = args.batch // 4
+
     def batch(data, g):
+        """Rows of <|endoftext|> + text. A quarter of the rows hold a passage twice in a
+        row: repeated text is what teaches copying (induction heads) within minutes, and
+        the leading <|endoftext|> gives the model a fixed first token to park attention on
+        (an attention sink), as GPT-2's documents begin after <|endoftext|>."""
         starts = torch.randint(0, len(data) - args.seq - 1, (args.batch,), generator=g)
-        idx = starts[:, None].to(dev) + torch.arange(args.seq + 1, device=dev)[None, :]
-        x = data[idx]
+        idx = starts[:, None].to(dev) + torch.arange(args.seq, device=dev)[None, :]
+        half = args.seq // 2
+        rep = idx[:n_repeat, :half]
+        idx[:n_repeat, half:2 * half] = rep
+        x = torch.cat([eot_col, data[idx]], dim=1)
         return x[:, :-1], x[:, 1:]
 
     @torch.no_grad()
@@ -114,8 +124,10 @@ def main():
         vg = val_ids.to(dev)
         losses = []
         n = (len(vg) - 1) // args.seq
+        eot1 = torch.tensor([eot], device=dev)
         for i in range(0, min(n, 64), 8):
-            rows = [vg[j * args.seq:(j + 1) * args.seq + 1] for j in range(i, min(i + 8, n))]
+            rows = [torch.cat([eot1, vg[j * args.seq:(j + 1) * args.seq]])
+                    for j in range(i, min(i + 8, n))]
             xb = torch.stack(rows)
             with torch.autocast("cuda", dtype=torch.bfloat16):
                 out = model(xb[:, :-1], labels=xb[:, :-1])
