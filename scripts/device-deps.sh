@@ -6,12 +6,17 @@
 # cmocka or OpenBLAS headers; scripts/gpu-check.sh unpacks these there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-mkdir -p .device/debs .device/shared
+mkdir -p .device/debs
 pkgs=(libopenblas-dev libopenblas-pthread-dev libopenblas0-pthread libgfortran5 libquadmath0
       libgsl-dev libgsl27 libgslcblas0 libcjson-dev libcjson1
       libpcre2-dev libpcre2-8-0 libcmocka-dev libcmocka0)
 if [ -z "$(ls .device/debs/*.deb 2>/dev/null)" ]; then
   (cd .device/debs && apt-get download "${pkgs[@]}" >/dev/null)
 fi
-rsync -a --delete ../shared/data/ .device/shared/data/ 2>/dev/null || cp -r ../shared/data .device/shared/
-du -sh .device
+# Text travels compressed (the device tool carries at most 64 MiB):
+# ../shared/data plus the Python documentation's prose (tools/debian_text.py).
+mkdir -p .device/stage
+cp -r ../shared/data .device/stage/
+[ -f .device/stage/extra/python-docs.txt ] || python3 tools/debian_text.py --out .device/stage/extra/python-docs.txt
+tar czf .device/shared.tgz -C .device/stage data extra
+du -sh .device/debs .device/shared.tgz

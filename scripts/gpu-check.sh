@@ -13,6 +13,7 @@ PREFIX=/tmp/attnprobe-deps
 if [ ! -d "$PREFIX/usr" ]; then
   for f in .device/debs/*.deb; do dpkg -x "$f" "$PREFIX"; done
 fi
+[ -d .device/shared ] || { mkdir -p .device/shared && tar xzf .device/shared.tgz -C .device/shared; }
 LIBDIR=$PREFIX/usr/lib/x86_64-linux-gnu
 ln -sf openblas-pthread/libopenblas.so.0 "$LIBDIR/libopenblas.so.0" 2>/dev/null
 export PKG_CONFIG_SYSROOT_DIR=$PREFIX

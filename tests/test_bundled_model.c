@@ -65,10 +65,17 @@ static void test_attention_structure(void **state)
     char text[8192];
     size_t n = fread(text, 1, sizeof text, f);
     fclose(f);
-    int *ids;
+    int *text_ids;
     size_t n_ids;
-    if (ap_tokenizer_encode(tok, text, n, &ids, &n_ids, &err)) fail_msg("%s", err.msg);
-    const int T = n_ids < 256 ? (int)n_ids : 256;
+    if (ap_tokenizer_encode(tok, text, n, &text_ids, &n_ids, &err)) fail_msg("%s", err.msg);
+    /* Documents begin after <|endoftext|>, as in training and in the tracer. */
+    const int eot = ap_tokenizer_eot(tok);
+    assert_true(eot >= 0);
+    int *ids = malloc((n_ids + 1) * sizeof *ids);
+    ids[0] = eot;
+    memcpy(ids + 1, text_ids, n_ids * sizeof *ids);
+    free(text_ids);
+    const int T = n_ids + 1 < 256 ? (int)n_ids + 1 : 256;
     assert_true(T >= 128);
     float **attn = all_attention(e, c, ids, T);
     double best_prev = 0, sink_mid = 0;
@@ -94,21 +101,24 @@ static void test_attention_structure(void **state)
     free(attn);
     free(ids);
 
-    /* Induction: 50 random tokens repeated; token 50+i should look at i+1. */
-    enum { R = 50 };
-    int rep[2 * R];
+    /* Induction: <|endoftext|> then 50 random tokens twice; the token at
+     * 1+R+i (second copy of 1+i) should attend to 1+i+1. */
+    enum { R = 50, TI = 2 * R + 1 };
+    int rep[TI];
     unsigned long x = 12345;
+    rep[0] = eot;
     for (int i = 0; i < R; i++) {
         x = x * 6364136223846793005ul + 1442695040888963407ul;
-        rep[i] = rep[R + i] = 1 + (int)((x >> 33) % (unsigned long)(c->vocab_size - 1));
+        int id = (int)((x >> 33) % (unsigned long)c->vocab_size);
+        rep[1 + i] = rep[1 + R + i] = id == eot ? id + 1 : id;
     }
-    attn = all_attention(e, c, rep, 2 * R);
+    attn = all_attention(e, c, rep, TI);
     double best_ind = 0;
     int best_l = -1, best_h = -1;
     for (int l = 0; l < L; l++) {
         for (int h = 0; h < H; h++) {
             double s = 0;
-            for (int i = 0; i < R - 1; i++) s += attn[l][((size_t)h * 2 * R + R + i) * 2 * R + i + 1];
+            for (int i = 0; i < R - 1; i++) s += attn[l][((size_t)h * TI + 1 + R + i) * TI + 2 + i];
             s /= R - 1;
             if (s > best_ind) {
                 best_ind = s;
