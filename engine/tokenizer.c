@@ -415,7 +415,9 @@ static ap_status encode_piece(ap_tokenizer *t, const unsigned char *text, size_t
 {
     size_t pos = 0;
     while (pos < n) {
-        int rc = pcre2_match(t->re, text, n, pos, 0, t->md, NULL);
+        /* The text was made valid UTF-8 above; checking it again on every call
+         * would make tokenizing quadratic in its length. */
+        int rc = pcre2_match(t->re, text, n, pos, PCRE2_NO_UTF_CHECK, t->md, NULL);
         if (rc < 0) {
             if (rc == PCRE2_ERROR_NOMATCH) break; /* cannot happen: \s+ | the rest match all */
             return ap_error_set(err, AP_ERR_RUNTIME, "tokenizer regex failed (PCRE2 error %d)", rc);
