@@ -111,9 +111,10 @@ static ap_status load_vocab(ap_tokenizer *t, const char *path, ap_error *err)
     {
         if (!cJSON_IsNumber(item) || item->valuedouble < 0 || item->valuedouble >= (1 << 24) ||
             item->valuedouble != (int)item->valuedouble) {
+            ap_error_set(err, AP_ERR_INPUT, "%s: token \"%.40s\" has an id that is not an "
+                         "integer in 0..16777215", path, item->string);
             cJSON_Delete(root);
-            return ap_error_set(err, AP_ERR_INPUT, "%s: token \"%.40s\" has an id that is not an "
-                                "integer in 0..16777215", path, item->string);
+            return AP_ERR_INPUT;
         }
         if (ap_strmap_put(&t->vocab, item->string, strlen(item->string), item->valueint) != 0)
             goto oom;
