@@ -91,10 +91,20 @@ int cmd_info(int argc, char **argv)
     return 0;
 }
 
-/* Text to tokenize: the positional arguments joined by spaces, or --input. */
-static ap_status read_text(const model_opts *o, int argc, char **argv, char **text, size_t *n,
-                           ap_error *err)
+/* Text to tokenize: the positional arguments joined by spaces, --input, or
+ * else the model folder's sample.txt (the bundled sample text). */
+static ap_status read_text(const model_opts *o, const ap_model *m, int argc, char **argv,
+                           char **text, size_t *n, ap_error *err)
 {
+    if (!o->input && optind >= argc && m && m->dir[0]) {
+        char sample[1100];
+        snprintf(sample, sizeof sample, "%s/sample.txt", m->dir);
+        FILE *f = fopen(sample, "rb");
+        if (f) {
+            fclose(f);
+            return cli_read_input(sample, text, n, err);
+        }
+    }
     if (o->input) {
         if (optind < argc)
             return ap_error_set(err, AP_ERR_USAGE, "give either --input or a text argument, not both");
@@ -145,7 +155,7 @@ int cmd_tokenize(int argc, char **argv)
     size_t n = 0;
     int *ids = NULL;
     size_t n_ids = 0;
-    if (!(st = read_text(&o, argc, argv, &text, &n, &err)))
+    if (!(st = read_text(&o, m, argc, argv, &text, &n, &err)))
         st = ap_tokenizer_encode(tok, text, n, &ids, &n_ids, &err);
     if (!st) {
         for (size_t i = 0; i < n_ids; i++) printf(i ? " %d" : "%d", ids[i]);
@@ -194,6 +204,7 @@ int cmd_prefill(int argc, char **argv)
     if (st) return cli_fail(st, &err);
     if (o.help) {
         printf("usage: attnprobe prefill [--model M] [--input FILE|-] [TEXT...] [--layers L]\n"
+               "                        (default text: the model folder's sample.txt)\n"
                "                        [--max-length T] [--device cpu|cuda|auto]\n"
                "One full-cache forward pass over the first T tokens (default 256): per captured\n"
                "layer (default: the middle one) the mean attention each head puts on position 0\n"
@@ -214,7 +225,7 @@ int cmd_prefill(int argc, char **argv)
                           m->source);
         goto out;
     }
-    if ((st = read_text(&o, argc, argv, &text, &n_text, &err)) ||
+    if ((st = read_text(&o, m, argc, argv, &text, &n_text, &err)) ||
         (st = ap_tokenizer_encode(tok, text, n_text, &ids, &n_ids, &err)))
         goto out;
     if (n_ids == 0) {

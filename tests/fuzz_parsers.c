@@ -20,7 +20,7 @@
 #include "testutil.h"
 
 enum { K_SAFETENSORS, K_CONFIG, K_LLMC, K_VOCAB, K_MERGES, K_TEXT, K_COUNT };
-static const char *KIND_NAMES[K_COUNT] = {"safetensors", "config.json", "llm.c", "vocab.json",
+static const char *const KIND_NAMES[K_COUNT] __attribute__((unused)) = {"safetensors", "config.json", "llm.c", "vocab.json",
                                           "merges.txt", "text"};
 
 static char work[256];            /* folder with a valid model and tokenizer */
@@ -194,8 +194,25 @@ static void mutate(uint8_t *buf, size_t *n, size_t cap)
     }
 }
 
+/* Writes the seeds as a libFuzzer corpus: one file per parser, kind byte first. */
+static int write_seeds(const char *dir)
+{
+    for (int k = 0; k < K_COUNT; k++) {
+        char path[512];
+        snprintf(path, sizeof path, "%s/seed-%d", dir, k);
+        uint8_t *buf = malloc(seed_size[k] + 1);
+        buf[0] = (uint8_t)k;
+        memcpy(buf + 1, seed_data[k], seed_size[k]);
+        int rc = testutil_write_file(path, buf, seed_size[k] + 1);
+        free(buf);
+        if (rc) return 1;
+    }
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
+    if (argc == 3 && strcmp(argv[1], "--write-seeds") == 0) return setup() || write_seeds(argv[2]);
     int rounds = argc > 1 ? atoi(argv[1]) : 400;
     rng_state = argc > 2 ? strtoull(argv[2], NULL, 10) : 0x9e3779b97f4a7c15ull;
     if (setup()) {
