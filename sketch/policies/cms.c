@@ -1,0 +1,49 @@
+/* cms.c — H2O's accumulated attention, estimated by a Count-Min sketch keyed
+ * by the token's absolute position (conservative update by default): the
+ * state is depth × width counters, whatever the sequence length. Keying by
+ * position keeps distinct tokens distinct; a key derived from the key
+ * vector's values would make collisions depend on the data. */
+#include <stdlib.h>
+
+#include "method.h"
+
+static ap_status init(void **state, const ap_policy_params *p, int head_dim, uint64_t seed,
+                      ap_error *err)
+{
+    (void)head_dim;
+    ap_cms *s = malloc(sizeof *s);
+    if (!s) return ap_error_set(err, AP_ERR_RUNTIME, "cms policy: out of memory");
+    ap_status st = ap_cms_init(s, p->depth, p->width, p->conservative, seed, err);
+    if (st) {
+        free(s);
+        return st;
+    }
+    *state = s;
+    return AP_OK;
+}
+
+static void free_state(void *state)
+{
+    ap_cms_free(state);
+    free(state);
+}
+
+static size_t bytes(const void *state) { return ap_cms_bytes(state); }
+
+static void observe(void *state, const ap_step *step, const int *kept, ap_slot_word *slot, int n,
+                    ap_slot_word *new_slot)
+{
+    (void)slot, (void)new_slot;
+    for (int i = 0; i < n; i++) ap_cms_update(state, (uint64_t)kept[i], step->row[kept[i]]);
+    ap_cms_update(state, (uint64_t)step->t, step->row[step->t]);
+}
+
+static double score(void *state, const ap_step *step, int pos, const ap_slot_word *slot)
+{
+    (void)step, (void)slot;
+    return ap_cms_query(state, (uint64_t)pos);
+}
+
+const ap_policy_method ap_method_cms = {
+    "cms", 0, 1, 0, ap_method_no_slots, init, free_state, bytes, observe, score,
+};

@@ -1,0 +1,29 @@
+/* h2o.c — Heavy-Hitter Oracle (Zhang et al., "H2O: Heavy-Hitter Oracle for
+ * Efficient Generative Inference of Large Language Models", NeurIPS 2023):
+ * the exact attention each retained position has received so far. One float
+ * per retained position. */
+#include "method.h"
+
+static int slots(const ap_policy_params *p)
+{
+    (void)p;
+    return 1;
+}
+
+static void observe(void *state, const ap_step *step, const int *kept, ap_slot_word *slot, int n,
+                    ap_slot_word *new_slot)
+{
+    (void)state;
+    for (int i = 0; i < n; i++) slot[i].f += step->row[kept[i]];
+    new_slot->f = step->row[step->t];
+}
+
+static double score(void *state, const ap_step *step, int pos, const ap_slot_word *slot)
+{
+    (void)state, (void)step, (void)pos;
+    return slot->f;
+}
+
+const ap_policy_method ap_method_h2o = {
+    "h2o", 0, 1, 0, slots, ap_method_no_init, ap_method_no_free, ap_method_no_bytes, observe, score,
+};
