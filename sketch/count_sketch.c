@@ -63,16 +63,18 @@ float ap_cs_row_estimate(const ap_count_sketch *s, int row, uint64_t key)
     return sign_of(s, row, key) * s->counts[(size_t)row * s->width + ap_cs_bucket(s, row, key)];
 }
 
-static int cmp_float(const void *a, const void *b)
-{
-    float x = *(const float *)a, y = *(const float *)b;
-    return (x > y) - (x < y);
-}
-
 float ap_cs_query(ap_count_sketch *s, uint64_t key)
 {
-    for (int r = 0; r < s->depth; r++) s->scratch[r] = ap_cs_row_estimate(s, r, key);
-    qsort(s->scratch, (size_t)s->depth, sizeof *s->scratch, cmp_float);
+    /* insertion sort: depth is small (<= 64) and this is the policy's hot path */
+    for (int r = 0; r < s->depth; r++) {
+        float v = ap_cs_row_estimate(s, r, key);
+        int i = r;
+        while (i > 0 && s->scratch[i - 1] > v) {
+            s->scratch[i] = s->scratch[i - 1];
+            i--;
+        }
+        s->scratch[i] = v;
+    }
     int d = s->depth;
     return d % 2 ? s->scratch[d / 2] : 0.5f * (s->scratch[d / 2 - 1] + s->scratch[d / 2]);
 }
