@@ -8,6 +8,11 @@
 int cmd_info(int argc, char **argv);
 int cmd_tokenize(int argc, char **argv);
 int cmd_prefill(int argc, char **argv);
+int cmd_run(int argc, char **argv);
+int cmd_trace(int argc, char **argv);
+int cmd_replay(int argc, char **argv);
+int cmd_report(int argc, char **argv);
+int cmd_check(int argc, char **argv);
 
 /* Prints "attnprobe: <msg>" to stderr and returns code. */
 int cli_fail(ap_status code, const ap_error *err);

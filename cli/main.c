@@ -9,7 +9,13 @@ static void usage(FILE *f)
     fprintf(f,
             "attnprobe %s — how faithfully a bounded KV cache preserves GPT-2's attention\n\n"
             "usage: attnprobe <command> [options]\n\n"
+            "       attnprobe [run] --layer 6 --stride 16 --types cms,count_sketch,race\n\n"
             "commands:\n"
+            "  run       (default) trace, replay the policies, print the table, write JSON\n"
+            "  trace     --save FILE                 reference trace only\n"
+            "  replay    FILE --types ...            isolated replay of a saved trace\n"
+            "  report    SUMMARY.json                the table of a saved summary\n"
+            "  check     --baseline A --current B [--tol kl=0.05,...]   regression gate\n"
             "  info      --model M                   model config, parameter count, checksum\n"
             "  tokenize  --model M [--input F] TEXT  token ids of a text (GPT-2 byte-level BPE)\n"
             "  prefill   --model M [--input F]       one full-cache pass: attention summary, "
@@ -22,11 +28,10 @@ static void usage(FILE *f)
 
 int main(int argc, char **argv)
 {
-    if (argc < 2) {
-        usage(stderr);
-        return AP_ERR_USAGE;
-    }
+    if (argc < 2) return cmd_run(argc, argv); /* the main job on the bundled model */
     const char *cmd = argv[1];
+    if (cmd[0] == '-' && cmd[1] == '-' && strcmp(cmd, "--help") != 0 && strcmp(cmd, "--version") != 0)
+        return cmd_run(argc, argv); /* attnprobe --layer 6 ... is attnprobe run --layer 6 ... */
     if (strcmp(cmd, "--help") == 0 || strcmp(cmd, "-h") == 0 || strcmp(cmd, "help") == 0) {
         usage(stdout);
         return 0;
@@ -36,11 +41,13 @@ int main(int argc, char **argv)
         return 0;
     }
     struct { const char *name; int (*fn)(int, char **); } cmds[] = {
-        {"info", cmd_info}, {"tokenize", cmd_tokenize}, {"prefill", cmd_prefill},
+        {"run", cmd_run},     {"trace", cmd_trace},       {"replay", cmd_replay},
+        {"report", cmd_report}, {"check", cmd_check},     {"info", cmd_info},
+        {"tokenize", cmd_tokenize}, {"prefill", cmd_prefill},
     };
     for (size_t i = 0; i < sizeof cmds / sizeof cmds[0]; i++)
         if (strcmp(cmd, cmds[i].name) == 0) return cmds[i].fn(argc - 1, argv + 1);
-    fprintf(stderr, "attnprobe: unknown command '%s' (accepted: info, tokenize, prefill; see "
-            "attnprobe --help)\n", cmd);
+    fprintf(stderr, "attnprobe: unknown command '%s' (accepted: run, trace, replay, "
+            "report, check, info, tokenize, prefill; see attnprobe --help)\n", cmd);
     return AP_ERR_USAGE;
 }

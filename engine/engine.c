@@ -47,6 +47,7 @@ void ap_engine_free(ap_engine *e)
 }
 
 const char *ap_engine_device_name(const ap_engine *e) { return e->device_name; }
+const ap_config *ap_engine_config(const ap_engine *e) { return &e->model->config; }
 
 static ap_status check_capture(const ap_engine *e, const ap_capture *cap, ap_error *err)
 {

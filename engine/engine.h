@@ -109,6 +109,7 @@ ap_status ap_engine_create(const ap_model *model, ap_backend backend, ap_precisi
                            ap_engine **out, ap_error *err);
 void ap_engine_free(ap_engine *engine);
 const char *ap_engine_device_name(const ap_engine *engine);
+const ap_config *ap_engine_config(const ap_engine *engine);
 
 /* What prefill captures. Every pointer array has n_capture entries, one per
  * layer in `layers`; an array (or an entry) left NULL is not computed.

@@ -1,0 +1,126 @@
+/* metrics.c — fidelity of a policy's attention row to the reference row,
+ * compared position by position (a kept token with itself). */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "analysis.h"
+
+static const char *const NAMES[AP_M_COUNT] = {
+    "kl", "kl_rev", "js", "tv", "cosine", "l1", "l2", "peak_shift", "mass_retained",
+    "topk_recall@1", "topk_recall@8", "topk_recall@32", "out_err", "index_l1", "index_rms",
+};
+
+const char *ap_metric_name(ap_metric m) { return m < AP_M_COUNT ? NAMES[m] : "?"; }
+
+int ap_metric_higher_is_better(ap_metric m)
+{
+    return m == AP_M_COSINE || m == AP_M_MASS || m == AP_M_TOP1 || m == AP_M_TOP8 ||
+           m == AP_M_TOP32;
+}
+
+int ap_metric_from_name(const char *name)
+{
+    for (int m = 0; m < AP_M_COUNT; m++)
+        if (strcmp(NAMES[m], name) == 0) return m;
+    return -1;
+}
+
+static int argmax(const float *x, int n)
+{
+    int best = 0;
+    for (int i = 1; i < n; i++)
+        if (x[i] > x[best]) best = i;
+    return best;
+}
+
+/* Recall of the top-k positions of p (k = 1, 8, 32, clipped to n; ties in
+ * p go to the earlier position) among the kept ones. */
+static void topk_recall(const float *p, const unsigned char *kept, int n, double out[3])
+{
+    enum { KMAX = 32 };
+    int top[KMAX], m = 0; /* indices of the largest values, descending */
+    for (int j = 0; j < n; j++) {
+        if (m == KMAX && !(p[j] > p[top[m - 1]])) continue;
+        int i = m < KMAX ? m++ : m - 1;
+        while (i > 0 && p[j] > p[top[i - 1]]) {
+            top[i] = top[i - 1];
+            i--;
+        }
+        top[i] = j;
+    }
+    const int ks[3] = {1, 8, 32};
+    for (int r = 0; r < 3; r++) {
+        int k = ks[r] < n ? ks[r] : n, hits = 0;
+        for (int i = 0; i < k; i++) hits += kept[top[i]] != 0;
+        out[r] = (double)hits / k;
+    }
+}
+
+static double output_error(const float *p, const float *q, int n, const float *v, int hd)
+{
+    double num = 0, den = 0;
+    for (int d = 0; d < hd; d++) {
+        double op = 0, oq = 0;
+        for (int j = 0; j < n; j++) {
+            op += (double)p[j] * v[(size_t)j * hd + d];
+            oq += (double)q[j] * v[(size_t)j * hd + d];
+        }
+        num += (oq - op) * (oq - op);
+        den += op * op;
+    }
+    return den > 0 ? sqrt(num / den) : 0.0;
+}
+
+void ap_metrics_row(const float *p, const float *q, const unsigned char *kept, int n,
+                    const float *v, int hd, double *out)
+{
+    /* ε-smoothed distributions for KL(p||q): add ε to both and renormalise */
+    double sp = 0, sq = 0;
+    for (int j = 0; j < n; j++) {
+        sp += p[j];
+        sq += q[j];
+    }
+    const double zp = sp + n * AP_KL_EPS, zq = sq + n * AP_KL_EPS;
+    double kl = 0, kl_rev = 0, js = 0, l1 = 0, l2 = 0, dot = 0, np2 = 0, nq2 = 0, mass = 0;
+    for (int j = 0; j < n; j++) {
+        const double a = p[j], b = q[j];
+        const double as = (a + AP_KL_EPS) / zp, bs = (b + AP_KL_EPS) / zq;
+        kl += as * log(as / bs);
+        if (b > 0) kl_rev += a > 0 ? b * log(b / a) : INFINITY;
+        const double m = 0.5 * (a + b);
+        if (a > 0) js += 0.5 * a * log(a / m);
+        if (b > 0) js += 0.5 * b * log(b / m);
+        l1 += fabs(a - b);
+        l2 += (a - b) * (a - b);
+        dot += a * b;
+        np2 += a * a;
+        nq2 += b * b;
+        if (kept[j]) mass += a;
+    }
+    out[AP_M_KL] = kl > 0 ? kl : 0.0; /* rounding can give -1e-17 for identical rows */
+    out[AP_M_KL_REV] = kl_rev;
+    out[AP_M_JS] = js > 0 ? js : 0.0;
+    out[AP_M_TV] = 0.5 * l1;
+    out[AP_M_COSINE] = np2 > 0 && nq2 > 0 ? dot / sqrt(np2 * nq2) : 0.0;
+    out[AP_M_L1] = l1;
+    out[AP_M_L2] = sqrt(l2);
+    out[AP_M_PEAK_SHIFT] = abs(argmax(p, n) - argmax(q, n));
+    /* relative to the row's own total, so keeping everything gives exactly 1 */
+    out[AP_M_MASS] = sp > 0 ? mass / sp : 0.0;
+    topk_recall(p, kept, n, &out[AP_M_TOP1]); /* TOP1, TOP8, TOP32 are consecutive */
+    out[AP_M_OUT_ERR] = v ? output_error(p, q, n, v, hd) : NAN;
+    /* The seed study's comparison: the compacted cache's row (retained
+     * positions in order, zero-padded) against the reference by slot index. */
+    double il1 = 0, il2 = 0;
+    int slot = 0;
+    for (int j = 0; j < n; j++) {
+        while (slot < n && !kept[slot]) slot++; /* next retained position */
+        const double c = slot < n ? q[slot] : 0.0;
+        if (slot < n) slot++;
+        il1 += fabs(p[j] - c);
+        il2 += (p[j] - c) * (p[j] - c);
+    }
+    out[AP_M_INDEX_L1] = il1 / n;
+    out[AP_M_INDEX_RMS] = sqrt(il2 / n);
+}

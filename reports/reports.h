@@ -1,0 +1,63 @@
+/* reports.h — the JSON summary (schema "attnprobe.summary/1", DESIGN.md §9),
+ * the text table, and the regression check between two summaries. */
+#ifndef AP_REPORTS_H
+#define AP_REPORTS_H
+
+#include <stdio.h>
+
+#include "../analysis/analysis.h"
+
+#define AP_SUMMARY_SCHEMA "attnprobe.summary/1"
+enum { AP_MAX_PARAMS = 16 };
+
+typedef struct {
+    char policy[32];
+    int n_params;                          /* the parameters that shaped this run */
+    char param_name[AP_MAX_PARAMS][24];
+    double param_value[AP_MAX_PARAMS];
+    char granularity[8];                   /* head | layer */
+    int layer;
+    ap_stats stats[AP_M_COUNT];
+    int n_head;
+    double *head_mean;                     /* [n_head * AP_M_COUNT], NaN where none */
+    double kv_bytes, sketch_bytes;
+    double replay_s, tokens_per_s;
+} ap_report_run;
+
+typedef struct {
+    char tool_version[32];
+    char model_source[1024], model_sha256[65];
+    int n_layer, n_head, n_embd, vocab;
+    char input_source[1100], input_sha256[65];
+    int samples, tokens;
+    char *config_json;   /* a JSON object: every option that shaped the numbers */
+    char backend[16], device_name[128], precision[16];
+    double trace_s;
+    int n_runs;
+    ap_report_run *runs;
+} ap_summary;
+
+/* "budget=64,sink=4,…" — what check matches runs by (with policy and layer). */
+void ap_report_run_key(const ap_report_run *r, char *buf, size_t n);
+
+/* Writes the summary through a temporary file renamed into place. */
+ap_status ap_summary_write_json(const ap_summary *s, const char *path, ap_error *err);
+/* Reads a summary; AP_ERR_INPUT names the file and what is wrong. */
+ap_status ap_summary_read_json(const char *path, ap_summary *out, ap_error *err);
+void ap_summary_free(ap_summary *s);
+
+/* policy x metric table (mean ± sd), memory and time. */
+void ap_summary_print_table(const ap_summary *s, FILE *f);
+
+/* Default absolute tolerances on metric means (kl 0.05, cosine 0.01, …). */
+void ap_check_default_tolerances(double tol[AP_M_COUNT]);
+/* Parses "kl=0.05,cosine=0.01" over the defaults. */
+ap_status ap_check_parse_tolerances(const char *spec, double tol[AP_M_COUNT], ap_error *err);
+/* Compares every baseline run with the current run of the same policy,
+ * parameters and layer: a regression is a mean worse by more than its
+ * tolerance. Prints a diff table to out. A baseline run missing from the
+ * current summary, or summaries of other models, is AP_ERR_INPUT. */
+ap_status ap_check(const ap_summary *base, const ap_summary *cur, const double tol[AP_M_COUNT],
+                   FILE *out, int *regressions, ap_error *err);
+
+#endif

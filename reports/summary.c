@@ -1,0 +1,288 @@
+/* summary.c — the JSON summary through cJSON, and the text table. */
+#include <cjson/cJSON.h>
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "reports.h"
+
+void ap_report_run_key(const ap_report_run *r, char *buf, size_t n)
+{
+    size_t used = 0;
+    buf[0] = '\0';
+    for (int i = 0; i < r->n_params && used < n; i++)
+        used += (size_t)snprintf(buf + used, n - used, "%s%s=%g", i ? "," : "", r->param_name[i],
+                                 r->param_value[i]);
+    if (used < n) snprintf(buf + used, n - used, "%sgranularity=%s", used ? "," : "", r->granularity);
+}
+
+void ap_summary_free(ap_summary *s)
+{
+    for (int i = 0; s->runs && i < s->n_runs; i++) free(s->runs[i].head_mean);
+    free(s->runs);
+    free(s->config_json);
+    memset(s, 0, sizeof *s);
+}
+
+/* ---- writing -------------------------------------------------------------- */
+
+static cJSON *number(double v) { return isfinite(v) ? cJSON_CreateNumber(v) : cJSON_CreateNull(); }
+
+static cJSON *stats_json(const ap_stats *st)
+{
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddItemToObject(o, "n", cJSON_CreateNumber((double)st->n));
+    const char *names[] = {"mean", "sd", "median", "p05", "p95", "min", "max"};
+    const double vals[] = {st->mean, st->sd, st->median, st->p05, st->p95, st->min, st->max};
+    for (int i = 0; i < 7; i++) cJSON_AddItemToObject(o, names[i], number(vals[i]));
+    cJSON *ci = cJSON_AddArrayToObject(o, "ci95");
+    cJSON_AddItemToArray(ci, number(st->ci_lo));
+    cJSON_AddItemToArray(ci, number(st->ci_hi));
+    return o;
+}
+
+static cJSON *run_json(const ap_report_run *r)
+{
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddStringToObject(o, "policy", r->policy);
+    cJSON *params = cJSON_AddObjectToObject(o, "params");
+    for (int i = 0; i < r->n_params; i++)
+        cJSON_AddNumberToObject(params, r->param_name[i], r->param_value[i]);
+    cJSON_AddStringToObject(params, "granularity", r->granularity);
+    cJSON_AddNumberToObject(o, "layer", r->layer);
+    cJSON *metrics = cJSON_AddObjectToObject(o, "metrics");
+    for (int m = 0; m < AP_M_COUNT; m++)
+        if (r->stats[m].n > 0) cJSON_AddItemToObject(metrics, ap_metric_name(m), stats_json(&r->stats[m]));
+    cJSON *heads = cJSON_AddArrayToObject(o, "per_head");
+    for (int h = 0; h < r->n_head; h++) {
+        cJSON *ho = cJSON_CreateObject();
+        cJSON_AddNumberToObject(ho, "head", h);
+        for (int m = 0; m < AP_M_COUNT; m++) {
+            double v = r->head_mean[(size_t)h * AP_M_COUNT + m];
+            if (!isnan(v)) cJSON_AddItemToObject(ho, ap_metric_name(m), number(v));
+        }
+        cJSON_AddItemToArray(heads, ho);
+    }
+    cJSON *mem = cJSON_AddObjectToObject(o, "memory");
+    cJSON_AddNumberToObject(mem, "kv_bytes", r->kv_bytes);
+    cJSON_AddNumberToObject(mem, "sketch_bytes", r->sketch_bytes);
+    cJSON *timing = cJSON_AddObjectToObject(o, "timing");
+    cJSON_AddNumberToObject(timing, "replay_s", r->replay_s);
+    cJSON_AddNumberToObject(timing, "tokens_per_s", r->tokens_per_s);
+    return o;
+}
+
+ap_status ap_summary_write_json(const ap_summary *s, const char *path, ap_error *err)
+{
+    cJSON *root = cJSON_CreateObject();
+    cJSON_AddStringToObject(root, "schema", AP_SUMMARY_SCHEMA);
+    cJSON *tool = cJSON_AddObjectToObject(root, "tool");
+    cJSON_AddStringToObject(tool, "name", "attnprobe");
+    cJSON_AddStringToObject(tool, "version", s->tool_version);
+    cJSON *model = cJSON_AddObjectToObject(root, "model");
+    cJSON_AddStringToObject(model, "source", s->model_source);
+    cJSON_AddStringToObject(model, "sha256", s->model_sha256);
+    cJSON_AddNumberToObject(model, "n_layer", s->n_layer);
+    cJSON_AddNumberToObject(model, "n_head", s->n_head);
+    cJSON_AddNumberToObject(model, "n_embd", s->n_embd);
+    cJSON_AddNumberToObject(model, "vocab", s->vocab);
+    cJSON *input = cJSON_AddObjectToObject(root, "input");
+    cJSON_AddStringToObject(input, "source", s->input_source);
+    cJSON_AddStringToObject(input, "sha256", s->input_sha256);
+    cJSON_AddNumberToObject(input, "samples", s->samples);
+    cJSON_AddNumberToObject(input, "tokens", s->tokens);
+    cJSON *config = s->config_json ? cJSON_Parse(s->config_json) : NULL;
+    cJSON_AddItemToObject(root, "config", config ? config : cJSON_CreateObject());
+    cJSON *device = cJSON_AddObjectToObject(root, "device");
+    cJSON_AddStringToObject(device, "backend", s->backend);
+    cJSON_AddStringToObject(device, "name", s->device_name);
+    cJSON_AddStringToObject(device, "precision", s->precision);
+    cJSON_AddNumberToObject(root, "trace_s", s->trace_s);
+    cJSON *runs = cJSON_AddArrayToObject(root, "runs");
+    for (int i = 0; i < s->n_runs; i++) cJSON_AddItemToArray(runs, run_json(&s->runs[i]));
+    char *text = cJSON_Print(root);
+    cJSON_Delete(root);
+    if (!text) return ap_error_set(err, AP_ERR_RUNTIME, "out of memory writing %s", path);
+    char tmp[1100];
+    snprintf(tmp, sizeof tmp, "%s.tmp.%ld", path, (long)getpid());
+    FILE *f = fopen(tmp, "w");
+    if (!f) {
+        free(text);
+        return ap_error_set(err, AP_ERR_RUNTIME, "%s: cannot write: %s", tmp, strerror(errno));
+    }
+    int ok = fputs(text, f) >= 0 && fputc('\n', f) != EOF;
+    ok = fclose(f) == 0 && ok;
+    free(text);
+    if (!ok || rename(tmp, path) != 0) {
+        int e = errno;
+        remove(tmp);
+        return ap_error_set(err, AP_ERR_RUNTIME, "%s: write failed: %s", path, strerror(e));
+    }
+    return AP_OK;
+}
+
+/* ---- reading -------------------------------------------------------------- */
+
+static double get_num(const cJSON *o, const char *key)
+{
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
+    return cJSON_IsNumber(v) ? v->valuedouble : NAN;
+}
+
+static void get_str(const cJSON *o, const char *key, char *dst, size_t n)
+{
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
+    snprintf(dst, n, "%s", cJSON_IsString(v) ? v->valuestring : "");
+}
+
+static ap_status read_run(const cJSON *jr, ap_report_run *r, const char *path, int index, ap_error *err)
+{
+    memset(r, 0, sizeof *r);
+    const cJSON *policy = cJSON_GetObjectItemCaseSensitive(jr, "policy");
+    const cJSON *params = cJSON_GetObjectItemCaseSensitive(jr, "params");
+    const cJSON *metrics = cJSON_GetObjectItemCaseSensitive(jr, "metrics");
+    if (!cJSON_IsString(policy) || !cJSON_IsObject(params) || !cJSON_IsObject(metrics) ||
+        !cJSON_IsNumber(cJSON_GetObjectItemCaseSensitive(jr, "layer")))
+        return ap_error_set(err, AP_ERR_INPUT, "%s: runs[%d] lacks policy, params, layer or metrics",
+                            path, index);
+    snprintf(r->policy, sizeof r->policy, "%s", policy->valuestring);
+    r->layer = (int)get_num(jr, "layer");
+    const cJSON *p;
+    cJSON_ArrayForEach(p, params)
+    {
+        if (cJSON_IsString(p) && strcmp(p->string, "granularity") == 0) {
+            snprintf(r->granularity, sizeof r->granularity, "%s", p->valuestring);
+        } else if (cJSON_IsNumber(p) && r->n_params < AP_MAX_PARAMS) {
+            snprintf(r->param_name[r->n_params], sizeof r->param_name[0], "%s", p->string);
+            r->param_value[r->n_params++] = p->valuedouble;
+        }
+    }
+    for (int m = 0; m < AP_M_COUNT; m++) {
+        const cJSON *st = cJSON_GetObjectItemCaseSensitive(metrics, ap_metric_name(m));
+        ap_stats *o = &r->stats[m];
+        if (!cJSON_IsObject(st)) continue;
+        o->n = (size_t)get_num(st, "n");
+        o->mean = get_num(st, "mean");
+        o->sd = get_num(st, "sd");
+        o->median = get_num(st, "median");
+        o->p05 = get_num(st, "p05");
+        o->p95 = get_num(st, "p95");
+        o->min = get_num(st, "min");
+        o->max = get_num(st, "max");
+        const cJSON *ci = cJSON_GetObjectItemCaseSensitive(st, "ci95");
+        o->ci_lo = cJSON_IsArray(ci) && cJSON_IsNumber(cJSON_GetArrayItem(ci, 0)) ? cJSON_GetArrayItem(ci, 0)->valuedouble : NAN;
+        o->ci_hi = cJSON_IsArray(ci) && cJSON_IsNumber(cJSON_GetArrayItem(ci, 1)) ? cJSON_GetArrayItem(ci, 1)->valuedouble : NAN;
+    }
+    const cJSON *heads = cJSON_GetObjectItemCaseSensitive(jr, "per_head");
+    r->n_head = cJSON_IsArray(heads) ? cJSON_GetArraySize(heads) : 0;
+    if (r->n_head > 4096) r->n_head = 0;
+    r->head_mean = malloc(((size_t)r->n_head * AP_M_COUNT + 1) * sizeof *r->head_mean);
+    if (!r->head_mean) return ap_error_set(err, AP_ERR_RUNTIME, "out of memory");
+    for (int h = 0; h < r->n_head; h++)
+        for (int m = 0; m < AP_M_COUNT; m++)
+            r->head_mean[(size_t)h * AP_M_COUNT + m] = get_num(cJSON_GetArrayItem(heads, h), ap_metric_name(m));
+    const cJSON *mem = cJSON_GetObjectItemCaseSensitive(jr, "memory");
+    const cJSON *timing = cJSON_GetObjectItemCaseSensitive(jr, "timing");
+    r->kv_bytes = get_num(mem, "kv_bytes");
+    r->sketch_bytes = get_num(mem, "sketch_bytes");
+    r->replay_s = get_num(timing, "replay_s");
+    r->tokens_per_s = get_num(timing, "tokens_per_s");
+    return AP_OK;
+}
+
+ap_status ap_summary_read_json(const char *path, ap_summary *s, ap_error *err)
+{
+    memset(s, 0, sizeof *s);
+    FILE *f = fopen(path, "rb");
+    if (!f) return ap_error_set(err, AP_ERR_INPUT, "%s: cannot open: %s", path, strerror(errno));
+    fseek(f, 0, SEEK_END);
+    long size = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    if (size < 0 || size > (1L << 30)) {
+        fclose(f);
+        return ap_error_set(err, AP_ERR_INPUT, "%s: not a summary (size %ld)", path, size);
+    }
+    char *text = malloc((size_t)size + 1);
+    size_t got = text ? fread(text, 1, (size_t)size, f) : 0;
+    fclose(f);
+    if (!text) return ap_error_set(err, AP_ERR_RUNTIME, "out of memory");
+    cJSON *root = cJSON_ParseWithLength(text, got);
+    free(text);
+    const cJSON *schema = cJSON_GetObjectItemCaseSensitive(root, "schema");
+    if (!root || !cJSON_IsString(schema) || strcmp(schema->valuestring, AP_SUMMARY_SCHEMA) != 0) {
+        cJSON_Delete(root);
+        return ap_error_set(err, AP_ERR_INPUT, "%s: not an attnprobe summary (schema \"%s\" "
+                            "expected)", path, AP_SUMMARY_SCHEMA);
+    }
+    const cJSON *tool = cJSON_GetObjectItemCaseSensitive(root, "tool");
+    const cJSON *model = cJSON_GetObjectItemCaseSensitive(root, "model");
+    const cJSON *input = cJSON_GetObjectItemCaseSensitive(root, "input");
+    const cJSON *device = cJSON_GetObjectItemCaseSensitive(root, "device");
+    get_str(tool, "version", s->tool_version, sizeof s->tool_version);
+    get_str(model, "source", s->model_source, sizeof s->model_source);
+    get_str(model, "sha256", s->model_sha256, sizeof s->model_sha256);
+    s->n_layer = (int)get_num(model, "n_layer");
+    s->n_head = (int)get_num(model, "n_head");
+    s->n_embd = (int)get_num(model, "n_embd");
+    s->vocab = (int)get_num(model, "vocab");
+    get_str(input, "source", s->input_source, sizeof s->input_source);
+    get_str(input, "sha256", s->input_sha256, sizeof s->input_sha256);
+    s->samples = (int)get_num(input, "samples");
+    s->tokens = (int)get_num(input, "tokens");
+    get_str(device, "backend", s->backend, sizeof s->backend);
+    get_str(device, "name", s->device_name, sizeof s->device_name);
+    get_str(device, "precision", s->precision, sizeof s->precision);
+    s->trace_s = get_num(root, "trace_s");
+    const cJSON *config = cJSON_GetObjectItemCaseSensitive(root, "config");
+    s->config_json = cJSON_IsObject(config) ? cJSON_PrintUnformatted(config) : NULL;
+    const cJSON *runs = cJSON_GetObjectItemCaseSensitive(root, "runs");
+    ap_status st = AP_OK;
+    if (!cJSON_IsArray(runs)) {
+        st = ap_error_set(err, AP_ERR_INPUT, "%s: no \"runs\" array", path);
+    } else {
+        s->runs = calloc((size_t)cJSON_GetArraySize(runs) + 1, sizeof *s->runs);
+        if (!s->runs) st = ap_error_set(err, AP_ERR_RUNTIME, "out of memory");
+        const cJSON *jr;
+        cJSON_ArrayForEach(jr, runs)
+        {
+            if (st) break;
+            st = read_run(jr, &s->runs[s->n_runs], path, s->n_runs, err);
+            s->n_runs++; /* counted even when failed, so its buffer is freed */
+        }
+    }
+    cJSON_Delete(root);
+    if (st) ap_summary_free(s);
+    return st;
+}
+
+/* ---- text table ----------------------------------------------------------- */
+
+void ap_summary_print_table(const ap_summary *s, FILE *f)
+{
+    static const ap_metric shown[] = {AP_M_KL, AP_M_JS, AP_M_COSINE, AP_M_TV, AP_M_MASS, AP_M_TOP8,
+                                      AP_M_PEAK_SHIFT, AP_M_OUT_ERR};
+    const int n_shown = sizeof shown / sizeof shown[0];
+    fprintf(f, "model %s (%d layers, %d heads) · %d samples, %d tokens · %s %s\n", s->model_source,
+            s->n_layer, s->n_head, s->samples, s->tokens, s->backend, s->precision);
+    fprintf(f, "%-13s %5s", "policy", "layer");
+    for (int i = 0; i < n_shown; i++) fprintf(f, " %17s", ap_metric_name(shown[i]));
+    fprintf(f, " %9s %10s %8s\n", "kv_KiB", "sketch_KiB", "time_ms");
+    for (int r = 0; r < s->n_runs; r++) {
+        const ap_report_run *run = &s->runs[r];
+        fprintf(f, "%-13s %5d", run->policy, run->layer);
+        for (int i = 0; i < n_shown; i++) {
+            const ap_stats *st = &run->stats[shown[i]];
+            char cell[40];
+            if (st->n == 0 || isnan(st->mean)) snprintf(cell, sizeof cell, "-");
+            else snprintf(cell, sizeof cell, "%.4f ± %.4f", st->mean, st->sd);
+            fprintf(f, " %17s", cell);
+        }
+        fprintf(f, " %9.1f %10.1f %8.1f\n", run->kv_bytes / 1024, run->sketch_bytes / 1024,
+                run->replay_s * 1e3);
+    }
+    fprintf(f, "mean ± sd over %zu measured rows per run (samples × steps × heads); JSON has "
+            "median, p05, p95, 95%% CI\n", s->n_runs ? s->runs[0].stats[AP_M_KL].n : (size_t)0);
+}

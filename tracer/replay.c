@@ -1,0 +1,247 @@
+/* replay.c — policies replayed over a reference trace (DESIGN.md §5).
+ *
+ * isolated: only the probed layer's cache is capped, so that layer's inputs
+ *   are exact and the policy's row is the reference row restricted to the
+ *   retained set ∪ {t}, renormalised. No model needed.
+ * cascade: every layer's cache is capped; the model decodes token by token,
+ *   all (sample, policy) streams batched in one decode step per position. */
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "tracer.h"
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+static int measured(const ap_replay_opts *o, int t) { return t >= o->warmup && t % o->stride == 0; }
+
+/* mask[0..t] = 1 on the set's retained positions and on t; returns their count. */
+static int retained_mask(const ap_policy *pol, int set, int t, unsigned char *mask)
+{
+    int n;
+    const int *kept = ap_policy_kept(pol, set, &n);
+    memset(mask, 0, (size_t)t + 1);
+    for (int i = 0; i < n; i++) mask[kept[i]] = 1;
+    mask[t] = 1;
+    return n + 1;
+}
+
+static double kv_bytes_of(const ap_policy *pol, int n_head, int head_dim)
+{
+    double positions = 0;
+    for (int h = 0; h < n_head; h++) {
+        int n;
+        ap_policy_kept(pol, ap_policy_set_of(pol, h), &n);
+        positions += n;
+    }
+    return positions * 2.0 * head_dim * sizeof(float);
+}
+
+ap_status ap_replay_isolated(const ap_trace *tr, int li, const ap_policy_params *params,
+                             const ap_replay_opts *opts, ap_replay_cost *cost, ap_error *err)
+{
+    const int H = tr->n_head, D = tr->head_dim;
+    int max_T = 0;
+    for (int s = 0; s < tr->n_samples; s++) max_T = tr->len[s] > max_T ? tr->len[s] : max_T;
+    float *rows = malloc((size_t)H * max_T * sizeof *rows);
+    float *qt = malloc((size_t)H * D * sizeof *qt), *kt = malloc((size_t)H * D * sizeof *kt);
+    unsigned char *mask = malloc((size_t)H * max_T);
+    ap_status st = AP_OK;
+    memset(cost, 0, sizeof *cost);
+    if (!rows || !qt || !kt || !mask) {
+        st = ap_error_set(err, AP_ERR_RUNTIME, "out of memory for replay");
+        goto done;
+    }
+    const double t0 = now_s();
+    for (int s = 0; s < tr->n_samples && !st; s++) {
+        const int T = tr->len[s];
+        const size_t i = (size_t)s * tr->n_layers + li;
+        const float *attn = tr->attn[i], *q = tr->q[i], *k = tr->k[i], *v = tr->v[i];
+        ap_policy *pol;
+        if ((st = ap_policy_create(params, H, D, &pol, err))) break;
+        for (int t = 0; t < T && !st; t++) {
+            for (int h = 0; h < H; h++) {
+                /* reference row p; policy row = p on kept ∪ {t}, renormalised */
+                const float *p = attn + ((size_t)h * T + t) * T;
+                float *row = rows + (size_t)h * max_T;
+                unsigned char *m = mask + (size_t)h * max_T;
+                const int n_kept = retained_mask(pol, ap_policy_set_of(pol, h), t, m);
+                if (n_kept == t + 1) { /* nothing evicted: the reference row itself */
+                    memcpy(row, p, (size_t)(t + 1) * sizeof *row);
+                } else {
+                    double mass = 0;
+                    for (int j = 0; j <= t; j++) mass += m[j] ? p[j] : 0.0;
+                    for (int j = 0; j <= t; j++) row[j] = m[j] && mass > 0 ? (float)(p[j] / mass) : 0.0f;
+                }
+                memcpy(qt + (size_t)h * D, q + ((size_t)h * T + t) * D, (size_t)D * sizeof *qt);
+                memcpy(kt + (size_t)h * D, k + ((size_t)h * T + t) * D, (size_t)D * sizeof *kt);
+                if (opts->sink && measured(opts, t)) {
+                    ap_row_event ev = {0, s, tr->layers[li], h, t, t + 1, p, row, m,
+                                       v + (size_t)h * T * D, D};
+                    if ((st = opts->sink(opts->sink_ctx, &ev, err))) break;
+                }
+            }
+            if (!st) st = ap_policy_observe(pol, t, rows, (size_t)max_T, qt, kt, err);
+        }
+        double kv = kv_bytes_of(pol, H, D), sk = (double)ap_policy_state_bytes(pol);
+        cost->kv_bytes = kv > cost->kv_bytes ? kv : cost->kv_bytes;
+        cost->sketch_bytes = sk > cost->sketch_bytes ? sk : cost->sketch_bytes;
+        ap_policy_free(pol);
+        if (opts->progress) opts->progress(opts->progress_ctx, params->name, (double)(s + 1) / tr->n_samples);
+    }
+    cost->seconds = now_s() - t0;
+done:
+    free(rows);
+    free(qt);
+    free(kt);
+    free(mask);
+    return st;
+}
+
+/* ---- cascade -------------------------------------------------------------- */
+
+typedef struct {
+    int sample, policy;
+    ap_stream *stream;
+    ap_policy **layer_policy; /* [n_layer] */
+} cascade_stream;
+
+static void free_streams(cascade_stream *cs, int n, int n_layer)
+{
+    for (int i = 0; cs && i < n; i++) {
+        ap_stream_free(cs[i].stream);
+        for (int l = 0; cs[i].layer_policy && l < n_layer; l++) ap_policy_free(cs[i].layer_policy[l]);
+        free(cs[i].layer_policy);
+    }
+    free(cs);
+}
+
+ap_status ap_replay_cascade(ap_engine *engine, const ap_trace *tr, const ap_policy_params *params,
+                            int n_policies, const ap_replay_opts *opts, ap_replay_cost *cost,
+                            ap_error *err)
+{
+    const ap_config *c = ap_engine_config(engine);
+    const int H = tr->n_head, D = tr->head_dim, L = c->n_layer, ctx = c->n_ctx;
+    if (H != c->n_head || D != c->n_embd / c->n_head)
+        return ap_error_set(err, AP_ERR_INPUT, "the trace has %d heads of %d, the model %d of %d",
+                            H, D, c->n_head, c->n_embd / c->n_head);
+    const int n_streams = tr->n_samples * n_policies;
+    int max_T = 0;
+    for (int s = 0; s < tr->n_samples; s++) max_T = tr->len[s] > max_T ? tr->len[s] : max_T;
+    ap_status st = AP_OK;
+    cascade_stream *cs = calloc((size_t)n_streams, sizeof *cs);
+    int *layers = malloc((size_t)L * sizeof *layers);
+    float **attn = calloc((size_t)L, sizeof *attn), **q = calloc((size_t)L, sizeof *q),
+          **k = calloc((size_t)L, sizeof *k);
+    ap_stream **active = malloc((size_t)n_streams * sizeof *active);
+    int *active_idx = malloc((size_t)n_streams * sizeof *active_idx);
+    int *tokens = malloc((size_t)n_streams * sizeof *tokens);
+    const int **kept_flat = malloc((size_t)n_streams * L * H * sizeof *kept_flat);
+    int *n_kept_flat = malloc((size_t)n_streams * L * H * sizeof *n_kept_flat);
+    const int *const **kept = malloc((size_t)n_streams * sizeof *kept);
+    const int **n_kept = malloc((size_t)n_streams * sizeof *n_kept);
+    unsigned char *mask = malloc((size_t)max_T);
+    memset(cost, 0, (size_t)n_policies * sizeof *cost);
+    if (!cs || !layers || !attn || !q || !k || !active || !active_idx || !tokens || !kept_flat ||
+        !n_kept_flat || !kept || !n_kept || !mask) {
+        st = ap_error_set(err, AP_ERR_RUNTIME, "out of memory for cascade replay");
+        goto done;
+    }
+    for (int l = 0; l < L; l++) {
+        layers[l] = l;
+        attn[l] = malloc((size_t)n_streams * H * ctx * sizeof(float));
+        q[l] = malloc((size_t)n_streams * H * D * sizeof(float));
+        k[l] = malloc((size_t)n_streams * H * D * sizeof(float));
+        if (!attn[l] || !q[l] || !k[l]) {
+            st = ap_error_set(err, AP_ERR_RUNTIME, "out of memory for cascade replay");
+            goto done;
+        }
+    }
+    for (int s = 0; s < tr->n_samples; s++)
+        for (int p = 0; p < n_policies; p++) {
+            cascade_stream *str = &cs[s * n_policies + p];
+            str->sample = s;
+            str->policy = p;
+            if ((st = ap_stream_create(engine, tr->len[s], &str->stream, err))) goto done;
+            if (!(str->layer_policy = calloc((size_t)L, sizeof *str->layer_policy))) {
+                st = ap_error_set(err, AP_ERR_RUNTIME, "out of memory");
+                goto done;
+            }
+            for (int l = 0; l < L; l++)
+                if ((st = ap_policy_create(&params[p], H, D, &str->layer_policy[l], err))) goto done;
+        }
+    const double t0 = now_s();
+    for (int t = 0; t < max_T && !st; t++) {
+        int n_active = 0;
+        for (int i = 0; i < n_streams; i++) {
+            cascade_stream *str = &cs[i];
+            if (t >= tr->len[str->sample]) continue;
+            const int a = n_active++;
+            active[a] = str->stream;
+            active_idx[a] = i;
+            tokens[a] = tr->ids[str->sample][t];
+            for (int l = 0; l < L; l++)
+                for (int h = 0; h < H; h++) {
+                    const ap_policy *pol = str->layer_policy[l];
+                    const size_t f = ((size_t)a * L + l) * H + h;
+                    kept_flat[f] = ap_policy_kept(pol, ap_policy_set_of(pol, h), &n_kept_flat[f]);
+                }
+            kept[a] = &kept_flat[(size_t)a * L * H];
+            n_kept[a] = &n_kept_flat[(size_t)a * L * H];
+        }
+        ap_decode_batch b = {n_active, active, tokens, kept, n_kept};
+        ap_capture cap = {.n_capture = L, .layers = layers, .attn = attn, .q = q, .k = k};
+        if ((st = ap_engine_decode_step(engine, &b, &cap, err))) break;
+        for (int a = 0; a < n_active && !st; a++) {
+            cascade_stream *str = &cs[active_idx[a]];
+            const int T = tr->len[str->sample];
+            for (int l = 0; l < L && !st; l++) {
+                ap_policy *pol = str->layer_policy[l];
+                const float *rows = attn[l] + (size_t)a * H * ctx;
+                const int li = ap_trace_layer_index(tr, l);
+                if (li >= 0 && opts->sink && measured(opts, t)) {
+                    const size_t ti = (size_t)str->sample * tr->n_layers + li;
+                    for (int h = 0; h < H && !st; h++) {
+                        retained_mask(pol, ap_policy_set_of(pol, h), t, mask);
+                        ap_row_event ev = {str->policy, str->sample, l, h, t, t + 1,
+                                           tr->attn[ti] + ((size_t)h * T + t) * T,
+                                           rows + (size_t)h * ctx, mask,
+                                           tr->v[ti] + (size_t)h * T * D, D};
+                        st = opts->sink(opts->sink_ctx, &ev, err);
+                    }
+                }
+                if (!st)
+                    st = ap_policy_observe(pol, t, rows, (size_t)ctx, q[l] + (size_t)a * H * D,
+                                           k[l] + (size_t)a * H * D, err);
+            }
+        }
+        if (opts->progress) opts->progress(opts->progress_ctx, "cascade", (double)(t + 1) / max_T);
+    }
+    const double dt = now_s() - t0;
+    for (int i = 0; i < n_streams && !st; i++) {
+        ap_replay_cost *pc = &cost[cs[i].policy];
+        double kv = 0, sk = 0;
+        for (int l = 0; l < L; l++) {
+            kv += kv_bytes_of(cs[i].layer_policy[l], H, D);
+            sk += (double)ap_policy_state_bytes(cs[i].layer_policy[l]);
+        }
+        pc->kv_bytes = kv > pc->kv_bytes ? kv : pc->kv_bytes;
+        pc->sketch_bytes = sk > pc->sketch_bytes ? sk : pc->sketch_bytes;
+        pc->seconds = dt; /* the streams decode together */
+    }
+done:
+    free_streams(cs, n_streams, L);
+    for (int l = 0; l < L; l++) {
+        if (attn) free(attn[l]);
+        if (q) free(q[l]);
+        if (k) free(k[l]);
+    }
+    free(layers), free(attn), free(q), free(k), free(active), free(active_idx), free(tokens);
+    free(kept_flat), free(n_kept_flat), free(kept), free(n_kept), free(mask);
+    return st;
+}

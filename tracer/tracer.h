@@ -1,0 +1,109 @@
+/* tracer.h — drives the engine over token streams (DESIGN.md §1, §5):
+ * samples, the reference trace (and its file), and the isolated and cascade
+ * replays of eviction policies.
+ *
+ * The tracer does not compute metrics: each replayed row is handed, with the
+ * reference row and the retained set, to a caller's ap_row_sink (cli/ feeds
+ * it to analysis/), so the folder depends on engine/ and sketch/ only. */
+#ifndef AP_TRACER_H
+#define AP_TRACER_H
+
+#include <stddef.h>
+
+#include "../engine/engine.h"
+#include "../sketch/policy.h"
+
+/* ---- samples -------------------------------------------------------------- */
+
+typedef struct {
+    int n;       /* samples */
+    int *len;    /* [n] tokens of each */
+    int **ids;   /* [n][len] */
+    int documents;  /* documents read */
+    int skipped;    /* windows shorter than min_length */
+} ap_samples;
+
+/* Splits text into documents at blank lines and packs consecutive documents
+ * into windows of at most max_length tokens, each starting with
+ * <|endoftext|> (when the vocabulary has it). A document longer than a
+ * window is cut. Windows shorter than min_length are skipped; at most
+ * n_samples are taken. */
+ap_status ap_samples_make(ap_tokenizer *tok, const char *text, size_t n_text, int n_samples,
+                          int max_length, int min_length, ap_samples *out, ap_error *err);
+void ap_samples_free(ap_samples *s);
+
+/* ---- reference trace ------------------------------------------------------ */
+
+typedef struct {
+    int n_samples, n_layers, n_head, head_dim;
+    int *layers;             /* [n_layers] probed layers */
+    int *len;                /* [n_samples] */
+    int **ids;               /* [n_samples][len] */
+    float **attn;            /* [n_samples * n_layers]: [H, T, T] */
+    float **q, **k, **v;     /* [n_samples * n_layers]: [H, T, head_dim] */
+    char model_source[1024];
+    char model_sha256[65];
+    int model_n_layer, model_vocab;
+    char config_json[4096];  /* what shaped the trace, as saved in its file */
+    double seconds;
+} ap_trace;
+
+typedef void (*ap_progress_fn)(void *ctx, const char *what, double fraction);
+
+/* One prefill per sample, capturing attention, q, k, v of `layers`. */
+ap_status ap_trace_run(ap_engine *engine, const ap_model *model, const ap_samples *samples,
+                       const int *layers, int n_layers, ap_trace *out, ap_progress_fn progress,
+                       void *progress_ctx, ap_error *err);
+/* Trace file: safetensors with ids.<s>, attn.<s>.<l>, q/k/v.<s>.<l> and
+ * metadata (model, sha256, shapes, config_json). Written atomically. */
+ap_status ap_trace_save(const ap_trace *trace, const char *path, ap_error *err);
+ap_status ap_trace_load(const char *path, ap_trace *out, ap_error *err);
+void ap_trace_free(ap_trace *trace);
+/* Index of layer in trace->layers, or -1. */
+int ap_trace_layer_index(const ap_trace *trace, int layer);
+
+/* ---- replay ----------------------------------------------------------------- */
+
+/* One replayed row: the reference row p and the policy's row q over
+ * absolute positions 0..t (n = t + 1), the retained set (t included) and the
+ * reference values of the layer's head. */
+typedef struct {
+    int policy;     /* index into the policies replayed together */
+    int sample, layer, head, t, n;
+    const float *p, *q;
+    const unsigned char *kept;
+    const float *v; /* [n, head_dim] */
+    int head_dim;
+} ap_row_event;
+
+typedef ap_status (*ap_row_sink)(void *ctx, const ap_row_event *ev, ap_error *err);
+
+typedef struct {
+    int warmup, stride;      /* rows at t >= warmup with t % stride == 0 are emitted */
+    ap_row_sink sink;
+    void *sink_ctx;
+    ap_progress_fn progress;
+    void *progress_ctx;
+} ap_replay_opts;
+
+/* Memory a policy used, the most over samples (and layers in cascade). */
+typedef struct {
+    double kv_bytes;     /* retained positions x (k + v) x head_dim x fp32, all heads */
+    double sketch_bytes; /* ap_policy_state_bytes */
+    double seconds;
+} ap_replay_cost;
+
+/* Isolated replay (DESIGN.md §5): only layer trace->layers[li] is capped;
+ * the policy's row at t is the reference row restricted to kept ∪ {t} and
+ * renormalised. Needs the trace only. */
+ap_status ap_replay_isolated(const ap_trace *trace, int li, const ap_policy_params *params,
+                             const ap_replay_opts *opts, ap_replay_cost *cost, ap_error *err);
+
+/* Cascade replay: every layer's cache capped by its own instance of the
+ * policy; all (sample, policy) streams decode together, one batched step per
+ * token. Rows of the trace's layers are emitted. cost: [n_policies]. */
+ap_status ap_replay_cascade(ap_engine *engine, const ap_trace *trace,
+                            const ap_policy_params *params, int n_policies,
+                            const ap_replay_opts *opts, ap_replay_cost *cost, ap_error *err);
+
+#endif
