@@ -83,7 +83,7 @@ static ap_status parse_run_opts(int argc, char **argv, run_opts *o, ap_error *er
     opterr = 0;
     int c;
     ap_status st = AP_OK;
-    while ((c = getopt_long(argc, argv, "+", LONGOPTS, NULL)) != -1 && !st) {
+    while ((c = getopt_long(argc, argv, "", LONGOPTS, NULL)) != -1 && !st) {
         switch (c) {
         case O_MODEL: o->model = optarg; break;
         case O_TOKENIZER: o->tokenizer = optarg; break;

@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# test_cli.sh — the attnprobe command end to end: the mission command prints
+# the table and writes the JSON; report re-renders it; check passes a run
+# against itself and exits 1 on a clearly worse one; trace --save + replay
+# gives the same metrics as one run; documented exit codes for bad input.
+#   usage: test_cli.sh ATTNPROBE FIXTURES
+set -u
+bin=$1
+fixtures=$2
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+cd "$work"
+passed=0 failed=0
+ok() { passed=$((passed + 1)); echo "ok: $1"; }
+bad() { failed=$((failed + 1)); echo "FAIL: $1"; }
+expect_exit() { # code description command...
+  local want=$1 what=$2
+  shift 2
+  "$@" > out.txt 2> err.txt
+  local got=$?
+  if [ "$got" = "$want" ]; then ok "$what (exit $got)"; else bad "$what: exit $got, want $want: $(cat err.txt)"; fi
+}
+
+expect_exit 0 "mission command" "$bin" --layer 6 --stride 16 --types cms,count_sketch,race
+grep -q "count_sketch" out.txt && grep -q "kl" out.txt && ok "table printed" || bad "no table"
+[ -s attnprobe-out/summary.json ] && grep -q 'attnprobe.summary/1' attnprobe-out/summary.json \
+  && ok "summary.json written" || bad "no summary.json"
+ls attnprobe-out | grep -q tmp && bad "temporary file left" || ok "no temporary file left"
+expect_exit 0 "report" "$bin" report attnprobe-out/summary.json
+grep -q "race" out.txt && ok "report shows the runs" || bad "report output"
+
+expect_exit 0 "baseline run" "$bin" --quiet --types full,h2o,window --budget 64 --out base
+expect_exit 0 "check against itself" "$bin" check --baseline base/summary.json --current base/summary.json
+expect_exit 0 "worse run (longer samples, same policies)" "$bin" --quiet --types full,h2o,window --budget 64 --max-length 512 --out worse
+expect_exit 1 "check finds the regression" "$bin" check --baseline base/summary.json --current worse/summary.json
+grep -q REGRESSION out.txt && ok "regression listed" || bad "no REGRESSION line"
+expect_exit 0 "check with loose tolerances" "$bin" check --baseline base/summary.json \
+  --current worse/summary.json --tol kl=100,kl_rev=100,js=1,tv=1,l1=2,l2=1,mass_retained=1,topk_recall@1=1,topk_recall@8=1,topk_recall@32=1,out_err=100,peak_shift=1000,cosine=1,index_l1=1,index_rms=1
+expect_exit 3 "check: missing runs" "$bin" check --baseline base/summary.json --current attnprobe-out/summary.json
+expect_exit 3 "check: unreadable file" "$bin" check --baseline nothing.json --current base/summary.json
+echo '{"schema": "other"}' > other.json
+expect_exit 3 "check: wrong schema" "$bin" check --baseline other.json --current base/summary.json
+expect_exit 2 "check: bad tolerance" "$bin" check --baseline base/summary.json --current base/summary.json --tol kl=abc
+
+expect_exit 0 "trace --save" "$bin" trace --save t.safetensors --layers 6,10 --quiet
+expect_exit 0 "replay" "$bin" replay t.safetensors --types h2o,cms --quiet --out replayed
+expect_exit 0 "run, same settings" "$bin" --layers 6,10 --types h2o,cms --quiet --out direct
+# identical metrics: compare the runs sections (timings and sources differ)
+strip() { sed -n '/"runs"/,$p' "$1" | grep -v -E '"(replay_s|tokens_per_s)"'; }
+if [ -n "$(strip replayed/summary.json)" ] && diff <(strip replayed/summary.json) <(strip direct/summary.json) > /dev/null; then
+  ok "replay of a saved trace = one run"
+else
+  bad "replay differs from run"
+fi
+
+expect_exit 2 "unknown policy" "$bin" --types lru
+grep -q "accepted: full" err.txt && ok "names accepted policies" || bad "error text: $(cat err.txt)"
+expect_exit 2 "bad budget" "$bin" --budget 0
+expect_exit 2 "budget below sink+recent" "$bin" --types h2o --budget 8
+expect_exit 2 "bad layer" "$bin" --layer 40
+expect_exit 2 "unknown flag" "$bin" --frobnicate
+expect_exit 2 "html not available" "$bin" --format html
+expect_exit 3 "missing model" "$bin" --model /nonexistent
+expect_exit 3 "missing input" "$bin" --input /nonexistent.txt
+printf 'short\n' > short.txt
+expect_exit 3 "too short input" "$bin" --input short.txt
+expect_exit 3 "replay of a non-trace" "$bin" replay "$fixtures/tiny/model.safetensors"
+expect_exit 2 "unknown command" "$bin" frobnicate
+expect_exit 0 "cascade mode" "$bin" --mode cascade --types full,h2o --max-length 96 --warmup 32 --quiet --out cascade
+expect_exit 0 "layer granularity, index alignment" "$bin" --granularity layer --align index --types h2o,cms
+grep -q "index_l1" out.txt && ok "index alignment shown" || bad "no index table"
+
+echo "$passed passed, $failed failed"
+[ "$failed" = 0 ]
