@@ -40,9 +40,11 @@ int ap_metric_from_name(const char *name);
  *   q      policy row [n], over the same absolute positions, 0 where evicted
  *   kept   [n] 1 for positions in the retained set (t included)
  *   v      values [n * hd] (row j at v + j * hd), or NULL: out_err is NaN
+ *   o_p    [hd] the reference output sum_j p_j v_j when known (the engine's
+ *          own), else NULL and it is computed from p and v
  * out[AP_M_COUNT]. */
 void ap_metrics_row(const float *p, const float *q, const unsigned char *kept, int n,
-                    const float *v, int hd, double *out);
+                    const float *v, const float *o_p, int hd, double *out);
 
 /* Values of one metric with the sample each came from. */
 typedef struct {

@@ -187,7 +187,7 @@ static ap_status on_row(void *ctx, const ap_row_event *ev, ap_error *err)
     while (li < a->n_layers && a->trace_layers[li] != ev->layer) li++;
     const int run = a->run_base + ev->policy * a->n_layers + li;
     double m[AP_M_COUNT];
-    ap_metrics_row(ev->p, ev->q, ev->kept, ev->n, ev->v, ev->head_dim, m);
+    ap_metrics_row(ev->p, ev->q, ev->kept, ev->n, ev->v, ev->o_p, ev->head_dim, m);
     for (int k = 0; k < AP_M_COUNT; k++) {
         ap_status st = ap_series_add(&a->series[(size_t)run * AP_M_COUNT + k], m[k], ev->sample, err);
         if (st) return st;

@@ -119,6 +119,8 @@ typedef struct {
     const int *layers;  /* [n_capture] layer indices */
     float **attn;       /* each [n_head, T, T]: causal probabilities, 0 above diagonal */
     float **q, **k, **v;/* each [n_head, T, head_dim] */
+    float **o;          /* each [n_head, T, head_dim]: attention output sum_j a_j v_j per head
+                           (prefill only) */
     float *logits;      /* [T, vocab] or [vocab] with logits_last_only; NULL: none */
     int logits_last_only;
 } ap_capture;

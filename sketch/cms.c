@@ -43,28 +43,46 @@ int ap_cms_bucket(const ap_cms *s, int row, uint64_t key)
     return (int)(ap_hash_eval(&s->rows[row], key) % (uint64_t)s->width);
 }
 
-float ap_cms_query(const ap_cms *s, uint64_t key)
+void ap_cms_buckets(const ap_cms *s, uint64_t key, uint32_t *buckets)
+{
+    for (int r = 0; r < s->depth; r++) buckets[r] = (uint32_t)ap_cms_bucket(s, r, key);
+}
+
+float ap_cms_query_buckets(const ap_cms *s, const uint32_t *buckets)
 {
     float est = FLT_MAX;
     for (int r = 0; r < s->depth; r++) {
-        float c = s->counts[(size_t)r * s->width + ap_cms_bucket(s, r, key)];
+        float c = s->counts[(size_t)r * s->width + buckets[r]];
         est = c < est ? c : est;
     }
     return est;
 }
 
-void ap_cms_update(ap_cms *s, uint64_t key, float value)
+void ap_cms_update_buckets(ap_cms *s, const uint32_t *buckets, float value)
 {
     if (!s->conservative) {
-        for (int r = 0; r < s->depth; r++)
-            s->counts[(size_t)r * s->width + ap_cms_bucket(s, r, key)] += value;
+        for (int r = 0; r < s->depth; r++) s->counts[(size_t)r * s->width + buckets[r]] += value;
         return;
     }
-    float target = ap_cms_query(s, key) + value;
+    float target = ap_cms_query_buckets(s, buckets) + value;
     for (int r = 0; r < s->depth; r++) {
-        float *c = &s->counts[(size_t)r * s->width + ap_cms_bucket(s, r, key)];
+        float *c = &s->counts[(size_t)r * s->width + buckets[r]];
         if (*c < target) *c = target;
     }
+}
+
+float ap_cms_query(const ap_cms *s, uint64_t key)
+{
+    uint32_t b[64]; /* depth <= 64 (init) */
+    ap_cms_buckets(s, key, b);
+    return ap_cms_query_buckets(s, b);
+}
+
+void ap_cms_update(ap_cms *s, uint64_t key, float value)
+{
+    uint32_t b[64];
+    ap_cms_buckets(s, key, b);
+    ap_cms_update_buckets(s, b, value);
 }
 
 ap_status ap_cms_merge(ap_cms *a, const ap_cms *b, ap_error *err)

@@ -52,10 +52,25 @@ static float sign_of(const ap_count_sketch *s, int row, uint64_t key)
     return (ap_hash_eval(&s->signs[row], key) >> 30) & 1 ? 1.0f : -1.0f;
 }
 
-void ap_cs_update(ap_count_sketch *s, uint64_t key, float value)
+enum { NEG = 1u << 31 };
+
+void ap_cs_buckets(const ap_count_sketch *s, uint64_t key, uint32_t *buckets)
 {
     for (int r = 0; r < s->depth; r++)
-        s->counts[(size_t)r * s->width + ap_cs_bucket(s, r, key)] += sign_of(s, r, key) * value;
+        buckets[r] = (uint32_t)ap_cs_bucket(s, r, key) | (sign_of(s, r, key) < 0 ? NEG : 0u);
+}
+
+void ap_cs_update_buckets(ap_count_sketch *s, const uint32_t *buckets, float value)
+{
+    for (int r = 0; r < s->depth; r++)
+        s->counts[(size_t)r * s->width + (buckets[r] & ~NEG)] += buckets[r] & NEG ? -value : value;
+}
+
+void ap_cs_update(ap_count_sketch *s, uint64_t key, float value)
+{
+    uint32_t b[64]; /* depth <= 64 (init) */
+    ap_cs_buckets(s, key, b);
+    ap_cs_update_buckets(s, b, value);
 }
 
 float ap_cs_row_estimate(const ap_count_sketch *s, int row, uint64_t key)
@@ -65,9 +80,17 @@ float ap_cs_row_estimate(const ap_count_sketch *s, int row, uint64_t key)
 
 float ap_cs_query(ap_count_sketch *s, uint64_t key)
 {
+    uint32_t b[64];
+    ap_cs_buckets(s, key, b);
+    return ap_cs_query_buckets(s, b);
+}
+
+float ap_cs_query_buckets(ap_count_sketch *s, const uint32_t *buckets)
+{
     /* insertion sort: depth is small (<= 64) and this is the policy's hot path */
     for (int r = 0; r < s->depth; r++) {
-        float v = ap_cs_row_estimate(s, r, key);
+        const float c = s->counts[(size_t)r * s->width + (buckets[r] & ~NEG)];
+        const float v = buckets[r] & NEG ? -c : c;
         int i = r;
         while (i > 0 && s->scratch[i - 1] > v) {
             s->scratch[i] = s->scratch[i - 1];

@@ -189,8 +189,8 @@ static void remove_at(ap_policy *p, int set, int i)
 {
     int n = p->n_kept[set];
     memmove(&p->kept[set][i], &p->kept[set][i + 1], (size_t)(n - i - 1) * sizeof(int));
-    for (int h = 0; h < p->n_head && p->words; h++) {
-        if ((p->n_sets == 1 ? 0 : h) != set) continue;
+    const int h_first = p->n_sets == 1 ? 0 : set, h_last = p->n_sets == 1 ? p->n_head - 1 : set;
+    for (int h = h_first; h <= h_last && p->words; h++) {
         ap_slot_word *s = p->slots[h];
         memmove(&s[(size_t)i * p->words], &s[(size_t)(i + 1) * p->words],
                 (size_t)(n - i - 1) * p->words * sizeof *s);
@@ -227,15 +227,16 @@ ap_status ap_policy_observe(ap_policy *p, int t, const float *rows, size_t row_s
         p->evicted[s] = -1;
         const int n = p->n_kept[s];
         if (p->m->never_evicts || n <= p->params.budget) continue;
-        /* Lowest score among evictable positions; the first (oldest) wins ties. */
+        /* Lowest score among evictable positions; the first (oldest) wins ties.
+         * A set's heads: itself (granularity head) or all (layer). */
+        const int h_first = p->n_sets == 1 ? 0 : s, h_last = p->n_sets == 1 ? p->n_head - 1 : s;
         int victim = -1;
         double best = 0;
         for (int i = 0; i < n; i++) {
             const int pos = p->kept[s][i];
             if (p->m->protects && (pos < p->params.sink || pos > t - p->params.recent)) continue;
             double score = 0;
-            for (int h = 0; h < p->n_head; h++) {
-                if (ap_policy_set_of(p, h) != s) continue;
+            for (int h = h_first; h <= h_last; h++) {
                 const ap_slot_word *slot = p->words ? &p->slots[h][(size_t)i * p->words] : NULL;
                 score += p->m->score(p->state[h], &steps[h], pos, slot);
             }

@@ -3,8 +3,7 @@
  * streaming data", WWW 2020), with signed random projections (Charikar 2002)
  * as the LSH: P[h(x) = h(y)] = (1 − θ(x,y)/π)^bits. Hyperplanes are drawn
  * from a seeded GSL Gaussian. */
-#include <gsl/gsl_randist.h>
-#include <gsl/gsl_rng.h>
+#include <cblas.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -22,16 +21,12 @@ ap_status ap_race_init(ap_race *s, int rows, int bits, int dim, uint64_t seed, a
     s->dim = dim;
     s->planes = malloc((size_t)rows * bits * dim * sizeof *s->planes);
     s->counts = calloc((size_t)rows << bits, sizeof *s->counts);
-    gsl_rng *rng = gsl_rng_alloc(gsl_rng_mt19937);
-    if (!s->planes || !s->counts || !rng) {
-        gsl_rng_free(rng);
+    s->proj = malloc((size_t)rows * bits * sizeof *s->proj);
+    if (!s->planes || !s->counts || !s->proj ||
+        ap_gaussian_fill(s->planes, (size_t)rows * bits * dim, seed) != 0) {
         ap_race_free(s);
         return ap_error_set(err, AP_ERR_RUNTIME, "race: out of memory");
     }
-    gsl_rng_set(rng, (unsigned long)seed);
-    for (size_t i = 0; i < (size_t)rows * bits * dim; i++)
-        s->planes[i] = (float)gsl_ran_gaussian_ziggurat(rng, 1.0);
-    gsl_rng_free(rng);
     return AP_OK;
 }
 
@@ -39,19 +34,19 @@ void ap_race_free(ap_race *s)
 {
     free(s->planes);
     free(s->counts);
+    free(s->proj);
     memset(s, 0, sizeof *s);
 }
 
-void ap_race_hash(const ap_race *s, const float *x, uint32_t *buckets)
+void ap_race_hash(ap_race *s, const float *x, uint32_t *buckets)
 {
-    const float *w = s->planes;
+    /* all rows x bits projections in one matrix-vector product */
+    cblas_sgemv(CblasRowMajor, CblasNoTrans, s->rows * s->bits, s->dim, 1.0f, s->planes, s->dim, x,
+                1, 0.0f, s->proj, 1);
+    const float *proj = s->proj;
     for (int r = 0; r < s->rows; r++) {
         uint32_t b = 0;
-        for (int i = 0; i < s->bits; i++, w += s->dim) {
-            double dot = 0;
-            for (int d = 0; d < s->dim; d++) dot += (double)w[d] * x[d];
-            b |= (uint32_t)(dot >= 0) << i;
-        }
+        for (int i = 0; i < s->bits; i++) b |= (uint32_t)(*proj++ >= 0) << i;
         buckets[r] = b;
     }
 }
@@ -75,7 +70,7 @@ void ap_race_add(ap_race *s, const float *x, float weight)
     ap_race_add_buckets(s, b, weight);
 }
 
-float ap_race_query(const ap_race *s, const float *x)
+float ap_race_query(ap_race *s, const float *x)
 {
     uint32_t b[4096];
     ap_race_hash(s, x, b);

@@ -25,6 +25,10 @@ uint64_t ap_hash_eval(const ap_hash *h, uint64_t key); /* in [0, 2^61 − 1) */
 /* splitmix64: seeds derived from one seed. */
 uint64_t ap_seed_next(uint64_t *state);
 
+/* Fills x[n] with standard normal draws from GSL's mt19937 seeded with seed
+ * (GSL's headers and OpenBLAS's cblas.h cannot share a file). 0 on success. */
+int ap_gaussian_fill(float *x, size_t n, uint64_t seed);
+
 /* ---- Count-Min (Cormode & Muthukrishnan 2005) ---------------------------- */
 
 typedef struct {
@@ -44,6 +48,11 @@ ap_status ap_cms_merge(ap_cms *a, const ap_cms *b, ap_error *err);
 void ap_cms_reset(ap_cms *s);
 size_t ap_cms_bytes(const ap_cms *s);
 int ap_cms_bucket(const ap_cms *s, int row, uint64_t key);
+/* The same operations on a key's precomputed buckets[depth], so a caller
+ * that keeps them (the policies do, per retained position) hashes a key once. */
+void ap_cms_buckets(const ap_cms *s, uint64_t key, uint32_t *buckets);
+void ap_cms_update_buckets(ap_cms *s, const uint32_t *buckets, float value);
+float ap_cms_query_buckets(const ap_cms *s, const uint32_t *buckets);
 
 /* ---- Count Sketch (Charikar, Chen & Farach-Colton 2002) ------------------ */
 
@@ -61,6 +70,10 @@ float ap_cs_query(ap_count_sketch *s, uint64_t key);          /* median of rows 
 float ap_cs_row_estimate(const ap_count_sketch *s, int row, uint64_t key);
 size_t ap_cs_bytes(const ap_count_sketch *s);
 int ap_cs_bucket(const ap_count_sketch *s, int row, uint64_t key);
+/* Precomputed form: buckets[r] = bucket | (sign < 0) << 31. */
+void ap_cs_buckets(const ap_count_sketch *s, uint64_t key, uint32_t *buckets);
+void ap_cs_update_buckets(ap_count_sketch *s, const uint32_t *buckets, float value);
+float ap_cs_query_buckets(ap_count_sketch *s, const uint32_t *buckets);
 
 /* ---- RACE (Coleman & Shrivastava 2020) ----------------------------------
  * R repetitions of a signed-random-projection LSH with b bits: bucket of x in
@@ -71,16 +84,17 @@ typedef struct {
     int rows, bits, dim;
     float *planes;  /* [rows, bits, dim] Gaussian hyperplanes (GSL RNG) */
     float *counts;  /* [rows, 2^bits] */
+    float *proj;    /* [rows * bits] scratch for one vector's projections */
 } ap_race;
 
 ap_status ap_race_init(ap_race *s, int rows, int bits, int dim, uint64_t seed, ap_error *err);
 void ap_race_free(ap_race *s);
 /* buckets[rows] of vector x[dim]. */
-void ap_race_hash(const ap_race *s, const float *x, uint32_t *buckets);
+void ap_race_hash(ap_race *s, const float *x, uint32_t *buckets);
 void ap_race_add_buckets(ap_race *s, const uint32_t *buckets, float weight);
 float ap_race_query_buckets(const ap_race *s, const uint32_t *buckets);
 void ap_race_add(ap_race *s, const float *x, float weight);
-float ap_race_query(const ap_race *s, const float *x);
+float ap_race_query(ap_race *s, const float *x);
 size_t ap_race_bytes(const ap_race *s);
 
 #endif

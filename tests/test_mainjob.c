@@ -72,7 +72,7 @@ static ap_status sink(void *ctx, const ap_row_event *ev, ap_error *err)
 {
     collect *c = ctx;
     double m[AP_M_COUNT];
-    ap_metrics_row(ev->p, ev->q, ev->kept, ev->n, ev->v, ev->head_dim, m);
+    ap_metrics_row(ev->p, ev->q, ev->kept, ev->n, ev->v, ev->o_p, ev->head_dim, m);
     for (int k = 0; k < AP_M_COUNT; k++)
         if (ap_series_add(&c->s[k], m[k], ev->sample, err)) return AP_ERR_RUNTIME;
     for (int j = 0; j < ev->n; j++) c->max_abs_diff = fmax(c->max_abs_diff, fabs(ev->p[j] - ev->q[j]));

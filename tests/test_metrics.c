@@ -19,7 +19,7 @@ static void test_identical_rows(void **state)
     float p[4] = {0.1f, 0.2f, 0.3f, 0.4f};
     unsigned char kept[4] = {1, 1, 1, 1};
     double m[AP_M_COUNT];
-    ap_metrics_row(p, p, kept, 4, NULL, 0, m);
+    ap_metrics_row(p, p, kept, 4, NULL, NULL, 0, m);
     assert_true(m[AP_M_KL] == 0.0);
     assert_true(m[AP_M_JS] == 0.0);
     assert_true(m[AP_M_TV] == 0.0);
@@ -39,7 +39,11 @@ static void test_hand_computed(void **state)
     unsigned char kept[3] = {1, 0, 1};
     float v[3 * 2] = {1, 0, 0, 1, 1, 1}; /* values, head_dim 2 */
     double m[AP_M_COUNT];
-    ap_metrics_row(p, q, kept, 3, v, 2, m);
+    ap_metrics_row(p, q, kept, 3, v, NULL, 2, m);
+    double with_o[AP_M_COUNT];
+    const float o_p[2] = {0.75f, 0.5f};
+    ap_metrics_row(p, q, kept, 3, v, o_p, 2, with_o);
+    CLOSE(with_o[AP_M_OUT_ERR], sqrt(0.0625 + 1.0 / 36) / sqrt(0.5625 + 0.25), 1e-7);
     CLOSE(m[AP_M_MASS], 0.75, 1e-7);
     CLOSE(m[AP_M_KL_REV], -log(0.75), 1e-6);          /* isolated: KL(q||p) = -log mass */
     CLOSE(m[AP_M_TV], 0.5 * (1.0 / 6 + 0.25 + 1.0 / 12), 1e-7);
@@ -74,7 +78,7 @@ static void test_peak_shift_and_recall(void **state)
     float p[5] = {0.05f, 0.6f, 0.05f, 0.1f, 0.2f}, q[5] = {0.1f, 0.0f, 0.1f, 0.3f, 0.5f};
     unsigned char kept[5] = {1, 0, 1, 1, 1};
     double m[AP_M_COUNT];
-    ap_metrics_row(p, q, kept, 5, NULL, 0, m);
+    ap_metrics_row(p, q, kept, 5, NULL, NULL, 0, m);
     assert_true(m[AP_M_PEAK_SHIFT] == 3.0); /* argmax 1 vs 4 */
     assert_true(m[AP_M_TOP1] == 0.0);
 }
@@ -98,7 +102,7 @@ static void test_against_reference_implementation(void **state)
         for (int j = 0; j < n; j++) sq += kept[j] ? p[j] : 0;
         for (int j = 0; j < n; j++) q[j] = kept[j] ? (float)(p[j] / sq) : 0.0f;
         double m[AP_M_COUNT];
-        ap_metrics_row(p, q, kept, n, NULL, 0, m);
+        ap_metrics_row(p, q, kept, n, NULL, NULL, 0, m);
         double tv = 0, l2 = 0, mass = 0, klr = 0, sump = 0, sumq = 0;
         for (int j = 0; j < n; j++) {
             tv += fabs((double)p[j] - q[j]) / 2;

@@ -48,12 +48,15 @@ ap_status ap_replay_isolated(const ap_trace *tr, int li, const ap_policy_params 
     const int H = tr->n_head, D = tr->head_dim;
     int max_T = 0;
     for (int s = 0; s < tr->n_samples; s++) max_T = tr->len[s] > max_T ? tr->len[s] : max_T;
-    float *rows = malloc((size_t)H * max_T * sizeof *rows);
+    /* Dense rows and masks over absolute positions, kept zero outside the
+     * entries written last step, so a step costs O(retained), not O(t). */
+    float *rows = calloc((size_t)H * max_T, sizeof *rows);
+    unsigned char *mask = calloc((size_t)H * max_T, 1);
+    int *written = malloc((size_t)H * max_T * sizeof *written), *n_written = calloc((size_t)H, sizeof *n_written);
     float *qt = malloc((size_t)H * D * sizeof *qt), *kt = malloc((size_t)H * D * sizeof *kt);
-    unsigned char *mask = malloc((size_t)H * max_T);
     ap_status st = AP_OK;
     memset(cost, 0, sizeof *cost);
-    if (!rows || !qt || !kt || !mask) {
+    if (!rows || !qt || !kt || !mask || !written || !n_written) {
         st = ap_error_set(err, AP_ERR_RUNTIME, "out of memory for replay");
         goto done;
     }
@@ -61,45 +64,84 @@ ap_status ap_replay_isolated(const ap_trace *tr, int li, const ap_policy_params 
     for (int s = 0; s < tr->n_samples && !st; s++) {
         const int T = tr->len[s];
         const size_t i = (size_t)s * tr->n_layers + li;
-        const float *attn = tr->attn[i], *q = tr->q[i], *k = tr->k[i], *v = tr->v[i];
+        const float *attn = tr->attn[i], *q = tr->q[i], *k = tr->k[i], *v = tr->v[i], *o = tr->o[i];
         ap_policy *pol;
         if ((st = ap_policy_create(params, H, D, &pol, err))) break;
         for (int t = 0; t < T && !st; t++) {
+            /* Until a head has evicted, its row is the reference row itself:
+             * the policy then reads the trace in place (stride T*T between
+             * heads) and nothing is copied. */
+            int intact = 1;
+            for (int h = 0; h < H && intact; h++) {
+                int n;
+                ap_policy_kept(pol, ap_policy_set_of(pol, h), &n);
+                intact = n == t;
+            }
             for (int h = 0; h < H; h++) {
                 /* reference row p; policy row = p on kept ∪ {t}, renormalised */
                 const float *p = attn + ((size_t)h * T + t) * T;
                 float *row = rows + (size_t)h * max_T;
                 unsigned char *m = mask + (size_t)h * max_T;
-                const int n_kept = retained_mask(pol, ap_policy_set_of(pol, h), t, m);
-                if (n_kept == t + 1) { /* nothing evicted: the reference row itself */
-                    memcpy(row, p, (size_t)(t + 1) * sizeof *row);
+                int *w = written + (size_t)h * max_T;
+                for (int x = 0; x < n_written[h]; x++) row[w[x]] = 0.0f, m[w[x]] = 0;
+                n_written[h] = 0;
+                int n;
+                const int *kept = ap_policy_kept(pol, ap_policy_set_of(pol, h), &n);
+                const float *q_row = p;
+                if (n == t) { /* nothing evicted */
+                    if (!intact) memcpy(row, p, (size_t)(t + 1) * sizeof *row);
+                    if (!intact) memset(m, 1, (size_t)t + 1);
+                    if (!intact) {
+                        for (int j = 0; j <= t; j++) w[j] = j;
+                        n_written[h] = t + 1;
+                    }
                 } else {
+                    memcpy(w, kept, (size_t)n * sizeof *w);
+                    w[n] = t;
+                    n_written[h] = n + 1;
                     double mass = 0;
-                    for (int j = 0; j <= t; j++) mass += m[j] ? p[j] : 0.0;
-                    for (int j = 0; j <= t; j++) row[j] = m[j] && mass > 0 ? (float)(p[j] / mass) : 0.0f;
+                    for (int x = 0; x <= n; x++) mass += p[w[x]];
+                    for (int x = 0; x <= n; x++) {
+                        row[w[x]] = mass > 0 ? (float)(p[w[x]] / mass) : 0.0f;
+                        m[w[x]] = 1;
+                    }
+                    q_row = row;
                 }
                 memcpy(qt + (size_t)h * D, q + ((size_t)h * T + t) * D, (size_t)D * sizeof *qt);
                 memcpy(kt + (size_t)h * D, k + ((size_t)h * T + t) * D, (size_t)D * sizeof *kt);
                 if (opts->sink && measured(opts, t)) {
-                    ap_row_event ev = {0, s, tr->layers[li], h, t, t + 1, p, row, m,
-                                       v + (size_t)h * T * D, D};
-                    if ((st = opts->sink(opts->sink_ctx, &ev, err))) break;
+                    if (intact) memset(m, 1, (size_t)t + 1); /* cleared again below */
+                    ap_row_event ev = {0, s, tr->layers[li], h, t, t + 1, p, q_row, m,
+                                       v + (size_t)h * T * D, o + ((size_t)h * T + t) * D, D};
+                    st = opts->sink(opts->sink_ctx, &ev, err);
+                    if (intact) memset(m, 0, (size_t)t + 1);
+                    if (st) break;
                 }
             }
-            if (!st) st = ap_policy_observe(pol, t, rows, (size_t)max_T, qt, kt, err);
+            if (st) break;
+            if (intact)
+                st = ap_policy_observe(pol, t, attn + (size_t)t * T, (size_t)T * T, qt, kt, err);
+            else
+                st = ap_policy_observe(pol, t, rows, (size_t)max_T, qt, kt, err);
         }
         double kv = kv_bytes_of(pol, H, D), sk = (double)ap_policy_state_bytes(pol);
         cost->kv_bytes = kv > cost->kv_bytes ? kv : cost->kv_bytes;
         cost->sketch_bytes = sk > cost->sketch_bytes ? sk : cost->sketch_bytes;
         ap_policy_free(pol);
+        /* the next sample starts from clean rows */
+        memset(rows, 0, (size_t)H * max_T * sizeof *rows);
+        memset(mask, 0, (size_t)H * max_T);
+        memset(n_written, 0, (size_t)H * sizeof *n_written);
         if (opts->progress) opts->progress(opts->progress_ctx, params->name, (double)(s + 1) / tr->n_samples);
     }
     cost->seconds = now_s() - t0;
 done:
     free(rows);
+    free(mask);
+    free(written);
+    free(n_written);
     free(qt);
     free(kt);
-    free(mask);
     return st;
 }
 
@@ -211,7 +253,8 @@ ap_status ap_replay_cascade(ap_engine *engine, const ap_trace *tr, const ap_poli
                         ap_row_event ev = {str->policy, str->sample, l, h, t, t + 1,
                                            tr->attn[ti] + ((size_t)h * T + t) * T,
                                            rows + (size_t)h * ctx, mask,
-                                           tr->v[ti] + (size_t)h * T * D, D};
+                                           tr->v[ti] + (size_t)h * T * D,
+                                           tr->o[ti] + ((size_t)h * T + t) * D, D};
                         st = opts->sink(opts->sink_ctx, &ev, err);
                     }
                 }

@@ -22,9 +22,10 @@ void ap_trace_free(ap_trace *tr)
         if (tr->q) free(tr->q[i]);
         if (tr->k) free(tr->k[i]);
         if (tr->v) free(tr->v[i]);
+        if (tr->o) free(tr->o[i]);
     }
     for (int s = 0; tr->ids && s < tr->n_samples; s++) free(tr->ids[s]);
-    free(tr->attn), free(tr->q), free(tr->k), free(tr->v);
+    free(tr->attn), free(tr->q), free(tr->k), free(tr->v), free(tr->o);
     free(tr->ids), free(tr->len), free(tr->layers);
     memset(tr, 0, sizeof *tr);
 }
@@ -49,7 +50,8 @@ static ap_status trace_alloc(ap_trace *tr, int n_samples, int n_layers, ap_error
     tr->q = calloc(n, sizeof *tr->q);
     tr->k = calloc(n, sizeof *tr->k);
     tr->v = calloc(n, sizeof *tr->v);
-    if (!tr->layers || !tr->len || !tr->ids || !tr->attn || !tr->q || !tr->k || !tr->v)
+    tr->o = calloc(n, sizeof *tr->o);
+    if (!tr->layers || !tr->len || !tr->ids || !tr->attn || !tr->q || !tr->k || !tr->v || !tr->o)
         return ap_error_set(err, AP_ERR_RUNTIME, "out of memory for the trace");
     return AP_OK;
 }
@@ -77,15 +79,17 @@ ap_status ap_trace_run(ap_engine *engine, const ap_model *model, const ap_sample
         if (!(tr->ids[s] = malloc((size_t)T * sizeof(int)))) goto oom;
         memcpy(tr->ids[s], samples->ids[s], (size_t)T * sizeof(int));
         float **attn = tr->attn + (size_t)s * n_layers, **q = tr->q + (size_t)s * n_layers,
-              **k = tr->k + (size_t)s * n_layers, **v = tr->v + (size_t)s * n_layers;
+              **k = tr->k + (size_t)s * n_layers, **v = tr->v + (size_t)s * n_layers,
+              **o = tr->o + (size_t)s * n_layers;
         for (int l = 0; l < n_layers; l++) {
             attn[l] = malloc(a * sizeof(float));
             q[l] = malloc(qk * sizeof(float));
             k[l] = malloc(qk * sizeof(float));
             v[l] = malloc(qk * sizeof(float));
-            if (!attn[l] || !q[l] || !k[l] || !v[l]) goto oom;
+            o[l] = malloc(qk * sizeof(float));
+            if (!attn[l] || !q[l] || !k[l] || !v[l] || !o[l]) goto oom;
         }
-        ap_capture cap = {.n_capture = n_layers, .layers = layers, .attn = attn, .q = q, .k = k, .v = v};
+        ap_capture cap = {.n_capture = n_layers, .layers = layers, .attn = attn, .q = q, .k = k, .v = v, .o = o};
         if ((st = ap_engine_prefill(engine, samples->ids[s], T, &cap, err))) goto fail;
         if (progress) progress(progress_ctx, "trace", (double)(s + 1) / samples->n);
     }
@@ -101,7 +105,7 @@ fail:
 ap_status ap_trace_save(const ap_trace *tr, const char *path, ap_error *err)
 {
     const int S = tr->n_samples, L = tr->n_layers, H = tr->n_head, D = tr->head_dim;
-    const int n_tensors = S * (1 + 4 * L);
+    const int n_tensors = S * (1 + 5 * L);
     ap_st_out *out = calloc((size_t)n_tensors, sizeof *out);
     char (*names)[48] = calloc((size_t)n_tensors, sizeof *names);
     if (!out || !names) {
@@ -116,9 +120,9 @@ ap_status ap_trace_save(const ap_trace *tr, const char *path, ap_error *err)
         n++;
         for (int l = 0; l < L; l++) {
             const size_t i = (size_t)s * L + l;
-            const char *kinds[4] = {"attn", "q", "k", "v"};
-            const float *data[4] = {tr->attn[i], tr->q[i], tr->k[i], tr->v[i]};
-            for (int kind = 0; kind < 4; kind++) {
+            const char *kinds[5] = {"attn", "q", "k", "v", "o"};
+            const float *data[5] = {tr->attn[i], tr->q[i], tr->k[i], tr->v[i], tr->o[i]};
+            for (int kind = 0; kind < 5; kind++) {
                 snprintf(names[n], sizeof names[n], "%s.%d.%d", kinds[kind], s, tr->layers[l]);
                 out[n] = (ap_st_out){names[n], AP_DT_F32, 3, {H, T, kind ? D : T}, data[kind]};
                 n++;
@@ -208,9 +212,9 @@ ap_status ap_trace_load(const char *path, ap_trace *tr, ap_error *err)
         for (int l = 0; l < L; l++) {
             const size_t i = (size_t)s * L + l;
             const size_t a = (size_t)H * T * T, qk = (size_t)H * T * D;
-            float **dst[4] = {&tr->attn[i], &tr->q[i], &tr->k[i], &tr->v[i]};
-            const char *kinds[4] = {"attn", "q", "k", "v"};
-            for (int kind = 0; kind < 4; kind++) {
+            float **dst[5] = {&tr->attn[i], &tr->q[i], &tr->k[i], &tr->v[i], &tr->o[i]};
+            const char *kinds[5] = {"attn", "q", "k", "v", "o"};
+            for (int kind = 0; kind < 5; kind++) {
                 snprintf(name, sizeof name, "%s.%d.%d", kinds[kind], s, tr->layers[l]);
                 if ((st = read_floats(f, name, kind ? qk : a, dst[kind], err))) goto fail;
             }

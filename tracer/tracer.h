@@ -41,6 +41,7 @@ typedef struct {
     int **ids;               /* [n_samples][len] */
     float **attn;            /* [n_samples * n_layers]: [H, T, T] */
     float **q, **k, **v;     /* [n_samples * n_layers]: [H, T, head_dim] */
+    float **o;               /* [n_samples * n_layers]: [H, T, head_dim] attention outputs */
     char model_source[1024];
     char model_sha256[65];
     int model_n_layer, model_vocab;
@@ -54,7 +55,7 @@ typedef void (*ap_progress_fn)(void *ctx, const char *what, double fraction);
 ap_status ap_trace_run(ap_engine *engine, const ap_model *model, const ap_samples *samples,
                        const int *layers, int n_layers, ap_trace *out, ap_progress_fn progress,
                        void *progress_ctx, ap_error *err);
-/* Trace file: safetensors with ids.<s>, attn.<s>.<l>, q/k/v.<s>.<l> and
+/* Trace file: safetensors with ids.<s>, attn.<s>.<l>, q/k/v/o.<s>.<l> and
  * metadata (model, sha256, shapes, config_json). Written atomically. */
 ap_status ap_trace_save(const ap_trace *trace, const char *path, ap_error *err);
 ap_status ap_trace_load(const char *path, ap_trace *out, ap_error *err);
@@ -72,7 +73,8 @@ typedef struct {
     int sample, layer, head, t, n;
     const float *p, *q;
     const unsigned char *kept;
-    const float *v; /* [n, head_dim] */
+    const float *v;   /* [n, head_dim] reference values */
+    const float *o_p; /* [head_dim] reference attention output of row t */
     int head_dim;
 } ap_row_event;
 

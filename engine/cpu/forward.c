@@ -227,6 +227,11 @@ static ap_status cpu_prefill(ap_engine *e, const int *ids, int T, const ap_captu
                         copy_head(dst[which][ci] + (size_t)h * T * hd, b.qkv, which, h, T, C, hd);
         }
         attention(&b, T, C, NH, ci >= 0 && cap->attn ? cap->attn[ci] : NULL);
+        if (ci >= 0 && cap->o && cap->o[ci]) /* att[T,C] holds the heads' outputs side by side */
+            for (int h = 0; h < NH; h++)
+                for (int t = 0; t < T; t++)
+                    to_float(cap->o[ci] + ((size_t)h * T + t) * hd, b.att + (size_t)t * C + (size_t)h * hd,
+                             (size_t)hd);
         block_finish(w, c, l, &b, T);
     }
     if (cap && cap->logits)

@@ -27,20 +27,24 @@ static void free_state(void *state)
 
 static size_t bytes(const void *state) { return ap_cs_bytes(state); }
 
+/* Each retained position keeps its buckets (depth words): hashed once. */
+static int slots(const ap_policy_params *p) { return p->depth; }
+
 static void observe(void *state, const ap_step *step, const int *kept, ap_slot_word *slot, int n,
                     ap_slot_word *new_slot)
 {
-    (void)slot, (void)new_slot;
-    for (int i = 0; i < n; i++) ap_cs_update(state, (uint64_t)kept[i], step->row[kept[i]]);
-    ap_cs_update(state, (uint64_t)step->t, step->row[step->t]);
+    ap_count_sketch *s = state;
+    ap_cs_buckets(s, (uint64_t)step->t, &new_slot->u);
+    for (int i = 0; i < n; i++) ap_cs_update_buckets(s, &slot[(size_t)i * s->depth].u, step->row[kept[i]]);
+    ap_cs_update_buckets(s, &new_slot->u, step->row[step->t]);
 }
 
 static double score(void *state, const ap_step *step, int pos, const ap_slot_word *slot)
 {
-    (void)step, (void)slot;
-    return ap_cs_query(state, (uint64_t)pos);
+    (void)step, (void)pos;
+    return ap_cs_query_buckets(state, &slot->u);
 }
 
 const ap_policy_method ap_method_count_sketch = {
-    "count_sketch", 0, 1, 0, ap_method_no_slots, init, free_state, bytes, observe, score,
+    "count_sketch", 0, 1, 0, slots, init, free_state, bytes, observe, score,
 };
