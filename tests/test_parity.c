@@ -230,6 +230,38 @@ static void test_decode_subset_renormalises(void **state)
     ap_model_free(m);
 }
 
+/* The captured attention output o equals sum_j a_j v_j of the captured rows. */
+static void test_attention_output_capture(void **state)
+{
+    (void)state;
+    ap_model *m;
+    ap_engine *e;
+    ap_error err;
+    if (ap_model_load("random:L=2,H=3,D=48,V=100,T=64,seed=2", &m, &err) ||
+        ap_engine_create(m, AP_BACKEND_CPU, AP_PRECISION_FP32, &e, &err))
+        fail_msg("%s", err.msg);
+    enum { T = 40, H = 3, HD = 16 };
+    int ids[T], layer = 1;
+    for (int t = 0; t < T; t++) ids[t] = (t * 17) % 100;
+    float *attn = malloc(H * T * T * sizeof(float)), *v = malloc(H * T * HD * sizeof(float)),
+          *o = malloc(H * T * HD * sizeof(float));
+    ap_capture cap = {.n_capture = 1, .layers = &layer, .attn = &attn, .v = &v, .o = &o};
+    if (ap_engine_prefill(e, ids, T, &cap, &err)) fail_msg("%s", err.msg);
+    double worst = 0;
+    for (int h = 0; h < H; h++)
+        for (int t = 0; t < T; t++)
+            for (int d = 0; d < HD; d++) {
+                double sum = 0;
+                for (int j = 0; j <= t; j++) sum += (double)attn[(h * T + t) * T + j] * v[(h * T + j) * HD + d];
+                worst = fmax(worst, fabs(sum - o[(h * T + t) * HD + d]));
+            }
+    print_message("attention output capture vs sum_j a_j v_j: %.3g\n", worst);
+    assert_true(worst <= 1e-5);
+    free(attn), free(v), free(o);
+    ap_engine_free(e);
+    ap_model_free(m);
+}
+
 static void test_decode_rejects_bad_kept(void **state)
 {
     (void)state;
@@ -268,6 +300,7 @@ int main(void)
         cmocka_unit_test(test_decode_batched_explicit_kept),
         cmocka_unit_test(test_decode_subset_renormalises),
         cmocka_unit_test(test_decode_rejects_bad_kept),
+        cmocka_unit_test(test_attention_output_capture),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
