@@ -32,6 +32,7 @@ ap_status ap_engine_create(const ap_model *model, ap_backend backend, ap_precisi
 #endif
     }
     if (st) {
+        if (e->ops && e->impl) e->ops->free(e); /* a backend that failed half-way */
         free(e);
         return st;
     }

@@ -1,0 +1,652 @@
+/* cuda_backend.cu — the CUDA backend: cuBLAS for the matrix products, small
+ * CUDA kernels for embedding, LayerNorm, GELU, bias, residual and the causal
+ * softmax. Same layout and order of operations as engine/cpu/forward.c, so
+ * the CPU backend can check it.
+ *
+ * cuBLAS is column-major; a row-major X[R, K] is a column-major X^T with
+ * leading dimension K, so out[T, OC] = in[T, IC] @ W[IC, OC] is computed as
+ * out^T = W^T in^T: gemm(N, N, m = OC, n = T, k = IC, W ld OC, in ld IC).
+ *
+ * Precision: fp32 (pedantic cuBLAS math: no tensor-core rounding), tf32
+ * (tensor cores with TF32 inputs), bf16 (weights and activations rounded to
+ * bf16 for the linear layers, fp32 accumulation; attention products in TF32). */
+#include <cublas_v2.h>
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+extern "C" {
+#include "../engine_internal.h"
+}
+
+/* ---- error handling --------------------------------------------------------- */
+
+#define CUDA_TRY(call, what)                                                                  \
+    do {                                                                                      \
+        cudaError_t e_ = (call);                                                              \
+        if (e_ != cudaSuccess)                                                                \
+            return ap_error_set(err, AP_ERR_RUNTIME, "%s failed (%s) while %s", #call,        \
+                                cudaGetErrorString(e_), what);                                \
+    } while (0)
+
+#define CUBLAS_TRY(call, what)                                                                \
+    do {                                                                                      \
+        cublasStatus_t s_ = (call);                                                           \
+        if (s_ != CUBLAS_STATUS_SUCCESS)                                                      \
+            return ap_error_set(err, AP_ERR_RUNTIME, "%s failed (cuBLAS status %d) while %s", \
+                                #call, (int)s_, what);                                        \
+    } while (0)
+
+#define KERNEL_TRY(what) CUDA_TRY(cudaGetLastError(), what)
+
+extern "C" int ap_cuda_device_count(void)
+{
+    int n = 0;
+    if (cudaGetDeviceCount(&n) != cudaSuccess) return 0;
+    return n;
+}
+
+/* ---- kernels ------------------------------------------------------------------ */
+
+__global__ void embed_kernel(float *x, const float *wte, const float *wpe, const int *ids,
+                             const int *pos, int N, int C)
+{
+    int row = blockIdx.x;
+    for (int i = threadIdx.x; i < C; i += blockDim.x)
+        x[(size_t)row * C + i] = wte[(size_t)ids[row] * C + i] + wpe[(size_t)pos[row] * C + i];
+}
+
+__device__ float block_sum(float v, float *shared)
+{
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffff, v, o);
+    int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+    __syncthreads();
+    if (lane == 0) shared[warp] = v;
+    __syncthreads();
+    float total = 0;
+    for (int w = 0; w < (int)(blockDim.x + 31) / 32; w++) total += shared[w];
+    return total;
+}
+
+__device__ float block_max(float v, float *shared)
+{
+    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffff, v, o));
+    int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+    __syncthreads();
+    if (lane == 0) shared[warp] = v;
+    __syncthreads();
+    float m = -INFINITY;
+    for (int w = 0; w < (int)(blockDim.x + 31) / 32; w++) m = fmaxf(m, shared[w]);
+    return m;
+}
+
+/* out[N,C] = LayerNorm(x) * w + b; one block per row. */
+__global__ void layernorm_kernel(float *out, const float *x, const float *w, const float *b, int C,
+                                 float eps)
+{
+    __shared__ float shared[32];
+    const float *xr = x + (size_t)blockIdx.x * C;
+    float s = 0;
+    for (int i = threadIdx.x; i < C; i += blockDim.x) s += xr[i];
+    const float mean = block_sum(s, shared) / C;
+    float v = 0;
+    for (int i = threadIdx.x; i < C; i += blockDim.x) v += (xr[i] - mean) * (xr[i] - mean);
+    const float rstd = rsqrtf(block_sum(v, shared) / C + eps);
+    float *o = out + (size_t)blockIdx.x * C;
+    for (int i = threadIdx.x; i < C; i += blockDim.x) o[i] = (xr[i] - mean) * rstd * w[i] + b[i];
+}
+
+__global__ void bias_kernel(float *x, const float *bias, size_t n, int OC)
+{
+    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) x[i] += bias[i % OC];
+}
+
+__global__ void gelu_kernel(float *x, size_t n)
+{
+    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) {
+        float v = x[i];
+        x[i] = 0.5f * v * (1.0f + tanhf(0.7978845608028654f * (v + 0.044715f * v * v * v)));
+    }
+}
+
+__global__ void add_kernel(float *x, const float *y, size_t n)
+{
+    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) x[i] += y[i];
+}
+
+__global__ void to_bf16_kernel(__nv_bfloat16 *dst, const float *src, size_t n)
+{
+    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) dst[i] = __float2bfloat16(src[i]);
+}
+
+/* Causal softmax of scores[H][T][T] rows in place (scale applied); one block
+ * per (head, row). Entries past the diagonal become 0. */
+__global__ void causal_softmax_kernel(float *scores, int T, float scale)
+{
+    __shared__ float shared[32];
+    const int row = blockIdx.x % T;
+    float *s = scores + (size_t)blockIdx.x * T;
+    float m = -INFINITY;
+    for (int j = threadIdx.x; j <= row; j += blockDim.x) m = fmaxf(m, s[j] * scale);
+    m = block_max(m, shared);
+    float sum = 0;
+    for (int j = threadIdx.x; j <= row; j += blockDim.x) {
+        float e = expf(s[j] * scale - m);
+        s[j] = e;
+        sum += e;
+    }
+    const float inv = 1.0f / block_sum(sum, shared);
+    for (int j = threadIdx.x; j < T; j += blockDim.x) s[j] = j <= row ? s[j] * inv : 0.0f;
+}
+
+/* dst[H, T, hd] from src rows [T, ld] starting at column offset (head h at offset + h*hd). */
+__global__ void split_heads_kernel(float *dst, const float *src, int T, int H, int hd, int ld,
+                                   int offset)
+{
+    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    size_t n = (size_t)H * T * hd;
+    if (i >= n) return;
+    int d = i % hd, t = (i / hd) % T, h = i / ((size_t)hd * T);
+    dst[i] = src[(size_t)t * ld + offset + h * hd + d];
+}
+
+/* One decode step's attention for (stream, head) = blockIdx.x: q from qkv
+ * [S, 3C]; keys/values of kept positions and t from the stream's cache.
+ * positions[s][l][h] lists kept positions (n_kept entries) at pos_off.
+ * Writes att[s, h*hd..] and, when rows != NULL, the dense row over 0..t. */
+__global__ void decode_attention_kernel(float *att, float *rows, const float *qkv,
+                                        float *const *k_cache, float *const *v_cache,
+                                        const int *t_of, const int *max_len_of,
+                                        const int *pos_off, const int *n_kept, const int *positions,
+                                        int H, int hd, int C, int n_ctx, int layer, int L)
+{
+    extern __shared__ float sm[]; /* scores[t + 1] then reduction scratch[32] */
+    const int s = blockIdx.x / H, h = blockIdx.x % H, t = t_of[s], max_len = max_len_of[s];
+    const int lh = (s * L + layer) * H + h;
+    const int n = n_kept[lh] + 1; /* kept + t */
+    const int *pos = positions + pos_off[lh];
+    float *scores = sm, *scratch = sm + max_len + 1;
+    const float *q = qkv + (size_t)s * 3 * C + h * hd;
+    const float *K = k_cache[s] + ((size_t)layer * H + h) * max_len * hd;
+    const float *V = v_cache[s] + ((size_t)layer * H + h) * max_len * hd;
+    const float scale = rsqrtf((float)hd);
+    float m = -INFINITY;
+    for (int i = threadIdx.x; i < n; i += blockDim.x) {
+        const int p = i < n - 1 ? pos[i] : t;
+        const float *kp = K + (size_t)p * hd;
+        float dot = 0;
+        for (int d = 0; d < hd; d++) dot += q[d] * kp[d];
+        scores[i] = dot * scale;
+        m = fmaxf(m, scores[i]);
+    }
+    m = block_max(m, scratch);
+    float sum = 0;
+    for (int i = threadIdx.x; i < n; i += blockDim.x) {
+        scores[i] = expf(scores[i] - m);
+        sum += scores[i];
+    }
+    const float inv = 1.0f / block_sum(sum, scratch);
+    for (int i = threadIdx.x; i < n; i += blockDim.x) scores[i] *= inv;
+    __syncthreads();
+    for (int d = threadIdx.x; d < hd; d += blockDim.x) {
+        float o = 0;
+        for (int i = 0; i < n; i++) o += scores[i] * V[(size_t)(i < n - 1 ? pos[i] : t) * hd + d];
+        att[(size_t)s * C + h * hd + d] = o;
+    }
+    if (rows) {
+        float *row = rows + ((size_t)s * H + h) * n_ctx;
+        for (int j = threadIdx.x; j <= t; j += blockDim.x) row[j] = 0.0f;
+        __syncthreads();
+        for (int i = threadIdx.x; i < n; i += blockDim.x) row[i < n - 1 ? pos[i] : t] = scores[i];
+    }
+}
+
+/* Appends the new k, v of each stream (from qkv [S, 3C]) to its cache. */
+__global__ void kv_append_kernel(float *const *k_cache, float *const *v_cache, const float *qkv,
+                                 const int *t_of, const int *max_len_of, int H, int hd, int C,
+                                 int layer)
+{
+    const int s = blockIdx.x, t = t_of[s], max_len = max_len_of[s];
+    for (int i = threadIdx.x; i < C; i += blockDim.x) {
+        const int h = i / hd, d = i % hd;
+        const size_t at = (((size_t)layer * H + h) * max_len + t) * hd + d;
+        k_cache[s][at] = qkv[(size_t)s * 3 * C + C + i];
+        v_cache[s][at] = qkv[(size_t)s * 3 * C + 2 * C + i];
+    }
+}
+
+/* ---- engine state ---------------------------------------------------------------- */
+
+typedef struct {
+    cublasHandle_t blas;
+    cudaStream_t stream;
+    float *weights;             /* all parameters, same layout as the host model */
+    __nv_bfloat16 *weights_bf16;/* bf16 copy for AP_PRECISION_BF16 */
+    __nv_bfloat16 *act_bf16;    /* scratch for bf16 activations */
+    size_t act_bf16_n;
+    /* scratch, grown on demand */
+    float *x, *h, *qkv, *att, *tmp, *fc, *scores, *heads, *logits;
+    int *ids, *pos;
+    size_t cap_tokens, cap_scores;
+} cuda_engine;
+
+/* Device pointer of a host weight tensor (same offset in the device copy). */
+static const float *dev_w(const ap_engine *e, const float *host)
+{
+    const cuda_engine *ce = (const cuda_engine *)e->impl;
+    return ce->weights + (host - e->model->storage);
+}
+
+static const __nv_bfloat16 *dev_w16(const ap_engine *e, const float *host)
+{
+    const cuda_engine *ce = (const cuda_engine *)e->impl;
+    return ce->weights_bf16 + (host - e->model->storage);
+}
+
+static void free_scratch(cuda_engine *ce)
+{
+    cudaFree(ce->x), cudaFree(ce->h), cudaFree(ce->qkv), cudaFree(ce->att), cudaFree(ce->tmp);
+    cudaFree(ce->fc), cudaFree(ce->scores), cudaFree(ce->heads), cudaFree(ce->logits);
+    cudaFree(ce->ids), cudaFree(ce->pos), cudaFree(ce->act_bf16);
+    ce->x = ce->h = ce->qkv = ce->att = ce->tmp = ce->fc = ce->scores = ce->heads = ce->logits = NULL;
+    ce->ids = ce->pos = NULL;
+    ce->act_bf16 = NULL;
+    ce->cap_tokens = ce->cap_scores = ce->act_bf16_n = 0;
+}
+
+/* Scratch for N rows (tokens or streams) and H*T*T scores. */
+static ap_status ensure_scratch(ap_engine *e, size_t N, size_t scores, ap_error *err)
+{
+    cuda_engine *ce = (cuda_engine *)e->impl;
+    const ap_config *c = &e->model->config;
+    const size_t C = (size_t)c->n_embd, V = (size_t)c->vocab_size;
+    if (N > ce->cap_tokens || scores > ce->cap_scores) {
+        size_t n = N > ce->cap_tokens ? N : ce->cap_tokens, sc = scores > ce->cap_scores ? scores : ce->cap_scores;
+        free_scratch(ce);
+        CUDA_TRY(cudaMalloc(&ce->x, n * C * sizeof(float)), "allocating activations");
+        CUDA_TRY(cudaMalloc(&ce->h, n * C * sizeof(float)), "allocating activations");
+        CUDA_TRY(cudaMalloc(&ce->qkv, n * 3 * C * sizeof(float)), "allocating activations");
+        CUDA_TRY(cudaMalloc(&ce->att, n * C * sizeof(float)), "allocating activations");
+        CUDA_TRY(cudaMalloc(&ce->tmp, n * C * sizeof(float)), "allocating activations");
+        CUDA_TRY(cudaMalloc(&ce->fc, n * 4 * C * sizeof(float)), "allocating activations");
+        CUDA_TRY(cudaMalloc(&ce->heads, n * C * sizeof(float)), "allocating activations");
+        CUDA_TRY(cudaMalloc(&ce->logits, n * V * sizeof(float)), "allocating logits");
+        CUDA_TRY(cudaMalloc(&ce->ids, n * sizeof(int)), "allocating ids");
+        CUDA_TRY(cudaMalloc(&ce->pos, n * sizeof(int)), "allocating positions");
+        CUDA_TRY(cudaMalloc(&ce->scores, (sc ? sc : 1) * sizeof(float)), "allocating attention scores");
+        if (e->precision == AP_PRECISION_BF16) {
+            ce->act_bf16_n = n * 4 * C;
+            CUDA_TRY(cudaMalloc(&ce->act_bf16, ce->act_bf16_n * sizeof(__nv_bfloat16)), "allocating bf16 activations");
+        }
+        ce->cap_tokens = n;
+        ce->cap_scores = sc;
+    }
+    return AP_OK;
+}
+
+static unsigned blocks(size_t n) { return (unsigned)((n + 255) / 256); }
+
+/* out[N, OC] = in[N, IC] @ W[IC, OC] + bias (W, bias: host pointers into the model). */
+static ap_status linear(ap_engine *e, float *out, const float *in, const float *W_host,
+                        const float *bias_host, int N, int IC, int OC, ap_error *err)
+{
+    cuda_engine *ce = (cuda_engine *)e->impl;
+    const float one = 1.0f, zero = 0.0f;
+    if (e->precision == AP_PRECISION_BF16) {
+        to_bf16_kernel<<<blocks((size_t)N * IC), 256, 0, ce->stream>>>(ce->act_bf16, in, (size_t)N * IC);
+        KERNEL_TRY("rounding activations to bf16");
+        CUBLAS_TRY(cublasGemmEx(ce->blas, CUBLAS_OP_N, CUBLAS_OP_N, OC, N, IC, &one, dev_w16(e, W_host),
+                                CUDA_R_16BF, OC, ce->act_bf16, CUDA_R_16BF, IC, &zero, out, CUDA_R_32F,
+                                OC, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
+                   "a bf16 linear layer");
+    } else {
+        CUBLAS_TRY(cublasSgemm(ce->blas, CUBLAS_OP_N, CUBLAS_OP_N, OC, N, IC, &one, dev_w(e, W_host),
+                               OC, in, IC, &zero, out, OC),
+                   "a linear layer");
+    }
+    bias_kernel<<<blocks((size_t)N * OC), 256, 0, ce->stream>>>(out, dev_w(e, bias_host), (size_t)N * OC, OC);
+    KERNEL_TRY("adding a bias");
+    return AP_OK;
+}
+
+static ap_status layernorm(ap_engine *e, float *out, const float *x, const float *w_host,
+                           const float *b_host, int N, ap_error *err)
+{
+    cuda_engine *ce = (cuda_engine *)e->impl;
+    const ap_config *c = &e->model->config;
+    layernorm_kernel<<<N, 256, 0, ce->stream>>>(out, x, dev_w(e, w_host), dev_w(e, b_host), c->n_embd, c->ln_eps);
+    KERNEL_TRY("LayerNorm");
+    return AP_OK;
+}
+
+/* x += attn_proj(att); x += mlp(ln2(x)) for block l over N rows. */
+static ap_status block_finish(ap_engine *e, int l, int N, ap_error *err)
+{
+    cuda_engine *ce = (cuda_engine *)e->impl;
+    const ap_config *c = &e->model->config;
+    const ap_weights *w = &e->model->w;
+    const int C = c->n_embd;
+    const size_t lc = (size_t)l * C, NC = (size_t)N * C;
+    ap_status st;
+    if ((st = linear(e, ce->tmp, ce->att, w->attn_proj_w + lc * C, w->attn_proj_b + lc, N, C, C, err))) return st;
+    add_kernel<<<blocks(NC), 256, 0, ce->stream>>>(ce->x, ce->tmp, NC);
+    KERNEL_TRY("the residual add");
+    if ((st = layernorm(e, ce->h, ce->x, w->ln2_w + lc, w->ln2_b + lc, N, err))) return st;
+    if ((st = linear(e, ce->fc, ce->h, w->fc_w + lc * 4 * C, w->fc_b + 4 * lc, N, C, 4 * C, err))) return st;
+    gelu_kernel<<<blocks(4 * NC), 256, 0, ce->stream>>>(ce->fc, 4 * NC);
+    KERNEL_TRY("GELU");
+    if ((st = linear(e, ce->tmp, ce->fc, w->fc_proj_w + lc * 4 * C, w->fc_proj_b + lc, N, 4 * C, C, err))) return st;
+    add_kernel<<<blocks(NC), 256, 0, ce->stream>>>(ce->x, ce->tmp, NC);
+    KERNEL_TRY("the residual add");
+    return AP_OK;
+}
+
+static ap_status lm_head(ap_engine *e, float *host_logits, const float *x, int N, ap_error *err)
+{
+    cuda_engine *ce = (cuda_engine *)e->impl;
+    const ap_config *c = &e->model->config;
+    const float one = 1.0f, zero = 0.0f;
+    ap_status st;
+    if ((st = layernorm(e, ce->h, x, e->model->w.lnf_w, e->model->w.lnf_b, N, err))) return st;
+    CUBLAS_TRY(cublasSgemm(ce->blas, CUBLAS_OP_T, CUBLAS_OP_N, c->vocab_size, N, c->n_embd, &one,
+                           dev_w(e, e->model->w.wte), c->n_embd, ce->h, c->n_embd, &zero, ce->logits,
+                           c->vocab_size),
+               "the LM head");
+    CUDA_TRY(cudaMemcpyAsync(host_logits, ce->logits, (size_t)N * c->vocab_size * sizeof(float),
+                             cudaMemcpyDeviceToHost, ce->stream),
+             "copying logits to the host");
+    return AP_OK;
+}
+
+static int capture_index(const ap_capture *cap, int layer)
+{
+    if (!cap) return -1;
+    for (int i = 0; i < cap->n_capture; i++)
+        if (cap->layers[i] == layer) return i;
+    return -1;
+}
+
+/* Copies head-split [H, T, hd] of rows [T, ld] at offset to a host buffer. */
+static ap_status copy_heads(ap_engine *e, float *host, const float *src, int T, int ld, int offset,
+                            ap_error *err)
+{
+    cuda_engine *ce = (cuda_engine *)e->impl;
+    const ap_config *c = &e->model->config;
+    const int H = c->n_head, hd = c->n_embd / H;
+    const size_t n = (size_t)H * T * hd;
+    split_heads_kernel<<<blocks(n), 256, 0, ce->stream>>>(ce->heads, src, T, H, hd, ld, offset);
+    KERNEL_TRY("splitting heads");
+    CUDA_TRY(cudaMemcpyAsync(host, ce->heads, n * sizeof(float), cudaMemcpyDeviceToHost, ce->stream),
+             "copying q/k/v/o to the host");
+    /* heads is reused by the next copy: wait for this one */
+    CUDA_TRY(cudaStreamSynchronize(ce->stream), "copying q/k/v/o to the host");
+    return AP_OK;
+}
+
+static ap_status cuda_prefill(ap_engine *e, const int *ids, int T, const ap_capture *cap, ap_error *err)
+{
+    cuda_engine *ce = (cuda_engine *)e->impl;
+    const ap_config *c = &e->model->config;
+    const ap_weights *w = &e->model->w;
+    const int C = c->n_embd, H = c->n_head, hd = C / H;
+    ap_status st = ensure_scratch(e, (size_t)T, (size_t)H * T * T, err);
+    if (st) return st;
+    int *pos = (int *)malloc((size_t)T * sizeof(int));
+    if (!pos) return ap_error_set(err, AP_ERR_RUNTIME, "out of memory");
+    for (int t = 0; t < T; t++) pos[t] = t;
+    cudaError_t e1 = cudaMemcpyAsync(ce->ids, ids, (size_t)T * sizeof(int), cudaMemcpyHostToDevice, ce->stream);
+    cudaError_t e2 = cudaMemcpyAsync(ce->pos, pos, (size_t)T * sizeof(int), cudaMemcpyHostToDevice, ce->stream);
+    cudaError_t e3 = cudaStreamSynchronize(ce->stream);
+    free(pos);
+    if (e1 || e2 || e3)
+        return ap_error_set(err, AP_ERR_RUNTIME, "copying token ids to the device failed (%s)",
+                            cudaGetErrorString(e1 ? e1 : e2 ? e2 : e3));
+    embed_kernel<<<T, 256, 0, ce->stream>>>(ce->x, dev_w(e, w->wte), dev_w(e, w->wpe), ce->ids, ce->pos, T, C);
+    KERNEL_TRY("the embedding");
+    int last = c->n_layer - 1;
+    if (!cap || !cap->logits) {
+        last = -1;
+        for (int i = 0; cap && i < cap->n_capture; i++) last = cap->layers[i] > last ? cap->layers[i] : last;
+    }
+    const float one = 1.0f, zero = 0.0f;
+    for (int l = 0; l <= last; l++) {
+        const size_t lc = (size_t)l * C;
+        const int ci = capture_index(cap, l);
+        if ((st = layernorm(e, ce->h, ce->x, w->ln1_w + lc, w->ln1_b + lc, T, err)) ||
+            (st = linear(e, ce->qkv, ce->h, w->attn_w + lc * 3 * C, w->attn_b + 3 * lc, T, C, 3 * C, err)))
+            return st;
+        if (ci >= 0) {
+            float **dst[3] = {cap->q, cap->k, cap->v};
+            for (int which = 0; which < 3; which++)
+                if (dst[which] && dst[which][ci] &&
+                    (st = copy_heads(e, dst[which][ci], ce->qkv, T, 3 * C, which * C, err)))
+                    return st;
+        }
+        /* scores^T[j, i] = k_j . q_i for all heads: strided batch over heads */
+        CUBLAS_TRY(cublasSgemmStridedBatched(ce->blas, CUBLAS_OP_T, CUBLAS_OP_N, T, T, hd, &one,
+                                             ce->qkv + C, 3 * C, hd, ce->qkv, 3 * C, hd, &zero,
+                                             ce->scores, T, (long long)T * T, H),
+                   "attention scores");
+        causal_softmax_kernel<<<H * T, 256, 0, ce->stream>>>(ce->scores, T, 1.0f / sqrtf((float)hd));
+        KERNEL_TRY("the causal softmax");
+        if (ci >= 0 && cap->attn && cap->attn[ci])
+            CUDA_TRY(cudaMemcpyAsync(cap->attn[ci], ce->scores, (size_t)H * T * T * sizeof(float),
+                                     cudaMemcpyDeviceToHost, ce->stream),
+                     "copying attention to the host");
+        /* att^T[:, h] = v_h^T P_h^T */
+        CUBLAS_TRY(cublasSgemmStridedBatched(ce->blas, CUBLAS_OP_N, CUBLAS_OP_N, hd, T, T, &one,
+                                             ce->qkv + 2 * C, 3 * C, hd, ce->scores, T, (long long)T * T,
+                                             &zero, ce->att, C, hd, H),
+                   "attention times values");
+        if (ci >= 0 && cap->o && cap->o[ci] && (st = copy_heads(e, cap->o[ci], ce->att, T, C, 0, err)))
+            return st;
+        if ((st = block_finish(e, l, T, err))) return st;
+    }
+    if (cap && cap->logits) {
+        const float *x = cap->logits_last_only ? ce->x + (size_t)(T - 1) * C : ce->x;
+        if ((st = lm_head(e, cap->logits, x, cap->logits_last_only ? 1 : T, err))) return st;
+    }
+    CUDA_TRY(cudaStreamSynchronize(ce->stream), "finishing the prefill");
+    return AP_OK;
+}
+
+/* ---- decode ------------------------------------------------------------------------ */
+
+typedef struct {
+    float *k, *v; /* device [L, H, max_len, hd] */
+} cuda_stream;
+
+static ap_status cuda_stream_init(ap_engine *e, ap_stream *s, ap_error *err)
+{
+    const ap_config *c = &e->model->config;
+    cuda_stream *cs = (cuda_stream *)calloc(1, sizeof *cs);
+    if (!cs) return ap_error_set(err, AP_ERR_RUNTIME, "out of memory");
+    const size_t n = (size_t)c->n_layer * c->n_embd * s->max_len * sizeof(float);
+    if (cudaMalloc(&cs->k, n) != cudaSuccess || cudaMalloc(&cs->v, n) != cudaSuccess) {
+        cudaFree(cs->k);
+        free(cs);
+        return ap_error_set(err, AP_ERR_RUNTIME, "cudaMalloc of a %zu-byte KV cache failed", 2 * n);
+    }
+    s->impl = cs;
+    return AP_OK;
+}
+
+static void cuda_stream_free(ap_stream *s)
+{
+    cuda_stream *cs = (cuda_stream *)s->impl;
+    if (!cs) return;
+    cudaFree(cs->k);
+    cudaFree(cs->v);
+    free(cs);
+}
+
+static ap_status cuda_decode_step(ap_engine *e, const ap_decode_batch *b, const ap_capture *cap,
+                                  ap_error *err)
+{
+    cuda_engine *ce = (cuda_engine *)e->impl;
+    const ap_config *c = &e->model->config;
+    const ap_weights *w = &e->model->w;
+    const int S = b->n_stream, C = c->n_embd, H = c->n_head, hd = C / H, L = c->n_layer;
+    ap_status st = ensure_scratch(e, (size_t)S, 0, err);
+    if (st) return st;
+    /* Host-side tables: per stream t, max_len, cache pointers; per (s,l,h) the kept list. */
+    int *t_of = (int *)malloc(S * sizeof(int)), *max_len = (int *)malloc(S * sizeof(int));
+    float **kc = (float **)malloc(S * sizeof(float *)), **vc = (float **)malloc(S * sizeof(float *));
+    int *off = (int *)malloc((size_t)S * L * H * sizeof(int)), *cnt = (int *)malloc((size_t)S * L * H * sizeof(int));
+    size_t total = 0;
+    int longest = 0;
+    for (int s = 0; s < S; s++) {
+        const ap_stream *str = b->streams[s];
+        t_of[s] = str->pos;
+        max_len[s] = str->max_len;
+        longest = str->max_len > longest ? str->max_len : longest;
+        kc[s] = ((cuda_stream *)str->impl)->k;
+        vc[s] = ((cuda_stream *)str->impl)->v;
+        for (int lh = 0; lh < L * H; lh++) {
+            const int n = b->kept && b->kept[s] ? b->n_kept[s][lh] : str->pos;
+            off[s * L * H + lh] = (int)total;
+            cnt[s * L * H + lh] = n;
+            total += (size_t)n;
+        }
+    }
+    int *positions = (int *)malloc((total ? total : 1) * sizeof(int));
+    for (int s = 0; s < S; s++)
+        for (int lh = 0; lh < L * H; lh++) {
+            int *dst = positions + off[s * L * H + lh];
+            const int n = cnt[s * L * H + lh];
+            if (b->kept && b->kept[s]) memcpy(dst, b->kept[s][lh], (size_t)n * sizeof(int));
+            else for (int j = 0; j < n; j++) dst[j] = j;
+        }
+    /* one device block of tables: [t_of | max_len | off | cnt | positions], then pointer arrays */
+    const size_t ints = 2 * (size_t)S + 2 * (size_t)S * L * H + total;
+    int *d_ints = NULL;
+    float **d_ptrs = NULL, *rows = NULL;
+    cudaError_t ce1 = cudaMalloc(&d_ints, (ints ? ints : 1) * sizeof(int));
+    cudaError_t ce2 = cudaMalloc(&d_ptrs, 2 * (size_t)S * sizeof(float *));
+    cudaError_t ce3 = cudaMalloc(&rows, (size_t)S * H * c->n_ctx * sizeof(float));
+    if (ce1 || ce2 || ce3) {
+        st = ap_error_set(err, AP_ERR_RUNTIME, "cudaMalloc for a decode step failed (%s)",
+                          cudaGetErrorString(ce1 ? ce1 : ce2 ? ce2 : ce3));
+        goto done;
+    }
+    {
+        int *d_t = d_ints, *d_max = d_t + S, *d_off = d_max + S, *d_cnt = d_off + (size_t)S * L * H,
+            *d_pos = d_cnt + (size_t)S * L * H;
+        float **d_k = d_ptrs, **d_v = d_ptrs + S;
+        cudaMemcpyAsync(d_t, t_of, S * sizeof(int), cudaMemcpyHostToDevice, ce->stream);
+        cudaMemcpyAsync(d_max, max_len, S * sizeof(int), cudaMemcpyHostToDevice, ce->stream);
+        cudaMemcpyAsync(d_off, off, (size_t)S * L * H * sizeof(int), cudaMemcpyHostToDevice, ce->stream);
+        cudaMemcpyAsync(d_cnt, cnt, (size_t)S * L * H * sizeof(int), cudaMemcpyHostToDevice, ce->stream);
+        if (total) cudaMemcpyAsync(d_pos, positions, total * sizeof(int), cudaMemcpyHostToDevice, ce->stream);
+        cudaMemcpyAsync(d_k, kc, S * sizeof(float *), cudaMemcpyHostToDevice, ce->stream);
+        cudaMemcpyAsync(d_v, vc, S * sizeof(float *), cudaMemcpyHostToDevice, ce->stream);
+        cudaMemcpyAsync(ce->ids, b->tokens, S * sizeof(int), cudaMemcpyHostToDevice, ce->stream);
+        cudaMemcpyAsync(ce->pos, t_of, S * sizeof(int), cudaMemcpyHostToDevice, ce->stream);
+        cudaError_t ec = cudaStreamSynchronize(ce->stream);
+        if (ec) {
+            st = ap_error_set(err, AP_ERR_RUNTIME, "copying the decode tables failed (%s)", cudaGetErrorString(ec));
+            goto done;
+        }
+        embed_kernel<<<S, 256, 0, ce->stream>>>(ce->x, dev_w(e, w->wte), dev_w(e, w->wpe), ce->ids, ce->pos, S, C);
+        const size_t smem = ((size_t)longest + 1 + 32) * sizeof(float);
+        for (int l = 0; l < L && !st; l++) {
+            const size_t lc = (size_t)l * C;
+            const int ci = capture_index(cap, l);
+            if ((st = layernorm(e, ce->h, ce->x, w->ln1_w + lc, w->ln1_b + lc, S, err)) ||
+                (st = linear(e, ce->qkv, ce->h, w->attn_w + lc * 3 * C, w->attn_b + 3 * lc, S, C, 3 * C, err)))
+                break;
+            kv_append_kernel<<<S, 256, 0, ce->stream>>>(d_k, d_v, ce->qkv, d_t, d_max, H, hd, C, l);
+            const int want_rows = ci >= 0 && cap->attn && cap->attn[ci];
+            decode_attention_kernel<<<S * H, 128, smem, ce->stream>>>(
+                ce->att, want_rows ? rows : NULL, ce->qkv, d_k, d_v, d_t, d_max, d_off, d_cnt, d_pos,
+                H, hd, C, c->n_ctx, l, L);
+            cudaError_t ek = cudaGetLastError();
+            if (ek) {
+                st = ap_error_set(err, AP_ERR_RUNTIME, "the decode attention kernel failed (%s)", cudaGetErrorString(ek));
+                break;
+            }
+            if (ci >= 0) {
+                /* rows: only 0..t of each are defined; copy whole rows (zeros past t are not
+                 * written by the kernel, so copy just the prefix of each row) */
+                if (want_rows)
+                    for (int s = 0; s < S; s++)
+                        cudaMemcpy2DAsync(cap->attn[ci] + (size_t)s * H * c->n_ctx, c->n_ctx * sizeof(float),
+                                          rows + (size_t)s * H * c->n_ctx, c->n_ctx * sizeof(float),
+                                          (size_t)(t_of[s] + 1) * sizeof(float), H, cudaMemcpyDeviceToHost,
+                                          ce->stream);
+                float **dst[3] = {cap->q, cap->k, cap->v};
+                for (int which = 0; which < 3; which++)
+                    if (dst[which] && dst[which][ci])
+                        cudaMemcpy2DAsync(dst[which][ci], C * sizeof(float), ce->qkv + which * C,
+                                          3 * C * sizeof(float), C * sizeof(float), S,
+                                          cudaMemcpyDeviceToHost, ce->stream);
+            }
+            st = block_finish(e, l, S, err);
+        }
+        if (!st && cap && cap->logits) st = lm_head(e, cap->logits, ce->x, S, err);
+        cudaError_t ef = cudaStreamSynchronize(ce->stream);
+        if (!st && ef) st = ap_error_set(err, AP_ERR_RUNTIME, "the decode step failed (%s)", cudaGetErrorString(ef));
+    }
+done:
+    cudaFree(d_ints);
+    cudaFree(d_ptrs);
+    cudaFree(rows);
+    free(t_of), free(max_len), free(kc), free(vc), free(off), free(cnt), free(positions);
+    return st;
+}
+
+/* ---- engine ----------------------------------------------------------------------- */
+
+static void cuda_free(ap_engine *e)
+{
+    cuda_engine *ce = (cuda_engine *)e->impl;
+    if (!ce) return;
+    free_scratch(ce);
+    cudaFree(ce->weights);
+    cudaFree(ce->weights_bf16);
+    if (ce->blas) cublasDestroy(ce->blas);
+    if (ce->stream) cudaStreamDestroy(ce->stream);
+    free(ce);
+}
+
+static const ap_backend_ops cuda_ops = {cuda_prefill, cuda_stream_init, cuda_stream_free,
+                                        cuda_decode_step, cuda_free};
+
+extern "C" ap_status ap_cuda_engine_init(ap_engine *e, ap_error *err)
+{
+    if (ap_cuda_device_count() == 0)
+        return ap_error_set(err, AP_ERR_RUNTIME, "--device cuda: no CUDA device is visible");
+    cuda_engine *ce = (cuda_engine *)calloc(1, sizeof *ce);
+    if (!ce) return ap_error_set(err, AP_ERR_RUNTIME, "out of memory");
+    e->impl = ce;
+    e->ops = &cuda_ops;
+    const ap_model *m = e->model;
+    const size_t bytes = m->n_params * sizeof(float);
+    CUDA_TRY(cudaStreamCreate(&ce->stream), "creating a CUDA stream");
+    CUBLAS_TRY(cublasCreate(&ce->blas), "creating the cuBLAS handle");
+    CUBLAS_TRY(cublasSetStream(ce->blas, ce->stream), "binding cuBLAS to the stream");
+    CUBLAS_TRY(cublasSetMathMode(ce->blas, e->precision == AP_PRECISION_FP32 ? CUBLAS_PEDANTIC_MATH
+                                                                             : CUBLAS_TF32_TENSOR_OP_MATH),
+               "setting the math mode");
+    CUDA_TRY(cudaMalloc(&ce->weights, bytes), "allocating the weights on the device");
+    CUDA_TRY(cudaMemcpy(ce->weights, m->storage, bytes, cudaMemcpyHostToDevice), "copying the weights");
+    if (e->precision == AP_PRECISION_BF16) {
+        CUDA_TRY(cudaMalloc(&ce->weights_bf16, m->n_params * sizeof(__nv_bfloat16)), "allocating bf16 weights");
+        to_bf16_kernel<<<blocks(m->n_params), 256, 0, ce->stream>>>(ce->weights_bf16, ce->weights, m->n_params);
+        KERNEL_TRY("rounding the weights to bf16");
+        CUDA_TRY(cudaStreamSynchronize(ce->stream), "rounding the weights to bf16");
+    }
+    cudaDeviceProp prop;
+    int dev = 0;
+    cudaGetDevice(&dev);
+    cudaGetDeviceProperties(&prop, dev);
+    const char *prec = e->precision == AP_PRECISION_FP32 ? "fp32" : e->precision == AP_PRECISION_TF32 ? "tf32" : "bf16";
+    snprintf(e->device_name, sizeof e->device_name, "cuda (%s, %s)", prop.name, prec);
+    return AP_OK;
+}
