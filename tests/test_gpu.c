@@ -40,12 +40,17 @@ static void test_fp32_parity(void **state)
     check("bf16", AP_PRECISION_FP32, 1e-5, 1e-4);
 }
 
+/* bf16 and tf32 on the fixture stored in bf16: its weights are exact in
+ * bf16, so the error is the engine's (activations rounded to bf16, TF32
+ * attention products) and not a change of model. On fp32-stored models
+ * rounding the weights adds its own error: printed, bounded loosely. */
 static void test_reduced_precision(void **state)
 {
     (void)state;
-    check("tiny", AP_PRECISION_BF16, 2e-3, 1.0);
-    check("bf16", AP_PRECISION_BF16, 2e-3, 1.0);
-    check("tiny", AP_PRECISION_TF32, 2e-3, 1.0);
+    check("bf16", AP_PRECISION_BF16, 2e-3, 1e-2);
+    check("bf16", AP_PRECISION_TF32, 2e-3, 1e-2);
+    check("tiny", AP_PRECISION_BF16, 2e-2, 1e-1);
+    check("vocab50257", AP_PRECISION_BF16, 2e-2, 1e-1);
 }
 
 /* Records every emitted row's retained mask and the largest |q - p|. */

@@ -156,21 +156,23 @@ __global__ void split_heads_kernel(float *dst, const float *src, int T, int H, i
     dst[i] = src[(size_t)t * ld + offset + h * hd + d];
 }
 
-/* One decode step's attention for (stream, head) = blockIdx.x: q from qkv
- * [S, 3C]; keys/values of kept positions and t from the stream's cache.
- * positions[s][l][h] lists kept positions (n_kept entries) at pos_off.
- * Writes att[s, h*hd..] and, when rows != NULL, the dense row over 0..t. */
-__global__ void decode_attention_kernel(float *att, float *rows, const float *qkv,
+/* One decode step's attention of layer `layer` for (stream, head) =
+ * blockIdx.x: q from qkv [S, 3C]; keys/values of the kept positions and t
+ * from the stream's cache. Tables are layer-major: list i = (layer * S + s) *
+ * H + h holds n_kept[i] kept positions at positions + pos_off[i]. Writes
+ * att[s, h*hd..] and, when compact != NULL, the row's probabilities in list
+ * order (kept..., t) at compact + pos_off[i] + i. */
+__global__ void decode_attention_kernel(float *att, float *compact, const float *qkv,
                                         float *const *k_cache, float *const *v_cache,
                                         const int *t_of, const int *max_len_of,
                                         const int *pos_off, const int *n_kept, const int *positions,
-                                        int H, int hd, int C, int n_ctx, int layer, int L)
+                                        int S, int H, int hd, int C, int layer)
 {
-    extern __shared__ float sm[]; /* scores[t + 1] then reduction scratch[32] */
+    extern __shared__ float sm[]; /* scores[longest + 1] then reduction scratch[32] */
     const int s = blockIdx.x / H, h = blockIdx.x % H, t = t_of[s], max_len = max_len_of[s];
-    const int lh = (s * L + layer) * H + h;
-    const int n = n_kept[lh] + 1; /* kept + t */
-    const int *pos = positions + pos_off[lh];
+    const int list = (layer * S + s) * H + h;
+    const int n = n_kept[list] + 1; /* kept + t */
+    const int *pos = positions + pos_off[list];
     float *scores = sm, *scratch = sm + max_len + 1;
     const float *q = qkv + (size_t)s * 3 * C + h * hd;
     const float *K = k_cache[s] + ((size_t)layer * H + h) * max_len * hd;
@@ -199,12 +201,8 @@ __global__ void decode_attention_kernel(float *att, float *rows, const float *qk
         for (int i = 0; i < n; i++) o += scores[i] * V[(size_t)(i < n - 1 ? pos[i] : t) * hd + d];
         att[(size_t)s * C + h * hd + d] = o;
     }
-    if (rows) {
-        float *row = rows + ((size_t)s * H + h) * n_ctx;
-        for (int j = threadIdx.x; j <= t; j += blockDim.x) row[j] = 0.0f;
-        __syncthreads();
-        for (int i = threadIdx.x; i < n; i += blockDim.x) row[i < n - 1 ? pos[i] : t] = scores[i];
-    }
+    if (compact)
+        for (int i = threadIdx.x; i < n; i += blockDim.x) compact[pos_off[list] + list + i] = scores[i];
 }
 
 /* Appends the new k, v of each stream (from qkv [S, 3C]) to its cache. */
@@ -234,6 +232,9 @@ typedef struct {
     float *x, *h, *qkv, *att, *tmp, *fc, *scores, *heads, *logits;
     int *ids, *pos;
     size_t cap_tokens, cap_scores;
+    /* decode tables, grown on demand: device, and pinned host staging */
+    void *d_tables, *d_ptrs, *d_compact, *h_tables, *h_ptrs, *h_compact;
+    size_t d_tables_cap, d_ptrs_cap, d_compact_cap, h_tables_cap, h_ptrs_cap, h_compact_cap;
 } cuda_engine;
 
 /* Device pointer of a host weight tensor (same offset in the device copy). */
@@ -486,6 +487,27 @@ static void cuda_stream_free(ap_stream *s)
     free(cs);
 }
 
+/* Grows a device buffer to at least n bytes. */
+static cudaError_t grow(void **buf, size_t *cap, size_t n)
+{
+    if (n <= *cap) return cudaSuccess;
+    cudaFree(*buf);
+    *cap = 0;
+    cudaError_t e = cudaMalloc(buf, n);
+    if (e == cudaSuccess) *cap = n;
+    return e;
+}
+
+static cudaError_t grow_host(void **buf, size_t *cap, size_t n)
+{
+    if (n <= *cap) return cudaSuccess;
+    cudaFreeHost(*buf);
+    *cap = 0;
+    cudaError_t e = cudaMallocHost(buf, n);
+    if (e == cudaSuccess) *cap = n;
+    return e;
+}
+
 static ap_status cuda_decode_step(ap_engine *e, const ap_decode_batch *b, const ap_capture *cap,
                                   ap_error *err)
 {
@@ -493,112 +515,110 @@ static ap_status cuda_decode_step(ap_engine *e, const ap_decode_batch *b, const 
     const ap_config *c = &e->model->config;
     const ap_weights *w = &e->model->w;
     const int S = b->n_stream, C = c->n_embd, H = c->n_head, hd = C / H, L = c->n_layer;
+    const size_t lists = (size_t)S * L * H;
     ap_status st = ensure_scratch(e, (size_t)S, 0, err);
     if (st) return st;
-    /* Host-side tables: per stream t, max_len, cache pointers; per (s,l,h) the kept list. */
-    int *t_of = (int *)malloc(S * sizeof(int)), *max_len = (int *)malloc(S * sizeof(int));
-    float **kc = (float **)malloc(S * sizeof(float *)), **vc = (float **)malloc(S * sizeof(float *));
-    int *off = (int *)malloc((size_t)S * L * H * sizeof(int)), *cnt = (int *)malloc((size_t)S * L * H * sizeof(int));
+    /* Host tables in pinned memory, layer-major lists: [t_of S | max_len S |
+     * pos_off lists | n_kept lists | positions total], then cache pointers. */
     size_t total = 0;
     int longest = 0;
     for (int s = 0; s < S; s++) {
-        const ap_stream *str = b->streams[s];
-        t_of[s] = str->pos;
-        max_len[s] = str->max_len;
-        longest = str->max_len > longest ? str->max_len : longest;
-        kc[s] = ((cuda_stream *)str->impl)->k;
-        vc[s] = ((cuda_stream *)str->impl)->v;
-        for (int lh = 0; lh < L * H; lh++) {
-            const int n = b->kept && b->kept[s] ? b->n_kept[s][lh] : str->pos;
-            off[s * L * H + lh] = (int)total;
-            cnt[s * L * H + lh] = n;
-            total += (size_t)n;
-        }
+        longest = b->streams[s]->max_len > longest ? b->streams[s]->max_len : longest;
+        for (int lh = 0; lh < L * H; lh++)
+            total += (size_t)(b->kept && b->kept[s] ? b->n_kept[s][lh] : b->streams[s]->pos);
     }
-    int *positions = (int *)malloc((total ? total : 1) * sizeof(int));
-    for (int s = 0; s < S; s++)
-        for (int lh = 0; lh < L * H; lh++) {
-            int *dst = positions + off[s * L * H + lh];
-            const int n = cnt[s * L * H + lh];
-            if (b->kept && b->kept[s]) memcpy(dst, b->kept[s][lh], (size_t)n * sizeof(int));
-            else for (int j = 0; j < n; j++) dst[j] = j;
-        }
-    /* one device block of tables: [t_of | max_len | off | cnt | positions], then pointer arrays */
-    const size_t ints = 2 * (size_t)S + 2 * (size_t)S * L * H + total;
-    int *d_ints = NULL;
-    float **d_ptrs = NULL, *rows = NULL;
-    cudaError_t ce1 = cudaMalloc(&d_ints, (ints ? ints : 1) * sizeof(int));
-    cudaError_t ce2 = cudaMalloc(&d_ptrs, 2 * (size_t)S * sizeof(float *));
-    cudaError_t ce3 = cudaMalloc(&rows, (size_t)S * H * c->n_ctx * sizeof(float));
-    if (ce1 || ce2 || ce3) {
-        st = ap_error_set(err, AP_ERR_RUNTIME, "cudaMalloc for a decode step failed (%s)",
-                          cudaGetErrorString(ce1 ? ce1 : ce2 ? ce2 : ce3));
-        goto done;
-    }
-    {
-        int *d_t = d_ints, *d_max = d_t + S, *d_off = d_max + S, *d_cnt = d_off + (size_t)S * L * H,
-            *d_pos = d_cnt + (size_t)S * L * H;
-        float **d_k = d_ptrs, **d_v = d_ptrs + S;
-        cudaMemcpyAsync(d_t, t_of, S * sizeof(int), cudaMemcpyHostToDevice, ce->stream);
-        cudaMemcpyAsync(d_max, max_len, S * sizeof(int), cudaMemcpyHostToDevice, ce->stream);
-        cudaMemcpyAsync(d_off, off, (size_t)S * L * H * sizeof(int), cudaMemcpyHostToDevice, ce->stream);
-        cudaMemcpyAsync(d_cnt, cnt, (size_t)S * L * H * sizeof(int), cudaMemcpyHostToDevice, ce->stream);
-        if (total) cudaMemcpyAsync(d_pos, positions, total * sizeof(int), cudaMemcpyHostToDevice, ce->stream);
-        cudaMemcpyAsync(d_k, kc, S * sizeof(float *), cudaMemcpyHostToDevice, ce->stream);
-        cudaMemcpyAsync(d_v, vc, S * sizeof(float *), cudaMemcpyHostToDevice, ce->stream);
-        cudaMemcpyAsync(ce->ids, b->tokens, S * sizeof(int), cudaMemcpyHostToDevice, ce->stream);
-        cudaMemcpyAsync(ce->pos, t_of, S * sizeof(int), cudaMemcpyHostToDevice, ce->stream);
-        cudaError_t ec = cudaStreamSynchronize(ce->stream);
-        if (ec) {
-            st = ap_error_set(err, AP_ERR_RUNTIME, "copying the decode tables failed (%s)", cudaGetErrorString(ec));
-            goto done;
-        }
-        embed_kernel<<<S, 256, 0, ce->stream>>>(ce->x, dev_w(e, w->wte), dev_w(e, w->wpe), ce->ids, ce->pos, S, C);
-        const size_t smem = ((size_t)longest + 1 + 32) * sizeof(float);
-        for (int l = 0; l < L && !st; l++) {
-            const size_t lc = (size_t)l * C;
-            const int ci = capture_index(cap, l);
-            if ((st = layernorm(e, ce->h, ce->x, w->ln1_w + lc, w->ln1_b + lc, S, err)) ||
-                (st = linear(e, ce->qkv, ce->h, w->attn_w + lc * 3 * C, w->attn_b + 3 * lc, S, C, 3 * C, err)))
-                break;
-            kv_append_kernel<<<S, 256, 0, ce->stream>>>(d_k, d_v, ce->qkv, d_t, d_max, H, hd, C, l);
-            const int want_rows = ci >= 0 && cap->attn && cap->attn[ci];
-            decode_attention_kernel<<<S * H, 128, smem, ce->stream>>>(
-                ce->att, want_rows ? rows : NULL, ce->qkv, d_k, d_v, d_t, d_max, d_off, d_cnt, d_pos,
-                H, hd, C, c->n_ctx, l, L);
-            cudaError_t ek = cudaGetLastError();
-            if (ek) {
-                st = ap_error_set(err, AP_ERR_RUNTIME, "the decode attention kernel failed (%s)", cudaGetErrorString(ek));
-                break;
+    const size_t ints = 2 * (size_t)S + 2 * lists + total;
+    cudaError_t ec = grow_host(&ce->h_tables, &ce->h_tables_cap, ints * sizeof(int));
+    if (!ec) ec = grow(&ce->d_tables, &ce->d_tables_cap, ints * sizeof(int));
+    if (!ec) ec = grow(&ce->d_ptrs, &ce->d_ptrs_cap, 2 * (size_t)S * sizeof(float *));
+    if (!ec) ec = grow_host(&ce->h_ptrs, &ce->h_ptrs_cap, 2 * (size_t)S * sizeof(float *));
+    if (!ec) ec = grow(&ce->d_compact, &ce->d_compact_cap, (total + lists) * sizeof(float));
+    if (!ec) ec = grow_host(&ce->h_compact, &ce->h_compact_cap, (total + lists) * sizeof(float));
+    if (ec) return ap_error_set(err, AP_ERR_RUNTIME, "allocating decode tables failed (%s)", cudaGetErrorString(ec));
+    int *t_of = (int *)ce->h_tables, *max_len = t_of + S, *off = max_len + S, *cnt = off + lists,
+        *positions = cnt + lists;
+    float **kc = (float **)ce->h_ptrs, **vc = kc + S;
+    size_t at = 0;
+    for (int l = 0; l < L; l++)
+        for (int s = 0; s < S; s++)
+            for (int h = 0; h < H; h++) {
+                const ap_stream *str = b->streams[s];
+                const int lh = l * H + h, list = (l * S + s) * H + h;
+                const int n = b->kept && b->kept[s] ? b->n_kept[s][lh] : str->pos;
+                off[list] = (int)at;
+                cnt[list] = n;
+                if (b->kept && b->kept[s]) memcpy(positions + at, b->kept[s][lh], (size_t)n * sizeof(int));
+                else for (int j = 0; j < n; j++) positions[at + j] = j;
+                at += (size_t)n;
             }
-            if (ci >= 0) {
-                /* rows: only 0..t of each are defined; copy whole rows (zeros past t are not
-                 * written by the kernel, so copy just the prefix of each row) */
-                if (want_rows)
-                    for (int s = 0; s < S; s++)
-                        cudaMemcpy2DAsync(cap->attn[ci] + (size_t)s * H * c->n_ctx, c->n_ctx * sizeof(float),
-                                          rows + (size_t)s * H * c->n_ctx, c->n_ctx * sizeof(float),
-                                          (size_t)(t_of[s] + 1) * sizeof(float), H, cudaMemcpyDeviceToHost,
-                                          ce->stream);
-                float **dst[3] = {cap->q, cap->k, cap->v};
-                for (int which = 0; which < 3; which++)
-                    if (dst[which] && dst[which][ci])
-                        cudaMemcpy2DAsync(dst[which][ci], C * sizeof(float), ce->qkv + which * C,
-                                          3 * C * sizeof(float), C * sizeof(float), S,
-                                          cudaMemcpyDeviceToHost, ce->stream);
-            }
-            st = block_finish(e, l, S, err);
-        }
-        if (!st && cap && cap->logits) st = lm_head(e, cap->logits, ce->x, S, err);
-        cudaError_t ef = cudaStreamSynchronize(ce->stream);
-        if (!st && ef) st = ap_error_set(err, AP_ERR_RUNTIME, "the decode step failed (%s)", cudaGetErrorString(ef));
+    for (int s = 0; s < S; s++) {
+        t_of[s] = b->streams[s]->pos;
+        max_len[s] = b->streams[s]->max_len;
+        kc[s] = ((cuda_stream *)b->streams[s]->impl)->k;
+        vc[s] = ((cuda_stream *)b->streams[s]->impl)->v;
     }
-done:
-    cudaFree(d_ints);
-    cudaFree(d_ptrs);
-    cudaFree(rows);
-    free(t_of), free(max_len), free(kc), free(vc), free(off), free(cnt), free(positions);
-    return st;
+    int *d_t = (int *)ce->d_tables, *d_max = d_t + S, *d_off = d_max + S, *d_cnt = d_off + lists,
+        *d_pos = d_cnt + lists;
+    float **d_k = (float **)ce->d_ptrs, **d_v = d_k + S;
+    float *compact = (float *)ce->d_compact, *h_compact = (float *)ce->h_compact;
+    CUDA_TRY(cudaMemcpyAsync(ce->d_tables, ce->h_tables, ints * sizeof(int), cudaMemcpyHostToDevice, ce->stream),
+             "copying the decode tables");
+    CUDA_TRY(cudaMemcpyAsync(ce->d_ptrs, ce->h_ptrs, 2 * (size_t)S * sizeof(float *), cudaMemcpyHostToDevice, ce->stream),
+             "copying the cache pointers");
+    CUDA_TRY(cudaMemcpyAsync(ce->ids, b->tokens, S * sizeof(int), cudaMemcpyHostToDevice, ce->stream), "copying tokens");
+    CUDA_TRY(cudaMemcpyAsync(ce->pos, t_of, S * sizeof(int), cudaMemcpyHostToDevice, ce->stream), "copying positions");
+    embed_kernel<<<S, 256, 0, ce->stream>>>(ce->x, dev_w(e, w->wte), dev_w(e, w->wpe), ce->ids, ce->pos, S, C);
+    KERNEL_TRY("the embedding");
+    const size_t smem = ((size_t)longest + 1 + 32) * sizeof(float);
+    for (int l = 0; l < L; l++) {
+        const size_t lc = (size_t)l * C;
+        const int ci = capture_index(cap, l);
+        if ((st = layernorm(e, ce->h, ce->x, w->ln1_w + lc, w->ln1_b + lc, S, err)) ||
+            (st = linear(e, ce->qkv, ce->h, w->attn_w + lc * 3 * C, w->attn_b + 3 * lc, S, C, 3 * C, err)))
+            return st;
+        kv_append_kernel<<<S, 256, 0, ce->stream>>>(d_k, d_v, ce->qkv, d_t, d_max, H, hd, C, l);
+        KERNEL_TRY("appending to the KV caches");
+        const int want_rows = ci >= 0 && cap->attn && cap->attn[ci];
+        decode_attention_kernel<<<S * H, 128, smem, ce->stream>>>(ce->att, want_rows ? compact : NULL, ce->qkv,
+                                                                 d_k, d_v, d_t, d_max, d_off, d_cnt, d_pos,
+                                                                 S, H, hd, C, l);
+        KERNEL_TRY("the decode attention");
+        if (ci >= 0) {
+            if (want_rows) { /* this layer's lists are contiguous: one copy */
+                const size_t first = (size_t)l * S * H, begin = (size_t)off[first] + first;
+                const size_t end = l + 1 < L ? (size_t)off[first + (size_t)S * H] + first + (size_t)S * H
+                                             : total + lists;
+                CUDA_TRY(cudaMemcpyAsync(h_compact + begin, compact + begin, (end - begin) * sizeof(float),
+                                         cudaMemcpyDeviceToHost, ce->stream),
+                         "copying attention rows to the host");
+            }
+            float **dst[3] = {cap->q, cap->k, cap->v};
+            for (int which = 0; which < 3; which++)
+                if (dst[which] && dst[which][ci])
+                    CUDA_TRY(cudaMemcpy2DAsync(dst[which][ci], C * sizeof(float), ce->qkv + which * C,
+                                               3 * C * sizeof(float), C * sizeof(float), S,
+                                               cudaMemcpyDeviceToHost, ce->stream),
+                             "copying q/k/v to the host");
+        }
+        if ((st = block_finish(e, l, S, err))) return st;
+    }
+    if (cap && cap->logits && (st = lm_head(e, cap->logits, ce->x, S, err))) return st;
+    CUDA_TRY(cudaStreamSynchronize(ce->stream), "finishing the decode step");
+    /* Dense rows over 0..t from the compact ones: zeros, then the kept entries. */
+    for (int i = 0; cap && i < cap->n_capture; i++) {
+        if (!cap->attn || !cap->attn[i]) continue;
+        const int l = cap->layers[i];
+        for (int s = 0; s < S; s++)
+            for (int h = 0; h < H; h++) {
+                const int list = (l * S + s) * H + h, t = t_of[s], n = cnt[list];
+                float *row = cap->attn[i] + ((size_t)s * H + h) * c->n_ctx;
+                const float *src = h_compact + off[list] + list;
+                memset(row, 0, (size_t)(t + 1) * sizeof(float));
+                for (int x = 0; x < n; x++) row[positions[off[list] + x]] = src[x];
+                row[t] = src[n];
+            }
+    }
+    return AP_OK;
 }
 
 /* ---- engine ----------------------------------------------------------------------- */
@@ -608,6 +628,8 @@ static void cuda_free(ap_engine *e)
     cuda_engine *ce = (cuda_engine *)e->impl;
     if (!ce) return;
     free_scratch(ce);
+    cudaFree(ce->d_tables), cudaFree(ce->d_ptrs), cudaFree(ce->d_compact);
+    cudaFreeHost(ce->h_tables), cudaFreeHost(ce->h_ptrs), cudaFreeHost(ce->h_compact);
     cudaFree(ce->weights);
     cudaFree(ce->weights_bf16);
     if (ce->blas) cublasDestroy(ce->blas);
