@@ -50,6 +50,14 @@ void ap_engine_free(ap_engine *e)
 const char *ap_engine_device_name(const ap_engine *e) { return e->device_name; }
 const ap_config *ap_engine_config(const ap_engine *e) { return &e->model->config; }
 
+int ap_capture_index(const ap_capture *cap, int layer)
+{
+    if (!cap) return -1;
+    for (int i = 0; i < cap->n_capture; i++)
+        if (cap->layers[i] == layer) return i;
+    return -1;
+}
+
 static ap_status check_capture(const ap_engine *e, const ap_capture *cap, ap_error *err)
 {
     if (!cap) return AP_OK;

@@ -32,6 +32,9 @@ struct ap_stream {
     void *impl;
 };
 
+/* Index of layer in cap->layers, or -1 (also for cap == NULL). */
+int ap_capture_index(const ap_capture *cap, int layer);
+
 ap_status ap_cpu_engine_init(ap_engine *e, ap_error *err);
 #ifdef AP_HAVE_CUDA
 ap_status ap_cuda_engine_init(ap_engine *e, ap_error *err);

@@ -48,7 +48,7 @@ static ap_status json_flag(const cJSON *root, const char *key, int required_valu
     return AP_OK;
 }
 
-static ap_status parse_config(const char *path, ap_config *c, ap_error *err)
+ap_status ap_read_json_object(const char *path, const char *what, void **out, ap_error *err)
 {
     char *text;
     size_t n;
@@ -58,8 +58,18 @@ static ap_status parse_config(const char *path, ap_config *c, ap_error *err)
     free(text);
     if (!root || !cJSON_IsObject(root)) {
         cJSON_Delete(root);
-        return ap_error_set(err, AP_ERR_INPUT, "%s: not a JSON object", path);
+        return ap_error_set(err, AP_ERR_INPUT, "%s: not a JSON object%s", path, what);
     }
+    *out = root;
+    return AP_OK;
+}
+
+static ap_status parse_config(const char *path, ap_config *c, ap_error *err)
+{
+    void *parsed = NULL;
+    ap_status st = ap_read_json_object(path, "", &parsed, err);
+    if (st) return st;
+    cJSON *root = parsed;
     memset(c, 0, sizeof *c);
     c->ln_eps = 1e-5f;
     const cJSON *mt = cJSON_GetObjectItemCaseSensitive(root, "model_type");

@@ -32,6 +32,10 @@ ap_status ap_model_load_random(const char *spec, ap_model *model, ap_error *err)
 float ap_half_to_float(uint16_t h);
 float ap_bf16_to_float(uint16_t b);
 
+/* Parses a file holding one JSON object (cJSON *, declared void * here to keep
+ * cJSON out of this header); AP_ERR_INPUT "path: not a JSON object<what>". */
+ap_status ap_read_json_object(const char *path, const char *what, void **root, ap_error *err);
+
 /* Reads a whole file (NUL-terminated, *n excludes the NUL). */
 ap_status ap_read_file(const char *path, char **data, size_t *n, ap_error *err);
 

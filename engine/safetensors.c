@@ -10,6 +10,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "../common/atomic_file.h"
 #include "model_internal.h"
 
 enum { MAX_HEADER = 100 << 20 };
@@ -271,11 +272,10 @@ ap_status ap_st_write(const char *path, const ap_st_out *tensors, int n,
     if (!json) return ap_error_set(err, AP_ERR_RUNTIME, "out of memory");
     size_t hlen = strlen(json), padded = (hlen + 7) / 8 * 8; /* 8-byte aligned data */
     char tmp[1100];
-    snprintf(tmp, sizeof tmp, "%s.tmp.%ld", path, (long)getpid());
-    FILE *out = fopen(tmp, "wb");
+    FILE *out = ap_atomic_begin(path, tmp, sizeof tmp, err);
     if (!out) {
         free(json);
-        return ap_error_set(err, AP_ERR_RUNTIME, "%s: cannot write: %s", tmp, strerror(errno));
+        return AP_ERR_RUNTIME;
     }
     unsigned char len[8];
     for (int i = 0; i < 8; i++) len[i] = (unsigned char)((uint64_t)padded >> (8 * i));
@@ -287,11 +287,5 @@ ap_status ap_st_write(const char *path, const ap_st_out *tensors, int n,
         size_t nb = tensor_bytes(&tensors[i]);
         ok = fwrite(tensors[i].data, 1, nb, out) == nb;
     }
-    ok = (fclose(out) == 0) && ok;
-    if (!ok || rename(tmp, path) != 0) {
-        int e = errno;
-        remove(tmp);
-        return ap_error_set(err, AP_ERR_RUNTIME, "%s: write failed: %s", path, strerror(e));
-    }
-    return AP_OK;
+    return ap_atomic_end(out, tmp, path, ok, err);
 }

@@ -94,16 +94,10 @@ void ap_tokenizer_free(ap_tokenizer *t)
 
 static ap_status load_vocab(ap_tokenizer *t, const char *path, ap_error *err)
 {
-    char *text;
-    size_t n;
-    ap_status st = ap_read_file(path, &text, &n, err);
+    void *parsed = NULL;
+    ap_status st = ap_read_json_object(path, " of token → id", &parsed, err);
     if (st) return st;
-    cJSON *root = cJSON_ParseWithLength(text, n);
-    free(text);
-    if (!root || !cJSON_IsObject(root)) {
-        cJSON_Delete(root);
-        return ap_error_set(err, AP_ERR_INPUT, "%s: not a JSON object of token → id", path);
-    }
+    cJSON *root = parsed;
     int count = cJSON_GetArraySize(root), max_id = -1;
     if (ap_strmap_init(&t->vocab, (size_t)count) != 0) goto oom;
     const cJSON *item;

@@ -7,6 +7,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "../common/atomic_file.h"
 #include "reports.h"
 
 void ap_report_run_key(const ap_report_run *r, char *buf, size_t n)
@@ -107,21 +108,14 @@ ap_status ap_summary_write_json(const ap_summary *s, const char *path, ap_error 
     cJSON_Delete(root);
     if (!text) return ap_error_set(err, AP_ERR_RUNTIME, "out of memory writing %s", path);
     char tmp[1100];
-    snprintf(tmp, sizeof tmp, "%s.tmp.%ld", path, (long)getpid());
-    FILE *f = fopen(tmp, "w");
+    FILE *f = ap_atomic_begin(path, tmp, sizeof tmp, err);
     if (!f) {
         free(text);
-        return ap_error_set(err, AP_ERR_RUNTIME, "%s: cannot write: %s", tmp, strerror(errno));
+        return AP_ERR_RUNTIME;
     }
     int ok = fputs(text, f) >= 0 && fputc('\n', f) != EOF;
-    ok = fclose(f) == 0 && ok;
     free(text);
-    if (!ok || rename(tmp, path) != 0) {
-        int e = errno;
-        remove(tmp);
-        return ap_error_set(err, AP_ERR_RUNTIME, "%s: write failed: %s", path, strerror(e));
-    }
-    return AP_OK;
+    return ap_atomic_end(f, tmp, path, ok, err);
 }
 
 /* ---- reading -------------------------------------------------------------- */

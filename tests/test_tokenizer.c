@@ -14,25 +14,12 @@
 #include <cmocka.h>
 
 #include "engine/engine.h"
+#include "testutil.h"
 
 #define GPT2_TOK AP_SHARED_DIR "/data/gpt2-tokenizer"
 
 static ap_tokenizer *tok;
 static cJSON *ref;
-
-static char *slurp(const char *path, size_t *n)
-{
-    FILE *f = fopen(path, "rb");
-    if (!f) return NULL;
-    fseek(f, 0, SEEK_END);
-    long size = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *buf = malloc((size_t)size + 1);
-    *n = fread(buf, 1, (size_t)size, f);
-    buf[*n] = '\0';
-    fclose(f);
-    return buf;
-}
 
 static int setup(void **state)
 {
@@ -43,7 +30,7 @@ static int setup(void **state)
         return -1;
     }
     size_t n;
-    char *text = slurp(AP_FIXTURES "/tokenizer/reference.json", &n);
+    char *text = testutil_read_file(AP_FIXTURES "/tokenizer/reference.json", &n);
     if (!text) return -1;
     ref = cJSON_Parse(text);
     free(text);
@@ -118,7 +105,7 @@ static void test_corpus_files(void **state)
         snprintf(path, sizeof path, AP_SHARED_DIR "/data/text/%s",
                  cJSON_GetObjectItem(f, "file")->valuestring);
         size_t n;
-        char *text = slurp(path, &n);
+        char *text = testutil_read_file(path, &n);
         if (!text) {
             print_message("skipping %s: not readable\n", path);
             continue;

@@ -116,13 +116,6 @@ static ap_status buffers_alloc(buffers *b, int T, int C, int score_cols, ap_erro
     return AP_OK;
 }
 
-static int capture_index(const ap_capture *cap, int layer)
-{
-    if (!cap) return -1;
-    for (int i = 0; i < cap->n_capture; i++)
-        if (cap->layers[i] == layer) return i;
-    return -1;
-}
 
 /* Copies head h's slice of qkv[T,3C] part `which` (0 q, 1 k, 2 v) to dst[T,hd]. */
 static void copy_head(float *dst, const real *qkv, int which, int h, int T, int C, int hd)
@@ -217,7 +210,7 @@ static ap_status cpu_prefill(ap_engine *e, const int *ids, int T, const ap_captu
             last_needed = cap->layers[i] > last_needed ? cap->layers[i] : last_needed;
     }
     for (int l = 0; l <= last_needed; l++) {
-        const int ci = capture_index(cap, l);
+        const int ci = ap_capture_index(cap, l);
         block_qkv(w, c, l, &b, T);
         if (ci >= 0) {
             float **dst[3] = {cap->q, cap->k, cap->v};
@@ -330,7 +323,7 @@ static ap_status cpu_decode_step(ap_engine *e, const ap_decode_batch *b, const a
     }
     for (int s = 0; s < S; s++) embed(w, C, buf.x + (size_t)s * C, b->tokens[s], b->streams[s]->pos);
     for (int l = 0; l < c->n_layer; l++) {
-        const int ci = capture_index(cap, l);
+        const int ci = ap_capture_index(cap, l);
         block_qkv(w, c, l, &buf, S);
         for (int s = 0; s < S; s++) {
             const ap_stream *str = b->streams[s];

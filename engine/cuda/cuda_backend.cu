@@ -365,13 +365,6 @@ static ap_status lm_head(ap_engine *e, float *host_logits, const float *x, int N
     return AP_OK;
 }
 
-static int capture_index(const ap_capture *cap, int layer)
-{
-    if (!cap) return -1;
-    for (int i = 0; i < cap->n_capture; i++)
-        if (cap->layers[i] == layer) return i;
-    return -1;
-}
 
 /* Copies head-split [H, T, hd] of rows [T, ld] at offset to a host buffer. */
 static ap_status copy_heads(ap_engine *e, float *host, const float *src, int T, int ld, int offset,
@@ -418,7 +411,7 @@ static ap_status cuda_prefill(ap_engine *e, const int *ids, int T, const ap_capt
     const float one = 1.0f, zero = 0.0f;
     for (int l = 0; l <= last; l++) {
         const size_t lc = (size_t)l * C;
-        const int ci = capture_index(cap, l);
+        const int ci = ap_capture_index(cap, l);
         if ((st = layernorm(e, ce->h, ce->x, w->ln1_w + lc, w->ln1_b + lc, T, err)) ||
             (st = linear(e, ce->qkv, ce->h, w->attn_w + lc * 3 * C, w->attn_b + 3 * lc, T, C, 3 * C, err)))
             return st;
@@ -572,7 +565,7 @@ static ap_status cuda_decode_step(ap_engine *e, const ap_decode_batch *b, const 
     const size_t smem = ((size_t)longest + 1 + 32) * sizeof(float);
     for (int l = 0; l < L; l++) {
         const size_t lc = (size_t)l * C;
-        const int ci = capture_index(cap, l);
+        const int ci = ap_capture_index(cap, l);
         if ((st = layernorm(e, ce->h, ce->x, w->ln1_w + lc, w->ln1_b + lc, S, err)) ||
             (st = linear(e, ce->qkv, ce->h, w->attn_w + lc * 3 * C, w->attn_b + 3 * lc, S, C, 3 * C, err)))
             return st;
