@@ -51,7 +51,7 @@ static void test_reduced_precision(void **state)
 {
     (void)state;
     check("bf16", AP_PRECISION_BF16, 1e-2, 1e-2);
-    check("bf16", AP_PRECISION_TF32, 5e-3, 1e-2);
+    check("bf16", AP_PRECISION_TF32, 2e-3, 1e-2);
     check("tiny", AP_PRECISION_BF16, 2e-2, 1e-1);
     check("vocab50257", AP_PRECISION_BF16, 2e-2, 1e-1);
 }
