@@ -5,9 +5,11 @@
  *   retained set ∪ {t}, renormalised. No model needed.
  * cascade: every layer's cache is capped; the model decodes token by token,
  *   all (sample, policy) streams batched in one decode step per position. */
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "tracer.h"
 
@@ -163,6 +165,65 @@ static void free_streams(cascade_stream *cs, int n, int n_layer)
     free(cs);
 }
 
+/* One decode step's policy updates, shared by the worker threads: each takes
+ * the next unclaimed stream. */
+typedef struct {
+    cascade_stream *cs;
+    const int *active_idx;
+    int n_active, L, H, D, ctx, t;
+    float **attn, **q, **k;
+    int next;         /* next stream to claim (under lock) */
+    ap_status st;     /* first failure */
+    ap_error err;
+} observe_job;
+
+static pthread_mutex_t observe_lock = PTHREAD_MUTEX_INITIALIZER;
+
+static void *observe_worker(void *arg)
+{
+    observe_job *job = arg;
+    for (;;) {
+        pthread_mutex_lock(&observe_lock);
+        const int a = job->st ? job->n_active : job->next++;
+        pthread_mutex_unlock(&observe_lock);
+        if (a >= job->n_active) break;
+        cascade_stream *str = &job->cs[job->active_idx[a]];
+        for (int l = 0; l < job->L; l++) {
+            ap_error e;
+            const size_t row_base = (size_t)a * job->H * job->ctx, qk = (size_t)a * job->H * job->D;
+            ap_status st = ap_policy_observe(str->layer_policy[l], job->t, job->attn[l] + row_base,
+                                             (size_t)job->ctx, job->q[l] + qk, job->k[l] + qk, &e);
+            if (st) {
+                pthread_mutex_lock(&observe_lock);
+                if (!job->st) {
+                    job->st = st;
+                    job->err = e;
+                }
+                pthread_mutex_unlock(&observe_lock);
+                break;
+            }
+        }
+    }
+    return NULL;
+}
+
+/* Runs observe_worker on up to the machine's cores (the caller's thread too). */
+static ap_status run_observers(observe_job *job, ap_error *err)
+{
+    enum { MAX_THREADS = 64 };
+    long cores = sysconf(_SC_NPROCESSORS_ONLN);
+    int n = (int)(cores < 1 ? 1 : cores > MAX_THREADS ? MAX_THREADS : cores);
+    if (n > job->n_active) n = job->n_active;
+    pthread_t threads[MAX_THREADS];
+    int started = 0;
+    for (int i = 1; i < n; i++)
+        if (pthread_create(&threads[started], NULL, observe_worker, job) == 0) started++;
+    observe_worker(job);
+    for (int i = 0; i < started; i++) pthread_join(threads[i], NULL);
+    if (job->st && err) *err = job->err;
+    return job->st;
+}
+
 ap_status ap_replay_cascade(ap_engine *engine, const ap_trace *tr, const ap_policy_params *params,
                             int n_policies, const ap_replay_opts *opts, ap_replay_cost *cost,
                             ap_error *err)
@@ -239,29 +300,31 @@ ap_status ap_replay_cascade(ap_engine *engine, const ap_trace *tr, const ap_poli
         ap_decode_batch b = {n_active, active, tokens, kept, n_kept};
         ap_capture cap = {.n_capture = L, .layers = layers, .attn = attn, .q = q, .k = k};
         if ((st = ap_engine_decode_step(engine, &b, &cap, err))) break;
-        for (int a = 0; a < n_active && !st; a++) {
+        /* Emit the probed layers' rows (before the policies see step t, so
+         * the masks are the sets the step attended to), one thread... */
+        for (int a = 0; a < n_active && !st && opts->sink && measured(opts, t); a++) {
             cascade_stream *str = &cs[active_idx[a]];
             const int T = tr->len[str->sample];
-            for (int l = 0; l < L && !st; l++) {
-                ap_policy *pol = str->layer_policy[l];
+            for (int li = 0; li < tr->n_layers && !st; li++) {
+                const int l = tr->layers[li];
+                const ap_policy *pol = str->layer_policy[l];
                 const float *rows = attn[l] + (size_t)a * H * ctx;
-                const int li = ap_trace_layer_index(tr, l);
-                if (li >= 0 && opts->sink && measured(opts, t)) {
-                    const size_t ti = (size_t)str->sample * tr->n_layers + li;
-                    for (int h = 0; h < H && !st; h++) {
-                        retained_mask(pol, ap_policy_set_of(pol, h), t, mask);
-                        ap_row_event ev = {str->policy, str->sample, l, h, t, t + 1,
-                                           tr->attn[ti] + ((size_t)h * T + t) * T,
-                                           rows + (size_t)h * ctx, mask,
-                                           tr->v[ti] + (size_t)h * T * D,
-                                           tr->o[ti] + ((size_t)h * T + t) * D, D};
-                        st = opts->sink(opts->sink_ctx, &ev, err);
-                    }
+                const size_t ti = (size_t)str->sample * tr->n_layers + li;
+                for (int h = 0; h < H && !st; h++) {
+                    retained_mask(pol, ap_policy_set_of(pol, h), t, mask);
+                    ap_row_event ev = {str->policy, str->sample, l, h, t, t + 1,
+                                       tr->attn[ti] + ((size_t)h * T + t) * T, rows + (size_t)h * ctx,
+                                       mask, tr->v[ti] + (size_t)h * T * D,
+                                       tr->o[ti] + ((size_t)h * T + t) * D, D};
+                    st = opts->sink(opts->sink_ctx, &ev, err);
                 }
-                if (!st)
-                    st = ap_policy_observe(pol, t, rows, (size_t)ctx, q[l] + (size_t)a * H * D,
-                                           k[l] + (size_t)a * H * D, err);
             }
+        }
+        /* ...then every stream's policies observe the step, streams in parallel
+         * (each stream's policies are its own). */
+        if (!st) {
+            observe_job job = {cs, active_idx, n_active, L, H, D, ctx, t, attn, q, k, 0, AP_OK, {{0}}};
+            st = run_observers(&job, err);
         }
         if (opts->progress) opts->progress(opts->progress_ctx, "cascade", (double)(t + 1) / max_T);
     }
