@@ -17,11 +17,13 @@
 #include <unistd.h>
 
 #include "engine/engine.h"
+#include "reports/reports.h"
 #include "testutil.h"
+#include "tracer/tracer.h"
 
-enum { K_SAFETENSORS, K_CONFIG, K_LLMC, K_VOCAB, K_MERGES, K_TEXT, K_COUNT };
-static const char *const KIND_NAMES[K_COUNT] __attribute__((unused)) = {"safetensors", "config.json", "llm.c", "vocab.json",
-                                          "merges.txt", "text"};
+enum { K_SAFETENSORS, K_CONFIG, K_LLMC, K_VOCAB, K_MERGES, K_TRACE, K_SUMMARY, K_TEXT, K_COUNT };
+static const char *const KIND_NAMES[K_COUNT] __attribute__((unused)) = {
+    "safetensors", "config.json", "llm.c", "vocab.json", "merges.txt", "trace", "summary.json", "text"};
 
 static char work[256];            /* folder with a valid model and tokenizer */
 static ap_tokenizer *text_tok;    /* for K_TEXT */
@@ -31,7 +33,8 @@ static size_t seed_size[K_COUNT];
 static const char *kind_path(int kind, char *buf, size_t n)
 {
     static const char *files[K_COUNT] = {"model.safetensors", "config.json", "model.bin",
-                                         "vocab.json", "merges.txt", NULL};
+                                         "vocab.json", "merges.txt", "trace.safetensors",
+                                         "summary.json", NULL};
     snprintf(buf, n, "%s/%s", work, files[kind] ? files[kind] : "");
     return buf;
 }
@@ -61,6 +64,36 @@ static int write_tokenizer(void)
     return testutil_write_file(path, merges, strlen(merges));
 }
 
+/* A small trace of the model and a one-run summary, as seeds. */
+static int write_trace_and_summary(const ap_model *m)
+{
+    ap_engine *e;
+    ap_error err;
+    if (ap_engine_create(m, AP_BACKEND_CPU, AP_PRECISION_FP32, &e, &err)) return -1;
+    int ids[12] = {1, 5, 9, 2, 7, 3, 8, 4, 6, 0, 11, 10}, layer = 0;
+    ap_samples samples = {1, (int[]){12}, (int *[]){ids}, 1, 0};
+    ap_trace tr;
+    char path[300];
+    snprintf(path, sizeof path, "%s/trace.safetensors", work);
+    int rc = ap_trace_run(e, m, &samples, &layer, 1, &tr, NULL, NULL, &err) != AP_OK;
+    if (!rc) {
+        snprintf(tr.config_json, sizeof tr.config_json, "{\"mode\":\"isolated\"}");
+        rc = ap_trace_save(&tr, path, &err) != AP_OK;
+        ap_trace_free(&tr);
+    }
+    ap_engine_free(e);
+    ap_report_run run = {.policy = "h2o", .n_params = 1, .param_name = {"budget"},
+                         .param_value = {8}, .granularity = "head", .layer = 0, .n_head = 1,
+                         .head_mean = (double[AP_M_COUNT]){0}};
+    for (int k = 0; k < AP_M_COUNT; k++)
+        run.stats[k] = (ap_stats){3, 0.5, 0.1, 0.5, 0.4, 0.6, 0.3, 0.7, 0.45, 0.55};
+    ap_summary sum = {.tool_version = "test", .model_source = "random", .n_layer = 1, .n_head = 1,
+                      .n_embd = 8, .vocab = 300, .config_json = (char *)"{\"budget\":8}",
+                      .backend = "cpu", .precision = "fp32", .n_runs = 1, .runs = &run};
+    snprintf(path, sizeof path, "%s/summary.json", work);
+    return rc || ap_summary_write_json(&sum, path, &err) != AP_OK ? -1 : 0;
+}
+
 static int setup(void)
 {
     snprintf(work, sizeof work, "%s", testutil_tmpdir("fuzz"));
@@ -69,7 +102,8 @@ static int setup(void)
     if (ap_model_load("random:L=1,H=2,D=8,V=300,T=16,seed=4", &m, &err)) return -1;
     char bin[300];
     snprintf(bin, sizeof bin, "%s/model.bin", work);
-    int rc = testutil_write_hf(m, work, 1) || testutil_write_llmc(m, bin, 3) || write_tokenizer();
+    int rc = testutil_write_hf(m, work, 1) || testutil_write_llmc(m, bin, 3) || write_tokenizer() ||
+             write_trace_and_summary(m);
     ap_model_free(m);
     if (rc) return -1;
     char path[300];
@@ -106,7 +140,26 @@ static int fuzz_one(int kind, const uint8_t *data, size_t size)
     }
     kind_path(kind, path, sizeof path);
     if (testutil_write_file(path, data, size)) return 1;
-    if (kind == K_VOCAB || kind == K_MERGES) {
+    if (kind == K_TRACE) {
+        ap_trace tr;
+        st = ap_trace_load(path, &tr, &err);
+        if (st == AP_OK) ap_trace_free(&tr);
+    } else if (kind == K_SUMMARY) {
+        ap_summary s;
+        st = ap_summary_read_json(path, &s, &err);
+        if (st == AP_OK) { /* a readable summary must also check and print */
+            double tol[AP_M_COUNT];
+            int regressions;
+            ap_check_default_tolerances(tol);
+            FILE *null = fopen("/dev/null", "w");
+            if (null) {
+                ap_check(&s, &s, tol, null, &regressions, &err);
+                ap_summary_print_table(&s, null);
+                fclose(null);
+            }
+            ap_summary_free(&s);
+        }
+    } else if (kind == K_VOCAB || kind == K_MERGES) {
         ap_tokenizer *t = NULL;
         st = ap_tokenizer_load_dir(work, &t, &err);
         if (t) { /* a loaded tokenizer must still encode */
