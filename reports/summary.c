@@ -126,6 +126,14 @@ static double get_num(const cJSON *o, const char *key)
     return cJSON_IsNumber(v) ? v->valuedouble : NAN;
 }
 
+/* An integer field; 0 when absent, not a number or out of int range (a
+ * summary is input: casting such a double would be undefined). */
+static int get_int(const cJSON *o, const char *key)
+{
+    double v = get_num(o, key);
+    return v >= -2147483648.0 && v <= 2147483647.0 ? (int)v : 0;
+}
+
 static void get_str(const cJSON *o, const char *key, char *dst, size_t n)
 {
     const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
@@ -143,7 +151,7 @@ static ap_status read_run(const cJSON *jr, ap_report_run *r, const char *path, i
         return ap_error_set(err, AP_ERR_INPUT, "%s: runs[%d] lacks policy, params, layer or metrics",
                             path, index);
     snprintf(r->policy, sizeof r->policy, "%s", policy->valuestring);
-    r->layer = (int)get_num(jr, "layer");
+    r->layer = get_int(jr, "layer");
     const cJSON *p;
     cJSON_ArrayForEach(p, params)
     {
@@ -158,7 +166,7 @@ static ap_status read_run(const cJSON *jr, ap_report_run *r, const char *path, i
         const cJSON *st = cJSON_GetObjectItemCaseSensitive(metrics, ap_metric_name(m));
         ap_stats *o = &r->stats[m];
         if (!cJSON_IsObject(st)) continue;
-        o->n = (size_t)get_num(st, "n");
+        o->n = (size_t)(get_int(st, "n") > 0 ? get_int(st, "n") : 0);
         o->mean = get_num(st, "mean");
         o->sd = get_num(st, "sd");
         o->median = get_num(st, "median");
@@ -218,14 +226,14 @@ ap_status ap_summary_read_json(const char *path, ap_summary *s, ap_error *err)
     get_str(tool, "version", s->tool_version, sizeof s->tool_version);
     get_str(model, "source", s->model_source, sizeof s->model_source);
     get_str(model, "sha256", s->model_sha256, sizeof s->model_sha256);
-    s->n_layer = (int)get_num(model, "n_layer");
-    s->n_head = (int)get_num(model, "n_head");
-    s->n_embd = (int)get_num(model, "n_embd");
-    s->vocab = (int)get_num(model, "vocab");
+    s->n_layer = get_int(model, "n_layer");
+    s->n_head = get_int(model, "n_head");
+    s->n_embd = get_int(model, "n_embd");
+    s->vocab = get_int(model, "vocab");
     get_str(input, "source", s->input_source, sizeof s->input_source);
     get_str(input, "sha256", s->input_sha256, sizeof s->input_sha256);
-    s->samples = (int)get_num(input, "samples");
-    s->tokens = (int)get_num(input, "tokens");
+    s->samples = get_int(input, "samples");
+    s->tokens = get_int(input, "tokens");
     get_str(device, "backend", s->backend, sizeof s->backend);
     get_str(device, "name", s->device_name, sizeof s->device_name);
     get_str(device, "precision", s->precision, sizeof s->precision);

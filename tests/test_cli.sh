@@ -40,6 +40,8 @@ expect_exit 3 "check: missing runs" "$bin" check --baseline base/summary.json --
 expect_exit 3 "check: unreadable file" "$bin" check --baseline nothing.json --current base/summary.json
 echo '{"schema": "other"}' > other.json
 expect_exit 3 "check: wrong schema" "$bin" check --baseline other.json --current base/summary.json
+sed 's/"n_layer":[^,]*/"n_layer": 1e300/; s/"layer":[^,]*/"layer": -1e300/' base/summary.json > huge.json
+expect_exit 3 "check: out-of-range numbers in a summary" "$bin" check --baseline huge.json --current base/summary.json
 expect_exit 2 "check: bad tolerance" "$bin" check --baseline base/summary.json --current base/summary.json --tol kl=abc
 
 expect_exit 0 "trace --save" "$bin" trace --save t.safetensors --layers 6,10 --quiet
