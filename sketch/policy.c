@@ -201,6 +201,13 @@ static void remove_at(ap_policy *p, int set, int i)
 ap_status ap_policy_observe(ap_policy *p, int t, const float *rows, size_t row_stride,
                             const float *q, const float *k, ap_error *err)
 {
+    return ap_policy_observe_scaled(p, t, rows, row_stride, NULL, q, k, err);
+}
+
+ap_status ap_policy_observe_scaled(ap_policy *p, int t, const float *rows, size_t row_stride,
+                                   const float *scale, const float *q, const float *k,
+                                   ap_error *err)
+{
     if (p->m->needs_qk && (!q || !k))
         return ap_error_set(err, AP_ERR_USAGE, "policy %s needs the query and key of each step",
                             p->params.name);
@@ -214,7 +221,8 @@ ap_status ap_policy_observe(ap_policy *p, int t, const float *rows, size_t row_s
     ap_step *steps = malloc((size_t)p->n_head * sizeof *steps);
     if (!steps) return ap_error_set(err, AP_ERR_RUNTIME, "out of memory");
     for (int h = 0; h < p->n_head; h++) {
-        steps[h] = (ap_step){t, rows + (size_t)h * row_stride, q ? q + (size_t)h * p->head_dim : NULL,
+        steps[h] = (ap_step){t, rows + (size_t)h * row_stride, scale ? scale[h] : 1.0f,
+                             q ? q + (size_t)h * p->head_dim : NULL,
                              k ? k + (size_t)h * p->head_dim : NULL, p->head_dim};
         const int s = ap_policy_set_of(p, h);
         const int n = p->n_kept[s];

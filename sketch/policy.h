@@ -55,6 +55,12 @@ void ap_policy_free(ap_policy *p);
  * Evicted positions are reported by ap_policy_evicted. */
 ap_status ap_policy_observe(ap_policy *p, int t, const float *rows, size_t row_stride,
                             const float *q, const float *k, ap_error *err);
+/* The same with head h's row read as rows[h] * scale[h] (scale: [n_head]).
+ * Only the retained positions and t are read, so an isolated replay can pass
+ * the reference rows in place with scale = 1 / retained mass. */
+ap_status ap_policy_observe_scaled(ap_policy *p, int t, const float *rows, size_t row_stride,
+                                   const float *scale, const float *q, const float *k,
+                                   ap_error *err);
 
 /* Number of sets: n_head (granularity head) or 1 (layer). */
 int ap_policy_n_sets(const ap_policy *p);

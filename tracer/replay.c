@@ -50,15 +50,16 @@ ap_status ap_replay_isolated(const ap_trace *tr, int li, const ap_policy_params 
     const int H = tr->n_head, D = tr->head_dim;
     int max_T = 0;
     for (int s = 0; s < tr->n_samples; s++) max_T = tr->len[s] > max_T ? tr->len[s] : max_T;
-    /* Dense rows and masks over absolute positions, kept zero outside the
-     * entries written last step, so a step costs O(retained), not O(t). */
+    /* Dense rows and masks over absolute positions for the measured steps,
+     * kept zero outside the entries written last time. */
     float *rows = calloc((size_t)H * max_T, sizeof *rows);
     unsigned char *mask = calloc((size_t)H * max_T, 1);
     int *written = malloc((size_t)H * max_T * sizeof *written), *n_written = calloc((size_t)H, sizeof *n_written);
     float *qt = malloc((size_t)H * D * sizeof *qt), *kt = malloc((size_t)H * D * sizeof *kt);
+    float *scale = malloc((size_t)H * sizeof *scale);
     ap_status st = AP_OK;
     memset(cost, 0, sizeof *cost);
-    if (!rows || !qt || !kt || !mask || !written || !n_written) {
+    if (!rows || !qt || !kt || !mask || !written || !n_written || !scale) {
         st = ap_error_set(err, AP_ERR_RUNTIME, "out of memory for replay");
         goto done;
     }
@@ -70,61 +71,49 @@ ap_status ap_replay_isolated(const ap_trace *tr, int li, const ap_policy_params 
         ap_policy *pol;
         if ((st = ap_policy_create(params, H, D, &pol, err))) break;
         for (int t = 0; t < T && !st; t++) {
-            /* Until a head has evicted, its row is the reference row itself:
-             * the policy then reads the trace in place (stride T*T between
-             * heads) and nothing is copied. */
-            int intact = 1;
-            for (int h = 0; h < H && intact; h++) {
-                int n;
-                ap_policy_kept(pol, ap_policy_set_of(pol, h), &n);
-                intact = n == t;
-            }
+            /* The policy reads only the retained positions and t, so it is
+             * given the reference rows in place, each scaled by 1 / the mass
+             * it retains. Dense policy rows are built only for the steps whose
+             * metrics are computed. */
+            const int emit = opts->sink && measured(opts, t);
             for (int h = 0; h < H; h++) {
-                /* reference row p; policy row = p on kept ∪ {t}, renormalised */
                 const float *p = attn + ((size_t)h * T + t) * T;
+                int n;
+                const int *kept = ap_policy_kept(pol, ap_policy_set_of(pol, h), &n);
+                double mass = p[t];
+                if (n < t)
+                    for (int x = 0; x < n; x++) mass += p[kept[x]];
+                scale[h] = n == t || !(mass > 0) ? 1.0f : (float)(1.0 / mass);
+                memcpy(qt + (size_t)h * D, q + ((size_t)h * T + t) * D, (size_t)D * sizeof *qt);
+                memcpy(kt + (size_t)h * D, k + ((size_t)h * T + t) * D, (size_t)D * sizeof *kt);
+                if (!emit) continue;
+                /* reference row p; policy row = p on kept ∪ {t}, renormalised */
                 float *row = rows + (size_t)h * max_T;
                 unsigned char *m = mask + (size_t)h * max_T;
                 int *w = written + (size_t)h * max_T;
                 for (int x = 0; x < n_written[h]; x++) row[w[x]] = 0.0f, m[w[x]] = 0;
-                n_written[h] = 0;
-                int n;
-                const int *kept = ap_policy_kept(pol, ap_policy_set_of(pol, h), &n);
                 const float *q_row = p;
-                if (n == t) { /* nothing evicted */
-                    if (!intact) memcpy(row, p, (size_t)(t + 1) * sizeof *row);
-                    if (!intact) memset(m, 1, (size_t)t + 1);
-                    if (!intact) {
-                        for (int j = 0; j <= t; j++) w[j] = j;
-                        n_written[h] = t + 1;
-                    }
+                if (n == t) { /* nothing evicted: the reference row itself */
+                    memset(m, 1, (size_t)t + 1);
+                    for (int j = 0; j <= t; j++) w[j] = j;
+                    n_written[h] = t + 1;
                 } else {
                     memcpy(w, kept, (size_t)n * sizeof *w);
                     w[n] = t;
                     n_written[h] = n + 1;
-                    double mass = 0;
-                    for (int x = 0; x <= n; x++) mass += p[w[x]];
                     for (int x = 0; x <= n; x++) {
                         row[w[x]] = mass > 0 ? (float)(p[w[x]] / mass) : 0.0f;
                         m[w[x]] = 1;
                     }
                     q_row = row;
                 }
-                memcpy(qt + (size_t)h * D, q + ((size_t)h * T + t) * D, (size_t)D * sizeof *qt);
-                memcpy(kt + (size_t)h * D, k + ((size_t)h * T + t) * D, (size_t)D * sizeof *kt);
-                if (opts->sink && measured(opts, t)) {
-                    if (intact) memset(m, 1, (size_t)t + 1); /* cleared again below */
-                    ap_row_event ev = {0, s, tr->layers[li], h, t, t + 1, p, q_row, m,
-                                       v + (size_t)h * T * D, o + ((size_t)h * T + t) * D, D};
-                    st = opts->sink(opts->sink_ctx, &ev, err);
-                    if (intact) memset(m, 0, (size_t)t + 1);
-                    if (st) break;
-                }
+                ap_row_event ev = {0, s, tr->layers[li], h, t, t + 1, p, q_row, m,
+                                   v + (size_t)h * T * D, o + ((size_t)h * T + t) * D, D};
+                if ((st = opts->sink(opts->sink_ctx, &ev, err))) break;
             }
-            if (st) break;
-            if (intact)
-                st = ap_policy_observe(pol, t, attn + (size_t)t * T, (size_t)T * T, qt, kt, err);
-            else
-                st = ap_policy_observe(pol, t, rows, (size_t)max_T, qt, kt, err);
+            if (!st)
+                st = ap_policy_observe_scaled(pol, t, attn + (size_t)t * T, (size_t)T * T, scale, qt,
+                                              kt, err);
         }
         double kv = kv_bytes_of(pol, H, D), sk = (double)ap_policy_state_bytes(pol);
         cost->kv_bytes = kv > cost->kv_bytes ? kv : cost->kv_bytes;
@@ -144,6 +133,7 @@ done:
     free(n_written);
     free(qt);
     free(kt);
+    free(scale);
     return st;
 }
 

@@ -35,8 +35,8 @@ static void observe(void *state, const ap_step *step, const int *kept, ap_slot_w
 {
     ap_count_sketch *s = state;
     ap_cs_buckets(s, (uint64_t)step->t, &new_slot->u);
-    for (int i = 0; i < n; i++) ap_cs_update_buckets(s, &slot[(size_t)i * s->depth].u, step->row[kept[i]]);
-    ap_cs_update_buckets(s, &new_slot->u, step->row[step->t]);
+    for (int i = 0; i < n; i++) ap_cs_update_buckets(s, &slot[(size_t)i * s->depth].u, ap_step_attn(step, kept[i]));
+    ap_cs_update_buckets(s, &new_slot->u, ap_step_attn(step, step->t));
 }
 
 static double score(void *state, const ap_step *step, int pos, const ap_slot_word *slot)

@@ -14,8 +14,8 @@ static void observe(void *state, const ap_step *step, const int *kept, ap_slot_w
                     ap_slot_word *new_slot)
 {
     (void)state;
-    for (int i = 0; i < n; i++) slot[i].f += step->row[kept[i]];
-    new_slot->f = step->row[step->t];
+    for (int i = 0; i < n; i++) slot[i].f += ap_step_attn(step, kept[i]);
+    new_slot->f = ap_step_attn(step, step->t);
 }
 
 static double score(void *state, const ap_step *step, int pos, const ap_slot_word *slot)

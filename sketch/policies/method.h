@@ -19,10 +19,14 @@ typedef union {
 /* One head's view of step t. */
 typedef struct {
     int t;
-    const float *row;   /* attention over positions 0..t */
+    const float *row;   /* attention over positions 0..t, times scale (read through ap_step_attn) */
+    float scale;
     const float *q, *k; /* [head_dim] of position t, or NULL */
     int head_dim;
 } ap_step;
+
+/* Attention the query of step t gave position j (j retained or j = t). */
+static inline float ap_step_attn(const ap_step *step, int j) { return step->row[j] * step->scale; }
 
 typedef struct {
     const char *name;

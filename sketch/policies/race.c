@@ -40,8 +40,8 @@ static void observe_mass(void *state, const ap_step *step, const int *kept, ap_s
 {
     ap_race *s = state;
     ap_race_hash(s, step->k, &new_slot->u);
-    for (int i = 0; i < n; i++) ap_race_add_buckets(s, &slot[(size_t)i * s->rows].u, step->row[kept[i]]);
-    ap_race_add_buckets(s, &new_slot->u, step->row[step->t]);
+    for (int i = 0; i < n; i++) ap_race_add_buckets(s, &slot[(size_t)i * s->rows].u, ap_step_attn(step, kept[i]));
+    ap_race_add_buckets(s, &new_slot->u, ap_step_attn(step, step->t));
 }
 
 static void observe_queries(void *state, const ap_step *step, const int *kept, ap_slot_word *slot,

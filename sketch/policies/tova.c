@@ -6,7 +6,7 @@
 static double score(void *state, const ap_step *step, int pos, const ap_slot_word *slot)
 {
     (void)state, (void)slot;
-    return step->row[pos];
+    return ap_step_attn(step, pos);
 }
 
 const ap_policy_method ap_method_tova = {
