@@ -6,6 +6,8 @@
 
 #include "analysis.h"
 
+static const double M_LN2_ = 0.69314718055994530942;
+
 static const char *const NAMES[AP_M_COUNT] = {
     "kl", "kl_rev", "js", "tv", "cosine", "l1", "l2", "peak_shift", "mass_retained",
     "topk_recall@1", "topk_recall@8", "topk_recall@32", "out_err", "index_l1", "index_rms",
@@ -96,9 +98,12 @@ void ap_metrics_row(const float *p, const float *q, const unsigned char *kept, i
         const double as = (a + AP_KL_EPS) / zp, bs = (b + AP_KL_EPS) / zq;
         kl += as * log(as / bs);
         if (b > 0) kl_rev += a > 0 ? b * log(b / a) : INFINITY;
-        const double m = 0.5 * (a + b);
-        if (a > 0) js += 0.5 * a * log(a / m);
-        if (b > 0) js += 0.5 * b * log(b / m);
+        if (a > 0 && b > 0) {
+            const double m = 0.5 * (a + b);
+            js += 0.5 * (a * log(a / m) + b * log(b / m));
+        } else {
+            js += 0.5 * (a + b) * M_LN2_; /* one side zero: m = x / 2, x log(x / m) = x ln 2 */
+        }
         l1 += fabs(a - b);
         l2 += (a - b) * (a - b);
         dot += a * b;
