@@ -88,8 +88,6 @@ void ap_policy_params_default(ap_policy_params *p, const char *name)
     p->seed = 1;
 }
 
-const ap_policy_params *ap_policy_get_params(const ap_policy *p) { return &p->params; }
-
 /* ---- lifetime ----------------------------------------------------------- */
 
 void ap_policy_free(ap_policy *p)

@@ -72,6 +72,5 @@ const int *ap_policy_kept(const ap_policy *p, int set, int *n);
 int ap_policy_evicted(const ap_policy *p, int set);
 /* Bytes of policy state (sketches, scores), not counting the kept lists. */
 size_t ap_policy_state_bytes(const ap_policy *p);
-const ap_policy_params *ap_policy_get_params(const ap_policy *p);
 
 #endif
