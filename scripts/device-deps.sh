@@ -14,9 +14,16 @@ if [ -z "$(ls .device/debs/*.deb 2>/dev/null)" ]; then
   (cd .device/debs && apt-get download "${pkgs[@]}" >/dev/null)
 fi
 # Text travels compressed (the device tool carries at most 64 MiB):
-# ../shared/data plus the Python documentation's prose (tools/debian_text.py).
-mkdir -p .device/stage
+# ../shared/data plus the prose of Debian documentation packages (tools/debian_text.py).
+mkdir -p .device/stage/extra
 cp -r ../shared/data .device/stage/
-[ -f .device/stage/extra/python-docs.txt ] || python3 tools/debian_text.py --out .device/stage/extra/python-docs.txt
+extra() {  # name package [pages glob]
+  local out=.device/stage/extra/$1.txt
+  [ -f "$out" ] || python3 tools/debian_text.py --out "$out" --package "$2" ${3:+--pages "$3"}
+}
+extra python-docs python3.11-doc
+extra postgresql-docs postgresql-doc-15
+extra git-docs git-doc
+extra debian-handbook debian-handbook 'usr/share/doc/debian-handbook/html/en-US/*.html'
 tar czf .device/shared.tgz -C .device/stage data extra
 du -sh .device/debs .device/shared.tgz

@@ -3,8 +3,9 @@
 
 Run here (the development machine reaches Debian's archive):
     python3 tools/debian_text.py --out .device/shared/extra/python-docs.txt
-It downloads python3.11-doc (the Python documentation, PSF License 2.0),
-unpacks it in a temporary folder and writes the text of its HTML pages'
+It downloads a documentation package (default python3.11-doc, the Python
+documentation, PSF License 2.0; the bundled model also uses postgresql-doc-15,
+PostgreSQL Licence, and debian-handbook's en-US pages, GPL-2+), unpacks it in a temporary folder and writes the text of its HTML pages'
 paragraphs and list items, one block per paragraph separated by blank lines
 (the same layout as ../shared/data/text). Code listings are skipped so the
 training text stays English prose. Standard library only.
@@ -24,16 +25,27 @@ class Paragraphs(html.parser.HTMLParser):
     def __init__(self):
         super().__init__(convert_charrefs=True)
         self.blocks, self.buf, self.depth_keep, self.depth_skip = [], [], 0, 0
+        self.divs = []  # for each open <div>: is it a paragraph (DocBook's class="para")
 
     def handle_starttag(self, tag, attrs):
-        if tag in self.SKIP:
+        if tag == "div":
+            para = ("class", "para") in attrs
+            self.divs.append(para)
+            if para:
+                self.flush()
+                self.depth_keep += 1
+        elif tag in self.SKIP:
             self.depth_skip += 1
         elif tag in self.KEEP:
             self.flush()
             self.depth_keep += 1
 
     def handle_endtag(self, tag):
-        if tag in self.SKIP and self.depth_skip:
+        if tag == "div":
+            if self.divs and self.divs.pop() and self.depth_keep:
+                self.depth_keep -= 1
+                self.flush()
+        elif tag in self.SKIP and self.depth_skip:
             self.depth_skip -= 1
         elif tag in self.KEEP and self.depth_keep:
             self.depth_keep -= 1
@@ -54,14 +66,15 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", required=True)
     ap.add_argument("--package", default="python3.11-doc")
+    ap.add_argument("--pages", default="usr/share/doc/**/*.html",
+                    help="glob of the HTML pages inside the package (e.g. one language)")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         subprocess.run(["apt-get", "download", args.package], cwd=tmp, check=True,
                        stdout=subprocess.DEVNULL)
         deb = glob.glob(os.path.join(tmp, "*.deb"))[0]
         subprocess.run(["dpkg", "-x", deb, os.path.join(tmp, "root")], check=True)
-        pages = sorted(glob.glob(os.path.join(tmp, "root", "usr", "share", "doc", "**", "*.html"),
-                                 recursive=True))
+        pages = sorted(glob.glob(os.path.join(tmp, "root", args.pages), recursive=True))
         blocks = []
         for page in pages:
             p = Paragraphs()

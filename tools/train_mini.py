@@ -47,6 +47,9 @@ def main():
     ap.add_argument("--seq", type=int, default=1024)
     ap.add_argument("--lr", type=float, default=1.5e-3)
     ap.add_argument("--vocab", type=int, default=8192)
+    ap.add_argument("--weight-decay", type=float, default=0.1)
+    ap.add_argument("--probe-every", type=int, default=1000,
+                    help="print the attention structure every N steps")
     args = ap.parse_args()
 
     random.seed(args.seed)
@@ -88,7 +91,7 @@ def main():
     n_params = sum(p.numel() for p in model.parameters())
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1},
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": args.weight_decay},
                              {"params": no_decay, "weight_decay": 0.0}],
                             lr=args.lr, betas=(0.9, 0.95), fused=True)
     warmup = args.steps // 20
@@ -135,6 +138,43 @@ def main():
         model.train()
         return float(np.mean(losses))
 
+    probe_rng = torch.Generator().manual_seed(args.seed + 1)
+    probe_text = torch.cat([torch.tensor([eot]), val_ids[:255]]).to(dev)
+    probe_rep = torch.randint(0, args.vocab, (50,), generator=probe_rng)
+    probe_rep[probe_rep == eot] += 1
+    probe_rep = torch.cat([torch.tensor([eot]), probe_rep, probe_rep]).to(dev)
+
+    def use_attention(impl):
+        if hasattr(model, "set_attn_implementation"):
+            model.set_attn_implementation(impl)
+        else:
+            model.config._attn_implementation = impl
+
+    @torch.no_grad()
+    def attention_structure():
+        """The scores tests/test_bundled_model.c asserts, in fp32: per layer the mean
+        attention on position 0 (sink) over heads and queries, the best previous-token
+        head, and the best induction head (50 random tokens repeated)."""
+        model.eval()
+        use_attention("eager")  # sdpa returns no probabilities
+        att = model(probe_text[None], output_attentions=True).attentions
+        T = probe_text.numel()
+        sink = [a[0, :, 1:, 0].mean().item() for a in att]
+        prev = max(a[0].diagonal(offset=-1, dim1=1, dim2=2).mean(-1).max().item() for a in att)
+        att = model(probe_rep[None], output_attentions=True).attentions
+        R = 50
+        q = torch.arange(1 + R, 2 * R, device=dev)
+        ind = max(a[0][:, q, q - R + 1].mean(-1).max().item() for a in att)
+        use_attention("sdpa")
+        model.train()
+        return sink, prev, ind
+
+    def print_structure(step):
+        sink, prev, ind = attention_structure()
+        print(f"  structure at step {step}: prev {prev:.3f} induction {ind:.3f} sink by layer "
+              + " ".join(f"{s:.2f}" for s in sink), flush=True)
+        return sink, prev, ind
+
     print(f"model: {n_params / 1e6:.2f} M parameters; {args.steps} steps of {args.batch}x{args.seq}")
     model.train()
     t_train = time.time()
@@ -154,6 +194,9 @@ def main():
             print(f"step {step:5d} loss {loss.item():.3f} lr {lr_at(step):.2e} "
                   f"{(step + 1) * args.batch * args.seq / (time.time() - t_train) / 1e3:.0f}k tok/s",
                   flush=True)
+        if args.probe_every and step > 0 and step % args.probe_every == 0:
+            print_structure(step)
+    sink, prev, ind = print_structure(args.steps)
     val_loss = evaluate()
     train_s = time.time() - t_train
     print(f"validation loss {val_loss:.4f} (perplexity {math.exp(val_loss):.1f}) after {train_s:.0f}s")
@@ -178,7 +221,10 @@ def main():
         json.dump({"seed": args.seed, "steps": args.steps, "batch": args.batch, "seq": args.seq,
                    "lr": args.lr, "vocab": args.vocab, "parameters": n_params,
                    "train_tokens": len(train_ids), "val_tokens": len(val_ids),
-                   "documents": len(docs), "val_loss": val_loss, "train_seconds": train_s},
+                   "weight_decay": args.weight_decay, "documents": len(docs),
+                   "val_loss": val_loss, "train_seconds": train_s,
+                   "structure": {"sink_by_layer": sink, "best_prev": prev,
+                                 "best_induction": ind}},
                   f, indent=1)
 
 
