@@ -103,43 +103,47 @@ static void test_attention_structure(void **state)
     free(ids);
 
     /* Induction: <|endoftext|> then 50 random tokens twice; the token at
-     * 1+R+i (second copy of 1+i) should attend to 1+i+1. */
-    enum { R = 50, TI = 2 * R + 1 };
-    int rep[TI];
+     * 1+R+i (second copy of 1+i) should attend to 1+i+1. Averaged over
+     * N_SEQ random sequences so one lucky draw cannot pass the test. */
+    enum { R = 50, TI = 2 * R + 1, N_SEQ = 4 };
+    double *ind = calloc((size_t)L * H, sizeof *ind);
     unsigned long x = 12345;
-    rep[0] = eot;
-    for (int i = 0; i < R; i++) {
-        x = x * 6364136223846793005ul + 1442695040888963407ul;
-        int id = (int)((x >> 33) % (unsigned long)c->vocab_size);
-        rep[1 + i] = rep[1 + R + i] = id == eot ? id + 1 : id;
+    for (int seq = 0; seq < N_SEQ; seq++) {
+        int rep[TI];
+        rep[0] = eot;
+        for (int i = 0; i < R; i++) {
+            x = x * 6364136223846793005ul + 1442695040888963407ul;
+            int id = (int)((x >> 33) % (unsigned long)c->vocab_size);
+            rep[1 + i] = rep[1 + R + i] = id == eot ? id + 1 : id;
+        }
+        attn = all_attention(e, c, rep, TI);
+        for (int l = 0; l < L; l++) {
+            for (int h = 0; h < H; h++)
+                for (int i = 0; i < R - 1; i++)
+                    ind[l * H + h] += attn[l][((size_t)h * TI + 1 + R + i) * TI + 2 + i] / ((R - 1) * N_SEQ);
+            free(attn[l]);
+        }
+        free(attn);
     }
-    attn = all_attention(e, c, rep, TI);
     double best_ind = 0;
     int best_l = -1, best_h = -1;
-    for (int l = 0; l < L; l++) {
-        for (int h = 0; h < H; h++) {
-            double s = 0;
-            for (int i = 0; i < R - 1; i++) s += attn[l][((size_t)h * TI + 1 + R + i) * TI + 2 + i];
-            s /= R - 1;
-            if (s > best_ind) {
-                best_ind = s;
-                best_l = l;
-                best_h = h;
-            }
+    for (int i = 0; i < L * H; i++)
+        if (ind[i] > best_ind) {
+            best_ind = ind[i];
+            best_l = i / H;
+            best_h = i % H;
         }
-        free(attn[l]);
-    }
-    free(attn);
+    free(ind);
     print_message("best previous-token score %.3f (target > 0.5); best induction score %.3f at "
                   "layer %d head %d (target > 0.3); mean sink mass in layer %d: %.3f (target > "
                   "0.1), in the most sink-heavy layer: %.3f\n",
                   best_prev, best_ind, best_l, best_h, L / 2, sink_mid, sink_best);
-    /* Regression guards at what the shipped model reaches (models/attnprobe-mini/
-     * README.md): a previous-token head, an induction head and attention sinks.
-     * The design targets for induction (0.3) and for sinks in the middle layer
-     * (0.1) are not reached yet; they are printed above. */
+    /* The design targets for a previous-token head and an induction head, and a
+     * regression guard for attention sinks: the target of 0.1 in the middle
+     * layer is not reached (models/attnprobe-mini/README.md), so the test
+     * asserts the sink-heavy layers the shipped model has. */
     assert_true(best_prev > 0.5);
-    assert_true(best_ind > 0.2);
+    assert_true(best_ind > 0.3);
     assert_true(sink_best > 0.3);
     ap_engine_free(e);
     ap_tokenizer_free(tok);
