@@ -27,6 +27,58 @@ static ap_status null_sink(void *ctx, const ap_row_event *ev, ap_error *err)
     return AP_OK;
 }
 
+/* Decode steps alone: S streams of T tokens, every (layer, head) keeping the
+ * last `budget` positions; with_rows captures every layer's rows. Returns
+ * seconds per step, or -1. */
+static double bench_decode(ap_engine *e, int S, int T, int budget, int with_rows)
+{
+    const ap_config *c = ap_engine_config(e);
+    const int L = c->n_layer, H = c->n_head, LH = L * H;
+    ap_stream **streams = calloc((size_t)S, sizeof *streams);
+    int *tokens = malloc((size_t)S * sizeof *tokens), *window = malloc((size_t)T * sizeof *window);
+    const int **kept_lists = malloc((size_t)LH * sizeof *kept_lists);
+    int *n_kept_list = malloc((size_t)LH * sizeof *n_kept_list);
+    const int *const **kept = malloc((size_t)S * sizeof *kept);
+    const int **n_kept = malloc((size_t)S * sizeof *n_kept);
+    int *layers = malloc((size_t)L * sizeof *layers);
+    float **rows = calloc((size_t)L, sizeof *rows);
+    ap_error err;
+    double dt = -1;
+    for (int s = 0; s < S; s++)
+        if (ap_stream_create(e, T, &streams[s], &err)) goto done;
+    for (int l = 0; l < L; l++) {
+        layers[l] = l;
+        rows[l] = malloc((size_t)S * H * c->n_ctx * sizeof(float));
+    }
+    for (int s = 0; s < S; s++) {
+        kept[s] = kept_lists;
+        n_kept[s] = n_kept_list;
+    }
+    ap_capture cap = {.n_capture = L, .layers = layers, .attn = rows};
+    const double t0 = now_s();
+    for (int t = 0; t < T; t++) {
+        const int first = t > budget ? t - budget : 0;
+        for (int i = first; i < t; i++) window[i - first] = i;
+        for (int lh = 0; lh < LH; lh++) {
+            kept_lists[lh] = window;
+            n_kept_list[lh] = t - first;
+        }
+        for (int s = 0; s < S; s++) tokens[s] = (t * 31 + s) % c->vocab_size;
+        ap_decode_batch b = {S, streams, tokens, kept, n_kept};
+        if (ap_engine_decode_step(e, &b, with_rows ? &cap : NULL, &err)) {
+            fprintf(stderr, "bench_gpu: %s\n", err.msg);
+            goto done;
+        }
+    }
+    dt = (now_s() - t0) / T;
+done:
+    for (int s = 0; s < S; s++) ap_stream_free(streams[s]);
+    for (int l = 0; l < L; l++) free(rows[l]);
+    free(streams), free(tokens), free(window), free(kept_lists), free(n_kept_list), free(kept);
+    free(n_kept), free(layers), free(rows);
+    return dt;
+}
+
 int main(int argc, char **argv)
 {
     int trace_samples = 8, cascade_samples = 8, cascade_T = 1024;
@@ -113,6 +165,13 @@ int main(int argc, char **argv)
     double dt = now_s() - t0;
     printf("(b) cascade, 10 policies x %d samples, T=%d, budget 256, fp32: %.1f s, %.0f policy-tokens/s\n",
            S, CT, dt, 10.0 * S * CT / dt);
+    printf("    of which decode steps (engine: tables, GPU, rows) %.1f s, policy updates %.1f s, "
+           "retained sets and rows %.1f s\n",
+           cost[0].decode_seconds, cost[0].observe_seconds,
+           cost[0].seconds - cost[0].decode_seconds - cost[0].observe_seconds);
+    const double step = bench_decode(e, 10 * S, CT, 256, 0), step_rows = bench_decode(e, 10 * S, CT, 256, 1);
+    printf("    decode steps alone, %d streams keeping the last 256 positions: %.2f ms per step, "
+           "%.2f ms with every layer's rows on the host\n", 10 * S, step * 1e3, step_rows * 1e3);
     ap_trace_free(&tr);
     ap_engine_free(e);
     ap_model_free(m);

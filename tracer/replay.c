@@ -269,6 +269,7 @@ ap_status ap_replay_cascade(ap_engine *engine, const ap_trace *tr, const ap_poli
                 if ((st = ap_policy_create(&params[p], H, D, &str->layer_policy[l], err))) goto done;
         }
     const double t0 = now_s();
+    double decode_s = 0, observe_s = 0;
     for (int t = 0; t < max_T && !st; t++) {
         int n_active = 0;
         for (int i = 0; i < n_streams; i++) {
@@ -289,7 +290,9 @@ ap_status ap_replay_cascade(ap_engine *engine, const ap_trace *tr, const ap_poli
         }
         ap_decode_batch b = {n_active, active, tokens, kept, n_kept};
         ap_capture cap = {.n_capture = L, .layers = layers, .attn = attn, .q = q, .k = k};
+        const double t_decode = now_s();
         if ((st = ap_engine_decode_step(engine, &b, &cap, err))) break;
+        decode_s += now_s() - t_decode;
         /* Emit the probed layers' rows (before the policies see step t, so
          * the masks are the sets the step attended to), one thread... */
         for (int a = 0; a < n_active && !st && opts->sink && measured(opts, t); a++) {
@@ -314,7 +317,9 @@ ap_status ap_replay_cascade(ap_engine *engine, const ap_trace *tr, const ap_poli
          * (each stream's policies are its own). */
         if (!st) {
             observe_job job = {cs, active_idx, n_active, L, H, D, ctx, t, attn, q, k, 0, AP_OK, {{0}}};
+            const double t_observe = now_s();
             st = run_observers(&job, err);
+            observe_s += now_s() - t_observe;
         }
         if (opts->progress) opts->progress(opts->progress_ctx, "cascade", (double)(t + 1) / max_T);
     }
@@ -329,6 +334,8 @@ ap_status ap_replay_cascade(ap_engine *engine, const ap_trace *tr, const ap_poli
         pc->kv_bytes = kv > pc->kv_bytes ? kv : pc->kv_bytes;
         pc->sketch_bytes = sk > pc->sketch_bytes ? sk : pc->sketch_bytes;
         pc->seconds = dt; /* the streams decode together */
+        pc->decode_seconds = decode_s;
+        pc->observe_seconds = observe_s;
     }
 done:
     free_streams(cs, n_streams, L);

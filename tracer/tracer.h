@@ -93,6 +93,10 @@ typedef struct {
     double kv_bytes;     /* retained positions x (k + v) x head_dim x fp32, all heads */
     double sketch_bytes; /* ap_policy_state_bytes */
     double seconds;
+    /* cascade only, shared by all policies: of `seconds`, the time inside the
+     * engine's decode steps and inside the policies' updates (the rest is
+     * building the retained sets and emitting rows) */
+    double decode_seconds, observe_seconds;
 } ap_replay_cost;
 
 /* Isolated replay (DESIGN.md §5): only layer trace->layers[li] is capped;

@@ -9,7 +9,15 @@
  *
  * Precision: fp32 (pedantic cuBLAS math: no tensor-core rounding), tf32
  * (tensor cores with TF32 inputs), bf16 (weights and activations rounded to
- * bf16 for the linear layers, fp32 accumulation; attention products in TF32). */
+ * bf16 for the output projection and the MLP, fp32 accumulation; the q/k/v
+ * projection and the attention products in TF32, because q and k decide the
+ * probabilities this tool measures: docs/precision.md).
+ *
+ * The prefill touches each activation as few times as it can: bias, GELU and
+ * the residual add run inside one pass each, LayerNorm and GELU write the bf16
+ * copy the next product reads, the softmax reads a row once and writes it once
+ * (one warp per row, the row in registers), and the attention products skip
+ * the blocks above the diagonal (rows in chunks of CAUSAL_CHUNK). */
 #include <cublas_v2.h>
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
@@ -82,9 +90,10 @@ __device__ float block_max(float v, float *shared)
     return m;
 }
 
-/* out[N,C] = LayerNorm(x) * w + b; one block per row. */
-__global__ void layernorm_kernel(float *out, const float *x, const float *w, const float *b, int C,
-                                 float eps)
+/* out[N,C] = LayerNorm(x) * w + b; one block per row. Writes out (fp32) or,
+ * when out16 != NULL, only the bf16 rounding the next product reads. */
+__global__ void layernorm_kernel(float *out, __nv_bfloat16 *out16, const float *x, const float *w,
+                                 const float *b, int C, float eps)
 {
     __shared__ float shared[32];
     const float *xr = x + (size_t)blockIdx.x * C;
@@ -94,8 +103,12 @@ __global__ void layernorm_kernel(float *out, const float *x, const float *w, con
     float v = 0;
     for (int i = threadIdx.x; i < C; i += blockDim.x) v += (xr[i] - mean) * (xr[i] - mean);
     const float rstd = rsqrtf(block_sum(v, shared) / C + eps);
-    float *o = out + (size_t)blockIdx.x * C;
-    for (int i = threadIdx.x; i < C; i += blockDim.x) o[i] = (xr[i] - mean) * rstd * w[i] + b[i];
+    const size_t at = (size_t)blockIdx.x * C;
+    for (int i = threadIdx.x; i < C; i += blockDim.x) {
+        const float y = (xr[i] - mean) * rstd * w[i] + b[i];
+        if (out16) out16[at + i] = __float2bfloat16(y);
+        else out[at + i] = y;
+    }
 }
 
 __global__ void bias_kernel(float *x, const float *bias, size_t n, int OC)
@@ -104,19 +117,24 @@ __global__ void bias_kernel(float *x, const float *bias, size_t n, int OC)
     if (i < n) x[i] += bias[i % OC];
 }
 
-__global__ void gelu_kernel(float *x, size_t n)
+/* x = GELU(x + bias) (tanh form, GPT-2's gelu_new), in place or, when out16 !=
+ * NULL, into the bf16 copy the next product reads. */
+__global__ void bias_gelu_kernel(float *x, __nv_bfloat16 *out16, const float *bias, size_t n, int OC)
 {
     size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (i < n) {
-        float v = x[i];
-        x[i] = 0.5f * v * (1.0f + tanhf(0.7978845608028654f * (v + 0.044715f * v * v * v)));
+        const float v = x[i] + bias[i % OC];
+        const float g = 0.5f * v * (1.0f + tanhf(0.7978845608028654f * (v + 0.044715f * v * v * v)));
+        if (out16) out16[i] = __float2bfloat16(g);
+        else x[i] = g;
     }
 }
 
-__global__ void add_kernel(float *x, const float *y, size_t n)
+/* The residual add of a projection: x += y + bias. */
+__global__ void bias_residual_kernel(float *x, const float *y, const float *bias, size_t n, int OC)
 {
     size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i < n) x[i] += y[i];
+    if (i < n) x[i] += y[i] + bias[i % OC];
 }
 
 __global__ void to_bf16_kernel(__nv_bfloat16 *dst, const float *src, size_t n)
@@ -143,6 +161,39 @@ __global__ void causal_softmax_kernel(float *scores, int T, float scale)
     }
     const float inv = 1.0f / block_sum(sum, shared);
     for (int j = threadIdx.x; j < T; j += blockDim.x) s[j] = j <= row ? s[j] * inv : 0.0f;
+}
+
+/* The same softmax with one warp per row, the row held in registers
+ * (VPT values per lane, T <= 32 * VPT): each score is read once and each
+ * probability written once. Only entries up to the diagonal are read, so the
+ * score product may leave the rest unwritten. */
+template <int VPT>
+__global__ void causal_softmax_warp_kernel(float *scores, int T, int n_rows, float scale)
+{
+    const int r = (int)(((size_t)blockIdx.x * blockDim.x + threadIdx.x) / 32), lane = threadIdx.x % 32;
+    if (r >= n_rows) return;
+    const int row = r % T;
+    float *s = scores + (size_t)r * T;
+    float v[VPT];
+    float m = -INFINITY;
+#pragma unroll
+    for (int i = 0; i < VPT; i++) {
+        const int j = lane + 32 * i;
+        v[i] = j <= row ? s[j] * scale : -INFINITY;
+        m = fmaxf(m, v[i]);
+    }
+    for (int o = 16; o > 0; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffff, m, o));
+    float sum = 0;
+#pragma unroll
+    for (int i = 0; i < VPT; i++) {
+        v[i] = lane + 32 * i <= row ? expf(v[i] - m) : 0.0f;
+        sum += v[i];
+    }
+    for (int o = 16; o > 0; o >>= 1) sum += __shfl_xor_sync(0xffffffff, sum, o);
+    const float inv = 1.0f / sum;
+#pragma unroll
+    for (int i = 0; i < VPT; i++)
+        if (lane + 32 * i < T) s[lane + 32 * i] = v[i] * inv;
 }
 
 /* dst[H, T, hd] from src rows [T, ld] starting at column offset (head h at offset + h*hd). */
@@ -178,15 +229,18 @@ __global__ void decode_attention_kernel(float *att, float *compact, const float 
     const float *K = k_cache[s] + ((size_t)layer * H + h) * max_len * hd;
     const float *V = v_cache[s] + ((size_t)layer * H + h) * max_len * hd;
     const float scale = rsqrtf((float)hd);
-    float m = -INFINITY;
-    for (int i = threadIdx.x; i < n; i += blockDim.x) {
-        const int p = i < n - 1 ? pos[i] : t;
-        const float *kp = K + (size_t)p * hd;
+    /* one warp per kept position: its lanes read the key row together */
+    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, n_warps = blockDim.x / 32;
+    for (int i = warp; i < n; i += n_warps) {
+        const float *kp = K + (size_t)(i < n - 1 ? pos[i] : t) * hd;
         float dot = 0;
-        for (int d = 0; d < hd; d++) dot += q[d] * kp[d];
-        scores[i] = dot * scale;
-        m = fmaxf(m, scores[i]);
+        for (int d = lane; d < hd; d += 32) dot += q[d] * kp[d];
+        for (int o = 16; o > 0; o >>= 1) dot += __shfl_xor_sync(0xffffffff, dot, o);
+        if (lane == 0) scores[i] = dot * scale;
     }
+    __syncthreads();
+    float m = -INFINITY;
+    for (int i = threadIdx.x; i < n; i += blockDim.x) m = fmaxf(m, scores[i]);
     m = block_max(m, scratch);
     float sum = 0;
     for (int i = threadIdx.x; i < n; i += blockDim.x) {
@@ -293,36 +347,58 @@ static ap_status ensure_scratch(ap_engine *e, size_t N, size_t scores, ap_error 
 
 static unsigned blocks(size_t n) { return (unsigned)((n + 255) / 256); }
 
-/* out[N, OC] = in[N, IC] @ W[IC, OC] + bias (W, bias: host pointers into the model). */
-static ap_status linear(ap_engine *e, float *out, const float *in, const float *W_host,
-                        const float *bias_host, int N, int IC, int OC, ap_error *err)
+/* out[N, OC] = in[N, IC] @ W[IC, OC] (W: a host pointer into the model). When
+ * in16 != NULL the product reads it (the rows of `in` rounded to bf16) and the
+ * bf16 weights; otherwise fp32 inputs in the handle's math mode. */
+static ap_status matmul(ap_engine *e, float *out, const float *in, const __nv_bfloat16 *in16,
+                        const float *W_host, int N, int IC, int OC, ap_error *err)
 {
     cuda_engine *ce = (cuda_engine *)e->impl;
     const float one = 1.0f, zero = 0.0f;
-    if (e->precision == AP_PRECISION_BF16) {
-        to_bf16_kernel<<<blocks((size_t)N * IC), 256, 0, ce->stream>>>(ce->act_bf16, in, (size_t)N * IC);
-        KERNEL_TRY("rounding activations to bf16");
+    if (in16)
         CUBLAS_TRY(cublasGemmEx(ce->blas, CUBLAS_OP_N, CUBLAS_OP_N, OC, N, IC, &one, dev_w16(e, W_host),
-                                CUDA_R_16BF, OC, ce->act_bf16, CUDA_R_16BF, IC, &zero, out, CUDA_R_32F,
-                                OC, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
+                                CUDA_R_16BF, OC, in16, CUDA_R_16BF, IC, &zero, out, CUDA_R_32F, OC,
+                                CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
                    "a bf16 linear layer");
-    } else {
-        CUBLAS_TRY(cublasSgemm(ce->blas, CUBLAS_OP_N, CUBLAS_OP_N, OC, N, IC, &one, dev_w(e, W_host),
-                               OC, in, IC, &zero, out, OC),
+    else
+        CUBLAS_TRY(cublasSgemm(ce->blas, CUBLAS_OP_N, CUBLAS_OP_N, OC, N, IC, &one, dev_w(e, W_host), OC,
+                               in, IC, &zero, out, OC),
                    "a linear layer");
-    }
-    bias_kernel<<<blocks((size_t)N * OC), 256, 0, ce->stream>>>(out, dev_w(e, bias_host), (size_t)N * OC, OC);
-    KERNEL_TRY("adding a bias");
     return AP_OK;
 }
 
-static ap_status layernorm(ap_engine *e, float *out, const float *x, const float *w_host,
-                           const float *b_host, int N, ap_error *err)
+/* The bf16 scratch when the precision rounds the MLP's inputs to bf16, else NULL. */
+static __nv_bfloat16 *bf16_scratch(const ap_engine *e)
+{
+    return e->precision == AP_PRECISION_BF16 ? ((cuda_engine *)e->impl)->act_bf16 : NULL;
+}
+
+static ap_status layernorm(ap_engine *e, float *out, __nv_bfloat16 *out16, const float *x,
+                           const float *w_host, const float *b_host, int N, ap_error *err)
 {
     cuda_engine *ce = (cuda_engine *)e->impl;
     const ap_config *c = &e->model->config;
-    layernorm_kernel<<<N, 256, 0, ce->stream>>>(out, x, dev_w(e, w_host), dev_w(e, b_host), c->n_embd, c->ln_eps);
+    layernorm_kernel<<<N, 256, 0, ce->stream>>>(out, out16, x, dev_w(e, w_host), dev_w(e, b_host), c->n_embd,
+                                                c->ln_eps);
     KERNEL_TRY("LayerNorm");
+    return AP_OK;
+}
+
+/* qkv[N, 3C] = ln1(x) @ attn_w + attn_b for block l (TF32 or fp32: q and k
+ * decide the probabilities). */
+static ap_status block_qkv(ap_engine *e, int l, int N, ap_error *err)
+{
+    cuda_engine *ce = (cuda_engine *)e->impl;
+    const ap_weights *w = &e->model->w;
+    const int C = e->model->config.n_embd;
+    const size_t lc = (size_t)l * C;
+    ap_status st;
+    if ((st = layernorm(e, ce->h, NULL, ce->x, w->ln1_w + lc, w->ln1_b + lc, N, err)) ||
+        (st = matmul(e, ce->qkv, ce->h, NULL, w->attn_w + lc * 3 * C, N, C, 3 * C, err)))
+        return st;
+    bias_kernel<<<blocks((size_t)N * 3 * C), 256, 0, ce->stream>>>(ce->qkv, dev_w(e, w->attn_b + 3 * lc),
+                                                                   (size_t)N * 3 * C, 3 * C);
+    KERNEL_TRY("adding the q/k/v bias");
     return AP_OK;
 }
 
@@ -334,16 +410,22 @@ static ap_status block_finish(ap_engine *e, int l, int N, ap_error *err)
     const ap_weights *w = &e->model->w;
     const int C = c->n_embd;
     const size_t lc = (size_t)l * C, NC = (size_t)N * C;
+    __nv_bfloat16 *bf = bf16_scratch(e);
     ap_status st;
-    if ((st = linear(e, ce->tmp, ce->att, w->attn_proj_w + lc * C, w->attn_proj_b + lc, N, C, C, err))) return st;
-    add_kernel<<<blocks(NC), 256, 0, ce->stream>>>(ce->x, ce->tmp, NC);
+    if (bf) {
+        to_bf16_kernel<<<blocks(NC), 256, 0, ce->stream>>>(bf, ce->att, NC);
+        KERNEL_TRY("rounding the attention output to bf16");
+    }
+    if ((st = matmul(e, ce->tmp, ce->att, bf, w->attn_proj_w + lc * C, N, C, C, err))) return st;
+    bias_residual_kernel<<<blocks(NC), 256, 0, ce->stream>>>(ce->x, ce->tmp, dev_w(e, w->attn_proj_b + lc), NC, C);
     KERNEL_TRY("the residual add");
-    if ((st = layernorm(e, ce->h, ce->x, w->ln2_w + lc, w->ln2_b + lc, N, err))) return st;
-    if ((st = linear(e, ce->fc, ce->h, w->fc_w + lc * 4 * C, w->fc_b + 4 * lc, N, C, 4 * C, err))) return st;
-    gelu_kernel<<<blocks(4 * NC), 256, 0, ce->stream>>>(ce->fc, 4 * NC);
+    if ((st = layernorm(e, ce->h, bf, ce->x, w->ln2_w + lc, w->ln2_b + lc, N, err)) ||
+        (st = matmul(e, ce->fc, ce->h, bf, w->fc_w + lc * 4 * C, N, C, 4 * C, err)))
+        return st;
+    bias_gelu_kernel<<<blocks(4 * NC), 256, 0, ce->stream>>>(ce->fc, bf, dev_w(e, w->fc_b + 4 * lc), 4 * NC, 4 * C);
     KERNEL_TRY("GELU");
-    if ((st = linear(e, ce->tmp, ce->fc, w->fc_proj_w + lc * 4 * C, w->fc_proj_b + lc, N, 4 * C, C, err))) return st;
-    add_kernel<<<blocks(NC), 256, 0, ce->stream>>>(ce->x, ce->tmp, NC);
+    if ((st = matmul(e, ce->tmp, ce->fc, bf, w->fc_proj_w + lc * 4 * C, N, 4 * C, C, err))) return st;
+    bias_residual_kernel<<<blocks(NC), 256, 0, ce->stream>>>(ce->x, ce->tmp, dev_w(e, w->fc_proj_b + lc), NC, C);
     KERNEL_TRY("the residual add");
     return AP_OK;
 }
@@ -354,7 +436,7 @@ static ap_status lm_head(ap_engine *e, float *host_logits, const float *x, int N
     const ap_config *c = &e->model->config;
     const float one = 1.0f, zero = 0.0f;
     ap_status st;
-    if ((st = layernorm(e, ce->h, x, e->model->w.lnf_w, e->model->w.lnf_b, N, err))) return st;
+    if ((st = layernorm(e, ce->h, NULL, x, e->model->w.lnf_w, e->model->w.lnf_b, N, err))) return st;
     CUBLAS_TRY(cublasSgemm(ce->blas, CUBLAS_OP_T, CUBLAS_OP_N, c->vocab_size, N, c->n_embd, &one,
                            dev_w(e, e->model->w.wte), c->n_embd, ce->h, c->n_embd, &zero, ce->logits,
                            c->vocab_size),
@@ -365,6 +447,51 @@ static ap_status lm_head(ap_engine *e, float *host_logits, const float *x, int N
     return AP_OK;
 }
 
+
+enum { CAUSAL_CHUNK = 256 };
+
+/* att[T, C] = softmax(q k^T / sqrt(hd)) v for all heads, leaving the
+ * probabilities [H, T, T] in ce->scores (and a copy in attn_host unless NULL).
+ * Rows go in chunks of CAUSAL_CHUNK: chunk [r0, r1) needs keys 0..r1-1 only,
+ * so the products skip most of the masked upper triangle. */
+static ap_status causal_attention(ap_engine *e, int T, float *attn_host, ap_error *err)
+{
+    cuda_engine *ce = (cuda_engine *)e->impl;
+    const ap_config *c = &e->model->config;
+    const int C = c->n_embd, H = c->n_head, hd = C / H;
+    const float one = 1.0f, zero = 0.0f;
+    const long long TT = (long long)T * T;
+    /* scores^T[j, i] = k_j . q_i, a strided batch over heads */
+    for (int r0 = 0; r0 < T; r0 += CAUSAL_CHUNK) {
+        const int r1 = r0 + CAUSAL_CHUNK < T ? r0 + CAUSAL_CHUNK : T;
+        CUBLAS_TRY(cublasSgemmStridedBatched(ce->blas, CUBLAS_OP_T, CUBLAS_OP_N, r1, r1 - r0, hd, &one,
+                                             ce->qkv + C, 3 * C, hd, ce->qkv + (size_t)r0 * 3 * C, 3 * C, hd,
+                                             &zero, ce->scores + (size_t)r0 * T, T, TT, H),
+                   "attention scores");
+    }
+    const float scale = 1.0f / sqrtf((float)hd);
+    const int rows = H * T;
+    const unsigned warp_blocks = (unsigned)((rows + 7) / 8);
+    if (T <= 128) causal_softmax_warp_kernel<4><<<warp_blocks, 256, 0, ce->stream>>>(ce->scores, T, rows, scale);
+    else if (T <= 256) causal_softmax_warp_kernel<8><<<warp_blocks, 256, 0, ce->stream>>>(ce->scores, T, rows, scale);
+    else if (T <= 512) causal_softmax_warp_kernel<16><<<warp_blocks, 256, 0, ce->stream>>>(ce->scores, T, rows, scale);
+    else if (T <= 1024) causal_softmax_warp_kernel<32><<<warp_blocks, 256, 0, ce->stream>>>(ce->scores, T, rows, scale);
+    else causal_softmax_kernel<<<rows, 256, 0, ce->stream>>>(ce->scores, T, scale);
+    KERNEL_TRY("the causal softmax");
+    if (attn_host)
+        CUDA_TRY(cudaMemcpyAsync(attn_host, ce->scores, (size_t)H * TT * sizeof(float), cudaMemcpyDeviceToHost,
+                                 ce->stream),
+                 "copying attention to the host");
+    /* att^T[:, h] = v_h^T P_h^T over the chunk's keys (P is 0 past the diagonal) */
+    for (int r0 = 0; r0 < T; r0 += CAUSAL_CHUNK) {
+        const int r1 = r0 + CAUSAL_CHUNK < T ? r0 + CAUSAL_CHUNK : T;
+        CUBLAS_TRY(cublasSgemmStridedBatched(ce->blas, CUBLAS_OP_N, CUBLAS_OP_N, hd, r1 - r0, r1, &one,
+                                             ce->qkv + 2 * C, 3 * C, hd, ce->scores + (size_t)r0 * T, T, TT,
+                                             &zero, ce->att + (size_t)r0 * C, C, hd, H),
+                   "attention times values");
+    }
+    return AP_OK;
+}
 
 /* Copies head-split [H, T, hd] of rows [T, ld] at offset to a host buffer. */
 static ap_status copy_heads(ap_engine *e, float *host, const float *src, int T, int ld, int offset,
@@ -388,7 +515,7 @@ static ap_status cuda_prefill(ap_engine *e, const int *ids, int T, const ap_capt
     cuda_engine *ce = (cuda_engine *)e->impl;
     const ap_config *c = &e->model->config;
     const ap_weights *w = &e->model->w;
-    const int C = c->n_embd, H = c->n_head, hd = C / H;
+    const int C = c->n_embd, H = c->n_head;
     ap_status st = ensure_scratch(e, (size_t)T, (size_t)H * T * T, err);
     if (st) return st;
     int *pos = (int *)malloc((size_t)T * sizeof(int));
@@ -408,13 +535,9 @@ static ap_status cuda_prefill(ap_engine *e, const int *ids, int T, const ap_capt
         last = -1;
         for (int i = 0; cap && i < cap->n_capture; i++) last = cap->layers[i] > last ? cap->layers[i] : last;
     }
-    const float one = 1.0f, zero = 0.0f;
     for (int l = 0; l <= last; l++) {
-        const size_t lc = (size_t)l * C;
         const int ci = ap_capture_index(cap, l);
-        if ((st = layernorm(e, ce->h, ce->x, w->ln1_w + lc, w->ln1_b + lc, T, err)) ||
-            (st = linear(e, ce->qkv, ce->h, w->attn_w + lc * 3 * C, w->attn_b + 3 * lc, T, C, 3 * C, err)))
-            return st;
+        if ((st = block_qkv(e, l, T, err))) return st;
         if (ci >= 0) {
             float **dst[3] = {cap->q, cap->k, cap->v};
             for (int which = 0; which < 3; which++)
@@ -422,22 +545,7 @@ static ap_status cuda_prefill(ap_engine *e, const int *ids, int T, const ap_capt
                     (st = copy_heads(e, dst[which][ci], ce->qkv, T, 3 * C, which * C, err)))
                     return st;
         }
-        /* scores^T[j, i] = k_j . q_i for all heads: strided batch over heads */
-        CUBLAS_TRY(cublasSgemmStridedBatched(ce->blas, CUBLAS_OP_T, CUBLAS_OP_N, T, T, hd, &one,
-                                             ce->qkv + C, 3 * C, hd, ce->qkv, 3 * C, hd, &zero,
-                                             ce->scores, T, (long long)T * T, H),
-                   "attention scores");
-        causal_softmax_kernel<<<H * T, 256, 0, ce->stream>>>(ce->scores, T, 1.0f / sqrtf((float)hd));
-        KERNEL_TRY("the causal softmax");
-        if (ci >= 0 && cap->attn && cap->attn[ci])
-            CUDA_TRY(cudaMemcpyAsync(cap->attn[ci], ce->scores, (size_t)H * T * T * sizeof(float),
-                                     cudaMemcpyDeviceToHost, ce->stream),
-                     "copying attention to the host");
-        /* att^T[:, h] = v_h^T P_h^T */
-        CUBLAS_TRY(cublasSgemmStridedBatched(ce->blas, CUBLAS_OP_N, CUBLAS_OP_N, hd, T, T, &one,
-                                             ce->qkv + 2 * C, 3 * C, hd, ce->scores, T, (long long)T * T,
-                                             &zero, ce->att, C, hd, H),
-                   "attention times values");
+        if ((st = causal_attention(e, T, ci >= 0 && cap->attn ? cap->attn[ci] : NULL, err))) return st;
         if (ci >= 0 && cap->o && cap->o[ci] && (st = copy_heads(e, cap->o[ci], ce->att, T, C, 0, err)))
             return st;
         if ((st = block_finish(e, l, T, err))) return st;
@@ -564,11 +672,8 @@ static ap_status cuda_decode_step(ap_engine *e, const ap_decode_batch *b, const 
     KERNEL_TRY("the embedding");
     const size_t smem = ((size_t)longest + 1 + 32) * sizeof(float);
     for (int l = 0; l < L; l++) {
-        const size_t lc = (size_t)l * C;
         const int ci = ap_capture_index(cap, l);
-        if ((st = layernorm(e, ce->h, ce->x, w->ln1_w + lc, w->ln1_b + lc, S, err)) ||
-            (st = linear(e, ce->qkv, ce->h, w->attn_w + lc * 3 * C, w->attn_b + 3 * lc, S, C, 3 * C, err)))
-            return st;
+        if ((st = block_qkv(e, l, S, err))) return st;
         kv_append_kernel<<<S, 256, 0, ce->stream>>>(d_k, d_v, ce->qkv, d_t, d_max, H, hd, C, l);
         KERNEL_TRY("appending to the KV caches");
         const int want_rows = ci >= 0 && cap->attn && cap->attn[ci];
