@@ -156,13 +156,13 @@ static void free_streams(cascade_stream *cs, int n, int n_layer)
 }
 
 /* One decode step's policy updates, shared by the worker threads: each takes
- * the next unclaimed stream. */
+ * the next unclaimed (stream, layer). */
 typedef struct {
     cascade_stream *cs;
     const int *active_idx;
     int n_active, L, H, D, ctx, t;
     float **attn, **q, **k;
-    int next;         /* next stream to claim (under lock) */
+    int next;         /* next (stream, layer) item to claim (under lock) */
     ap_status st;     /* first failure */
     ap_error err;
 } observe_job;
@@ -172,26 +172,28 @@ static pthread_mutex_t observe_lock = PTHREAD_MUTEX_INITIALIZER;
 static void *observe_worker(void *arg)
 {
     observe_job *job = arg;
+    const int n_items = job->n_active * job->L;
     for (;;) {
         pthread_mutex_lock(&observe_lock);
-        const int a = job->st ? job->n_active : job->next++;
+        const int item = job->st ? n_items : job->next++;
         pthread_mutex_unlock(&observe_lock);
-        if (a >= job->n_active) break;
+        if (item >= n_items) break;
+        /* one (stream, layer) per item: the policies differ in cost, and
+         * small items keep the threads evenly loaded */
+        const int a = item / job->L, l = item % job->L;
         cascade_stream *str = &job->cs[job->active_idx[a]];
-        for (int l = 0; l < job->L; l++) {
-            ap_error e;
-            const size_t row_base = (size_t)a * job->H * job->ctx, qk = (size_t)a * job->H * job->D;
-            ap_status st = ap_policy_observe(str->layer_policy[l], job->t, job->attn[l] + row_base,
-                                             (size_t)job->ctx, job->q[l] + qk, job->k[l] + qk, &e);
-            if (st) {
-                pthread_mutex_lock(&observe_lock);
-                if (!job->st) {
-                    job->st = st;
-                    job->err = e;
-                }
-                pthread_mutex_unlock(&observe_lock);
-                break;
+        ap_error e;
+        const size_t row_base = (size_t)a * job->H * job->ctx, qk = (size_t)a * job->H * job->D;
+        ap_status st = ap_policy_observe(str->layer_policy[l], job->t, job->attn[l] + row_base,
+                                         (size_t)job->ctx, job->q[l] + qk, job->k[l] + qk, &e);
+        if (st) {
+            pthread_mutex_lock(&observe_lock);
+            if (!job->st) {
+                job->st = st;
+                job->err = e;
             }
+            pthread_mutex_unlock(&observe_lock);
+            break;
         }
     }
     return NULL;
@@ -203,7 +205,7 @@ static ap_status run_observers(observe_job *job, ap_error *err)
     enum { MAX_THREADS = 64 };
     long cores = sysconf(_SC_NPROCESSORS_ONLN);
     int n = (int)(cores < 1 ? 1 : cores > MAX_THREADS ? MAX_THREADS : cores);
-    if (n > job->n_active) n = job->n_active;
+    if (n > job->n_active * job->L) n = job->n_active * job->L;
     pthread_t threads[MAX_THREADS];
     int started = 0;
     for (int i = 1; i < n; i++)

@@ -63,7 +63,7 @@ __global__ void embed_kernel(float *x, const float *wte, const float *wpe, const
 {
     int row = blockIdx.x;
     for (int i = threadIdx.x; i < C; i += blockDim.x)
-        x[(size_t)row * C + i] = wte[(size_t)ids[row] * C + i] + wpe[(size_t)pos[row] * C + i];
+        x[(size_t)row * C + i] = wte[(size_t)ids[row] * C + i] + wpe[(size_t)(pos ? pos[row] : row) * C + i];
 }
 
 __device__ float block_sum(float v, float *shared)
@@ -273,7 +273,38 @@ __global__ void kv_append_kernel(float *const *k_cache, float *const *v_cache, c
     }
 }
 
+enum { OUT_ATTN, OUT_Q, OUT_K, OUT_V, OUT_O, N_OUT };
+
+/* For capture i and output kind k, the offset (in floats) of its copy in
+ * ce->stage, or -1 when the caller did not ask for it. */
+typedef struct {
+    long long at[N_OUT];
+} stage_slots;
+
 /* ---- engine state ---------------------------------------------------------------- */
+
+/* A recorded CUDA graph and the key of the work it replays. Launching ~300
+ * kernels one by one costs more host time than the GPU needs to run them
+ * (a 1024-token GPT-2-small prefill in bf16), so each entry point records its
+ * launches once and replays them while the shapes and buffers stay the same. */
+enum { GRAPH_KEY_MAX = 4 + 2 * 64 + 8 };
+typedef struct {
+    cudaGraphExec_t exec; /* NULL: none recorded */
+    long long key[GRAPH_KEY_MAX];
+    int n_key;
+} graph_cache;
+
+static void graph_cache_clear(graph_cache *g)
+{
+    if (g->exec) cudaGraphExecDestroy(g->exec);
+    g->exec = NULL;
+    g->n_key = 0;
+}
+
+static int graph_cache_matches(const graph_cache *g, const long long *key, int n_key)
+{
+    return g->exec && g->n_key == n_key && !memcmp(g->key, key, (size_t)n_key * sizeof *key);
+}
 
 typedef struct {
     cublasHandle_t blas;
@@ -289,6 +320,17 @@ typedef struct {
     /* decode tables, grown on demand: device, and pinned host staging */
     void *d_tables, *d_ptrs, *d_compact, *h_tables, *h_ptrs, *h_compact;
     size_t d_tables_cap, d_ptrs_cap, d_compact_cap, h_tables_cap, h_ptrs_cap, h_compact_cap;
+    /* device copies of what the caller captures, filled inside the graph and
+     * copied to the caller's buffers after it */
+    float *stage;
+    size_t stage_cap;
+    stage_slots *slots; /* [n_capture] of the call in progress */
+    int slots_cap;
+    void *blas_workspace;
+    /* one recorded graph per entry point, replayed while its key matches;
+     * `generation` changes whenever a buffer a graph points into moves */
+    graph_cache prefill_graph, decode_graph;
+    unsigned long generation;
 } cuda_engine;
 
 /* Device pointer of a host weight tensor (same offset in the device copy). */
@@ -306,6 +348,7 @@ static const __nv_bfloat16 *dev_w16(const ap_engine *e, const float *host)
 
 static void free_scratch(cuda_engine *ce)
 {
+    ce->generation++;
     cudaFree(ce->x), cudaFree(ce->h), cudaFree(ce->qkv), cudaFree(ce->att), cudaFree(ce->tmp);
     cudaFree(ce->fc), cudaFree(ce->scores), cudaFree(ce->heads), cudaFree(ce->logits);
     cudaFree(ce->ids), cudaFree(ce->pos), cudaFree(ce->act_bf16);
@@ -430,7 +473,33 @@ static ap_status block_finish(ap_engine *e, int l, int N, ap_error *err)
     return AP_OK;
 }
 
-static ap_status lm_head(ap_engine *e, float *host_logits, const float *x, int N, ap_error *err)
+/* Grows a device buffer to at least n bytes, with headroom so that growing
+ * tables move rarely (each move invalidates the recorded graphs). */
+static cudaError_t grow(cuda_engine *ce, void **buf, size_t *cap, size_t n)
+{
+    if (n <= *cap) return cudaSuccess;
+    n += n / 2;
+    cudaFree(*buf);
+    *cap = 0;
+    ce->generation++;
+    cudaError_t e = cudaMalloc(buf, n);
+    if (e == cudaSuccess) *cap = n;
+    return e;
+}
+
+static cudaError_t grow_host(void **buf, size_t *cap, size_t n)
+{
+    if (n <= *cap) return cudaSuccess;
+    n += n / 2;
+    cudaFreeHost(*buf);
+    *cap = 0;
+    cudaError_t e = cudaMallocHost(buf, n);
+    if (e == cudaSuccess) *cap = n;
+    return e;
+}
+
+/* ce->logits[N, vocab] = ln_f(x) @ wte^T */
+static ap_status lm_head(ap_engine *e, const float *x, int N, ap_error *err)
 {
     cuda_engine *ce = (cuda_engine *)e->impl;
     const ap_config *c = &e->model->config;
@@ -441,9 +510,6 @@ static ap_status lm_head(ap_engine *e, float *host_logits, const float *x, int N
                            dev_w(e, e->model->w.wte), c->n_embd, ce->h, c->n_embd, &zero, ce->logits,
                            c->vocab_size),
                "the LM head");
-    CUDA_TRY(cudaMemcpyAsync(host_logits, ce->logits, (size_t)N * c->vocab_size * sizeof(float),
-                             cudaMemcpyDeviceToHost, ce->stream),
-             "copying logits to the host");
     return AP_OK;
 }
 
@@ -451,10 +517,10 @@ static ap_status lm_head(ap_engine *e, float *host_logits, const float *x, int N
 enum { CAUSAL_CHUNK = 256 };
 
 /* att[T, C] = softmax(q k^T / sqrt(hd)) v for all heads, leaving the
- * probabilities [H, T, T] in ce->scores (and a copy in attn_host unless NULL).
+ * probabilities [H, T, T] in probs (device memory).
  * Rows go in chunks of CAUSAL_CHUNK: chunk [r0, r1) needs keys 0..r1-1 only,
  * so the products skip most of the masked upper triangle. */
-static ap_status causal_attention(ap_engine *e, int T, float *attn_host, ap_error *err)
+static ap_status causal_attention(ap_engine *e, int T, float *probs, ap_error *err)
 {
     cuda_engine *ce = (cuda_engine *)e->impl;
     const ap_config *c = &e->model->config;
@@ -466,47 +532,184 @@ static ap_status causal_attention(ap_engine *e, int T, float *attn_host, ap_erro
         const int r1 = r0 + CAUSAL_CHUNK < T ? r0 + CAUSAL_CHUNK : T;
         CUBLAS_TRY(cublasSgemmStridedBatched(ce->blas, CUBLAS_OP_T, CUBLAS_OP_N, r1, r1 - r0, hd, &one,
                                              ce->qkv + C, 3 * C, hd, ce->qkv + (size_t)r0 * 3 * C, 3 * C, hd,
-                                             &zero, ce->scores + (size_t)r0 * T, T, TT, H),
+                                             &zero, probs + (size_t)r0 * T, T, TT, H),
                    "attention scores");
     }
     const float scale = 1.0f / sqrtf((float)hd);
     const int rows = H * T;
     const unsigned warp_blocks = (unsigned)((rows + 7) / 8);
-    if (T <= 128) causal_softmax_warp_kernel<4><<<warp_blocks, 256, 0, ce->stream>>>(ce->scores, T, rows, scale);
-    else if (T <= 256) causal_softmax_warp_kernel<8><<<warp_blocks, 256, 0, ce->stream>>>(ce->scores, T, rows, scale);
-    else if (T <= 512) causal_softmax_warp_kernel<16><<<warp_blocks, 256, 0, ce->stream>>>(ce->scores, T, rows, scale);
-    else if (T <= 1024) causal_softmax_warp_kernel<32><<<warp_blocks, 256, 0, ce->stream>>>(ce->scores, T, rows, scale);
-    else causal_softmax_kernel<<<rows, 256, 0, ce->stream>>>(ce->scores, T, scale);
+    if (T <= 128) causal_softmax_warp_kernel<4><<<warp_blocks, 256, 0, ce->stream>>>(probs, T, rows, scale);
+    else if (T <= 256) causal_softmax_warp_kernel<8><<<warp_blocks, 256, 0, ce->stream>>>(probs, T, rows, scale);
+    else if (T <= 512) causal_softmax_warp_kernel<16><<<warp_blocks, 256, 0, ce->stream>>>(probs, T, rows, scale);
+    else if (T <= 1024) causal_softmax_warp_kernel<32><<<warp_blocks, 256, 0, ce->stream>>>(probs, T, rows, scale);
+    else causal_softmax_kernel<<<rows, 256, 0, ce->stream>>>(probs, T, scale);
     KERNEL_TRY("the causal softmax");
-    if (attn_host)
-        CUDA_TRY(cudaMemcpyAsync(attn_host, ce->scores, (size_t)H * TT * sizeof(float), cudaMemcpyDeviceToHost,
-                                 ce->stream),
-                 "copying attention to the host");
     /* att^T[:, h] = v_h^T P_h^T over the chunk's keys (P is 0 past the diagonal) */
     for (int r0 = 0; r0 < T; r0 += CAUSAL_CHUNK) {
         const int r1 = r0 + CAUSAL_CHUNK < T ? r0 + CAUSAL_CHUNK : T;
         CUBLAS_TRY(cublasSgemmStridedBatched(ce->blas, CUBLAS_OP_N, CUBLAS_OP_N, hd, r1 - r0, r1, &one,
-                                             ce->qkv + 2 * C, 3 * C, hd, ce->scores + (size_t)r0 * T, T, TT,
+                                             ce->qkv + 2 * C, 3 * C, hd, probs + (size_t)r0 * T, T, TT,
                                              &zero, ce->att + (size_t)r0 * C, C, hd, H),
                    "attention times values");
     }
     return AP_OK;
 }
 
-/* Copies head-split [H, T, hd] of rows [T, ld] at offset to a host buffer. */
-static ap_status copy_heads(ap_engine *e, float *host, const float *src, int T, int ld, int offset,
-                            ap_error *err)
+/* dst[H, T, hd] (device) from rows [T, ld] of src at column offset. */
+static ap_status split_heads(ap_engine *e, float *dst, const float *src, int T, int ld, int offset,
+                             ap_error *err)
 {
     cuda_engine *ce = (cuda_engine *)e->impl;
     const ap_config *c = &e->model->config;
     const int H = c->n_head, hd = c->n_embd / H;
     const size_t n = (size_t)H * T * hd;
-    split_heads_kernel<<<blocks(n), 256, 0, ce->stream>>>(ce->heads, src, T, H, hd, ld, offset);
+    split_heads_kernel<<<blocks(n), 256, 0, ce->stream>>>(dst, src, T, H, hd, ld, offset);
     KERNEL_TRY("splitting heads");
-    CUDA_TRY(cudaMemcpyAsync(host, ce->heads, n * sizeof(float), cudaMemcpyDeviceToHost, ce->stream),
-             "copying q/k/v/o to the host");
-    /* heads is reused by the next copy: wait for this one */
-    CUDA_TRY(cudaStreamSynchronize(ce->stream), "copying q/k/v/o to the host");
+    return AP_OK;
+}
+
+/* ---- captured outputs and recorded launches ------------------------------------- */
+
+static float *capture_dst(const ap_capture *cap, int i, int kind)
+{
+    float **lists[N_OUT] = {cap->attn, cap->q, cap->k, cap->v, cap->o};
+    return lists[kind] ? lists[kind][i] : NULL;
+}
+
+/* The engine's slot table, grown to the capture's size. */
+static stage_slots *slots_for(ap_engine *e, const ap_capture *cap)
+{
+    cuda_engine *ce = (cuda_engine *)e->impl;
+    const int n = (cap ? cap->n_capture : 0) + 1;
+    if (n > ce->slots_cap) {
+        stage_slots *grown = (stage_slots *)realloc(ce->slots, (size_t)n * sizeof *grown);
+        if (!grown) return NULL;
+        ce->slots = grown;
+        ce->slots_cap = n;
+    }
+    return ce->slots;
+}
+
+/* Lays out the stage for cap (size[kind] floats per output; 0: never staged)
+ * and grows it; slots has cap->n_capture entries. */
+static ap_status plan_stage(ap_engine *e, const ap_capture *cap, const size_t *size, stage_slots *slots,
+                            ap_error *err)
+{
+    cuda_engine *ce = (cuda_engine *)e->impl;
+    size_t total = 0;
+    for (int i = 0; cap && i < cap->n_capture; i++)
+        for (int k = 0; k < N_OUT; k++) {
+            slots[i].at[k] = size[k] && capture_dst(cap, i, k) ? (long long)total : -1;
+            if (slots[i].at[k] >= 0) total += size[k];
+        }
+    if (total * sizeof(float) > ce->stage_cap) {
+        cudaFree(ce->stage);
+        ce->stage = NULL;
+        ce->stage_cap = 0;
+        ce->generation++;
+        CUDA_TRY(cudaMalloc(&ce->stage, total * sizeof(float)), "allocating the capture buffers");
+        ce->stage_cap = total * sizeof(float);
+    }
+    return AP_OK;
+}
+
+/* Copies the staged outputs to the caller's buffers (asynchronously). */
+static ap_status copy_out(ap_engine *e, const ap_capture *cap, const size_t *size, const stage_slots *slots,
+                          ap_error *err)
+{
+    cuda_engine *ce = (cuda_engine *)e->impl;
+    for (int i = 0; cap && i < cap->n_capture; i++)
+        for (int k = 0; k < N_OUT; k++)
+            if (slots[i].at[k] >= 0)
+                CUDA_TRY(cudaMemcpyAsync(capture_dst(cap, i, k), ce->stage + slots[i].at[k], size[k] * sizeof(float),
+                                         cudaMemcpyDeviceToHost, ce->stream),
+                         "copying captured attention, q/k/v or output to the host");
+    return AP_OK;
+}
+
+/* The part of a key that says what is captured: (layer, outputs mask) pairs.
+ * Returns the new key length, or -1 when it does not fit (then nothing is
+ * recorded and the launches run one by one). */
+static int key_captures(long long *key, int n, const ap_capture *cap)
+{
+    const int n_capture = cap ? cap->n_capture : 0;
+    if (n + 1 + 2 * n_capture > GRAPH_KEY_MAX) return -1;
+    key[n++] = n_capture;
+    for (int i = 0; i < n_capture; i++) {
+        int mask = 0;
+        for (int k = 0; k < N_OUT; k++) mask |= capture_dst(cap, i, k) ? 1 << k : 0;
+        key[n++] = cap->layers[i];
+        key[n++] = mask;
+    }
+    return n;
+}
+
+typedef ap_status (*enqueue_fn)(ap_engine *e, const void *arg, ap_error *err);
+
+/* Runs enqueue's launches on the engine's stream: replays the recorded graph
+ * when key matches, else records them (n_key < 0: runs them directly). */
+static ap_status run_recorded(ap_engine *e, graph_cache *g, const long long *key, int n_key, enqueue_fn enqueue,
+                              const void *arg, ap_error *err)
+{
+    cuda_engine *ce = (cuda_engine *)e->impl;
+    if (n_key >= 0 && graph_cache_matches(g, key, n_key)) {
+        CUDA_TRY(cudaGraphLaunch(g->exec, ce->stream), "replaying the recorded launches");
+        return AP_OK;
+    }
+    graph_cache_clear(g);
+    if (n_key < 0) return enqueue(e, arg, err);
+    CUDA_TRY(cudaStreamBeginCapture(ce->stream, cudaStreamCaptureModeThreadLocal), "recording the launches");
+    ap_status st = enqueue(e, arg, err);
+    cudaGraph_t graph = NULL;
+    cudaError_t ec = cudaStreamEndCapture(ce->stream, &graph);
+    if (st) {
+        if (graph) cudaGraphDestroy(graph);
+        return st;
+    }
+    CUDA_TRY(ec, "recording the launches");
+    ec = cudaGraphInstantiate(&g->exec, graph, 0);
+    cudaGraphDestroy(graph);
+    if (ec != cudaSuccess) g->exec = NULL;
+    CUDA_TRY(ec, "instantiating the recorded launches");
+    memcpy(g->key, key, (size_t)n_key * sizeof *key);
+    g->n_key = n_key;
+    CUDA_TRY(cudaGraphLaunch(g->exec, ce->stream), "replaying the recorded launches");
+    return AP_OK;
+}
+
+/* ---- prefill ------------------------------------------------------------------------ */
+
+typedef struct {
+    int T, last, logits_rows; /* logits_rows: 0, 1 (last position) or T */
+    const ap_capture *cap;
+    const stage_slots *slots;
+} prefill_args;
+
+/* The prefill's device work: every launch, no host copies (recordable). */
+static ap_status enqueue_prefill(ap_engine *e, const void *arg, ap_error *err)
+{
+    const prefill_args *a = (const prefill_args *)arg;
+    cuda_engine *ce = (cuda_engine *)e->impl;
+    const ap_config *c = &e->model->config;
+    const ap_weights *w = &e->model->w;
+    const int C = c->n_embd, T = a->T;
+    ap_status st;
+    embed_kernel<<<T, 256, 0, ce->stream>>>(ce->x, dev_w(e, w->wte), dev_w(e, w->wpe), ce->ids, NULL, T, C);
+    KERNEL_TRY("the embedding");
+    for (int l = 0; l <= a->last; l++) {
+        const int ci = ap_capture_index(a->cap, l);
+        const long long *at = ci >= 0 ? a->slots[ci].at : NULL;
+        if ((st = block_qkv(e, l, T, err))) return st;
+        for (int which = 0; at && which < 3; which++)
+            if (at[OUT_Q + which] >= 0 &&
+                (st = split_heads(e, ce->stage + at[OUT_Q + which], ce->qkv, T, 3 * C, which * C, err)))
+                return st;
+        float *probs = at && at[OUT_ATTN] >= 0 ? ce->stage + at[OUT_ATTN] : ce->scores;
+        if ((st = causal_attention(e, T, probs, err))) return st;
+        if (at && at[OUT_O] >= 0 && (st = split_heads(e, ce->stage + at[OUT_O], ce->att, T, C, 0, err))) return st;
+        if ((st = block_finish(e, l, T, err))) return st;
+    }
+    if (a->logits_rows) return lm_head(e, ce->x + (size_t)(T - a->logits_rows) * C, a->logits_rows, err);
     return AP_OK;
 }
 
@@ -514,46 +717,30 @@ static ap_status cuda_prefill(ap_engine *e, const int *ids, int T, const ap_capt
 {
     cuda_engine *ce = (cuda_engine *)e->impl;
     const ap_config *c = &e->model->config;
-    const ap_weights *w = &e->model->w;
     const int C = c->n_embd, H = c->n_head;
     ap_status st = ensure_scratch(e, (size_t)T, (size_t)H * T * T, err);
     if (st) return st;
-    int *pos = (int *)malloc((size_t)T * sizeof(int));
-    if (!pos) return ap_error_set(err, AP_ERR_RUNTIME, "out of memory");
-    for (int t = 0; t < T; t++) pos[t] = t;
-    cudaError_t e1 = cudaMemcpyAsync(ce->ids, ids, (size_t)T * sizeof(int), cudaMemcpyHostToDevice, ce->stream);
-    cudaError_t e2 = cudaMemcpyAsync(ce->pos, pos, (size_t)T * sizeof(int), cudaMemcpyHostToDevice, ce->stream);
-    cudaError_t e3 = cudaStreamSynchronize(ce->stream);
-    free(pos);
-    if (e1 || e2 || e3)
-        return ap_error_set(err, AP_ERR_RUNTIME, "copying token ids to the device failed (%s)",
-                            cudaGetErrorString(e1 ? e1 : e2 ? e2 : e3));
-    embed_kernel<<<T, 256, 0, ce->stream>>>(ce->x, dev_w(e, w->wte), dev_w(e, w->wpe), ce->ids, ce->pos, T, C);
-    KERNEL_TRY("the embedding");
     int last = c->n_layer - 1;
     if (!cap || !cap->logits) {
         last = -1;
         for (int i = 0; cap && i < cap->n_capture; i++) last = cap->layers[i] > last ? cap->layers[i] : last;
     }
-    for (int l = 0; l <= last; l++) {
-        const int ci = ap_capture_index(cap, l);
-        if ((st = block_qkv(e, l, T, err))) return st;
-        if (ci >= 0) {
-            float **dst[3] = {cap->q, cap->k, cap->v};
-            for (int which = 0; which < 3; which++)
-                if (dst[which] && dst[which][ci] &&
-                    (st = copy_heads(e, dst[which][ci], ce->qkv, T, 3 * C, which * C, err)))
-                    return st;
-        }
-        if ((st = causal_attention(e, T, ci >= 0 && cap->attn ? cap->attn[ci] : NULL, err))) return st;
-        if (ci >= 0 && cap->o && cap->o[ci] && (st = copy_heads(e, cap->o[ci], ce->att, T, C, 0, err)))
-            return st;
-        if ((st = block_finish(e, l, T, err))) return st;
-    }
-    if (cap && cap->logits) {
-        const float *x = cap->logits_last_only ? ce->x + (size_t)(T - 1) * C : ce->x;
-        if ((st = lm_head(e, cap->logits, x, cap->logits_last_only ? 1 : T, err))) return st;
-    }
+    const size_t size[N_OUT] = {(size_t)H * T * T, (size_t)T * C, (size_t)T * C, (size_t)T * C, (size_t)T * C};
+    stage_slots *slots = slots_for(e, cap);
+    if (!slots) return ap_error_set(err, AP_ERR_RUNTIME, "out of memory");
+    const int logits_rows = cap && cap->logits ? (cap->logits_last_only ? 1 : T) : 0;
+    prefill_args args = {T, last, logits_rows, cap, slots};
+    if ((st = plan_stage(e, cap, size, slots, err))) return st;
+    long long key[GRAPH_KEY_MAX] = {1, T, last, logits_rows, (long long)ce->generation};
+    CUDA_TRY(cudaMemcpyAsync(ce->ids, ids, (size_t)T * sizeof(int), cudaMemcpyHostToDevice, ce->stream),
+             "copying token ids to the device");
+    if ((st = run_recorded(e, &ce->prefill_graph, key, key_captures(key, 5, cap), enqueue_prefill, &args, err)) ||
+        (st = copy_out(e, cap, size, slots, err)))
+        return st;
+    if (logits_rows)
+        CUDA_TRY(cudaMemcpyAsync(cap->logits, ce->logits, (size_t)logits_rows * c->vocab_size * sizeof(float),
+                                 cudaMemcpyDeviceToHost, ce->stream),
+                 "copying logits to the host");
     CUDA_TRY(cudaStreamSynchronize(ce->stream), "finishing the prefill");
     return AP_OK;
 }
@@ -588,25 +775,54 @@ static void cuda_stream_free(ap_stream *s)
     free(cs);
 }
 
-/* Grows a device buffer to at least n bytes. */
-static cudaError_t grow(void **buf, size_t *cap, size_t n)
-{
-    if (n <= *cap) return cudaSuccess;
-    cudaFree(*buf);
-    *cap = 0;
-    cudaError_t e = cudaMalloc(buf, n);
-    if (e == cudaSuccess) *cap = n;
-    return e;
-}
+typedef struct {
+    int S, longest;
+    const ap_capture *cap;
+    const stage_slots *slots;
+} decode_args;
 
-static cudaError_t grow_host(void **buf, size_t *cap, size_t n)
+/* One decode step's device work (recordable): the tables, tokens and cache
+ * pointers are already on the device. */
+static ap_status enqueue_decode(ap_engine *e, const void *arg, ap_error *err)
 {
-    if (n <= *cap) return cudaSuccess;
-    cudaFreeHost(*buf);
-    *cap = 0;
-    cudaError_t e = cudaMallocHost(buf, n);
-    if (e == cudaSuccess) *cap = n;
-    return e;
+    const decode_args *a = (const decode_args *)arg;
+    cuda_engine *ce = (cuda_engine *)e->impl;
+    const ap_config *c = &e->model->config;
+    const ap_weights *w = &e->model->w;
+    const int S = a->S, C = c->n_embd, H = c->n_head, hd = C / H, L = c->n_layer;
+    const size_t lists = (size_t)S * L * H;
+    int *d_t = (int *)ce->d_tables, *d_max = d_t + S, *d_off = d_max + S, *d_cnt = d_off + lists,
+        *d_pos = d_cnt + lists;
+    float **d_k = (float **)ce->d_ptrs, **d_v = d_k + S;
+    const size_t smem = ((size_t)a->longest + 1 + 32) * sizeof(float);
+    ap_status st;
+    embed_kernel<<<S, 256, 0, ce->stream>>>(ce->x, dev_w(e, w->wte), dev_w(e, w->wpe), ce->ids, ce->pos, S, C);
+    KERNEL_TRY("the embedding");
+    for (int l = 0; l < L; l++) {
+        const int ci = ap_capture_index(a->cap, l);
+        const long long *at = ci >= 0 ? a->slots[ci].at : NULL;
+        if ((st = block_qkv(e, l, S, err))) return st;
+        kv_append_kernel<<<S, 256, 0, ce->stream>>>(d_k, d_v, ce->qkv, d_t, d_max, H, hd, C, l);
+        KERNEL_TRY("appending to the KV caches");
+        const int want_rows = at && capture_dst(a->cap, ci, OUT_ATTN);
+        decode_attention_kernel<<<S * H, 128, smem, ce->stream>>>(ce->att, want_rows ? (float *)ce->d_compact : NULL,
+                                                                 ce->qkv, d_k, d_v, d_t, d_max, d_off, d_cnt, d_pos,
+                                                                 S, H, hd, C, l);
+        KERNEL_TRY("the decode attention");
+        for (int which = 0; at && which < 3; which++)
+            if (at[OUT_Q + which] >= 0)
+                CUDA_TRY(cudaMemcpy2DAsync(ce->stage + at[OUT_Q + which], C * sizeof(float), ce->qkv + which * C,
+                                           3 * C * sizeof(float), C * sizeof(float), S, cudaMemcpyDeviceToDevice,
+                                           ce->stream),
+                         "keeping q/k/v for the host");
+        if (at && at[OUT_O] >= 0)
+            CUDA_TRY(cudaMemcpyAsync(ce->stage + at[OUT_O], ce->att, (size_t)S * C * sizeof(float),
+                                     cudaMemcpyDeviceToDevice, ce->stream),
+                     "keeping the attention output for the host");
+        if ((st = block_finish(e, l, S, err))) return st;
+    }
+    if (a->cap && a->cap->logits) return lm_head(e, ce->x, S, err);
+    return AP_OK;
 }
 
 static ap_status cuda_decode_step(ap_engine *e, const ap_decode_batch *b, const ap_capture *cap,
@@ -614,8 +830,7 @@ static ap_status cuda_decode_step(ap_engine *e, const ap_decode_batch *b, const 
 {
     cuda_engine *ce = (cuda_engine *)e->impl;
     const ap_config *c = &e->model->config;
-    const ap_weights *w = &e->model->w;
-    const int S = b->n_stream, C = c->n_embd, H = c->n_head, hd = C / H, L = c->n_layer;
+    const int S = b->n_stream, C = c->n_embd, H = c->n_head, L = c->n_layer;
     const size_t lists = (size_t)S * L * H;
     ap_status st = ensure_scratch(e, (size_t)S, 0, err);
     if (st) return st;
@@ -630,10 +845,10 @@ static ap_status cuda_decode_step(ap_engine *e, const ap_decode_batch *b, const 
     }
     const size_t ints = 2 * (size_t)S + 2 * lists + total;
     cudaError_t ec = grow_host(&ce->h_tables, &ce->h_tables_cap, ints * sizeof(int));
-    if (!ec) ec = grow(&ce->d_tables, &ce->d_tables_cap, ints * sizeof(int));
-    if (!ec) ec = grow(&ce->d_ptrs, &ce->d_ptrs_cap, 2 * (size_t)S * sizeof(float *));
+    if (!ec) ec = grow(ce, &ce->d_tables, &ce->d_tables_cap, ints * sizeof(int));
+    if (!ec) ec = grow(ce, &ce->d_ptrs, &ce->d_ptrs_cap, 2 * (size_t)S * sizeof(float *));
     if (!ec) ec = grow_host(&ce->h_ptrs, &ce->h_ptrs_cap, 2 * (size_t)S * sizeof(float *));
-    if (!ec) ec = grow(&ce->d_compact, &ce->d_compact_cap, (total + lists) * sizeof(float));
+    if (!ec) ec = grow(ce, &ce->d_compact, &ce->d_compact_cap, (total + lists) * sizeof(float));
     if (!ec) ec = grow_host(&ce->h_compact, &ce->h_compact_cap, (total + lists) * sizeof(float));
     if (ec) return ap_error_set(err, AP_ERR_RUNTIME, "allocating decode tables failed (%s)", cudaGetErrorString(ec));
     int *t_of = (int *)ce->h_tables, *max_len = t_of + S, *off = max_len + S, *cnt = off + lists,
@@ -658,63 +873,55 @@ static ap_status cuda_decode_step(ap_engine *e, const ap_decode_batch *b, const 
         kc[s] = ((cuda_stream *)b->streams[s]->impl)->k;
         vc[s] = ((cuda_stream *)b->streams[s]->impl)->v;
     }
-    int *d_t = (int *)ce->d_tables, *d_max = d_t + S, *d_off = d_max + S, *d_cnt = d_off + lists,
-        *d_pos = d_cnt + lists;
-    float **d_k = (float **)ce->d_ptrs, **d_v = d_k + S;
-    float *compact = (float *)ce->d_compact, *h_compact = (float *)ce->h_compact;
-    CUDA_TRY(cudaMemcpyAsync(ce->d_tables, ce->h_tables, ints * sizeof(int), cudaMemcpyHostToDevice, ce->stream),
-             "copying the decode tables");
-    CUDA_TRY(cudaMemcpyAsync(ce->d_ptrs, ce->h_ptrs, 2 * (size_t)S * sizeof(float *), cudaMemcpyHostToDevice, ce->stream),
-             "copying the cache pointers");
-    CUDA_TRY(cudaMemcpyAsync(ce->ids, b->tokens, S * sizeof(int), cudaMemcpyHostToDevice, ce->stream), "copying tokens");
-    CUDA_TRY(cudaMemcpyAsync(ce->pos, t_of, S * sizeof(int), cudaMemcpyHostToDevice, ce->stream), "copying positions");
-    embed_kernel<<<S, 256, 0, ce->stream>>>(ce->x, dev_w(e, w->wte), dev_w(e, w->wpe), ce->ids, ce->pos, S, C);
-    KERNEL_TRY("the embedding");
-    const size_t smem = ((size_t)longest + 1 + 32) * sizeof(float);
-    for (int l = 0; l < L; l++) {
-        const int ci = ap_capture_index(cap, l);
-        if ((st = block_qkv(e, l, S, err))) return st;
-        kv_append_kernel<<<S, 256, 0, ce->stream>>>(d_k, d_v, ce->qkv, d_t, d_max, H, hd, C, l);
-        KERNEL_TRY("appending to the KV caches");
-        const int want_rows = ci >= 0 && cap->attn && cap->attn[ci];
-        decode_attention_kernel<<<S * H, 128, smem, ce->stream>>>(ce->att, want_rows ? compact : NULL, ce->qkv,
-                                                                 d_k, d_v, d_t, d_max, d_off, d_cnt, d_pos,
-                                                                 S, H, hd, C, l);
-        KERNEL_TRY("the decode attention");
-        if (ci >= 0) {
-            if (want_rows) { /* this layer's lists are contiguous: one copy */
-                const size_t first = (size_t)l * S * H, begin = (size_t)off[first] + first;
-                const size_t end = l + 1 < L ? (size_t)off[first + (size_t)S * H] + first + (size_t)S * H
-                                             : total + lists;
-                CUDA_TRY(cudaMemcpyAsync(h_compact + begin, compact + begin, (end - begin) * sizeof(float),
-                                         cudaMemcpyDeviceToHost, ce->stream),
-                         "copying attention rows to the host");
-            }
-            float **dst[3] = {cap->q, cap->k, cap->v};
-            for (int which = 0; which < 3; which++)
-                if (dst[which] && dst[which][ci])
-                    CUDA_TRY(cudaMemcpy2DAsync(dst[which][ci], C * sizeof(float), ce->qkv + which * C,
-                                               3 * C * sizeof(float), C * sizeof(float), S,
-                                               cudaMemcpyDeviceToHost, ce->stream),
-                             "copying q/k/v to the host");
+    const size_t size[N_OUT] = {0, (size_t)S * C, (size_t)S * C, (size_t)S * C, (size_t)S * C};
+    stage_slots *slots = slots_for(e, cap);
+    if (!slots) return ap_error_set(err, AP_ERR_RUNTIME, "out of memory");
+    if ((st = plan_stage(e, cap, size, slots, err))) return st;
+    {
+        float *compact = (float *)ce->d_compact, *h_compact = (float *)ce->h_compact;
+        CUDA_TRY(cudaMemcpyAsync(ce->d_tables, ce->h_tables, ints * sizeof(int), cudaMemcpyHostToDevice, ce->stream),
+                 "copying the decode tables");
+        CUDA_TRY(cudaMemcpyAsync(ce->d_ptrs, ce->h_ptrs, 2 * (size_t)S * sizeof(float *), cudaMemcpyHostToDevice,
+                                 ce->stream),
+                 "copying the cache pointers");
+        CUDA_TRY(cudaMemcpyAsync(ce->ids, b->tokens, S * sizeof(int), cudaMemcpyHostToDevice, ce->stream),
+                 "copying tokens");
+        CUDA_TRY(cudaMemcpyAsync(ce->pos, t_of, S * sizeof(int), cudaMemcpyHostToDevice, ce->stream),
+                 "copying positions");
+        decode_args args = {S, longest, cap, slots};
+        long long key[GRAPH_KEY_MAX] = {2, S, longest, cap && cap->logits, (long long)ce->generation};
+        if ((st = run_recorded(e, &ce->decode_graph, key, key_captures(key, 5, cap), enqueue_decode, &args, err)) ||
+            (st = copy_out(e, cap, size, slots, err)))
+            return st;
+        for (int i = 0; cap && i < cap->n_capture; i++) {
+            if (!capture_dst(cap, i, OUT_ATTN)) continue;
+            /* this layer's lists are contiguous: one copy */
+            const int l = cap->layers[i];
+            const size_t first = (size_t)l * S * H, begin = (size_t)off[first] + first;
+            const size_t end = l + 1 < L ? (size_t)off[first + (size_t)S * H] + first + (size_t)S * H : total + lists;
+            CUDA_TRY(cudaMemcpyAsync(h_compact + begin, compact + begin, (end - begin) * sizeof(float),
+                                     cudaMemcpyDeviceToHost, ce->stream),
+                     "copying attention rows to the host");
         }
-        if ((st = block_finish(e, l, S, err))) return st;
-    }
-    if (cap && cap->logits && (st = lm_head(e, cap->logits, ce->x, S, err))) return st;
-    CUDA_TRY(cudaStreamSynchronize(ce->stream), "finishing the decode step");
-    /* Dense rows over 0..t from the compact ones: zeros, then the kept entries. */
-    for (int i = 0; cap && i < cap->n_capture; i++) {
-        if (!cap->attn || !cap->attn[i]) continue;
-        const int l = cap->layers[i];
-        for (int s = 0; s < S; s++)
-            for (int h = 0; h < H; h++) {
-                const int list = (l * S + s) * H + h, t = t_of[s], n = cnt[list];
-                float *row = cap->attn[i] + ((size_t)s * H + h) * c->n_ctx;
-                const float *src = h_compact + off[list] + list;
-                memset(row, 0, (size_t)(t + 1) * sizeof(float));
-                for (int x = 0; x < n; x++) row[positions[off[list] + x]] = src[x];
-                row[t] = src[n];
-            }
+        if (cap && cap->logits)
+            CUDA_TRY(cudaMemcpyAsync(cap->logits, ce->logits, (size_t)S * c->vocab_size * sizeof(float),
+                                     cudaMemcpyDeviceToHost, ce->stream),
+                     "copying logits to the host");
+        CUDA_TRY(cudaStreamSynchronize(ce->stream), "finishing the decode step");
+        /* Dense rows over 0..t from the compact ones: zeros, then the kept entries. */
+        for (int i = 0; cap && i < cap->n_capture; i++) {
+            if (!cap->attn || !cap->attn[i]) continue;
+            const int l = cap->layers[i];
+            for (int s = 0; s < S; s++)
+                for (int h = 0; h < H; h++) {
+                    const int list = (l * S + s) * H + h, t = t_of[s], n = cnt[list];
+                    float *row = cap->attn[i] + ((size_t)s * H + h) * c->n_ctx;
+                    const float *src = h_compact + off[list] + list;
+                    memset(row, 0, (size_t)(t + 1) * sizeof(float));
+                    for (int x = 0; x < n; x++) row[positions[off[list] + x]] = src[x];
+                    row[t] = src[n];
+                }
+        }
     }
     return AP_OK;
 }
@@ -725,7 +932,11 @@ static void cuda_free(ap_engine *e)
 {
     cuda_engine *ce = (cuda_engine *)e->impl;
     if (!ce) return;
+    graph_cache_clear(&ce->prefill_graph);
+    graph_cache_clear(&ce->decode_graph);
     free_scratch(ce);
+    cudaFree(ce->stage), cudaFree(ce->blas_workspace);
+    free(ce->slots);
     cudaFree(ce->d_tables), cudaFree(ce->d_ptrs), cudaFree(ce->d_compact);
     cudaFreeHost(ce->h_tables), cudaFreeHost(ce->h_ptrs), cudaFreeHost(ce->h_compact);
     cudaFree(ce->weights);
@@ -751,6 +962,10 @@ extern "C" ap_status ap_cuda_engine_init(ap_engine *e, ap_error *err)
     CUDA_TRY(cudaStreamCreate(&ce->stream), "creating a CUDA stream");
     CUBLAS_TRY(cublasCreate(&ce->blas), "creating the cuBLAS handle");
     CUBLAS_TRY(cublasSetStream(ce->blas, ce->stream), "binding cuBLAS to the stream");
+    /* a fixed workspace: cuBLAS must not allocate while launches are recorded */
+    const size_t workspace = (size_t)32 << 20;
+    CUDA_TRY(cudaMalloc(&ce->blas_workspace, workspace), "allocating the cuBLAS workspace");
+    CUBLAS_TRY(cublasSetWorkspace(ce->blas, ce->blas_workspace, workspace), "setting the cuBLAS workspace");
     CUBLAS_TRY(cublasSetMathMode(ce->blas, e->precision == AP_PRECISION_FP32 ? CUBLAS_PEDANTIC_MATH
                                                                              : CUBLAS_TF32_TENSOR_OP_MATH),
                "setting the math mode");
