@@ -199,21 +199,78 @@ static void *observe_worker(void *arg)
     return NULL;
 }
 
-/* Runs observe_worker on up to the machine's cores (the caller's thread too). */
-static ap_status run_observers(observe_job *job, ap_error *err)
+/* Worker threads that live for the whole cascade. Each step the caller
+ * publishes a job, wakes them and works along; creating threads every step
+ * cost more than the updates themselves on the GPU machine. */
+enum { MAX_THREADS = 64 };
+typedef struct {
+    pthread_mutex_t lock;
+    pthread_cond_t wake, all_done;
+    long step; /* bumped to start a step */
+    int quit, n_started, n_done;
+    observe_job *job;
+    pthread_t threads[MAX_THREADS];
+} observer_pool;
+
+static void *pool_worker(void *arg)
 {
-    enum { MAX_THREADS = 64 };
+    observer_pool *p = arg;
+    long seen = 0;
+    pthread_mutex_lock(&p->lock);
+    for (;;) {
+        while (p->step == seen && !p->quit) pthread_cond_wait(&p->wake, &p->lock);
+        if (p->quit) break;
+        seen = p->step;
+        observe_job *job = p->job;
+        pthread_mutex_unlock(&p->lock);
+        observe_worker(job);
+        pthread_mutex_lock(&p->lock);
+        if (++p->n_done == p->n_started) pthread_cond_signal(&p->all_done);
+    }
+    pthread_mutex_unlock(&p->lock);
+    return NULL;
+}
+
+/* Starts up to the machine's cores less one (the caller works too); a pool
+ * that starts no thread still works, on the caller alone. */
+static void pool_start(observer_pool *p)
+{
+    memset(p, 0, sizeof *p);
+    pthread_mutex_init(&p->lock, NULL);
+    pthread_cond_init(&p->wake, NULL);
+    pthread_cond_init(&p->all_done, NULL);
     long cores = sysconf(_SC_NPROCESSORS_ONLN);
     int n = (int)(cores < 1 ? 1 : cores > MAX_THREADS ? MAX_THREADS : cores);
-    if (n > job->n_active * job->L) n = job->n_active * job->L;
-    pthread_t threads[MAX_THREADS];
-    int started = 0;
     for (int i = 1; i < n; i++)
-        if (pthread_create(&threads[started], NULL, observe_worker, job) == 0) started++;
+        if (pthread_create(&p->threads[p->n_started], NULL, pool_worker, p) == 0) p->n_started++;
+}
+
+static ap_status pool_run(observer_pool *p, observe_job *job, ap_error *err)
+{
+    pthread_mutex_lock(&p->lock);
+    p->job = job;
+    p->n_done = 0;
+    p->step++;
+    pthread_cond_broadcast(&p->wake);
+    pthread_mutex_unlock(&p->lock);
     observe_worker(job);
-    for (int i = 0; i < started; i++) pthread_join(threads[i], NULL);
+    pthread_mutex_lock(&p->lock);
+    while (p->n_done < p->n_started) pthread_cond_wait(&p->all_done, &p->lock);
+    pthread_mutex_unlock(&p->lock);
     if (job->st && err) *err = job->err;
     return job->st;
+}
+
+static void pool_stop(observer_pool *p)
+{
+    pthread_mutex_lock(&p->lock);
+    p->quit = 1;
+    pthread_cond_broadcast(&p->wake);
+    pthread_mutex_unlock(&p->lock);
+    for (int i = 0; i < p->n_started; i++) pthread_join(p->threads[i], NULL);
+    pthread_cond_destroy(&p->all_done);
+    pthread_cond_destroy(&p->wake);
+    pthread_mutex_destroy(&p->lock);
 }
 
 ap_status ap_replay_cascade(ap_engine *engine, const ap_trace *tr, const ap_policy_params *params,
@@ -270,6 +327,8 @@ ap_status ap_replay_cascade(ap_engine *engine, const ap_trace *tr, const ap_poli
             for (int l = 0; l < L; l++)
                 if ((st = ap_policy_create(&params[p], H, D, &str->layer_policy[l], err))) goto done;
         }
+    observer_pool pool;
+    pool_start(&pool);
     const double t0 = now_s();
     double decode_s = 0, observe_s = 0;
     for (int t = 0; t < max_T && !st; t++) {
@@ -320,12 +379,13 @@ ap_status ap_replay_cascade(ap_engine *engine, const ap_trace *tr, const ap_poli
         if (!st) {
             observe_job job = {cs, active_idx, n_active, L, H, D, ctx, t, attn, q, k, 0, AP_OK, {{0}}};
             const double t_observe = now_s();
-            st = run_observers(&job, err);
+            st = pool_run(&pool, &job, err);
             observe_s += now_s() - t_observe;
         }
         if (opts->progress) opts->progress(opts->progress_ctx, "cascade", (double)(t + 1) / max_T);
     }
     const double dt = now_s() - t0;
+    pool_stop(&pool);
     for (int i = 0; i < n_streams && !st; i++) {
         ap_replay_cost *pc = &cost[cs[i].policy];
         double kv = 0, sk = 0;
