@@ -12,9 +12,11 @@ hf_prefill=$(sed -n 's/^(a) transformers.*: \([0-9]*\) tokens\/s.*/\1/p' "$out/h
 hf_loop=$(sed -n 's/^(b) transformers.*: \([0-9.]*\) tokens\/s.*/\1/p' "$out/hf_reference.txt")
 echo "ratios against transformers (same GPU):"
 for p in fp32 tf32 bf16; do
-  ours=$(sed -n "s/^  $p attention on device *\([0-9]*\) tokens\/s.*/\1/p" "$out/bench_gpu.txt")
-  [ -n "$ours" ] && [ -n "$hf_prefill" ] && awk -v a="$ours" -v b="$hf_prefill" -v p="$p" \
-    'BEGIN { printf "  trace %s: %.2fx transformers fp16 prefill with output_attentions\n", p, a / b }'
+  for mode in "attention on device" "batched, on device"; do
+    ours=$(sed -n "s/^  $p $mode *\([0-9]*\) tokens\/s.*/\1/p" "$out/bench_gpu.txt")
+    [ -n "$ours" ] && [ -n "$hf_prefill" ] && awk -v a="$ours" -v b="$hf_prefill" -v p="$p" -v m="$mode" \
+      'BEGIN { printf "  trace %s (%s): %.2fx transformers fp16 prefill with output_attentions\n", p, m, a / b }'
+  done
 done
 cascade=$(sed -n 's/^(b) cascade.*, \([0-9]*\) policy-tokens\/s.*/\1/p' "$out/bench_gpu.txt")
 [ -n "$cascade" ] && [ -n "$hf_loop" ] && awk -v a="$cascade" -v b="$hf_loop" \

@@ -87,6 +87,45 @@ ap_status ap_engine_prefill(ap_engine *e, const int *ids, int T, const ap_captur
     return e->ops->prefill(e, ids, T, cap, err);
 }
 
+/* Whether two captures ask for the same layers and outputs. */
+static int same_request(const ap_capture *a, const ap_capture *b)
+{
+    if (!a || !b) return a == b;
+    if (a->n_capture != b->n_capture || !a->logits != !b->logits ||
+        a->logits_last_only != b->logits_last_only)
+        return 0;
+    for (int i = 0; i < a->n_capture; i++) {
+        if (a->layers[i] != b->layers[i]) return 0;
+        float **const lists[2][5] = {{a->attn, a->q, a->k, a->v, a->o}, {b->attn, b->q, b->k, b->v, b->o}};
+        for (int k = 0; k < 5; k++)
+            if (!(lists[0][k] && lists[0][k][i]) != !(lists[1][k] && lists[1][k][i])) return 0;
+    }
+    return 1;
+}
+
+ap_status ap_engine_prefill_batch(ap_engine *e, int n_seq, const int *const *ids, int T,
+                                  const ap_capture *caps, ap_error *err)
+{
+    if (n_seq < 1) return ap_error_set(err, AP_ERR_USAGE, "prefill of %d sequences", n_seq);
+    if (T < 1 || T > e->model->config.n_ctx)
+        return ap_error_set(err, AP_ERR_USAGE, "sequence of %d tokens: the model takes 1..%d", T,
+                            e->model->config.n_ctx);
+    ap_status st;
+    for (int i = 0; i < n_seq; i++) {
+        if ((st = check_ids(e, ids[i], T, err)) || (st = check_capture(e, caps ? &caps[i] : NULL, err)))
+            return st;
+        if (caps && !same_request(&caps[0], &caps[i]))
+            return ap_error_set(err, AP_ERR_USAGE,
+                                "batched prefill: capture %d asks for other layers or outputs "
+                                "than capture 0",
+                                i);
+    }
+    if (e->ops->prefill_batch && n_seq > 1) return e->ops->prefill_batch(e, n_seq, ids, T, caps, err);
+    for (int i = 0; i < n_seq; i++)
+        if ((st = e->ops->prefill(e, ids[i], T, caps ? &caps[i] : NULL, err))) return st;
+    return AP_OK;
+}
+
 ap_status ap_stream_create(ap_engine *e, int max_len, ap_stream **out, ap_error *err)
 {
     *out = NULL;

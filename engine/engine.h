@@ -129,6 +129,13 @@ typedef struct {
 ap_status ap_engine_prefill(ap_engine *engine, const int *ids, int T, const ap_capture *cap,
                             ap_error *err);
 
+/* n_seq independent passes of the same length T, ids[i] captured into
+ * caps[i]: the same as n_seq prefills, faster where the backend batches them
+ * (CUDA: one pass over n_seq * T rows). The captures must ask for the same
+ * layers and outputs. */
+ap_status ap_engine_prefill_batch(ap_engine *engine, int n_seq, const int *const *ids, int T,
+                                  const ap_capture *caps, ap_error *err);
+
 /* A decoding stream: KV cache of every layer for up to max_len positions,
  * addressed by absolute position. Which cached positions a step may attend
  * to is chosen by the caller at each step (the policy's kept set). */

@@ -14,6 +14,9 @@ typedef struct {
     ap_status (*decode_step)(ap_engine *e, const ap_decode_batch *b, const ap_capture *cap,
                              ap_error *err);
     void (*free)(ap_engine *e);
+    /* optional: n_seq passes at once; NULL: engine.c calls prefill per pass */
+    ap_status (*prefill_batch)(ap_engine *e, int n_seq, const int *const *ids, int T,
+                               const ap_capture *caps, ap_error *err);
 } ap_backend_ops;
 
 struct ap_engine {

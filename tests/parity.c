@@ -83,3 +83,77 @@ done:
     ap_model_free(m);
     return st;
 }
+
+/* Buffers of one sequence's capture at one layer, and its last logits. */
+typedef struct {
+    float *attn, *q, *v, *o, *logits;
+    ap_capture cap;
+} one_capture;
+
+static int capture_alloc(one_capture *c, const ap_config *cfg, int T, const int *layer)
+{
+    const size_t a = (size_t)cfg->n_head * T * T, qk = (size_t)T * cfg->n_embd;
+    c->attn = malloc(a * sizeof(float));
+    c->q = malloc(qk * sizeof(float));
+    c->v = malloc(qk * sizeof(float));
+    c->o = malloc(qk * sizeof(float));
+    c->logits = malloc((size_t)cfg->vocab_size * sizeof(float));
+    c->cap = (ap_capture){.n_capture = 1, .layers = layer, .attn = &c->attn, .q = &c->q, .v = &c->v,
+                          .o = &c->o, .logits = c->logits, .logits_last_only = 1};
+    return c->attn && c->q && c->v && c->o && c->logits;
+}
+
+static void capture_free(one_capture *c)
+{
+    free(c->attn), free(c->q), free(c->v), free(c->o), free(c->logits);
+}
+
+static double max_diff(const float *x, const float *y, size_t n)
+{
+    double d = 0;
+    for (size_t i = 0; i < n; i++) d = fmax(d, fabs((double)x[i] - y[i]));
+    return d;
+}
+
+double parity_batch_vs_single(ap_engine *e, int n_seq, int T, int layer, ap_error *err)
+{
+    enum { MAX_SEQ = 8 };
+    const ap_config *cfg = ap_engine_config(e);
+    if (n_seq > MAX_SEQ) n_seq = MAX_SEQ;
+    one_capture batched[MAX_SEQ], single[MAX_SEQ];
+    ap_capture caps[MAX_SEQ];
+    int *ids[MAX_SEQ];
+    double worst = 0;
+    int ok = 1;
+    for (int s = 0; s < n_seq; s++) {
+        ok &= capture_alloc(&batched[s], cfg, T, &layer) & capture_alloc(&single[s], cfg, T, &layer);
+        ids[s] = malloc((size_t)T * sizeof(int));
+        ok &= ids[s] != NULL;
+        for (int t = 0; ids[s] && t < T; t++) ids[s][t] = (t * 131 + s * 977 + 7) % cfg->vocab_size;
+        caps[s] = batched[s].cap;
+    }
+    if (!ok) {
+        ap_error_set(err, AP_ERR_RUNTIME, "out of memory");
+        worst = -1;
+    } else if (ap_engine_prefill_batch(e, n_seq, (const int *const *)ids, T, caps, err)) {
+        worst = -1;
+    }
+    for (int s = 0; s < n_seq && worst >= 0; s++) {
+        if (ap_engine_prefill(e, ids[s], T, &single[s].cap, err)) {
+            worst = -1;
+            break;
+        }
+        const size_t a = (size_t)cfg->n_head * T * T, qk = (size_t)T * cfg->n_embd;
+        worst = fmax(worst, max_diff(batched[s].attn, single[s].attn, a));
+        worst = fmax(worst, max_diff(batched[s].q, single[s].q, qk));
+        worst = fmax(worst, max_diff(batched[s].v, single[s].v, qk));
+        worst = fmax(worst, max_diff(batched[s].o, single[s].o, qk));
+        worst = fmax(worst, max_diff(batched[s].logits, single[s].logits, (size_t)cfg->vocab_size));
+    }
+    for (int s = 0; s < n_seq; s++) {
+        capture_free(&batched[s]);
+        capture_free(&single[s]);
+        free(ids[s]);
+    }
+    return worst;
+}

@@ -15,4 +15,10 @@ typedef struct {
 ap_status parity_run(const char *model_spec, const char *reference, ap_backend backend,
                      ap_precision precision, parity_result *out, ap_error *err);
 
+/* Runs n_seq (<= 8) sequences of T tokens through ap_engine_prefill_batch
+ * and one by one through ap_engine_prefill, capturing attention, q, v and
+ * the attention output at `layer` and the last logits; returns the largest
+ * |batched - single| (or -1 on an engine error, with err set). */
+double parity_batch_vs_single(ap_engine *e, int n_seq, int T, int layer, ap_error *err);
+
 #endif

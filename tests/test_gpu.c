@@ -55,6 +55,28 @@ static void test_reduced_precision(void **state)
     check("vocab50257", AP_PRECISION_BF16, 2e-2, 1e-1);
 }
 
+/* The batched CUDA prefill (one pass over n_seq * T rows) equals one prefill
+ * per sequence. */
+static void test_prefill_batch(void **state)
+{
+    (void)state;
+    char model_dir[512];
+    snprintf(model_dir, sizeof model_dir, "%s/tiny", AP_FIXTURES);
+    ap_model *m;
+    ap_engine *e;
+    ap_error err;
+    if (ap_model_load(model_dir, &m, &err)) fail_msg("%s", err.msg);
+    for (int prec = AP_PRECISION_FP32; prec <= AP_PRECISION_BF16; prec++) {
+        if (ap_engine_create(m, AP_BACKEND_CUDA, (ap_precision)prec, &e, &err)) fail_msg("%s", err.msg);
+        const double d = parity_batch_vs_single(e, 5, 96, 1, &err);
+        if (d < 0) fail_msg("%s", err.msg);
+        print_message("cuda tiny precision %d: batched vs single prefill max abs %.3g\n", prec, d);
+        assert_true(d <= (prec == AP_PRECISION_FP32 ? 1e-5 : 1e-4));
+        ap_engine_free(e);
+    }
+    ap_model_free(m);
+}
+
 /* Records every emitted row's retained mask and the largest |q - p|. */
 typedef struct {
     unsigned char *masks;
@@ -134,6 +156,7 @@ int main(void)
     }
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_fp32_parity),
+        cmocka_unit_test(test_prefill_batch),
         cmocka_unit_test(test_reduced_precision),
         cmocka_unit_test(test_cascade_cpu_cuda),
     };

@@ -288,9 +288,32 @@ static void test_decode_rejects_bad_kept(void **state)
     ap_model_free(m);
 }
 
+/* The batched prefill equals one prefill per sequence; captures that ask for
+ * different things are refused. */
+static void test_prefill_batch(void **state)
+{
+    (void)state;
+    ap_model *m;
+    ap_engine *e;
+    ap_error err;
+    if (ap_model_load("random:L=2,H=2,D=16,V=50,T=32,seed=3", &m, &err)) fail_msg("%s", err.msg);
+    if (ap_engine_create(m, AP_BACKEND_CPU, AP_PRECISION_FP32, &e, &err)) fail_msg("%s", err.msg);
+    const double d = parity_batch_vs_single(e, 3, 24, 1, &err);
+    if (d < 0) fail_msg("%s", err.msg);
+    assert_true(d == 0);
+    int layer0 = 0, layer1 = 1, ids[4] = {1, 2, 3, 4};
+    const int *seqs[2] = {ids, ids};
+    ap_capture caps[2] = {{.n_capture = 1, .layers = &layer0}, {.n_capture = 1, .layers = &layer1}};
+    assert_int_equal(ap_engine_prefill_batch(e, 2, seqs, 4, caps, &err), AP_ERR_USAGE);
+    assert_non_null(strstr(err.msg, "capture 1"));
+    ap_engine_free(e);
+    ap_model_free(m);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_prefill_batch),
         cmocka_unit_test(test_hf_f32),
         cmocka_unit_test(test_hf_f16_full_vocab),
         cmocka_unit_test(test_hf_bf16),

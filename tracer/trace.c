@@ -56,6 +56,11 @@ static ap_status trace_alloc(ap_trace *tr, int n_samples, int n_layers, ap_error
     return AP_OK;
 }
 
+/* Samples per engine call, and the captured bytes such a call may hold (the
+ * CUDA backend stages them in device memory). */
+enum { TRACE_BATCH = 8 };
+#define TRACE_BATCH_BYTES ((size_t)2 << 30)
+
 ap_status ap_trace_run(ap_engine *engine, const ap_model *model, const ap_samples *samples,
                        const int *layers, int n_layers, ap_trace *tr, ap_progress_fn progress,
                        void *progress_ctx, ap_error *err)
@@ -72,26 +77,41 @@ ap_status ap_trace_run(ap_engine *engine, const ap_model *model, const ap_sample
     tr->model_n_layer = c->n_layer;
     tr->model_vocab = c->vocab_size;
     double t0 = now_s();
-    for (int s = 0; s < samples->n; s++) {
-        const int T = samples->len[s];
+    ap_capture caps[TRACE_BATCH];
+    const int *batch_ids[TRACE_BATCH];
+    for (int s0 = 0; s0 < samples->n;) {
+        /* consecutive samples of one length go through the engine together, as
+         * many as TRACE_BATCH and TRACE_BATCH_BYTES of captured outputs allow */
+        const int T = samples->len[s0];
         const size_t a = (size_t)c->n_head * T * T, qk = (size_t)c->n_head * T * tr->head_dim;
-        tr->len[s] = T;
-        if (!(tr->ids[s] = malloc((size_t)T * sizeof(int)))) goto oom;
-        memcpy(tr->ids[s], samples->ids[s], (size_t)T * sizeof(int));
-        float **attn = tr->attn + (size_t)s * n_layers, **q = tr->q + (size_t)s * n_layers,
-              **k = tr->k + (size_t)s * n_layers, **v = tr->v + (size_t)s * n_layers,
-              **o = tr->o + (size_t)s * n_layers;
-        for (int l = 0; l < n_layers; l++) {
-            attn[l] = malloc(a * sizeof(float));
-            q[l] = malloc(qk * sizeof(float));
-            k[l] = malloc(qk * sizeof(float));
-            v[l] = malloc(qk * sizeof(float));
-            o[l] = malloc(qk * sizeof(float));
-            if (!attn[l] || !q[l] || !k[l] || !v[l] || !o[l]) goto oom;
+        const size_t sample_bytes = (size_t)n_layers * (a + 4 * qk) * sizeof(float);
+        int n_batch = 0;
+        while (s0 + n_batch < samples->n && n_batch < TRACE_BATCH && samples->len[s0 + n_batch] == T &&
+               (n_batch == 0 || (size_t)(n_batch + 1) * sample_bytes <= TRACE_BATCH_BYTES))
+            n_batch++;
+        for (int b = 0; b < n_batch; b++) {
+            const int s = s0 + b;
+            tr->len[s] = T;
+            if (!(tr->ids[s] = malloc((size_t)T * sizeof(int)))) goto oom;
+            memcpy(tr->ids[s], samples->ids[s], (size_t)T * sizeof(int));
+            float **attn = tr->attn + (size_t)s * n_layers, **q = tr->q + (size_t)s * n_layers,
+                  **k = tr->k + (size_t)s * n_layers, **v = tr->v + (size_t)s * n_layers,
+                  **o = tr->o + (size_t)s * n_layers;
+            for (int l = 0; l < n_layers; l++) {
+                attn[l] = malloc(a * sizeof(float));
+                q[l] = malloc(qk * sizeof(float));
+                k[l] = malloc(qk * sizeof(float));
+                v[l] = malloc(qk * sizeof(float));
+                o[l] = malloc(qk * sizeof(float));
+                if (!attn[l] || !q[l] || !k[l] || !v[l] || !o[l]) goto oom;
+            }
+            caps[b] = (ap_capture){.n_capture = n_layers, .layers = layers, .attn = attn, .q = q, .k = k,
+                                   .v = v, .o = o};
+            batch_ids[b] = samples->ids[s];
         }
-        ap_capture cap = {.n_capture = n_layers, .layers = layers, .attn = attn, .q = q, .k = k, .v = v, .o = o};
-        if ((st = ap_engine_prefill(engine, samples->ids[s], T, &cap, err))) goto fail;
-        if (progress) progress(progress_ctx, "trace", (double)(s + 1) / samples->n);
+        if ((st = ap_engine_prefill_batch(engine, n_batch, batch_ids, T, caps, err))) goto fail;
+        s0 += n_batch;
+        if (progress) progress(progress_ctx, "trace", (double)s0 / samples->n);
     }
     tr->seconds = now_s() - t0;
     return AP_OK;

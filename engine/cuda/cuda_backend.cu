@@ -58,12 +58,15 @@ extern "C" int ap_cuda_device_count(void)
 
 /* ---- kernels ------------------------------------------------------------------ */
 
+/* x[row] = wte[ids[row]] + wpe[position]; position pos[row], or row % period
+ * when pos is NULL (period-long sequences back to back). */
 __global__ void embed_kernel(float *x, const float *wte, const float *wpe, const int *ids,
-                             const int *pos, int N, int C)
+                             const int *pos, int period, int C)
 {
     int row = blockIdx.x;
+    const int p = pos ? pos[row] : row % period;
     for (int i = threadIdx.x; i < C; i += blockDim.x)
-        x[(size_t)row * C + i] = wte[(size_t)ids[row] * C + i] + wpe[(size_t)(pos ? pos[row] : row) * C + i];
+        x[(size_t)row * C + i] = wte[(size_t)ids[row] * C + i] + wpe[(size_t)p * C + i];
 }
 
 __device__ float block_sum(float v, float *shared)
@@ -498,8 +501,8 @@ static cudaError_t grow_host(void **buf, size_t *cap, size_t n)
     return e;
 }
 
-/* ce->logits[N, vocab] = ln_f(x) @ wte^T */
-static ap_status lm_head(ap_engine *e, const float *x, int N, ap_error *err)
+/* logits[N, vocab] = ln_f(x) @ wte^T (device) */
+static ap_status lm_head(ap_engine *e, const float *x, float *logits, int N, ap_error *err)
 {
     cuda_engine *ce = (cuda_engine *)e->impl;
     const ap_config *c = &e->model->config;
@@ -507,7 +510,7 @@ static ap_status lm_head(ap_engine *e, const float *x, int N, ap_error *err)
     ap_status st;
     if ((st = layernorm(e, ce->h, NULL, x, e->model->w.lnf_w, e->model->w.lnf_b, N, err))) return st;
     CUBLAS_TRY(cublasSgemm(ce->blas, CUBLAS_OP_T, CUBLAS_OP_N, c->vocab_size, N, c->n_embd, &one,
-                           dev_w(e, e->model->w.wte), c->n_embd, ce->h, c->n_embd, &zero, ce->logits,
+                           dev_w(e, e->model->w.wte), c->n_embd, ce->h, c->n_embd, &zero, logits,
                            c->vocab_size),
                "the LM head");
     return AP_OK;
@@ -516,11 +519,12 @@ static ap_status lm_head(ap_engine *e, const float *x, int N, ap_error *err)
 
 enum { CAUSAL_CHUNK = 256 };
 
-/* att[T, C] = softmax(q k^T / sqrt(hd)) v for all heads, leaving the
- * probabilities [H, T, T] in probs (device memory).
+/* att[T, C] = softmax(q k^T / sqrt(hd)) v for all heads of one sequence
+ * (qkv: its rows [T, 3C]), leaving the probabilities [H, T, T] in probs.
  * Rows go in chunks of CAUSAL_CHUNK: chunk [r0, r1) needs keys 0..r1-1 only,
  * so the products skip most of the masked upper triangle. */
-static ap_status causal_attention(ap_engine *e, int T, float *probs, ap_error *err)
+static ap_status causal_attention(ap_engine *e, const float *qkv, float *att, int T, float *probs,
+                                  ap_error *err)
 {
     cuda_engine *ce = (cuda_engine *)e->impl;
     const ap_config *c = &e->model->config;
@@ -531,7 +535,7 @@ static ap_status causal_attention(ap_engine *e, int T, float *probs, ap_error *e
     for (int r0 = 0; r0 < T; r0 += CAUSAL_CHUNK) {
         const int r1 = r0 + CAUSAL_CHUNK < T ? r0 + CAUSAL_CHUNK : T;
         CUBLAS_TRY(cublasSgemmStridedBatched(ce->blas, CUBLAS_OP_T, CUBLAS_OP_N, r1, r1 - r0, hd, &one,
-                                             ce->qkv + C, 3 * C, hd, ce->qkv + (size_t)r0 * 3 * C, 3 * C, hd,
+                                             qkv + C, 3 * C, hd, qkv + (size_t)r0 * 3 * C, 3 * C, hd,
                                              &zero, probs + (size_t)r0 * T, T, TT, H),
                    "attention scores");
     }
@@ -548,8 +552,8 @@ static ap_status causal_attention(ap_engine *e, int T, float *probs, ap_error *e
     for (int r0 = 0; r0 < T; r0 += CAUSAL_CHUNK) {
         const int r1 = r0 + CAUSAL_CHUNK < T ? r0 + CAUSAL_CHUNK : T;
         CUBLAS_TRY(cublasSgemmStridedBatched(ce->blas, CUBLAS_OP_N, CUBLAS_OP_N, hd, r1 - r0, r1, &one,
-                                             ce->qkv + 2 * C, 3 * C, hd, probs + (size_t)r0 * T, T, TT,
-                                             &zero, ce->att + (size_t)r0 * C, C, hd, H),
+                                             qkv + 2 * C, 3 * C, hd, probs + (size_t)r0 * T, T, TT,
+                                             &zero, att + (size_t)r0 * C, C, hd, H),
                    "attention times values");
     }
     return AP_OK;
@@ -576,11 +580,11 @@ static float *capture_dst(const ap_capture *cap, int i, int kind)
     return lists[kind] ? lists[kind][i] : NULL;
 }
 
-/* The engine's slot table, grown to the capture's size. */
-static stage_slots *slots_for(ap_engine *e, const ap_capture *cap)
+/* The engine's slot table, grown to n entries. */
+static stage_slots *slots_for(ap_engine *e, int n_slots)
 {
     cuda_engine *ce = (cuda_engine *)e->impl;
-    const int n = (cap ? cap->n_capture : 0) + 1;
+    const int n = n_slots + 1;
     if (n > ce->slots_cap) {
         stage_slots *grown = (stage_slots *)realloc(ce->slots, (size_t)n * sizeof *grown);
         if (!grown) return NULL;
@@ -590,17 +594,20 @@ static stage_slots *slots_for(ap_engine *e, const ap_capture *cap)
     return ce->slots;
 }
 
-/* Lays out the stage for cap (size[kind] floats per output; 0: never staged)
- * and grows it; slots has cap->n_capture entries. */
-static ap_status plan_stage(ap_engine *e, const ap_capture *cap, const size_t *size, stage_slots *slots,
+/* Lays out the stage for caps[0..B-1] (size[kind] floats per output; 0:
+ * never staged) and grows it; slots[b * n_capture + i] for capture i of b. */
+static ap_status plan_stage(ap_engine *e, const ap_capture *caps, int B, const size_t *size, stage_slots *slots,
                             ap_error *err)
 {
     cuda_engine *ce = (cuda_engine *)e->impl;
     size_t total = 0;
-    for (int i = 0; cap && i < cap->n_capture; i++)
-        for (int k = 0; k < N_OUT; k++) {
-            slots[i].at[k] = size[k] && capture_dst(cap, i, k) ? (long long)total : -1;
-            if (slots[i].at[k] >= 0) total += size[k];
+    for (int b = 0; caps && b < B; b++)
+        for (int i = 0; i < caps[b].n_capture; i++) {
+            stage_slots *sl = &slots[(size_t)b * caps[b].n_capture + i];
+            for (int k = 0; k < N_OUT; k++) {
+                sl->at[k] = size[k] && capture_dst(&caps[b], i, k) ? (long long)total : -1;
+                if (sl->at[k] >= 0) total += size[k];
+            }
         }
     if (total * sizeof(float) > ce->stage_cap) {
         cudaFree(ce->stage);
@@ -614,16 +621,19 @@ static ap_status plan_stage(ap_engine *e, const ap_capture *cap, const size_t *s
 }
 
 /* Copies the staged outputs to the caller's buffers (asynchronously). */
-static ap_status copy_out(ap_engine *e, const ap_capture *cap, const size_t *size, const stage_slots *slots,
+static ap_status copy_out(ap_engine *e, const ap_capture *caps, int B, const size_t *size, const stage_slots *slots,
                           ap_error *err)
 {
     cuda_engine *ce = (cuda_engine *)e->impl;
-    for (int i = 0; cap && i < cap->n_capture; i++)
-        for (int k = 0; k < N_OUT; k++)
-            if (slots[i].at[k] >= 0)
-                CUDA_TRY(cudaMemcpyAsync(capture_dst(cap, i, k), ce->stage + slots[i].at[k], size[k] * sizeof(float),
-                                         cudaMemcpyDeviceToHost, ce->stream),
-                         "copying captured attention, q/k/v or output to the host");
+    for (int b = 0; caps && b < B; b++)
+        for (int i = 0; i < caps[b].n_capture; i++) {
+            const stage_slots *sl = &slots[(size_t)b * caps[b].n_capture + i];
+            for (int k = 0; k < N_OUT; k++)
+                if (sl->at[k] >= 0)
+                    CUDA_TRY(cudaMemcpyAsync(capture_dst(&caps[b], i, k), ce->stage + sl->at[k],
+                                             size[k] * sizeof(float), cudaMemcpyDeviceToHost, ce->stream),
+                             "copying captured attention, q/k/v or output to the host");
+        }
     return AP_OK;
 }
 
@@ -680,69 +690,90 @@ static ap_status run_recorded(ap_engine *e, graph_cache *g, const long long *key
 /* ---- prefill ------------------------------------------------------------------------ */
 
 typedef struct {
-    int T, last, logits_rows; /* logits_rows: 0, 1 (last position) or T */
-    const ap_capture *cap;
-    const stage_slots *slots;
+    int B, T, last, logits_rows; /* logits_rows per sequence: 0, 1 (last position) or T */
+    const ap_capture *cap;       /* caps[0]: what every sequence captures */
+    const stage_slots *slots;    /* [B * n_capture], sequence-major */
 } prefill_args;
 
-/* The prefill's device work: every launch, no host copies (recordable). */
+/* The prefill's device work for B sequences of T tokens back to back: every
+ * launch, no host copies (recordable). Row-wise steps run over all B * T rows
+ * at once; attention runs per sequence. */
 static ap_status enqueue_prefill(ap_engine *e, const void *arg, ap_error *err)
 {
     const prefill_args *a = (const prefill_args *)arg;
     cuda_engine *ce = (cuda_engine *)e->impl;
     const ap_config *c = &e->model->config;
     const ap_weights *w = &e->model->w;
-    const int C = c->n_embd, T = a->T;
+    const int C = c->n_embd, H = c->n_head, T = a->T, N = a->B * a->T;
+    const int n_capture = a->cap ? a->cap->n_capture : 0;
     ap_status st;
-    embed_kernel<<<T, 256, 0, ce->stream>>>(ce->x, dev_w(e, w->wte), dev_w(e, w->wpe), ce->ids, NULL, T, C);
+    embed_kernel<<<N, 256, 0, ce->stream>>>(ce->x, dev_w(e, w->wte), dev_w(e, w->wpe), ce->ids, NULL, T, C);
     KERNEL_TRY("the embedding");
     for (int l = 0; l <= a->last; l++) {
         const int ci = ap_capture_index(a->cap, l);
-        const long long *at = ci >= 0 ? a->slots[ci].at : NULL;
-        if ((st = block_qkv(e, l, T, err))) return st;
-        for (int which = 0; at && which < 3; which++)
-            if (at[OUT_Q + which] >= 0 &&
-                (st = split_heads(e, ce->stage + at[OUT_Q + which], ce->qkv, T, 3 * C, which * C, err)))
-                return st;
-        float *probs = at && at[OUT_ATTN] >= 0 ? ce->stage + at[OUT_ATTN] : ce->scores;
-        if ((st = causal_attention(e, T, probs, err))) return st;
-        if (at && at[OUT_O] >= 0 && (st = split_heads(e, ce->stage + at[OUT_O], ce->att, T, C, 0, err))) return st;
-        if ((st = block_finish(e, l, T, err))) return st;
+        if ((st = block_qkv(e, l, N, err))) return st;
+        for (int b = 0; b < a->B; b++) {
+            const long long *at = ci >= 0 ? a->slots[(size_t)b * n_capture + ci].at : NULL;
+            const float *qkv = ce->qkv + (size_t)b * T * 3 * C;
+            float *att = ce->att + (size_t)b * T * C;
+            for (int which = 0; at && which < 3; which++)
+                if (at[OUT_Q + which] >= 0 &&
+                    (st = split_heads(e, ce->stage + at[OUT_Q + which], qkv, T, 3 * C, which * C, err)))
+                    return st;
+            float *probs = at && at[OUT_ATTN] >= 0 ? ce->stage + at[OUT_ATTN] : ce->scores + (size_t)b * H * T * T;
+            if ((st = causal_attention(e, qkv, att, T, probs, err))) return st;
+            if (at && at[OUT_O] >= 0 && (st = split_heads(e, ce->stage + at[OUT_O], att, T, C, 0, err))) return st;
+        }
+        if ((st = block_finish(e, l, N, err))) return st;
     }
-    if (a->logits_rows) return lm_head(e, ce->x + (size_t)(T - a->logits_rows) * C, a->logits_rows, err);
+    if (a->logits_rows == T) return lm_head(e, ce->x, ce->logits, N, err);
+    for (int b = 0; a->logits_rows && b < a->B; b++) /* the last position of each sequence */
+        if ((st = lm_head(e, ce->x + ((size_t)b * T + T - 1) * C, ce->logits + (size_t)b * c->vocab_size, 1, err)))
+            return st;
     return AP_OK;
 }
 
-static ap_status cuda_prefill(ap_engine *e, const int *ids, int T, const ap_capture *cap, ap_error *err)
+static ap_status cuda_prefill_batch(ap_engine *e, int B, const int *const *ids, int T, const ap_capture *caps,
+                                    ap_error *err)
 {
     cuda_engine *ce = (cuda_engine *)e->impl;
     const ap_config *c = &e->model->config;
     const int C = c->n_embd, H = c->n_head;
-    ap_status st = ensure_scratch(e, (size_t)T, (size_t)H * T * T, err);
+    const ap_capture *cap = caps; /* caps[0] says what every sequence captures */
+    ap_status st = ensure_scratch(e, (size_t)B * T, (size_t)B * H * T * T, err);
     if (st) return st;
     int last = c->n_layer - 1;
     if (!cap || !cap->logits) {
         last = -1;
         for (int i = 0; cap && i < cap->n_capture; i++) last = cap->layers[i] > last ? cap->layers[i] : last;
     }
+    const int n_capture = cap ? cap->n_capture : 0;
     const size_t size[N_OUT] = {(size_t)H * T * T, (size_t)T * C, (size_t)T * C, (size_t)T * C, (size_t)T * C};
-    stage_slots *slots = slots_for(e, cap);
+    stage_slots *slots = slots_for(e, B * n_capture);
     if (!slots) return ap_error_set(err, AP_ERR_RUNTIME, "out of memory");
+    if ((st = plan_stage(e, caps, B, size, slots, err))) return st;
     const int logits_rows = cap && cap->logits ? (cap->logits_last_only ? 1 : T) : 0;
-    prefill_args args = {T, last, logits_rows, cap, slots};
-    if ((st = plan_stage(e, cap, size, slots, err))) return st;
-    long long key[GRAPH_KEY_MAX] = {1, T, last, logits_rows, (long long)ce->generation};
-    CUDA_TRY(cudaMemcpyAsync(ce->ids, ids, (size_t)T * sizeof(int), cudaMemcpyHostToDevice, ce->stream),
-             "copying token ids to the device");
-    if ((st = run_recorded(e, &ce->prefill_graph, key, key_captures(key, 5, cap), enqueue_prefill, &args, err)) ||
-        (st = copy_out(e, cap, size, slots, err)))
+    prefill_args args = {B, T, last, logits_rows, cap, slots};
+    long long key[GRAPH_KEY_MAX] = {1, B, T, last, logits_rows, (long long)ce->generation};
+    for (int b = 0; b < B; b++)
+        CUDA_TRY(cudaMemcpyAsync(ce->ids + (size_t)b * T, ids[b], (size_t)T * sizeof(int), cudaMemcpyHostToDevice,
+                                 ce->stream),
+                 "copying token ids to the device");
+    if ((st = run_recorded(e, &ce->prefill_graph, key, key_captures(key, 6, cap), enqueue_prefill, &args, err)) ||
+        (st = copy_out(e, caps, B, size, slots, err)))
         return st;
-    if (logits_rows)
-        CUDA_TRY(cudaMemcpyAsync(cap->logits, ce->logits, (size_t)logits_rows * c->vocab_size * sizeof(float),
-                                 cudaMemcpyDeviceToHost, ce->stream),
+    for (int b = 0; logits_rows && b < B; b++)
+        CUDA_TRY(cudaMemcpyAsync(caps[b].logits, ce->logits + (size_t)b * logits_rows * c->vocab_size,
+                                 (size_t)logits_rows * c->vocab_size * sizeof(float), cudaMemcpyDeviceToHost,
+                                 ce->stream),
                  "copying logits to the host");
     CUDA_TRY(cudaStreamSynchronize(ce->stream), "finishing the prefill");
     return AP_OK;
+}
+
+static ap_status cuda_prefill(ap_engine *e, const int *ids, int T, const ap_capture *cap, ap_error *err)
+{
+    return cuda_prefill_batch(e, 1, &ids, T, cap, err);
 }
 
 /* ---- decode ------------------------------------------------------------------------ */
@@ -796,7 +827,7 @@ static ap_status enqueue_decode(ap_engine *e, const void *arg, ap_error *err)
     float **d_k = (float **)ce->d_ptrs, **d_v = d_k + S;
     const size_t smem = ((size_t)a->longest + 1 + 32) * sizeof(float);
     ap_status st;
-    embed_kernel<<<S, 256, 0, ce->stream>>>(ce->x, dev_w(e, w->wte), dev_w(e, w->wpe), ce->ids, ce->pos, S, C);
+    embed_kernel<<<S, 256, 0, ce->stream>>>(ce->x, dev_w(e, w->wte), dev_w(e, w->wpe), ce->ids, ce->pos, 1, C);
     KERNEL_TRY("the embedding");
     for (int l = 0; l < L; l++) {
         const int ci = ap_capture_index(a->cap, l);
@@ -821,7 +852,7 @@ static ap_status enqueue_decode(ap_engine *e, const void *arg, ap_error *err)
                      "keeping the attention output for the host");
         if ((st = block_finish(e, l, S, err))) return st;
     }
-    if (a->cap && a->cap->logits) return lm_head(e, ce->x, S, err);
+    if (a->cap && a->cap->logits) return lm_head(e, ce->x, ce->logits, S, err);
     return AP_OK;
 }
 
@@ -874,9 +905,9 @@ static ap_status cuda_decode_step(ap_engine *e, const ap_decode_batch *b, const 
         vc[s] = ((cuda_stream *)b->streams[s]->impl)->v;
     }
     const size_t size[N_OUT] = {0, (size_t)S * C, (size_t)S * C, (size_t)S * C, (size_t)S * C};
-    stage_slots *slots = slots_for(e, cap);
+    stage_slots *slots = slots_for(e, cap ? cap->n_capture : 0);
     if (!slots) return ap_error_set(err, AP_ERR_RUNTIME, "out of memory");
-    if ((st = plan_stage(e, cap, size, slots, err))) return st;
+    if ((st = plan_stage(e, cap, 1, size, slots, err))) return st;
     {
         float *compact = (float *)ce->d_compact, *h_compact = (float *)ce->h_compact;
         CUDA_TRY(cudaMemcpyAsync(ce->d_tables, ce->h_tables, ints * sizeof(int), cudaMemcpyHostToDevice, ce->stream),
@@ -891,7 +922,7 @@ static ap_status cuda_decode_step(ap_engine *e, const ap_decode_batch *b, const 
         decode_args args = {S, longest, cap, slots};
         long long key[GRAPH_KEY_MAX] = {2, S, longest, cap && cap->logits, (long long)ce->generation};
         if ((st = run_recorded(e, &ce->decode_graph, key, key_captures(key, 5, cap), enqueue_decode, &args, err)) ||
-            (st = copy_out(e, cap, size, slots, err)))
+            (st = copy_out(e, cap, 1, size, slots, err)))
             return st;
         for (int i = 0; cap && i < cap->n_capture; i++) {
             if (!capture_dst(cap, i, OUT_ATTN)) continue;
@@ -947,7 +978,7 @@ static void cuda_free(ap_engine *e)
 }
 
 static const ap_backend_ops cuda_ops = {cuda_prefill, cuda_stream_init, cuda_stream_free,
-                                        cuda_decode_step, cuda_free};
+                                        cuda_decode_step, cuda_free, cuda_prefill_batch};
 
 extern "C" ap_status ap_cuda_engine_init(ap_engine *e, ap_error *err)
 {
