@@ -1,5 +1,6 @@
-/* trace.c — the reference trace: one full-cache prefill per sample, and its
- * file (safetensors), so a trace can be replayed later without the model. */
+/* trace.c — the reference trace: one full-cache prefill per sample (samples
+ * of one length batched through ap_engine_prefill_batch), and its file
+ * (safetensors), so a trace can be replayed later without the model. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
