@@ -21,7 +21,7 @@ typedef struct {
     const char *model, *tokenizer, *input, *layers, *heads, *types, *mode, *device, *precision;
     const char *out, *format, *align, *save, *granularity;
     int samples, max_length, warmup, stride, budget, sink, recent, width, depth, race_rows,
-        race_bits, bootstrap, quiet, help, plain_update;
+        race_bits, bootstrap, quiet, help, plain_update, threads;
     unsigned long seed;
 } run_opts;
 
@@ -29,7 +29,7 @@ enum {
     O_MODEL = 1000, O_TOKENIZER, O_INPUT, O_LAYERS, O_HEADS, O_TYPES, O_MODE, O_DEVICE,
     O_PRECISION, O_OUT, O_FORMAT, O_ALIGN, O_SAVE, O_GRAN, O_SAMPLES, O_MAXLEN, O_WARMUP,
     O_STRIDE, O_BUDGET, O_SINK, O_RECENT, O_WIDTH, O_DEPTH, O_RROWS, O_RBITS, O_BOOT, O_SEED,
-    O_QUIET, O_HELP, O_PLAIN
+    O_QUIET, O_HELP, O_PLAIN, O_THREADS
 };
 
 static const struct option LONGOPTS[] = {
@@ -48,6 +48,7 @@ static const struct option LONGOPTS[] = {
     {"race-rows", required_argument, 0, O_RROWS}, {"race-bits", required_argument, 0, O_RBITS},
     {"bootstrap", required_argument, 0, O_BOOT}, {"seed", required_argument, 0, O_SEED},
     {"plain-update", no_argument, 0, O_PLAIN}, {"quiet", no_argument, 0, O_QUIET},
+    {"threads", required_argument, 0, O_THREADS},
     {"help", no_argument, 0, O_HELP}, {0, 0, 0, 0},
 };
 
@@ -66,6 +67,7 @@ static const char USAGE[] =
     "  --width W (512)  --depth D (4)  --plain-update (Count-Min without conservative update)\n"
     "  --race-rows R (16)  --race-bits B (9)  --seed N (1)\n"
     "  --mode isolated|cascade (isolated)  --warmup W (64)  --stride S (16)\n"
+    "  --threads N (0: one per core) isolated replays run in parallel; same results for any N\n"
     "  --device cpu|cuda|auto (cpu)  --precision fp32|tf32|bf16 (fp32)\n"
     "output:\n"
     "  --out DIR (attnprobe-out): writes DIR/summary.json  --format text,json (both)\n"
@@ -118,6 +120,7 @@ static ap_status parse_run_opts(int argc, char **argv, run_opts *o, ap_error *er
             break;
         }
         case O_PLAIN: o->plain_update = 1; break;
+        case O_THREADS: st = cli_parse_int("--threads", optarg, 0, 256, &o->threads, err); break;
         case O_QUIET: o->quiet = 1; break;
         case O_HELP: o->help = 1; break;
         default:
@@ -173,19 +176,27 @@ typedef struct {
     int n_layers, n_head;
     const int *trace_layers;
     const unsigned char *head_on;  /* [n_head] */
-    int run_base;                  /* run index of (policy 0, layer 0) for this replay */
     ap_series *series;             /* [n_series] = [n_runs * AP_M_COUNT] */
     int n_series;
     double *head_sum, *head_cnt;   /* [n_runs * n_head * AP_M_COUNT] */
 } accum;
 
+/* The sink context of one replay: its rows' events say policy 0 in isolated
+ * replays, so run_base places them (each run has its own series, so replays
+ * of different runs may add rows concurrently). */
+typedef struct {
+    accum *a;
+    int run_base; /* run index of (policy 0, layer 0) for this replay */
+} run_sink;
+
 static ap_status on_row(void *ctx, const ap_row_event *ev, ap_error *err)
 {
-    accum *a = ctx;
+    const run_sink *rs = ctx;
+    accum *a = rs->a;
     if (!a->head_on[ev->head]) return AP_OK;
     int li = 0;
     while (li < a->n_layers && a->trace_layers[li] != ev->layer) li++;
-    const int run = a->run_base + ev->policy * a->n_layers + li;
+    const int run = rs->run_base + ev->policy * a->n_layers + li;
     double m[AP_M_COUNT];
     ap_metrics_row(ev->p, ev->q, ev->kept, ev->n, ev->v, ev->o_p, ev->head_dim, m);
     for (int k = 0; k < AP_M_COUNT; k++) {
@@ -427,7 +438,7 @@ static int job(job_kind kind, int argc, char **argv)
     } else {
         if ((st = ap_trace_load(trace_file, &trace, &err))) goto out;
         snprintf(input_source, sizeof input_source, "%s", trace_file);
-        if ((st = ap_file_sha256(trace_file, input_sha, &err))) goto out;
+        snprintf(input_sha, sizeof input_sha, "%s", trace.file_sha256);
         /* --layers selects among the trace's layers */
         layers = malloc((size_t)trace.n_layers * sizeof *layers);
         if (!layers) {
@@ -480,7 +491,7 @@ static int job(job_kind kind, int argc, char **argv)
         free(hs);
     }
     const int n_runs = n_policies * n_layers;
-    acc = (accum){n_layers, H, layers, head_on, 0,
+    acc = (accum){n_layers, H, layers, head_on,
                   calloc((size_t)n_runs * AP_M_COUNT, sizeof(ap_series)), n_runs * AP_M_COUNT,
                   calloc((size_t)n_runs * H * AP_M_COUNT, sizeof(double)),
                   calloc((size_t)n_runs * H * AP_M_COUNT, sizeof(double))};
@@ -489,7 +500,8 @@ static int job(job_kind kind, int argc, char **argv)
         st = ap_error_set(&err, AP_ERR_RUNTIME, "out of memory");
         goto out;
     }
-    ap_replay_opts ro = {o.warmup, o.stride, on_row, &acc, progress, &prog};
+    run_sink all_runs = {&acc, 0};
+    ap_replay_opts ro = {o.warmup, o.stride, on_row, &all_runs, progress, &prog};
     double replay_s[16 * 256] = {0};
     double kv[16 * 256] = {0}, sk[16 * 256] = {0};
     if (strcmp(o.mode, "cascade") == 0) {
@@ -502,17 +514,29 @@ static int job(job_kind kind, int argc, char **argv)
                 sk[p * n_layers + l] = cost[p].sketch_bytes;
             }
     } else {
+        /* one job per (policy, layer), in parallel (--threads) */
+        ap_isolated_job *jobs = calloc((size_t)n_runs, sizeof *jobs);
+        run_sink *sinks = calloc((size_t)n_runs, sizeof *sinks);
+        if (!jobs || !sinks) {
+            free(jobs), free(sinks);
+            st = ap_error_set(&err, AP_ERR_RUNTIME, "out of memory");
+            goto out;
+        }
         for (int p = 0; p < n_policies; p++)
             for (int l = 0; l < n_layers; l++) {
-                acc.run_base = p * n_layers; /* events carry policy 0 */
-                const int li = ap_trace_layer_index(&trace, layers[l]);
-                ap_replay_cost c1;
-                if ((st = ap_replay_isolated(&trace, li, &params[p], &ro, &c1, &err))) goto out;
-                replay_s[p * n_layers + l] = c1.seconds;
-                kv[p * n_layers + l] = c1.kv_bytes;
-                sk[p * n_layers + l] = c1.sketch_bytes;
+                const int run = p * n_layers + l;
+                sinks[run] = (run_sink){&acc, p * n_layers}; /* on_row adds the layer */
+                jobs[run] = (ap_isolated_job){.li = ap_trace_layer_index(&trace, layers[l]), .params = &params[p],
+                                              .sink_ctx = &sinks[run]};
             }
-        acc.run_base = 0;
+        st = ap_replay_isolated_jobs(&trace, jobs, n_runs, &ro, o.threads, &err);
+        for (int run = 0; run < n_runs && !st; run++) {
+            replay_s[run] = jobs[run].cost.seconds;
+            kv[run] = jobs[run].cost.kv_bytes;
+            sk[run] = jobs[run].cost.sketch_bytes;
+        }
+        free(jobs), free(sinks);
+        if (st) goto out;
     }
     int tokens = 0;
     for (int s = 0; s < trace.n_samples; s++) tokens += trace.len[s];

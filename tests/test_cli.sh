@@ -66,6 +66,15 @@ expect_exit 3 "missing model" "$bin" --model /nonexistent
 expect_exit 3 "missing input" "$bin" --input /nonexistent.txt
 printf 'short\n' > short.txt
 expect_exit 3 "too short input" "$bin" --input short.txt
+# parallel isolated replays: the same numbers for any --threads
+expect_exit 0 "--threads 1" "$bin" --layers 6,10 --types h2o,cms,race --threads 1 --quiet --out one
+expect_exit 0 "--threads 3" "$bin" --layers 6,10 --types h2o,cms,race --threads 3 --quiet --out three
+if [ -n "$(strip one/summary.json)" ] && diff <(strip one/summary.json) <(strip three/summary.json) > /dev/null; then
+  ok "--threads 1 and 3 give identical metrics"
+else
+  bad "--threads changes the metrics"
+fi
+expect_exit 2 "bad --threads" "$bin" --threads -1 --quiet --out nothing
 expect_exit 3 "replay of a non-trace" "$bin" replay "$fixtures/tiny/model.safetensors"
 expect_exit 2 "unknown command" "$bin" frobnicate
 expect_exit 0 "cascade mode" "$bin" --mode cascade --types full,h2o --max-length 96 --warmup 32 --quiet --out cascade

@@ -137,6 +137,67 @@ done:
     return st;
 }
 
+/* ---- isolated replays in parallel ------------------------------------------ */
+
+typedef struct {
+    const ap_trace *tr;
+    ap_isolated_job *jobs;
+    int n_jobs, next, done;
+    const ap_replay_opts *opts;
+    pthread_mutex_t lock;
+    ap_status st;
+    ap_error err;
+} jobs_run;
+
+static void *jobs_worker(void *arg)
+{
+    jobs_run *r = arg;
+    for (;;) {
+        pthread_mutex_lock(&r->lock);
+        const int j = r->st ? r->n_jobs : r->next++;
+        pthread_mutex_unlock(&r->lock);
+        if (j >= r->n_jobs) break;
+        ap_isolated_job *job = &r->jobs[j];
+        ap_replay_opts o = *r->opts;
+        o.sink_ctx = job->sink_ctx;
+        o.progress = NULL;
+        ap_error e;
+        ap_status st = ap_replay_isolated(r->tr, job->li, job->params, &o, &job->cost, &e);
+        pthread_mutex_lock(&r->lock);
+        if (st && !r->st) {
+            r->st = st;
+            r->err = e;
+        }
+        r->done++;
+        if (!st && r->opts->progress)
+            r->opts->progress(r->opts->progress_ctx, "replay", (double)r->done / r->n_jobs);
+        pthread_mutex_unlock(&r->lock);
+    }
+    return NULL;
+}
+
+ap_status ap_replay_isolated_jobs(const ap_trace *tr, ap_isolated_job *jobs, int n_jobs,
+                                  const ap_replay_opts *opts, int n_threads, ap_error *err)
+{
+    enum { MAX_JOB_THREADS = 256 };
+    if (n_threads <= 0) {
+        long cores = sysconf(_SC_NPROCESSORS_ONLN);
+        n_threads = cores < 1 ? 1 : (int)cores;
+    }
+    if (n_threads > MAX_JOB_THREADS) n_threads = MAX_JOB_THREADS;
+    if (n_threads > n_jobs) n_threads = n_jobs;
+    jobs_run r = {tr, jobs, n_jobs, 0, 0, opts, PTHREAD_MUTEX_INITIALIZER, AP_OK, {{0}}};
+    pthread_t threads[MAX_JOB_THREADS];
+    int started = 0;
+    for (int i = 1; i < n_threads; i++)
+        if (pthread_create(&threads[started], NULL, jobs_worker, &r) == 0) started++;
+    jobs_worker(&r); /* the caller works too */
+    for (int i = 0; i < started; i++) pthread_join(threads[i], NULL);
+    pthread_mutex_destroy(&r.lock);
+    if (r.st && err) *err = r.err;
+    return r.st;
+}
+
 /* ---- cascade -------------------------------------------------------------- */
 
 typedef struct {

@@ -217,6 +217,7 @@ ap_status ap_trace_load(const char *path, ap_trace *tr, ap_error *err)
     }
     snprintf(tr->model_source, sizeof tr->model_source, "%s", ap_st_metadata(f, "model") ? ap_st_metadata(f, "model") : "");
     snprintf(tr->model_sha256, sizeof tr->model_sha256, "%s", ap_st_metadata(f, "model_sha256") ? ap_st_metadata(f, "model_sha256") : "");
+    snprintf(tr->file_sha256, sizeof tr->file_sha256, "%s", ap_st_sha256(f)); /* hashed once, on open */
     snprintf(tr->config_json, sizeof tr->config_json, "%s", ap_st_metadata(f, "config") ? ap_st_metadata(f, "config") : "");
     for (int s = 0; s < S; s++) {
         char name[48];

@@ -44,6 +44,7 @@ typedef struct {
     float **o;               /* [n_samples * n_layers]: [H, T, head_dim] attention outputs */
     char model_source[1024];
     char model_sha256[65];
+    char file_sha256[65];   /* of the file ap_trace_load read ("" for a fresh trace) */
     int model_n_layer, model_vocab;
     char config_json[4096];  /* what shaped the trace, as saved in its file */
     double seconds;
@@ -104,6 +105,21 @@ typedef struct {
  * renormalised. Needs the trace only. */
 ap_status ap_replay_isolated(const ap_trace *trace, int li, const ap_policy_params *params,
                              const ap_replay_opts *opts, ap_replay_cost *cost, ap_error *err);
+
+/* Several isolated replays, run on up to n_threads threads (0: one per core).
+ * Each job's rows go to opts->sink with the job's own sink_ctx; the sink is
+ * called from several threads at once, for different jobs. opts->progress
+ * (if any) sees the fraction of jobs done, from one thread at a time. The
+ * results do not depend on n_threads. On failure the first error is kept. */
+typedef struct {
+    int li;                         /* layer index in the trace */
+    const ap_policy_params *params;
+    void *sink_ctx;
+    ap_replay_cost cost;            /* out */
+} ap_isolated_job;
+
+ap_status ap_replay_isolated_jobs(const ap_trace *trace, ap_isolated_job *jobs, int n_jobs,
+                                  const ap_replay_opts *opts, int n_threads, ap_error *err);
 
 /* Cascade replay: every layer's cache capped by its own instance of the
  * policy; all (sample, policy) streams decode together, one batched step per
