@@ -69,8 +69,7 @@ void ap_model_free(ap_model *model);
 /* Parameters a checkpoint holds (real vocabulary, no padding). */
 size_t ap_model_param_count(const ap_config *c);
 
-/* Hex SHA-256 of a file (out: 65 chars). */
-ap_status ap_file_sha256(const char *path, char out[65], ap_error *err);
+/* Hex SHA-256 of a buffer (out: 65 chars). */
 void ap_sha256_hex(const void *data, size_t n, char out[65]);
 
 /* ---- tokenizer -------------------------------------------------------- */

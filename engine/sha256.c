@@ -2,7 +2,6 @@
  * None of the project's libraries provides a hash of this kind. */
 #include "model_internal.h"
 
-#include <errno.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -92,20 +91,4 @@ void ap_sha256_hex(const void *data, size_t n, char out[65])
     sha_init(&c);
     sha_update(&c, data, n);
     sha_final(&c, out);
-}
-
-ap_status ap_file_sha256(const char *path, char out[65], ap_error *err)
-{
-    FILE *f = fopen(path, "rb");
-    if (!f) return ap_error_set(err, AP_ERR_INPUT, "%s: cannot open: %s", path, strerror(errno));
-    sha256_ctx c;
-    sha_init(&c);
-    unsigned char buf[1 << 16];
-    size_t n;
-    while ((n = fread(buf, 1, sizeof buf, f)) > 0) sha_update(&c, buf, n);
-    int bad = ferror(f);
-    fclose(f);
-    if (bad) return ap_error_set(err, AP_ERR_INPUT, "%s: read error", path);
-    sha_final(&c, out);
-    return AP_OK;
 }
