@@ -223,21 +223,20 @@ typedef struct {
     const int *active_idx;
     int n_active, L, H, D, ctx, t;
     float **attn, **q, **k;
-    int next;         /* next (stream, layer) item to claim (under lock) */
-    ap_status st;     /* first failure */
+    pthread_mutex_t lock; /* guards next, st and err */
+    int next;             /* next (stream, layer) item to claim */
+    ap_status st;         /* first failure */
     ap_error err;
 } observe_job;
-
-static pthread_mutex_t observe_lock = PTHREAD_MUTEX_INITIALIZER;
 
 static void *observe_worker(void *arg)
 {
     observe_job *job = arg;
     const int n_items = job->n_active * job->L;
     for (;;) {
-        pthread_mutex_lock(&observe_lock);
+        pthread_mutex_lock(&job->lock);
         const int item = job->st ? n_items : job->next++;
-        pthread_mutex_unlock(&observe_lock);
+        pthread_mutex_unlock(&job->lock);
         if (item >= n_items) break;
         /* one (stream, layer) per item: the policies differ in cost, and
          * small items keep the threads evenly loaded */
@@ -248,12 +247,12 @@ static void *observe_worker(void *arg)
         ap_status st = ap_policy_observe(str->layer_policy[l], job->t, job->attn[l] + row_base,
                                          (size_t)job->ctx, job->q[l] + qk, job->k[l] + qk, &e);
         if (st) {
-            pthread_mutex_lock(&observe_lock);
+            pthread_mutex_lock(&job->lock);
             if (!job->st) {
                 job->st = st;
                 job->err = e;
             }
-            pthread_mutex_unlock(&observe_lock);
+            pthread_mutex_unlock(&job->lock);
             break;
         }
     }
@@ -438,9 +437,11 @@ ap_status ap_replay_cascade(ap_engine *engine, const ap_trace *tr, const ap_poli
         /* ...then every stream's policies observe the step, streams in parallel
          * (each stream's policies are its own). */
         if (!st) {
-            observe_job job = {cs, active_idx, n_active, L, H, D, ctx, t, attn, q, k, 0, AP_OK, {{0}}};
+            observe_job job = {cs, active_idx, n_active, L, H, D, ctx, t, attn, q, k,
+                               PTHREAD_MUTEX_INITIALIZER, 0, AP_OK, {{0}}};
             const double t_observe = now_s();
             st = pool_run(&pool, &job, err);
+            pthread_mutex_destroy(&job.lock);
             observe_s += now_s() - t_observe;
         }
         if (opts->progress) opts->progress(opts->progress_ctx, "cascade", (double)(t + 1) / max_T);
