@@ -1,12 +1,13 @@
 /* bench_gpu — GPU throughput of the reference trace and the cascade replay.
  *
- * usage: bench_gpu [--trace-samples N] [--cascade-samples N] [--cascade-T T]
+ * usage: bench_gpu [--trace-samples N] [--cascade-samples N] [--cascade-T T] [--host-policies 1]
  *   (a) trace: random:gpt2-small, T = 1024, every layer's attention computed
  *       (materialised in device memory), in fp32, tf32 and bf16; the same
  *       with all 12 layers' attention copied to host memory; and N samples
- *       in one batched prefill;
+ *       in one batched prefill (N = 0 skips (a));
  *   (b) cascade: 10 policies x N samples (default 8), T (default 1024),
- *       budget 256, fp32: policy-tokens/s summed over the batched streams. */
+ *       budget 256, fp32: policy-tokens/s summed over the batched streams,
+ *       the policies on the device (or on the host with --host-policies 1). */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -82,11 +83,12 @@ done:
 
 int main(int argc, char **argv)
 {
-    int trace_samples = 8, cascade_samples = 8, cascade_T = 1024;
+    int trace_samples = 8, cascade_samples = 8, cascade_T = 1024, host_policies = 0;
     for (int i = 1; i + 1 < argc; i += 2) {
         if (!strcmp(argv[i], "--trace-samples")) trace_samples = atoi(argv[i + 1]);
         if (!strcmp(argv[i], "--cascade-samples")) cascade_samples = atoi(argv[i + 1]);
         if (!strcmp(argv[i], "--cascade-T")) cascade_T = atoi(argv[i + 1]);
+        if (!strcmp(argv[i], "--host-policies")) host_policies = atoi(argv[i + 1]);
     }
     ap_model *m;
     ap_error err;
@@ -102,8 +104,8 @@ int main(int argc, char **argv)
     float **attn = malloc((size_t)L * sizeof *attn);
     for (int l = 0; l < L; l++) attn[l] = malloc((size_t)H * T * T * sizeof(float));
     const char *pnames[] = {"fp32", "tf32", "bf16"};
-    printf("(a) trace, random:gpt2-small, T=%d, %d samples, every layer's attention\n", T, trace_samples);
-    for (int pi = 0; pi < 3; pi++) {
+    if (trace_samples > 0) printf("(a) trace, random:gpt2-small, T=%d, %d samples, every layer's attention\n", T, trace_samples);
+    for (int pi = 0; pi < 3 && trace_samples > 0; pi++) {
         ap_engine *e;
         if (ap_engine_create(m, AP_BACKEND_CUDA, (ap_precision)pi, &e, &err)) {
             fprintf(stderr, "bench_gpu: %s\n", err.msg);
@@ -170,7 +172,7 @@ int main(int argc, char **argv)
         params[i].budget = 256;
     }
     long rows = 0;
-    ap_replay_opts o = {64, 16, null_sink, &rows, NULL, NULL};
+    ap_replay_opts o = {64, 16, null_sink, &rows, NULL, NULL, host_policies};
     ap_replay_cost cost[10];
     double t0 = now_s();
     if (ap_replay_cascade(e, &tr, params, 10, &o, cost, &err)) {
@@ -178,8 +180,9 @@ int main(int argc, char **argv)
         return 1;
     }
     double dt = now_s() - t0;
-    printf("(b) cascade, 10 policies x %d samples, T=%d, budget 256, fp32: %.1f s, %.0f policy-tokens/s\n",
-           S, CT, dt, 10.0 * S * CT / dt);
+    printf("(b) cascade, 10 policies x %d samples, T=%d, budget 256, fp32, policies on the %s: %.1f s, "
+           "%.0f policy-tokens/s\n",
+           S, CT, host_policies ? "host" : "device", dt, 10.0 * S * CT / dt);
     printf("    of which decode steps (engine: tables, GPU, rows) %.1f s, policy updates %.1f s, "
            "retained sets and rows %.1f s\n",
            cost[0].decode_seconds, cost[0].observe_seconds,

@@ -501,7 +501,7 @@ static int job(job_kind kind, int argc, char **argv)
         goto out;
     }
     run_sink all_runs = {&acc, 0};
-    ap_replay_opts ro = {o.warmup, o.stride, on_row, &all_runs, progress, &prog};
+    ap_replay_opts ro = {o.warmup, o.stride, on_row, &all_runs, progress, &prog, 0};
     double replay_s[16 * 256] = {0};
     double kv[16 * 256] = {0}, sk[16 * 256] = {0};
     if (strcmp(o.mode, "cascade") == 0) {

@@ -186,6 +186,28 @@ ap_status ap_engine_decode_step(ap_engine *e, const ap_decode_batch *b, const ap
     return AP_OK;
 }
 
+ap_status ap_engine_decode_device(ap_engine *e, const ap_device_batch *b, ap_error *err)
+{
+    if (!e->ops->decode_device)
+        return ap_error_set(err, AP_ERR_USAGE,
+                            "device-resident decoding needs the CUDA backend (this engine: cpu)");
+    ap_status st = check_ids(e, b->tokens, b->n_stream, err);
+    if (st) return st;
+    for (int s = 0; s < b->n_stream; s++) {
+        const ap_stream *str = b->streams[s];
+        if (str->engine != e)
+            return ap_error_set(err, AP_ERR_USAGE, "stream %d belongs to another engine", s);
+        if (str->pos >= str->max_len)
+            return ap_error_set(err, AP_ERR_USAGE, "stream %d is full (%d positions)", s,
+                                str->max_len);
+    }
+    if ((st = e->ops->decode_device(e, b, err))) return st;
+    for (int s = 0; s < b->n_stream; s++) b->streams[s]->pos++;
+    return AP_OK;
+}
+
+ap_backend ap_engine_backend(const ap_engine *e) { return e->backend; }
+
 int ap_cuda_available(void)
 {
 #ifdef AP_HAVE_CUDA

@@ -108,6 +108,7 @@ ap_status ap_engine_create(const ap_model *model, ap_backend backend, ap_precisi
                            ap_engine **out, ap_error *err);
 void ap_engine_free(ap_engine *engine);
 const char *ap_engine_device_name(const ap_engine *engine);
+ap_backend ap_engine_backend(const ap_engine *engine);
 const ap_config *ap_engine_config(const ap_engine *engine);
 
 /* What prefill captures. Every pointer array has n_capture entries, one per
@@ -167,5 +168,28 @@ typedef struct {
 
 ap_status ap_engine_decode_step(ap_engine *engine, const ap_decode_batch *batch,
                                 const ap_capture *cap, ap_error *err);
+
+/* The same step with the retained lists and the outputs on the device (CUDA
+ * engines only), so that a caller whose eviction state lives on the device
+ * (sketch/policy_gpu.h) moves nothing through the host but the tokens.
+ *
+ *   list_base  host [n_stream]: stream s's list of (layer l, head h) is
+ *              list_base[s] + l * n_head + h
+ *   off, cnt   device [lists]: list i attends to the cnt[i] positions (< t)
+ *              pos[off[i] ..] besides t itself; the caller keeps them valid
+ *   rows       device: the step's probabilities of list i, aligned with its
+ *              positions, at rows[off[i] + x] for x = 0..cnt[i] (the last: t)
+ *   q, k       device [n_layer, n_stream, n_embd] of the new position, or NULL
+ * Each stream's position then advances by one. */
+typedef struct {
+    int n_stream;
+    ap_stream *const *streams;
+    const int *tokens;
+    const int *list_base;
+    const int *off, *cnt, *pos;
+    float *rows, *q, *k;
+} ap_device_batch;
+
+ap_status ap_engine_decode_device(ap_engine *engine, const ap_device_batch *batch, ap_error *err);
 
 #endif

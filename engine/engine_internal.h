@@ -17,6 +17,8 @@ typedef struct {
     /* optional: n_seq passes at once; NULL: engine.c calls prefill per pass */
     ap_status (*prefill_batch)(ap_engine *e, int n_seq, const int *const *ids, int T,
                                const ap_capture *caps, ap_error *err);
+    /* optional (CUDA): decode with device-resident lists */
+    ap_status (*decode_device)(ap_engine *e, const ap_device_batch *b, ap_error *err);
 } ap_backend_ops;
 
 struct ap_engine {

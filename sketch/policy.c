@@ -259,6 +259,9 @@ ap_status ap_policy_observe_scaled(ap_policy *p, int t, const float *rows, size_
     return AP_OK;
 }
 
+const ap_policy_method *ap_policy_method_of(const ap_policy *p) { return p->m; }
+void *ap_policy_head_state(const ap_policy *p, int head) { return p->state[head]; }
+
 int ap_policy_n_sets(const ap_policy *p) { return p->n_sets; }
 int ap_policy_set_of(const ap_policy *p, int head) { return p->n_sets == 1 ? 0 : head; }
 

@@ -3,7 +3,7 @@
  *   <= 1e-5 and logits <= 1e-4 relative in fp32, attention <= 2e-3 in bf16;
  *   cascade replay with full equals the reference trace within 1e-5; for
  *   every policy the retained sets of a cascade replay are identical on the
- *   CPU and CUDA backends (fp32). */
+ *   CPU and CUDA backends (fp32), with the policies on the host or the device. */
 #include <math.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -79,9 +79,11 @@ static void test_prefill_batch(void **state)
     ap_model_free(m);
 }
 
-/* Records every emitted row's retained mask and the largest |q - p|. */
+/* Records every emitted row's retained mask, its policy row and the largest
+ * |q - p|. */
 typedef struct {
     unsigned char *masks;
+    float *rows;
     size_t used, cap;
     double max_diff;
 } recorder;
@@ -93,25 +95,33 @@ static ap_status record(void *ctx, const ap_row_event *ev, ap_error *err)
     if (r->used + (size_t)ev->n > r->cap) {
         r->cap = (r->cap + (size_t)ev->n) * 2;
         r->masks = realloc(r->masks, r->cap);
+        r->rows = realloc(r->rows, r->cap * sizeof *r->rows);
     }
     memcpy(r->masks + r->used, ev->kept, (size_t)ev->n);
+    memcpy(r->rows + r->used, ev->q, (size_t)ev->n * sizeof *r->rows);
     r->used += (size_t)ev->n;
     for (int j = 0; j < ev->n; j++) r->max_diff = fmax(r->max_diff, fabs(ev->p[j] - ev->q[j]));
     return AP_OK;
 }
 
-static void cascade(ap_engine *e, const ap_trace *tr, const char *policy, recorder *r)
+static void cascade(ap_engine *e, const ap_trace *tr, const char *policy, ap_granularity gran,
+                    int host_policies, recorder *r)
 {
     ap_policy_params p;
     ap_policy_params_default(&p, policy);
     p.budget = 24;
     p.recent = 4;
-    ap_replay_opts o = {0, 1, record, r, NULL, NULL};
+    p.granularity = gran;
+    ap_replay_opts o = {0, 1, record, r, NULL, NULL, host_policies};
     ap_replay_cost cost;
     ap_error err;
     if (ap_replay_cascade(e, tr, &p, 1, &o, &cost, &err)) fail_msg("%s", err.msg);
 }
 
+/* Every policy, per head and per layer: the CPU engine with the host
+ * policies, the CUDA engine with the device policies (sketch/policy_gpu.h)
+ * and the CUDA engine with the host policies keep the same sets; the two CUDA
+ * runs also give the same rows. */
 static void test_cascade_cpu_cuda(void **state)
 {
     (void)state;
@@ -130,20 +140,29 @@ static void test_cascade_cpu_cuda(void **state)
     if (ap_trace_run(gpu, m, &samples, layers, 2, &tr, NULL, NULL, &err)) fail_msg("%s", err.msg);
     const char *names[] = {"full", "window", "sink", "random", "h2o",
                            "tova", "cms", "count_sketch", "race", "race_kde"};
-    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
-        recorder a = {0}, b = {0};
-        cascade(cpu, &tr, names[i], &a);
-        cascade(gpu, &tr, names[i], &b);
-        assert_int_equal(a.used, b.used);
-        assert_memory_equal(a.masks, b.masks, a.used);
-        if (i == 0) {
-            print_message("cuda cascade full vs reference: max |q - p| = %.3g\n", b.max_diff);
-            assert_true(b.max_diff <= 1e-5);
+    for (int gran = AP_GRAN_HEAD; gran <= AP_GRAN_LAYER; gran++)
+        for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
+            recorder a = {0}, b = {0}, c = {0};
+            cascade(cpu, &tr, names[i], (ap_granularity)gran, 0, &a);
+            cascade(gpu, &tr, names[i], (ap_granularity)gran, 0, &b);
+            cascade(gpu, &tr, names[i], (ap_granularity)gran, 1, &c);
+            assert_int_equal(a.used, b.used);
+            assert_int_equal(b.used, c.used);
+            assert_memory_equal(a.masks, b.masks, a.used);
+            assert_memory_equal(b.masks, c.masks, b.used);
+            double rows_diff = 0;
+            for (size_t j = 0; j < b.used; j++) rows_diff = fmax(rows_diff, fabs(b.rows[j] - c.rows[j]));
+            assert_true(rows_diff <= 1e-6);
+            if (i == 0) {
+                print_message("cuda cascade full vs reference: max |q - p| = %.3g\n", b.max_diff);
+                assert_true(b.max_diff <= 1e-5);
+            }
+            print_message("%-13s %-5s retained sets identical: cpu, cuda, cuda with host policies "
+                          "(%zu mask entries; rows differ by %.3g)\n",
+                          names[i], gran == AP_GRAN_HEAD ? "head" : "layer", a.used, rows_diff);
+            free(a.masks), free(b.masks), free(c.masks);
+            free(a.rows), free(b.rows), free(c.rows);
         }
-        print_message("%-13s retained sets identical on cpu and cuda (%zu mask entries)\n", names[i], a.used);
-        free(a.masks);
-        free(b.masks);
-    }
     ap_trace_free(&tr);
     ap_engine_free(gpu);
     ap_engine_free(cpu);

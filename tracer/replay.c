@@ -8,19 +8,9 @@
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 #include <unistd.h>
 
-#include "tracer.h"
-
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
-static int measured(const ap_replay_opts *o, int t) { return t >= o->warmup && t % o->stride == 0; }
+#include "replay_internal.h"
 
 /* mask[0..t] = 1 on the set's retained positions and on t; returns their count. */
 static int retained_mask(const ap_policy *pol, int set, int t, unsigned char *mask)
@@ -63,7 +53,7 @@ ap_status ap_replay_isolated(const ap_trace *tr, int li, const ap_policy_params 
         st = ap_error_set(err, AP_ERR_RUNTIME, "out of memory for replay");
         goto done;
     }
-    const double t0 = now_s();
+    const double t0 = replay_now_s();
     for (int s = 0; s < tr->n_samples && !st; s++) {
         const int T = tr->len[s];
         const size_t i = (size_t)s * tr->n_layers + li;
@@ -75,7 +65,7 @@ ap_status ap_replay_isolated(const ap_trace *tr, int li, const ap_policy_params 
              * given the reference rows in place, each scaled by 1 / the mass
              * it retains. Dense policy rows are built only for the steps whose
              * metrics are computed. */
-            const int emit = opts->sink && measured(opts, t);
+            const int emit = opts->sink && replay_measured(opts, t);
             for (int h = 0; h < H; h++) {
                 const float *p = attn + ((size_t)h * T + t) * T;
                 int n;
@@ -125,7 +115,7 @@ ap_status ap_replay_isolated(const ap_trace *tr, int li, const ap_policy_params 
         memset(n_written, 0, (size_t)H * sizeof *n_written);
         if (opts->progress) opts->progress(opts->progress_ctx, params->name, (double)(s + 1) / tr->n_samples);
     }
-    cost->seconds = now_s() - t0;
+    cost->seconds = replay_now_s() - t0;
 done:
     free(rows);
     free(mask);
@@ -342,6 +332,10 @@ ap_status ap_replay_cascade(ap_engine *engine, const ap_trace *tr, const ap_poli
     if (H != c->n_head || D != c->n_embd / c->n_head)
         return ap_error_set(err, AP_ERR_INPUT, "the trace has %d heads of %d, the model %d of %d",
                             H, D, c->n_head, c->n_embd / c->n_head);
+#ifdef AP_HAVE_CUDA
+    if (ap_engine_backend(engine) == AP_BACKEND_CUDA && !opts->host_policies)
+        return ap_replay_cascade_gpu(engine, tr, params, n_policies, opts, cost, err);
+#endif
     const int n_streams = tr->n_samples * n_policies;
     int max_T = 0;
     for (int s = 0; s < tr->n_samples; s++) max_T = tr->len[s] > max_T ? tr->len[s] : max_T;
@@ -389,7 +383,7 @@ ap_status ap_replay_cascade(ap_engine *engine, const ap_trace *tr, const ap_poli
         }
     observer_pool pool;
     pool_start(&pool);
-    const double t0 = now_s();
+    const double t0 = replay_now_s();
     double decode_s = 0, observe_s = 0;
     for (int t = 0; t < max_T && !st; t++) {
         int n_active = 0;
@@ -411,12 +405,12 @@ ap_status ap_replay_cascade(ap_engine *engine, const ap_trace *tr, const ap_poli
         }
         ap_decode_batch b = {n_active, active, tokens, kept, n_kept};
         ap_capture cap = {.n_capture = L, .layers = layers, .attn = attn, .q = q, .k = k};
-        const double t_decode = now_s();
+        const double t_decode = replay_now_s();
         if ((st = ap_engine_decode_step(engine, &b, &cap, err))) break;
-        decode_s += now_s() - t_decode;
+        decode_s += replay_now_s() - t_decode;
         /* Emit the probed layers' rows (before the policies see step t, so
          * the masks are the sets the step attended to), one thread... */
-        for (int a = 0; a < n_active && !st && opts->sink && measured(opts, t); a++) {
+        for (int a = 0; a < n_active && !st && opts->sink && replay_measured(opts, t); a++) {
             cascade_stream *str = &cs[active_idx[a]];
             const int T = tr->len[str->sample];
             for (int li = 0; li < tr->n_layers && !st; li++) {
@@ -439,14 +433,14 @@ ap_status ap_replay_cascade(ap_engine *engine, const ap_trace *tr, const ap_poli
         if (!st) {
             observe_job job = {cs, active_idx, n_active, L, H, D, ctx, t, attn, q, k,
                                PTHREAD_MUTEX_INITIALIZER, 0, AP_OK, {{0}}};
-            const double t_observe = now_s();
+            const double t_observe = replay_now_s();
             st = pool_run(&pool, &job, err);
             pthread_mutex_destroy(&job.lock);
-            observe_s += now_s() - t_observe;
+            observe_s += replay_now_s() - t_observe;
         }
         if (opts->progress) opts->progress(opts->progress_ctx, "cascade", (double)(t + 1) / max_T);
     }
-    const double dt = now_s() - t0;
+    const double dt = replay_now_s() - t0;
     pool_stop(&pool);
     for (int i = 0; i < n_streams && !st; i++) {
         ap_replay_cost *pc = &cost[cs[i].policy];

@@ -87,6 +87,9 @@ typedef struct {
     void *sink_ctx;
     ap_progress_fn progress;
     void *progress_ctx;
+    /* cascade on a CUDA engine: run the policies on the host instead of the
+     * device (the same retained sets, slower; for comparison) */
+    int host_policies;
 } ap_replay_opts;
 
 /* Memory a policy used, the most over samples (and layers in cascade). */

@@ -592,6 +592,7 @@ typedef struct {
     int S, longest;
     const ap_capture *cap;
     const stage_slots *slots;
+    const ap_device_batch *dev; /* device-resident lists and outputs, or NULL */
 } decode_args;
 
 /* One decode step's device work (recordable): the tables, tokens and cache
@@ -604,8 +605,13 @@ static ap_status enqueue_decode(ap_engine *e, const void *arg, ap_error *err)
     const ap_weights *w = &e->model->w;
     const int S = a->S, C = c->n_embd, H = c->n_head, hd = C / H, L = c->n_layer;
     const size_t lists = (size_t)S * L * H;
+    const ap_device_batch *dev = a->dev;
+    /* host tables: [t_of S | max_len S | pos_off lists | n_kept lists | positions];
+     * device-resident: [t_of S | max_len S | list_base S], lists the caller's */
     int *d_t = (int *)ce->d_tables, *d_max = d_t + S, *d_off = d_max + S, *d_cnt = d_off + lists,
-        *d_pos = d_cnt + lists;
+        *d_pos = d_cnt + lists, *d_base = NULL;
+    if (dev) d_base = d_max + S, d_off = (int *)dev->off, d_cnt = (int *)dev->cnt, d_pos = (int *)dev->pos;
+    float *rows_out = dev ? dev->rows : (float *)ce->d_compact;
     float **d_k = (float **)ce->d_ptrs, **d_v = d_k + S;
     const size_t smem = ((size_t)a->longest + 1 + 32) * sizeof(float);
     ap_status st;
@@ -617,11 +623,18 @@ static ap_status enqueue_decode(ap_engine *e, const void *arg, ap_error *err)
         if ((st = block_qkv(e, l, S, err))) return st;
         kv_append_kernel<<<S, 256, 0, ce->stream>>>(d_k, d_v, ce->qkv, d_t, d_max, H, hd, C, l);
         KERNEL_TRY("appending to the KV caches");
-        const int want_rows = at && capture_dst(a->cap, ci, OUT_ATTN);
-        decode_attention_kernel<<<S * H, 128, smem, ce->stream>>>(ce->att, want_rows ? (float *)ce->d_compact : NULL,
-                                                                 ce->qkv, d_k, d_v, d_t, d_max, d_off, d_cnt, d_pos,
-                                                                 S, H, hd, C, l);
+        const int want_rows = dev ? dev->rows != NULL : at && capture_dst(a->cap, ci, OUT_ATTN);
+        decode_attention_kernel<<<S * H, 128, smem, ce->stream>>>(ce->att, want_rows ? rows_out : NULL, ce->qkv,
+                                                                 d_k, d_v, d_t, d_max, d_base, d_off, d_cnt,
+                                                                 d_pos, S, H, hd, C, l);
         KERNEL_TRY("the decode attention");
+        float *const dev_qk[2] = {dev ? dev->q : NULL, dev ? dev->k : NULL};
+        for (int which = 0; which < 2; which++)
+            if (dev_qk[which])
+                CUDA_TRY(cudaMemcpy2DAsync(dev_qk[which] + (size_t)l * S * C, C * sizeof(float),
+                                           ce->qkv + which * C, 3 * C * sizeof(float), C * sizeof(float), S,
+                                           cudaMemcpyDeviceToDevice, ce->stream),
+                         "keeping q/k on the device");
         for (int which = 0; at && which < 3; which++)
             if (at[OUT_Q + which] >= 0)
                 CUDA_TRY(cudaMemcpy2DAsync(ce->stage + at[OUT_Q + which], C * sizeof(float), ce->qkv + which * C,
@@ -701,7 +714,7 @@ static ap_status cuda_decode_step(ap_engine *e, const ap_decode_batch *b, const 
                  "copying tokens");
         CUDA_TRY(cudaMemcpyAsync(ce->pos, t_of, S * sizeof(int), cudaMemcpyHostToDevice, ce->stream),
                  "copying positions");
-        decode_args args = {S, longest, cap, slots};
+        decode_args args = {S, longest, cap, slots, NULL};
         long long key[GRAPH_KEY_MAX] = {2, S, longest, cap && cap->logits, (long long)ce->generation};
         if ((st = run_recorded(e, &ce->decode_graph, key, key_captures(key, 5, cap), enqueue_decode, &args, err)) ||
             (st = copy_out(e, cap, 1, size, slots, err)))
@@ -739,6 +752,58 @@ static ap_status cuda_decode_step(ap_engine *e, const ap_decode_batch *b, const 
     return AP_OK;
 }
 
+/* The decode step of ap_engine_decode_device: the caller's lists and output
+ * buffers are already on the device; only tokens, positions and the cache
+ * pointers (a few hundred bytes) go up. */
+static ap_status cuda_decode_device(ap_engine *e, const ap_device_batch *b, ap_error *err)
+{
+    cuda_engine *ce = (cuda_engine *)e->impl;
+    const int S = b->n_stream;
+    ap_status st = ensure_scratch(e, (size_t)S, 0, err);
+    if (st) return st;
+    cudaError_t ec = grow_host(&ce->h_tables, &ce->h_tables_cap, 3 * (size_t)S * sizeof(int));
+    if (!ec) ec = grow(ce, &ce->d_tables, &ce->d_tables_cap, 3 * (size_t)S * sizeof(int));
+    if (!ec) ec = grow(ce, &ce->d_ptrs, &ce->d_ptrs_cap, 2 * (size_t)S * sizeof(float *));
+    if (!ec) ec = grow_host(&ce->h_ptrs, &ce->h_ptrs_cap, 2 * (size_t)S * sizeof(float *));
+    if (ec) return ap_error_set(err, AP_ERR_RUNTIME, "allocating decode tables failed (%s)", cudaGetErrorString(ec));
+    int *t_of = (int *)ce->h_tables, *max_len = t_of + S, *base = max_len + S;
+    float **kc = (float **)ce->h_ptrs, **vc = kc + S;
+    int longest = 0;
+    for (int s = 0; s < S; s++) {
+        t_of[s] = b->streams[s]->pos;
+        max_len[s] = b->streams[s]->max_len;
+        longest = max_len[s] > longest ? max_len[s] : longest;
+        base[s] = b->list_base[s];
+        kc[s] = ((cuda_stream *)b->streams[s]->impl)->k;
+        vc[s] = ((cuda_stream *)b->streams[s]->impl)->v;
+    }
+    CUDA_TRY(cudaMemcpyAsync(ce->d_tables, ce->h_tables, 3 * (size_t)S * sizeof(int), cudaMemcpyHostToDevice,
+                             ce->stream),
+             "copying the decode tables");
+    CUDA_TRY(cudaMemcpyAsync(ce->d_ptrs, ce->h_ptrs, 2 * (size_t)S * sizeof(float *), cudaMemcpyHostToDevice,
+                             ce->stream),
+             "copying the cache pointers");
+    CUDA_TRY(cudaMemcpyAsync(ce->ids, b->tokens, S * sizeof(int), cudaMemcpyHostToDevice, ce->stream),
+             "copying tokens");
+    CUDA_TRY(cudaMemcpyAsync(ce->pos, t_of, S * sizeof(int), cudaMemcpyHostToDevice, ce->stream),
+             "copying positions");
+    decode_args args = {S, longest, NULL, NULL, b};
+    long long key[GRAPH_KEY_MAX] = {3,
+                                    S,
+                                    longest,
+                                    (long long)ce->generation,
+                                    (long long)(size_t)b->off,
+                                    (long long)(size_t)b->cnt,
+                                    (long long)(size_t)b->pos,
+                                    (long long)(size_t)b->rows,
+                                    (long long)(size_t)b->q,
+                                    (long long)(size_t)b->k};
+    if ((st = run_recorded(e, &ce->decode_graph, key, 10, enqueue_decode, &args, err))) return st;
+    /* the caller's next launches may run on other streams */
+    CUDA_TRY(cudaStreamSynchronize(ce->stream), "finishing the decode step");
+    return AP_OK;
+}
+
 /* ---- engine ----------------------------------------------------------------------- */
 
 static void cuda_free(ap_engine *e)
@@ -760,7 +825,7 @@ static void cuda_free(ap_engine *e)
 }
 
 static const ap_backend_ops cuda_ops = {cuda_prefill, cuda_stream_init, cuda_stream_free,
-                                        cuda_decode_step, cuda_free, cuda_prefill_batch};
+                                        cuda_decode_step, cuda_free, cuda_prefill_batch, cuda_decode_device};
 
 extern "C" ap_status ap_cuda_engine_init(ap_engine *e, ap_error *err)
 {

@@ -168,13 +168,16 @@ __global__ void split_heads_kernel(float *dst, const float *src, int T, int H, i
  * order (kept..., t) at compact + pos_off[i] + i. */
 __global__ void decode_attention_kernel(float *att, float *compact, const float *qkv,
                                         float *const *k_cache, float *const *v_cache,
-                                        const int *t_of, const int *max_len_of,
+                                        const int *t_of, const int *max_len_of, const int *list_base,
                                         const int *pos_off, const int *n_kept, const int *positions,
                                         int S, int H, int hd, int C, int layer)
 {
     extern __shared__ float sm[]; /* scores[longest + 1] then reduction scratch[32] */
     const int s = blockIdx.x / H, h = blockIdx.x % H, t = t_of[s], max_len = max_len_of[s];
-    const int list = (layer * S + s) * H + h;
+    /* lists layer-major with rows after each list's n + 1 entries (host
+     * tables), or the caller's stream-major lists (list_base) */
+    const int list = list_base ? list_base[s] + layer * H + h : (layer * S + s) * H + h;
+    const int row_at = list_base ? pos_off[list] : pos_off[list] + list;
     const int n = n_kept[list] + 1; /* kept + t */
     const int *pos = positions + pos_off[list];
     float *scores = sm, *scratch = sm + max_len + 1;
@@ -209,7 +212,7 @@ __global__ void decode_attention_kernel(float *att, float *compact, const float 
         att[(size_t)s * C + h * hd + d] = o;
     }
     if (compact)
-        for (int i = threadIdx.x; i < n; i += blockDim.x) compact[pos_off[list] + list + i] = scores[i];
+        for (int i = threadIdx.x; i < n; i += blockDim.x) compact[row_at + i] = scores[i];
 }
 
 /* Appends the new k, v of each stream (from qkv [S, 3C]) to its cache. */

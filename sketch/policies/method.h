@@ -51,6 +51,11 @@ extern const ap_policy_method ap_method_full, ap_method_window, ap_method_sink, 
     ap_method_h2o, ap_method_tova, ap_method_cms, ap_method_count_sketch, ap_method_race,
     ap_method_race_kde;
 
+/* What a policy instance runs and head h's state (for sketch/cuda/, which
+ * copies the hashes, hyperplanes and generators a host instance drew). */
+const ap_policy_method *ap_policy_method_of(const ap_policy *p);
+void *ap_policy_head_state(const ap_policy *p, int head);
+
 /* Helpers for methods without state or slots. */
 int ap_method_no_slots(const ap_policy_params *p);
 ap_status ap_method_no_init(void **state, const ap_policy_params *p, int head_dim, uint64_t seed,

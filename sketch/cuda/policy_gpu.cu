@@ -1,0 +1,551 @@
+/* policy_gpu.cu — sketch/policies/ on a CUDA device (policy_gpu.h).
+ *
+ * One warp per retained set. The host policies decide by comparing scores,
+ * and sketch estimates tie often (positions sharing buckets), so the device
+ * repeats the host's arithmetic exactly: a sketch row's counters are updated
+ * by one lane in position order (lanes work on different rows), estimates
+ * are combined in the host's order and type, eviction takes the lowest score
+ * with the oldest position winning ties. What the host drew at random (hash
+ * functions, hyperplanes, the Mersenne Twister of `random`) is copied from a
+ * host instance made with the same parameters, so the streams are the same.
+ *
+ * Only the RACE hash can differ: its projections are summed in another order
+ * than OpenBLAS's, which flips a bucket bit only when a projection is within
+ * rounding of zero. */
+#include <cuda_runtime.h>
+#include <float.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+extern "C" {
+#include <gsl/gsl_rng.h>
+
+#include "../policies/method.h"
+#include "../policy_gpu.h"
+}
+
+#define CUDA_TRY(call, what)                                                                  \
+    do {                                                                                      \
+        cudaError_t e_ = (call);                                                              \
+        if (e_ != cudaSuccess)                                                                \
+            return ap_error_set(err, AP_ERR_RUNTIME, "%s failed (%s) while %s", #call,        \
+                                cudaGetErrorString(e_), what);                                \
+    } while (0)
+
+enum { K_FULL, K_WINDOW, K_SINK, K_RANDOM, K_H2O, K_TOVA, K_CMS, K_CS, K_RACE, K_RACE_KDE };
+static const char *const KIND_NAMES[] = {"full", "window", "sink",         "random", "h2o",
+                                         "tova", "cms",    "count_sketch", "race",   "race_kde"};
+enum { N_KINDS = sizeof KIND_NAMES / sizeof KIND_NAMES[0] };
+enum { MT_N = 624, MT_M = 397, MT_WORDS = MT_N + 1 }; /* state, then the index */
+enum { CS_NEG = 1u << 31 };
+enum { MAX_DEPTH = 64 }; /* ap_cms_init / ap_cs_init accept depth <= 64 */
+
+typedef struct {
+    int kind, never_evicts, protects, layer_sets, words;
+    int budget, sink, recent;
+    int depth, width, conservative, rows, bits;
+    long long table;       /* cms/cs: buckets [n_head][max_T][depth]; race: planes [n_head][rows*bits*dim] */
+    long long state_words; /* per head: counters, or the generator */
+} gpu_policy;
+
+/* What the kernel reads; passed by value. */
+typedef struct {
+    int L, H, D, max_T, n_active;
+    const int *off;
+    int *cnt, *pos;
+    const float *rows, *q, *k;
+    const long long *slot_off, *state_off;
+    uint32_t *slots, *state;
+    const uint32_t *tables;
+    double *scratch;
+    const int *stream_policy, *active;
+    const gpu_policy *policies;
+} step_view;
+
+struct ap_policy_gpu {
+    int n_stream, L, H, D, max_T, n_lists;
+    int *h_off, *h_cap; /* [n_lists + 1], [n_stream] */
+    ap_policy_gpu_buffers buf;
+    step_view v;        /* device pointers, filled in at create */
+    int *d_active;
+    cudaStream_t stream;
+};
+
+/* ---- device helpers --------------------------------------------------------- */
+
+__device__ static inline float as_float(uint32_t u) { return __uint_as_float(u); }
+
+/* GSL's mt19937 (gsl_rng_uniform): the next 32-bit output, tempered. */
+__device__ static uint32_t mt_next(uint32_t *mt)
+{
+    if (mt[MT_N] >= MT_N) {
+        int kk;
+        for (kk = 0; kk < MT_N - MT_M; kk++) {
+            const uint32_t y = (mt[kk] & 0x80000000u) | (mt[kk + 1] & 0x7fffffffu);
+            mt[kk] = mt[kk + MT_M] ^ (y >> 1) ^ (y & 1 ? 0x9908b0dfu : 0u);
+        }
+        for (; kk < MT_N - 1; kk++) {
+            const uint32_t y = (mt[kk] & 0x80000000u) | (mt[kk + 1] & 0x7fffffffu);
+            mt[kk] = mt[kk + (MT_M - MT_N)] ^ (y >> 1) ^ (y & 1 ? 0x9908b0dfu : 0u);
+        }
+        const uint32_t y = (mt[MT_N - 1] & 0x80000000u) | (mt[0] & 0x7fffffffu);
+        mt[MT_N - 1] = mt[MT_M - 1] ^ (y >> 1) ^ (y & 1 ? 0x9908b0dfu : 0u);
+        mt[MT_N] = 0;
+    }
+    uint32_t k = mt[mt[MT_N]++];
+    k ^= k >> 11;
+    k ^= (k << 7) & 0x9d2c5680u;
+    k ^= (k << 15) & 0xefc60000u;
+    k ^= k >> 18;
+    return k;
+}
+
+/* RACE buckets of x[dim]: lane r < rows takes row r (one bit per hyperplane). */
+__device__ static void race_hash(const gpu_policy *P, const float *planes, int dim, const float *x,
+                                 uint32_t *buckets, int lane)
+{
+    for (int r = lane; r < P->rows; r += 32) {
+        uint32_t b = 0;
+        for (int i = 0; i < P->bits; i++) {
+            const float *plane = planes + ((size_t)r * P->bits + i) * dim;
+            float proj = 0;
+            for (int d = 0; d < dim; d++) proj += plane[d] * x[d];
+            b |= (uint32_t)(proj >= 0) << i;
+        }
+        buckets[r] = b;
+    }
+}
+
+/* Count-Min update with the key's buckets; lane r owns sketch row r. */
+__device__ static void cms_update(const gpu_policy *P, float *counts, const uint32_t *buckets, float value,
+                                  int lane)
+{
+    float c[MAX_DEPTH / 32];
+    float est = FLT_MAX;
+    for (int j = 0, r = lane; r < P->depth; j++, r += 32) {
+        c[j] = counts[(size_t)r * P->width + buckets[r]];
+        est = fminf(est, c[j]);
+    }
+    if (!P->conservative) {
+        for (int j = 0, r = lane; r < P->depth; j++, r += 32) counts[(size_t)r * P->width + buckets[r]] = c[j] + value;
+        return;
+    }
+    for (int o = 16; o > 0; o >>= 1) est = fminf(est, __shfl_xor_sync(0xffffffffu, est, o));
+    const float target = est + value;
+    for (int j = 0, r = lane; r < P->depth; j++, r += 32)
+        if (c[j] < target) counts[(size_t)r * P->width + buckets[r]] = target;
+}
+
+/* One head's ingestion of the step (method.h's observe): kept i has
+ * attention row[i], t has row[n]; the new slot is at slots + n * words. */
+__device__ static void observe_head(const gpu_policy *P, const step_view *v, int t, int h, const float *row,
+                                    uint32_t *slots, uint32_t *state, const float *q, const float *k, int n,
+                                    int lane)
+{
+    uint32_t *fresh = slots + (size_t)n * P->words;
+    float *counts = (float *)state;
+    switch (P->kind) {
+    case K_H2O:
+        for (int i = lane; i < n; i += 32) slots[i] = __float_as_uint(as_float(slots[i]) + row[i]);
+        if (lane == 0) fresh[0] = __float_as_uint(row[n]);
+        break;
+    case K_CMS:
+    case K_CS: {
+        const uint32_t *key = v->tables + P->table + ((size_t)h * v->max_T + t) * P->depth;
+        for (int r = lane; r < P->depth; r += 32) fresh[r] = key[r];
+        for (int i = 0; i <= n; i++) {
+            const uint32_t *b = slots + (size_t)i * P->depth; /* i == n: t's own */
+            if (P->kind == K_CMS) {
+                cms_update(P, counts, b, row[i], lane);
+            } else {
+                for (int r = lane; r < P->depth; r += 32)
+                    counts[(size_t)r * P->width + (b[r] & ~CS_NEG)] += b[r] & CS_NEG ? -row[i] : row[i];
+            }
+        }
+        break;
+    }
+    case K_RACE:
+    case K_RACE_KDE: {
+        const float *planes = (const float *)(v->tables + P->table) + (size_t)h * P->rows * P->bits * v->D;
+        race_hash(P, planes, v->D, k, fresh, lane);
+        if (P->kind == K_RACE) {
+            for (int i = 0; i <= n; i++)
+                for (int r = lane; r < P->rows; r += 32)
+                    counts[((size_t)r << P->bits) + slots[(size_t)i * P->rows + r]] += row[i];
+        } else {
+            /* the query's buckets, then one unit of query mass in each row */
+            for (int r = lane; r < P->rows; r += 32) {
+                uint32_t b = 0;
+                for (int i = 0; i < P->bits; i++) {
+                    const float *plane = planes + ((size_t)r * P->bits + i) * v->D;
+                    float proj = 0;
+                    for (int d = 0; d < v->D; d++) proj += plane[d] * q[d];
+                    b |= (uint32_t)(proj >= 0) << i;
+                }
+                counts[((size_t)r << P->bits) + b] += 1.0f;
+            }
+        }
+        break;
+    }
+    default: /* full, window, sink, random, tova keep no per-step state */
+        break;
+    }
+}
+
+/* Head h's score of retained index i (position pos) (method.h's score). */
+__device__ static double score_head(const gpu_policy *P, const float *row, const uint32_t *slots,
+                                    const uint32_t *state, int i, int pos)
+{
+    const float *counts = (const float *)state;
+    const uint32_t *slot = slots + (size_t)i * P->words;
+    switch (P->kind) {
+    case K_H2O: return as_float(slot[0]);
+    case K_TOVA: return row[i];
+    case K_CMS: {
+        float est = FLT_MAX;
+        for (int r = 0; r < P->depth; r++) est = fminf(est, counts[(size_t)r * P->width + slot[r]]);
+        return est;
+    }
+    case K_CS: { /* median, by the host's insertion sort */
+        float s[MAX_DEPTH];
+        for (int r = 0; r < P->depth; r++) {
+            const float c = counts[(size_t)r * P->width + (slot[r] & ~CS_NEG)];
+            const float x = slot[r] & CS_NEG ? -c : c;
+            int j = r;
+            while (j > 0 && s[j - 1] > x) {
+                s[j] = s[j - 1];
+                j--;
+            }
+            s[j] = x;
+        }
+        const int d = P->depth;
+        return d % 2 ? s[d / 2] : 0.5f * (s[d / 2 - 1] + s[d / 2]);
+    }
+    case K_RACE:
+    case K_RACE_KDE: {
+        double sum = 0;
+        for (int r = 0; r < P->rows; r++) sum += counts[((size_t)r << P->bits) + slot[r]];
+        return (float)(sum / P->rows);
+    }
+    default: return pos; /* full, window, sink: the oldest goes */
+    }
+}
+
+__device__ static int evictable(const gpu_policy *P, int pos, int t)
+{
+    return !P->protects || (pos >= P->sink && pos <= t - P->recent);
+}
+
+/* Removes index x of n from a warp-shared array of `words`-word entries. */
+__device__ static void remove_entry(uint32_t *a, int words, int x, int n, int lane)
+{
+    for (int j0 = x * words; j0 < (n - 1) * words; j0 += 32) {
+        const int j = j0 + lane;
+        const uint32_t next = j < (n - 1) * words ? a[j + words] : 0;
+        __syncwarp();
+        if (j < (n - 1) * words) a[j] = next;
+        __syncwarp();
+    }
+}
+
+/* One warp per (active stream, layer, set): observe, retain t, evict. */
+__global__ void observe_kernel(step_view v, int t)
+{
+    const int warp = (blockIdx.x * blockDim.x + threadIdx.x) / 32, lane = threadIdx.x % 32;
+    if (warp >= v.n_active * v.L * v.H) return;
+    const int a = warp / (v.L * v.H), l = warp / v.H % v.L, set = warp % v.H;
+    const int sid = v.active[a];
+    const gpu_policy P = v.policies[v.stream_policy[sid]];
+    if (P.layer_sets && set > 0) return;
+    const int base = (sid * v.L + l) * v.H, list = base + set;
+    const int h0 = P.layer_sets ? 0 : set, h1 = P.layer_sets ? v.H - 1 : set;
+    const int C = v.H * v.D;
+    int *kp = v.pos + v.off[list];
+    int n = v.cnt[list];
+    for (int h = h0; h <= h1; h++) {
+        const size_t qk = ((size_t)l * v.n_active + a) * C + (size_t)h * v.D;
+        observe_head(&P, &v, t, h, v.rows + v.off[base + h], v.slots + v.slot_off[base + h],
+                     v.state + v.state_off[base + h], v.q + qk, v.k + qk, n, lane);
+        __syncwarp();
+    }
+    if (lane == 0) kp[n] = t;
+    n++;
+    __syncwarp();
+    if (!P.never_evicts && n > P.budget) {
+        double *score = v.scratch + v.off[list];
+        if (P.kind == K_RANDOM) {
+            /* the host draws per evictable position, head after head */
+            if (lane == 0)
+                for (int i = 0; i < n; i++) {
+                    if (!evictable(&P, kp[i], t)) continue;
+                    double s = 0;
+                    for (int h = h0; h <= h1; h++)
+                        s += mt_next(v.state + v.state_off[base + h]) / 4294967296.0;
+                    score[i] = s;
+                }
+            __syncwarp();
+        }
+        double best = 0;
+        int victim = -1;
+        for (int i = lane; i < n; i += 32) {
+            if (!evictable(&P, kp[i], t)) continue;
+            double s = 0;
+            if (P.kind == K_RANDOM) s = score[i];
+            else
+                for (int h = h0; h <= h1; h++)
+                    s += score_head(&P, v.rows + v.off[base + h], v.slots + v.slot_off[base + h],
+                                    v.state + v.state_off[base + h], i, kp[i]);
+            if (victim < 0 || s < best) victim = i, best = s;
+        }
+        for (int o = 16; o > 0; o >>= 1) {
+            const double b2 = __shfl_xor_sync(0xffffffffu, best, o);
+            const int v2 = __shfl_xor_sync(0xffffffffu, victim, o);
+            if (v2 >= 0 && (victim < 0 || b2 < best || (b2 == best && v2 < victim))) victim = v2, best = b2;
+        }
+        /* budget >= sink + recent (ap_policy_create): there is a victim */
+        remove_entry((uint32_t *)kp, 1, victim, n, lane);
+        for (int h = h0; P.words && h <= h1; h++) remove_entry(v.slots + v.slot_off[base + h], P.words, victim, n, lane);
+        n--;
+    }
+    if (lane == 0) v.cnt[list] = n;
+    if (P.layer_sets)
+        for (int h = 1; h < v.H; h++) {
+            int *dst = v.pos + v.off[base + h];
+            for (int i = lane; i < n; i += 32) dst[i] = kp[i];
+            if (lane == 0) v.cnt[base + h] = n;
+        }
+}
+
+/* ---- host ------------------------------------------------------------------- */
+
+static int kind_of(const char *name)
+{
+    for (int i = 0; i < N_KINDS; i++)
+        if (!strcmp(KIND_NAMES[i], name)) return i;
+    return -1;
+}
+
+/* GSL's mt19937 state (gsl/rng/mt.c): what gsl_rng_state points to. */
+typedef struct {
+    unsigned long mt[MT_N];
+    int mti;
+} gsl_mt_state;
+
+/* The per-policy tables and the head-state template a host instance drew:
+ * appends to *tables (growing it) and fills *init (state_words * n_head). */
+static ap_status describe(const ap_policy *host, gpu_policy *P, int n_head, int head_dim, int max_T,
+                          uint32_t **tables, size_t *n_tables, uint32_t **init, ap_error *err)
+{
+    size_t add = 0;
+    if (P->kind == K_CMS || P->kind == K_CS) add = (size_t)n_head * max_T * P->depth;
+    if (P->kind == K_RACE || P->kind == K_RACE_KDE) add = (size_t)n_head * P->rows * P->bits * head_dim;
+    uint32_t *grown = (uint32_t *)realloc(*tables, (*n_tables + add + 1) * sizeof **tables);
+    *init = P->state_words ? (uint32_t *)calloc((size_t)n_head * P->state_words, sizeof **init) : NULL;
+    if (grown) *tables = grown;
+    if (!grown || (P->state_words && !*init)) return ap_error_set(err, AP_ERR_RUNTIME, "out of memory");
+    P->table = (long long)*n_tables;
+    uint32_t *out = *tables + *n_tables;
+    for (int h = 0; h < n_head; h++) {
+        void *st = ap_policy_head_state(host, h);
+        if (P->kind == K_CMS)
+            for (int t = 0; t < max_T; t++) ap_cms_buckets((const ap_cms *)st, (uint64_t)t, out + ((size_t)h * max_T + t) * P->depth);
+        if (P->kind == K_CS)
+            for (int t = 0; t < max_T; t++)
+                ap_cs_buckets((const ap_count_sketch *)st, (uint64_t)t, out + ((size_t)h * max_T + t) * P->depth);
+        if (P->kind == K_RACE || P->kind == K_RACE_KDE) {
+            const size_t n = (size_t)P->rows * P->bits * head_dim;
+            memcpy(out + h * n, ((const ap_race *)st)->planes, n * sizeof(float));
+        }
+        if (P->kind == K_RANDOM) {
+            const gsl_mt_state *mt = (const gsl_mt_state *)gsl_rng_state((const gsl_rng *)st);
+            uint32_t *w = *init + (size_t)h * P->state_words;
+            for (int i = 0; i < MT_N; i++) w[i] = (uint32_t)mt->mt[i];
+            w[MT_N] = (uint32_t)mt->mti;
+        }
+    }
+    *n_tables += add;
+    return AP_OK;
+}
+
+static ap_status make_policy(const ap_policy_params *p, int n_head, int head_dim, int max_T, gpu_policy *P,
+                             uint32_t **tables, size_t *n_tables, uint32_t **init, ap_error *err)
+{
+    ap_policy *host;
+    ap_status st = ap_policy_create(p, n_head, head_dim, &host, err);
+    if (st) return st;
+    const ap_policy_method *m = ap_policy_method_of(host);
+    memset(P, 0, sizeof *P);
+    P->kind = kind_of(p->name);
+    if (P->kind < 0) {
+        ap_policy_free(host);
+        return ap_error_set(err, AP_ERR_USAGE, "policy %s has no device implementation", p->name);
+    }
+    P->never_evicts = m->never_evicts;
+    P->protects = m->protects;
+    P->layer_sets = p->granularity == AP_GRAN_LAYER;
+    P->words = m->slot_words(p);
+    P->budget = p->budget, P->sink = p->sink, P->recent = p->recent;
+    P->depth = p->depth, P->width = p->width, P->conservative = p->conservative;
+    P->rows = p->race_rows, P->bits = p->race_bits;
+    if (P->kind == K_CMS || P->kind == K_CS) P->state_words = (long long)p->depth * p->width;
+    if (P->kind == K_RACE || P->kind == K_RACE_KDE) P->state_words = (long long)p->race_rows << p->race_bits;
+    if (P->kind == K_RANDOM) P->state_words = MT_WORDS;
+    st = describe(host, P, n_head, head_dim, max_T, tables, n_tables, init, err);
+    ap_policy_free(host);
+    return st;
+}
+
+void ap_policy_gpu_free(ap_policy_gpu *g)
+{
+    if (!g) return;
+    step_view *v = &g->v;
+    cudaFree((void *)v->off), cudaFree(v->cnt), cudaFree(v->pos), cudaFree((void *)v->rows);
+    cudaFree((void *)v->q), cudaFree((void *)v->k), cudaFree((void *)v->slot_off), cudaFree((void *)v->state_off);
+    cudaFree(v->slots), cudaFree(v->state), cudaFree((void *)v->tables), cudaFree(v->scratch);
+    cudaFree((void *)v->stream_policy), cudaFree((void *)v->policies), cudaFree(g->d_active);
+    if (g->stream) cudaStreamDestroy(g->stream);
+    free(g->h_off);
+    free(g->h_cap);
+    free(g);
+}
+
+/* cudaMalloc + copy of n bytes from host (or zeros when host is NULL). */
+static cudaError_t upload(void **dst, const void *host, size_t n)
+{
+    cudaError_t e = cudaMalloc(dst, n ? n : 1);
+    if (e != cudaSuccess) return e;
+    return host ? cudaMemcpy(*dst, host, n, cudaMemcpyHostToDevice) : cudaMemset(*dst, 0, n ? n : 1);
+}
+
+ap_status ap_policy_gpu_create(const ap_policy_params *params, int n_params, const int *stream_param,
+                               const int *stream_len, int n_stream, int n_layer, int n_head, int head_dim,
+                               ap_policy_gpu **out, ap_error *err)
+{
+    *out = NULL;
+    ap_policy_gpu *g = (ap_policy_gpu *)calloc(1, sizeof *g);
+    if (!g) return ap_error_set(err, AP_ERR_RUNTIME, "out of memory");
+    g->n_stream = n_stream, g->L = n_layer, g->H = n_head, g->D = head_dim;
+    for (int s = 0; s < n_stream; s++) g->max_T = stream_len[s] > g->max_T ? stream_len[s] : g->max_T;
+    const int LH = n_layer * n_head;
+    g->n_lists = n_stream * LH;
+    gpu_policy *pols = (gpu_policy *)calloc((size_t)n_params, sizeof *pols);
+    uint32_t **init = (uint32_t **)calloc((size_t)n_params, sizeof *init), *tables = NULL;
+    size_t n_tables = 0;
+    long long *slot_off = (long long *)malloc(((size_t)g->n_lists + 1) * sizeof *slot_off);
+    long long *state_off = (long long *)malloc(((size_t)g->n_lists + 1) * sizeof *state_off);
+    g->h_off = (int *)malloc(((size_t)g->n_lists + 1) * sizeof *g->h_off);
+    g->h_cap = (int *)malloc((size_t)n_stream * sizeof *g->h_cap);
+    uint32_t *state = NULL;
+    ap_status st = AP_OK;
+    if (!pols || !init || !slot_off || !state_off || !g->h_off || !g->h_cap) {
+        st = ap_error_set(err, AP_ERR_RUNTIME, "out of memory");
+        goto done;
+    }
+    for (int p = 0; p < n_params && !st; p++)
+        st = make_policy(&params[p], n_head, head_dim, g->max_T, &pols[p], &tables, &n_tables, &init[p], err);
+    if (st) goto done;
+    {
+        /* A list holds the retained positions plus t: budget + 1, or the
+         * whole stream for a policy that never evicts. */
+        long long at = 0, slot_at = 0, state_at = 0;
+        for (int s = 0; s < n_stream; s++) {
+            const gpu_policy *P = &pols[stream_param[s]];
+            const int cap = P->never_evicts || P->budget + 1 > stream_len[s] ? stream_len[s] : P->budget + 1;
+            g->h_cap[s] = cap;
+            for (int i = 0; i < LH; i++) {
+                const int list = s * LH + i;
+                g->h_off[list] = (int)at, slot_off[list] = slot_at, state_off[list] = state_at;
+                at += cap, slot_at += (long long)cap * P->words, state_at += P->state_words;
+            }
+        }
+        if (at > 0x7fffffff) {
+            st = ap_error_set(err, AP_ERR_USAGE, "cascade on the GPU: %lld retained positions exceed 2^31", at);
+            goto done;
+        }
+        g->h_off[g->n_lists] = (int)at, slot_off[g->n_lists] = slot_at, state_off[g->n_lists] = state_at;
+        if (!(state = (uint32_t *)calloc((size_t)state_at + 1, sizeof *state))) {
+            st = ap_error_set(err, AP_ERR_RUNTIME, "out of memory");
+            goto done;
+        }
+        for (int s = 0; s < n_stream; s++) {
+            const gpu_policy *P = &pols[stream_param[s]];
+            const uint32_t *tmpl = init[stream_param[s]];
+            for (int i = 0; tmpl && i < LH; i++)
+                memcpy(state + state_off[s * LH + i], tmpl + (size_t)(i % n_head) * P->state_words,
+                       (size_t)P->state_words * sizeof *state);
+        }
+        step_view *v = &g->v;
+        const size_t C = (size_t)n_head * head_dim;
+        v->L = n_layer, v->H = n_head, v->D = head_dim, v->max_T = g->max_T;
+        CUDA_TRY(cudaStreamCreate(&g->stream), "creating a stream for the policies");
+        CUDA_TRY(upload((void **)&v->off, g->h_off, ((size_t)g->n_lists + 1) * sizeof(int)), "uploading list offsets");
+        CUDA_TRY(upload((void **)&v->cnt, NULL, (size_t)g->n_lists * sizeof(int)), "allocating list lengths");
+        CUDA_TRY(upload((void **)&v->pos, NULL, (size_t)at * sizeof(int)), "allocating retained positions");
+        CUDA_TRY(upload((void **)&v->rows, NULL, (size_t)at * sizeof(float)), "allocating attention rows");
+        CUDA_TRY(upload((void **)&v->scratch, NULL, (size_t)at * sizeof(double)), "allocating scores");
+        CUDA_TRY(upload((void **)&v->q, NULL, (size_t)n_layer * n_stream * C * sizeof(float)), "allocating queries");
+        CUDA_TRY(upload((void **)&v->k, NULL, (size_t)n_layer * n_stream * C * sizeof(float)), "allocating keys");
+        CUDA_TRY(upload((void **)&v->slot_off, slot_off, ((size_t)g->n_lists + 1) * sizeof(long long)),
+                 "uploading slot offsets");
+        CUDA_TRY(upload((void **)&v->state_off, state_off, ((size_t)g->n_lists + 1) * sizeof(long long)),
+                 "uploading state offsets");
+        CUDA_TRY(upload((void **)&v->slots, NULL, (size_t)slot_at * sizeof(uint32_t)), "allocating slots");
+        CUDA_TRY(upload((void **)&v->state, state, (size_t)state_at * sizeof(uint32_t)), "uploading sketches");
+        CUDA_TRY(upload((void **)&v->tables, tables, n_tables * sizeof(uint32_t)), "uploading hash tables");
+        CUDA_TRY(upload((void **)&v->stream_policy, stream_param, (size_t)n_stream * sizeof(int)),
+                 "uploading stream policies");
+        CUDA_TRY(upload((void **)&v->policies, pols, (size_t)n_params * sizeof *pols), "uploading policies");
+        CUDA_TRY(upload((void **)&g->d_active, NULL, (size_t)n_stream * sizeof(int)), "allocating active streams");
+        v->active = g->d_active;
+        g->buf = (ap_policy_gpu_buffers){v->off, v->cnt, v->pos, (float *)v->rows, (float *)v->q, (float *)v->k};
+    }
+done:
+    for (int p = 0; init && p < n_params; p++) free(init[p]);
+    free(init), free(pols), free(tables), free(slot_off), free(state_off), free(state);
+    if (st) ap_policy_gpu_free(g);
+    else *out = g;
+    return st;
+}
+
+const ap_policy_gpu_buffers *ap_policy_gpu_buffers_of(const ap_policy_gpu *g) { return &g->buf; }
+int ap_policy_gpu_list_base(const ap_policy_gpu *g, int stream) { return stream * g->L * g->H; }
+int ap_policy_gpu_capacity(const ap_policy_gpu *g, int stream) { return g->h_cap[stream]; }
+
+ap_status ap_policy_gpu_observe(ap_policy_gpu *g, int t, const int *active, int n_active, ap_error *err)
+{
+    if (n_active < 1) return AP_OK;
+    CUDA_TRY(cudaMemcpyAsync(g->d_active, active, (size_t)n_active * sizeof(int), cudaMemcpyHostToDevice,
+                             g->stream),
+             "copying the active streams");
+    g->v.n_active = n_active;
+    const long long warps = (long long)n_active * g->L * g->H;
+    observe_kernel<<<(unsigned)((warps + 3) / 4), 128, 0, g->stream>>>(g->v, t);
+    CUDA_TRY(cudaGetLastError(), "launching the policy updates");
+    CUDA_TRY(cudaStreamSynchronize(g->stream), "updating the retained sets");
+    return AP_OK;
+}
+
+ap_status ap_policy_gpu_read(ap_policy_gpu *g, int stream, int layer, int *cnt, int *pos, float *rows,
+                             ap_error *err)
+{
+    const int first = (stream * g->L + layer) * g->H;
+    const size_t n = (size_t)g->h_off[first + g->H] - g->h_off[first];
+    CUDA_TRY(cudaMemcpyAsync(cnt, g->v.cnt + first, (size_t)g->H * sizeof(int), cudaMemcpyDeviceToHost, g->stream),
+             "reading retained counts");
+    CUDA_TRY(cudaMemcpyAsync(pos, g->v.pos + g->h_off[first], n * sizeof(int), cudaMemcpyDeviceToHost, g->stream),
+             "reading retained positions");
+    if (rows)
+        CUDA_TRY(cudaMemcpyAsync(rows, g->v.rows + g->h_off[first], n * sizeof(float), cudaMemcpyDeviceToHost,
+                                 g->stream),
+                 "reading attention rows");
+    CUDA_TRY(cudaStreamSynchronize(g->stream), "reading retained sets");
+    return AP_OK;
+}
+
+ap_status ap_policy_gpu_counts(ap_policy_gpu *g, int *cnt, ap_error *err)
+{
+    CUDA_TRY(cudaMemcpy(cnt, g->v.cnt, (size_t)g->n_lists * sizeof(int), cudaMemcpyDeviceToHost),
+             "reading retained counts");
+    return AP_OK;
+}

@@ -1,0 +1,171 @@
+/* cascade_gpu.c — the cascade replay with the policies on the device.
+ *
+ * The retained sets, the sketches and the decode step's rows, queries and keys
+ * stay on the GPU (sketch/policy_gpu.h); per step the host sends the tokens
+ * and reads back only the rows it emits (the trace's layers at measured
+ * steps). Same streams, order and results as the host cascade in replay.c. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "../sketch/policy_gpu.h"
+#include "replay_internal.h"
+
+typedef struct {
+    int n_streams, L, H, D, cap_max;
+    int *param_of, *len_of, *sample_of; /* [n_streams] */
+    ap_stream **streams;                /* [n_streams] */
+    ap_stream **active;                 /* [n_streams]: this step's */
+    int *active_id, *tokens, *list_base;
+    int *cnt;                           /* [H] (emission), later [n_streams * L * H] */
+    int *pos;                           /* [H * cap_max] */
+    float *rows, *dense;                /* [H * cap_max], [max_T] */
+    unsigned char *mask;                /* [max_T] */
+} cascade_state;
+
+static void state_free(cascade_state *s)
+{
+    for (int i = 0; s->streams && i < s->n_streams; i++) ap_stream_free(s->streams[i]);
+    free(s->param_of), free(s->len_of), free(s->sample_of), free(s->streams), free(s->active);
+    free(s->active_id), free(s->tokens), free(s->list_base), free(s->cnt), free(s->pos);
+    free(s->rows), free(s->dense), free(s->mask);
+}
+
+/* Emits the rows of every active stream at the trace's layers for step t:
+ * the row over 0..t from the compact one, the mask from the retained list. */
+static ap_status emit_rows(cascade_state *s, ap_policy_gpu *g, const ap_trace *tr, int n_active,
+                           int n_policies, int t, const ap_replay_opts *opts, ap_error *err)
+{
+    ap_status st = AP_OK;
+    for (int a = 0; a < n_active && !st; a++) {
+        const int id = s->active_id[a], sample = s->sample_of[id], T = tr->len[sample];
+        const int cap = ap_policy_gpu_capacity(g, id);
+        for (int li = 0; li < tr->n_layers && !st; li++) {
+            const int l = tr->layers[li];
+            if ((st = ap_policy_gpu_read(g, id, l, s->cnt, s->pos, s->rows, err))) break;
+            const size_t ti = (size_t)sample * tr->n_layers + li;
+            for (int h = 0; h < s->H && !st; h++) {
+                const int n = s->cnt[h], *pos = s->pos + (size_t)h * cap;
+                const float *row = s->rows + (size_t)h * cap;
+                memset(s->dense, 0, (size_t)(t + 1) * sizeof *s->dense);
+                memset(s->mask, 0, (size_t)t + 1);
+                for (int x = 0; x < n; x++) s->dense[pos[x]] = row[x], s->mask[pos[x]] = 1;
+                s->dense[t] = row[n];
+                s->mask[t] = 1;
+                ap_row_event ev = {id % n_policies, sample, l, h, t, t + 1,
+                                   tr->attn[ti] + ((size_t)h * T + t) * T, s->dense, s->mask,
+                                   tr->v[ti] + (size_t)h * T * s->D,
+                                   tr->o[ti] + ((size_t)h * T + t) * s->D, s->D};
+                st = opts->sink(opts->sink_ctx, &ev, err);
+            }
+        }
+    }
+    return st;
+}
+
+/* kv_bytes and sketch_bytes of each policy from the final retained counts. */
+static ap_status fill_costs(cascade_state *s, ap_policy_gpu *g, const ap_policy_params *params,
+                            int n_policies, ap_replay_cost *cost, ap_error *err)
+{
+    ap_status st = ap_policy_gpu_counts(g, s->cnt, err);
+    for (int p = 0; p < n_policies && !st; p++) {
+        ap_policy *host;
+        if ((st = ap_policy_create(&params[p], s->H, s->D, &host, err))) break;
+        cost[p].sketch_bytes = (double)ap_policy_state_bytes(host) * s->L;
+        ap_policy_free(host);
+    }
+    for (int i = 0; i < s->n_streams && !st; i++) {
+        double positions = 0;
+        for (int lh = 0; lh < s->L * s->H; lh++) positions += s->cnt[(size_t)i * s->L * s->H + lh];
+        const double kv = positions * 2.0 * s->D * sizeof(float);
+        ap_replay_cost *pc = &cost[s->param_of[i]];
+        pc->kv_bytes = kv > pc->kv_bytes ? kv : pc->kv_bytes;
+    }
+    return st;
+}
+
+ap_status ap_replay_cascade_gpu(ap_engine *engine, const ap_trace *tr,
+                                const ap_policy_params *params, int n_policies,
+                                const ap_replay_opts *opts, ap_replay_cost *cost, ap_error *err)
+{
+    const ap_config *c = ap_engine_config(engine);
+    const int n = tr->n_samples * n_policies;
+    cascade_state s = {.n_streams = n, .L = c->n_layer, .H = tr->n_head, .D = tr->head_dim};
+    int max_T = 0;
+    for (int i = 0; i < tr->n_samples; i++) max_T = tr->len[i] > max_T ? tr->len[i] : max_T;
+    s.param_of = malloc((size_t)n * sizeof(int));
+    s.len_of = malloc((size_t)n * sizeof(int));
+    s.sample_of = malloc((size_t)n * sizeof(int));
+    s.streams = calloc((size_t)n, sizeof *s.streams);
+    s.active = malloc((size_t)n * sizeof *s.active);
+    s.active_id = malloc((size_t)n * sizeof(int));
+    s.tokens = malloc((size_t)n * sizeof(int));
+    s.list_base = malloc((size_t)n * sizeof(int));
+    s.cnt = malloc((size_t)n * s.L * s.H * sizeof(int));
+    s.dense = malloc((size_t)max_T * sizeof(float));
+    s.mask = malloc((size_t)max_T);
+    ap_policy_gpu *g = NULL;
+    ap_status st = AP_OK;
+    memset(cost, 0, (size_t)n_policies * sizeof *cost);
+    if (!s.param_of || !s.len_of || !s.sample_of || !s.streams || !s.active || !s.active_id ||
+        !s.tokens || !s.list_base || !s.cnt || !s.dense || !s.mask) {
+        st = ap_error_set(err, AP_ERR_RUNTIME, "out of memory for cascade replay");
+        goto done;
+    }
+    /* stream i = sample * n_policies + policy, as on the host */
+    for (int i = 0; i < n; i++) {
+        s.sample_of[i] = i / n_policies;
+        s.param_of[i] = i % n_policies;
+        s.len_of[i] = tr->len[s.sample_of[i]];
+        if ((st = ap_stream_create(engine, s.len_of[i], &s.streams[i], err))) goto done;
+    }
+    if ((st = ap_policy_gpu_create(params, n_policies, s.param_of, s.len_of, n, s.L, s.H, s.D, &g, err)))
+        goto done;
+    for (int i = 0; i < n; i++) {
+        const int cap = ap_policy_gpu_capacity(g, i);
+        s.cap_max = cap > s.cap_max ? cap : s.cap_max;
+    }
+    s.pos = malloc((size_t)s.H * s.cap_max * sizeof(int));
+    s.rows = malloc((size_t)s.H * s.cap_max * sizeof(float));
+    if (!s.pos || !s.rows) {
+        st = ap_error_set(err, AP_ERR_RUNTIME, "out of memory for cascade replay");
+        goto done;
+    }
+    const ap_policy_gpu_buffers *buf = ap_policy_gpu_buffers_of(g);
+    const double t0 = replay_now_s();
+    double decode_s = 0, observe_s = 0;
+    for (int t = 0; t < max_T && !st; t++) {
+        int n_active = 0;
+        for (int i = 0; i < n; i++) {
+            if (t >= s.len_of[i]) continue;
+            s.active[n_active] = s.streams[i];
+            s.active_id[n_active] = i;
+            s.tokens[n_active] = tr->ids[s.sample_of[i]][t];
+            s.list_base[n_active++] = ap_policy_gpu_list_base(g, i);
+        }
+        ap_device_batch b = {n_active, s.active, s.tokens, s.list_base, buf->off, buf->cnt,
+                             buf->pos, buf->rows, buf->q, buf->k};
+        const double t_decode = replay_now_s();
+        if ((st = ap_engine_decode_device(engine, &b, err))) break;
+        decode_s += replay_now_s() - t_decode;
+        /* rows are emitted before the policies see step t: the masks are the
+         * sets the step attended to */
+        if (opts->sink && replay_measured(opts, t) &&
+            (st = emit_rows(&s, g, tr, n_active, n_policies, t, opts, err)))
+            break;
+        const double t_observe = replay_now_s();
+        if ((st = ap_policy_gpu_observe(g, t, s.active_id, n_active, err))) break;
+        observe_s += replay_now_s() - t_observe;
+        if (opts->progress) opts->progress(opts->progress_ctx, "cascade", (double)(t + 1) / max_T);
+    }
+    const double dt = replay_now_s() - t0;
+    if (!st) st = fill_costs(&s, g, params, n_policies, cost, err);
+    for (int p = 0; p < n_policies && !st; p++) {
+        cost[p].seconds = dt; /* the streams decode together */
+        cost[p].decode_seconds = decode_s;
+        cost[p].observe_seconds = observe_s;
+    }
+done:
+    ap_policy_gpu_free(g);
+    state_free(&s);
+    return st;
+}

@@ -1,0 +1,30 @@
+/* replay_internal.h — what replay.c shares with cascade_gpu.c; not public. */
+#ifndef AP_REPLAY_INTERNAL_H
+#define AP_REPLAY_INTERNAL_H
+
+#include <time.h>
+
+#include "tracer.h"
+
+static inline double replay_now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+/* Whether step t's rows are emitted. */
+static inline int replay_measured(const ap_replay_opts *o, int t)
+{
+    return t >= o->warmup && t % o->stride == 0;
+}
+
+#ifdef AP_HAVE_CUDA
+/* ap_replay_cascade with the policies on the device (sketch/policy_gpu.h);
+ * the engine must be a CUDA engine. */
+ap_status ap_replay_cascade_gpu(ap_engine *engine, const ap_trace *trace,
+                                const ap_policy_params *params, int n_policies,
+                                const ap_replay_opts *opts, ap_replay_cost *cost, ap_error *err);
+#endif
+
+#endif
