@@ -6,7 +6,7 @@
  *       with all 12 layers' attention copied to host memory; and N samples
  *       in one batched prefill (N = 0 skips (a));
  *   (b) cascade: 10 policies x N samples (default 8), T (default 1024),
- *       budget 256, fp32: policy-tokens/s summed over the batched streams,
+ *       budget 256, fp32 and bf16: policy-tokens/s summed over the streams,
  *       the policies on the device (or on the host with --host-policies 1). */
 #include <stdio.h>
 #include <stdlib.h>
@@ -81,6 +81,37 @@ done:
     return dt;
 }
 
+/* (b): the cascade of 10 policies over the samples, budget 256. */
+static int run_cascade(ap_engine *e, const ap_model *m, const ap_samples *samples, int T, int host_policies, const char *prec,
+                       ap_error *err)
+{
+    int probe = 6;
+    ap_trace tr;
+    if (ap_trace_run(e, m, samples, &probe, 1, &tr, NULL, NULL, err)) return 1;
+    const char *names[] = {"full", "window", "sink", "random", "h2o",
+                           "tova", "cms", "count_sketch", "race", "race_kde"};
+    ap_policy_params params[10];
+    for (int i = 0; i < 10; i++) {
+        ap_policy_params_default(&params[i], names[i]);
+        params[i].budget = 256;
+    }
+    long rows = 0;
+    ap_replay_opts o = {64, 16, null_sink, &rows, NULL, NULL, host_policies};
+    ap_replay_cost cost[10];
+    const double t0 = now_s();
+    const ap_status st = ap_replay_cascade(e, &tr, params, 10, &o, cost, err);
+    const double dt = now_s() - t0;
+    ap_trace_free(&tr);
+    if (st) return 1;
+    printf("(b) cascade, 10 policies x %d samples, T=%d, budget 256, %s, policies on the %s: %.2f s, "
+           "%.0f policy-tokens/s\n",
+           samples->n, T, prec, host_policies ? "host" : "device", dt, 10.0 * samples->n * T / dt);
+    printf("    of which decode steps %.2f s, policy updates %.2f s, emitted rows and the rest %.2f s\n",
+           cost[0].decode_seconds, cost[0].observe_seconds,
+           cost[0].seconds - cost[0].decode_seconds - cost[0].observe_seconds);
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     int trace_samples = 8, cascade_samples = 8, cascade_T = 1024, host_policies = 0;
@@ -147,9 +178,7 @@ int main(int argc, char **argv)
     for (int l = 0; l < L; l++) free(attn[l]);
     free(attn);
 
-    /* (b) cascade */
-    ap_engine *e;
-    if (ap_engine_create(m, AP_BACKEND_CUDA, AP_PRECISION_FP32, &e, &err)) return 1;
+    /* (b) cascade, in fp32 and bf16 */
     const int CT = cascade_T < c->n_ctx ? cascade_T : c->n_ctx, S = cascade_samples;
     int **sample_ids = malloc((size_t)S * sizeof *sample_ids), *lens = malloc((size_t)S * sizeof *lens);
     for (int s = 0; s < S; s++) {
@@ -158,40 +187,24 @@ int main(int argc, char **argv)
         lens[s] = CT;
     }
     ap_samples samples = {S, lens, sample_ids, S, 0};
-    int probe = 6;
-    ap_trace tr;
-    if (ap_trace_run(e, m, &samples, &probe, 1, &tr, NULL, NULL, &err)) {
-        fprintf(stderr, "bench_gpu: %s\n", err.msg);
-        return 1;
+    const ap_precision cascade_prec[2] = {AP_PRECISION_FP32, AP_PRECISION_BF16};
+    for (int pi = 0; pi < 2; pi++) {
+        ap_engine *e;
+        if (ap_engine_create(m, AP_BACKEND_CUDA, cascade_prec[pi], &e, &err) ||
+            run_cascade(e, m, &samples, CT, host_policies, pnames[cascade_prec[pi]], &err)) {
+            fprintf(stderr, "bench_gpu: %s\n", err.msg);
+            return 1;
+        }
+        if (pi == 0) {
+            const double step = bench_decode(e, 10 * S, CT, 256, 0), step_rows = bench_decode(e, 10 * S, CT, 256, 1);
+            printf("    decode steps alone through host tables, %d streams keeping the last 256 positions: "
+                   "%.2f ms per step, %.2f ms with every layer's rows on the host\n",
+                   10 * S, step * 1e3, step_rows * 1e3);
+        }
+        ap_engine_free(e);
     }
-    const char *names[] = {"full", "window", "sink", "random", "h2o",
-                           "tova", "cms", "count_sketch", "race", "race_kde"};
-    ap_policy_params params[10];
-    for (int i = 0; i < 10; i++) {
-        ap_policy_params_default(&params[i], names[i]);
-        params[i].budget = 256;
-    }
-    long rows = 0;
-    ap_replay_opts o = {64, 16, null_sink, &rows, NULL, NULL, host_policies};
-    ap_replay_cost cost[10];
-    double t0 = now_s();
-    if (ap_replay_cascade(e, &tr, params, 10, &o, cost, &err)) {
-        fprintf(stderr, "bench_gpu: %s\n", err.msg);
-        return 1;
-    }
-    double dt = now_s() - t0;
-    printf("(b) cascade, 10 policies x %d samples, T=%d, budget 256, fp32, policies on the %s: %.1f s, "
-           "%.0f policy-tokens/s\n",
-           S, CT, host_policies ? "host" : "device", dt, 10.0 * S * CT / dt);
-    printf("    of which decode steps (engine: tables, GPU, rows) %.1f s, policy updates %.1f s, "
-           "retained sets and rows %.1f s\n",
-           cost[0].decode_seconds, cost[0].observe_seconds,
-           cost[0].seconds - cost[0].decode_seconds - cost[0].observe_seconds);
-    const double step = bench_decode(e, 10 * S, CT, 256, 0), step_rows = bench_decode(e, 10 * S, CT, 256, 1);
-    printf("    decode steps alone, %d streams keeping the last 256 positions: %.2f ms per step, "
-           "%.2f ms with every layer's rows on the host\n", 10 * S, step * 1e3, step_rows * 1e3);
-    ap_trace_free(&tr);
-    ap_engine_free(e);
+    for (int s = 0; s < S; s++) free(sample_ids[s]);
+    free(sample_ids), free(lens), free(ids);
     ap_model_free(m);
     return 0;
 }

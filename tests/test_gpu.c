@@ -105,11 +105,11 @@ static ap_status record(void *ctx, const ap_row_event *ev, ap_error *err)
 }
 
 static void cascade(ap_engine *e, const ap_trace *tr, const char *policy, ap_granularity gran,
-                    int host_policies, recorder *r)
+                    int host_policies, int budget, recorder *r)
 {
     ap_policy_params p;
     ap_policy_params_default(&p, policy);
-    p.budget = 24;
+    p.budget = budget;
     p.recent = 4;
     p.granularity = gran;
     ap_replay_opts o = {0, 1, record, r, NULL, NULL, host_policies};
@@ -143,9 +143,9 @@ static void test_cascade_cpu_cuda(void **state)
     for (int gran = AP_GRAN_HEAD; gran <= AP_GRAN_LAYER; gran++)
         for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
             recorder a = {0}, b = {0}, c = {0};
-            cascade(cpu, &tr, names[i], (ap_granularity)gran, 0, &a);
-            cascade(gpu, &tr, names[i], (ap_granularity)gran, 0, &b);
-            cascade(gpu, &tr, names[i], (ap_granularity)gran, 1, &c);
+            cascade(cpu, &tr, names[i], (ap_granularity)gran, 0, 24, &a);
+            cascade(gpu, &tr, names[i], (ap_granularity)gran, 0, 24, &b);
+            cascade(gpu, &tr, names[i], (ap_granularity)gran, 1, 24, &c);
             assert_int_equal(a.used, b.used);
             assert_int_equal(b.used, c.used);
             assert_memory_equal(a.masks, b.masks, a.used);
@@ -169,6 +169,47 @@ static void test_cascade_cpu_cuda(void **state)
     ap_model_free(m);
 }
 
+/* Lists longer than one chunk of the decode attention (DECODE_CHUNK = 256
+ * positions), which joins partial softmaxes: `full` over 600 positions equals
+ * the reference, and h2o with a budget of 300 keeps the CPU's sets. */
+static void test_cascade_long(void **state)
+{
+    (void)state;
+    ap_model *m;
+    ap_engine *cpu, *gpu;
+    ap_error err;
+    if (ap_model_load("random:L=2,H=4,D=64,V=512,T=640,seed=3", &m, &err) ||
+        ap_engine_create(m, AP_BACKEND_CPU, AP_PRECISION_FP32, &cpu, &err) ||
+        ap_engine_create(m, AP_BACKEND_CUDA, AP_PRECISION_FP32, &gpu, &err))
+        fail_msg("%s", err.msg);
+    enum { T = 600 };
+    int ids[T];
+    for (int t = 0; t < T; t++) ids[t] = (t * 131 + 7) % m->config.vocab_size;
+    ap_samples samples = {1, (int[]){T}, (int *[]){ids}, 1, 0};
+    const int layers[1] = {1};
+    ap_trace tr;
+    if (ap_trace_run(gpu, m, &samples, layers, 1, &tr, NULL, NULL, &err)) fail_msg("%s", err.msg);
+    const char *names[] = {"full", "h2o"};
+    for (int i = 0; i < 2; i++) {
+        recorder a = {0}, b = {0};
+        cascade(cpu, &tr, names[i], AP_GRAN_HEAD, 0, 300, &a);
+        cascade(gpu, &tr, names[i], AP_GRAN_HEAD, 0, 300, &b);
+        assert_int_equal(a.used, b.used);
+        assert_memory_equal(a.masks, b.masks, a.used);
+        double rows_diff = 0;
+        for (size_t j = 0; j < a.used; j++) rows_diff = fmax(rows_diff, fabs(a.rows[j] - b.rows[j]));
+        print_message("%s over %d positions: cpu and cuda keep the same sets, rows differ by %.3g; "
+                      "max |q - p| %.3g\n", names[i], T, rows_diff, b.max_diff);
+        assert_true(rows_diff <= 1e-5);
+        if (i == 0) assert_true(b.max_diff <= 1e-5);
+        free(a.masks), free(b.masks), free(a.rows), free(b.rows);
+    }
+    ap_trace_free(&tr);
+    ap_engine_free(gpu);
+    ap_engine_free(cpu);
+    ap_model_free(m);
+}
+
 int main(void)
 {
     if (!ap_cuda_available()) {
@@ -180,6 +221,7 @@ int main(void)
         cmocka_unit_test(test_prefill_batch),
         cmocka_unit_test(test_reduced_precision),
         cmocka_unit_test(test_cascade_cpu_cuda),
+        cmocka_unit_test(test_cascade_long),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -105,6 +105,8 @@ typedef struct {
     /* decode tables, grown on demand: device, and pinned host staging */
     void *d_tables, *d_ptrs, *d_compact, *h_tables, *h_ptrs, *h_compact;
     size_t d_tables_cap, d_ptrs_cap, d_compact_cap, h_tables_cap, h_ptrs_cap, h_compact_cap;
+    void *d_split; /* chunk partials of the decode attention */
+    size_t d_split_cap;
     /* device copies of what the caller captures, filled inside the graph and
      * copied to the caller's buffers after it */
     float *stage;
@@ -212,9 +214,9 @@ static ap_status layernorm(ap_engine *e, float *out, __nv_bfloat16 *out16, const
     return AP_OK;
 }
 
-/* qkv[N, 3C] = ln1(x) @ attn_w + attn_b for block l (TF32 or fp32: q and k
- * decide the probabilities). */
-static ap_status block_qkv(ap_engine *e, int l, int N, ap_error *err)
+/* qkv[N, 3C] = ln1(x) @ attn_w (+ attn_b when add_bias) for block l (TF32
+ * or fp32: q and k decide the probabilities). */
+static ap_status block_qkv(ap_engine *e, int l, int N, int add_bias, ap_error *err)
 {
     cuda_engine *ce = (cuda_engine *)e->impl;
     const ap_weights *w = &e->model->w;
@@ -224,6 +226,7 @@ static ap_status block_qkv(ap_engine *e, int l, int N, ap_error *err)
     if ((st = layernorm(e, ce->h, NULL, ce->x, w->ln1_w + lc, w->ln1_b + lc, N, err)) ||
         (st = matmul(e, ce->qkv, ce->h, NULL, w->attn_w + lc * 3 * C, N, C, 3 * C, err)))
         return st;
+    if (!add_bias) return AP_OK;
     bias_kernel<<<blocks((size_t)N * 3 * C), 256, 0, ce->stream>>>(ce->qkv, dev_w(e, w->attn_b + 3 * lc),
                                                                    (size_t)N * 3 * C, 3 * C);
     KERNEL_TRY("adding the q/k/v bias");
@@ -493,7 +496,7 @@ static ap_status enqueue_prefill(ap_engine *e, const void *arg, ap_error *err)
     KERNEL_TRY("the embedding");
     for (int l = 0; l <= a->last; l++) {
         const int ci = ap_capture_index(a->cap, l);
-        if ((st = block_qkv(e, l, N, err))) return st;
+        if ((st = block_qkv(e, l, N, 1, err))) return st;
         for (int b = 0; b < a->B; b++) {
             const long long *at = ci >= 0 ? a->slots[(size_t)b * n_capture + ci].at : NULL;
             const float *qkv = ce->qkv + (size_t)b * T * 3 * C;
@@ -588,6 +591,14 @@ static void cuda_stream_free(ap_stream *s)
     free(cs);
 }
 
+/* Bytes of decode_attention_kernel's chunk partials for S streams of up to
+ * `longest` positions. */
+static size_t split_bytes(const ap_engine *e, int S, int longest)
+{
+    const ap_config *c = &e->model->config;
+    return (size_t)S * c->n_head * decode_chunks(longest) * (2 + c->n_embd / c->n_head) * sizeof(float);
+}
+
 typedef struct {
     int S, longest;
     const ap_capture *cap;
@@ -613,28 +624,32 @@ static ap_status enqueue_decode(ap_engine *e, const void *arg, ap_error *err)
     if (dev) d_base = d_max + S, d_off = (int *)dev->off, d_cnt = (int *)dev->cnt, d_pos = (int *)dev->pos;
     float *rows_out = dev ? dev->rows : (float *)ce->d_compact;
     float **d_k = (float **)ce->d_ptrs, **d_v = d_k + S;
-    const size_t smem = ((size_t)a->longest + 1 + 32) * sizeof(float);
+    const size_t smem = decode_attention_smem(hd);
+    const int chunks = decode_chunks(a->longest);
+    float *part_ml = (float *)ce->d_split, *part_o = part_ml + (size_t)S * H * chunks * 2;
     ap_status st;
     embed_kernel<<<S, 256, 0, ce->stream>>>(ce->x, dev_w(e, w->wte), dev_w(e, w->wpe), ce->ids, ce->pos, 1, C);
     KERNEL_TRY("the embedding");
     for (int l = 0; l < L; l++) {
         const int ci = ap_capture_index(a->cap, l);
         const long long *at = ci >= 0 ? a->slots[ci].at : NULL;
-        if ((st = block_qkv(e, l, S, err))) return st;
-        kv_append_kernel<<<S, 256, 0, ce->stream>>>(d_k, d_v, ce->qkv, d_t, d_max, H, hd, C, l);
+        if ((st = block_qkv(e, l, S, 0, err))) return st;
+        decode_qkv_kernel<<<S, 256, 0, ce->stream>>>(ce->qkv, dev_w(e, w->attn_b + (size_t)3 * l * C), d_k, d_v,
+                                                     dev && dev->q ? dev->q + (size_t)l * S * C : NULL,
+                                                     dev && dev->k ? dev->k + (size_t)l * S * C : NULL, d_t,
+                                                     d_max, H, hd, C, l);
         KERNEL_TRY("appending to the KV caches");
         const int want_rows = dev ? dev->rows != NULL : at && capture_dst(a->cap, ci, OUT_ATTN);
-        decode_attention_kernel<<<S * H, 128, smem, ce->stream>>>(ce->att, want_rows ? rows_out : NULL, ce->qkv,
-                                                                 d_k, d_v, d_t, d_max, d_base, d_off, d_cnt,
-                                                                 d_pos, S, H, hd, C, l);
+        float *rows = want_rows ? rows_out : NULL;
+        decode_attention_kernel<<<dim3(S * H, chunks), DECODE_THREADS, smem, ce->stream>>>(
+            ce->att, rows, part_ml, part_o, ce->qkv, d_k, d_v, d_t, d_max, d_base, d_off, d_cnt, d_pos, S, H, hd, C,
+            l, chunks);
         KERNEL_TRY("the decode attention");
-        float *const dev_qk[2] = {dev ? dev->q : NULL, dev ? dev->k : NULL};
-        for (int which = 0; which < 2; which++)
-            if (dev_qk[which])
-                CUDA_TRY(cudaMemcpy2DAsync(dev_qk[which] + (size_t)l * S * C, C * sizeof(float),
-                                           ce->qkv + which * C, 3 * C * sizeof(float), C * sizeof(float), S,
-                                           cudaMemcpyDeviceToDevice, ce->stream),
-                         "keeping q/k on the device");
+        if (chunks > 1) {
+            decode_combine_kernel<<<S * H, 64, 0, ce->stream>>>(ce->att, rows, part_ml, part_o, d_base, d_off, d_cnt,
+                                                                S, H, hd, C, l, chunks);
+            KERNEL_TRY("joining the decode attention's chunks");
+        }
         for (int which = 0; at && which < 3; which++)
             if (at[OUT_Q + which] >= 0)
                 CUDA_TRY(cudaMemcpy2DAsync(ce->stage + at[OUT_Q + which], C * sizeof(float), ce->qkv + which * C,
@@ -675,6 +690,7 @@ static ap_status cuda_decode_step(ap_engine *e, const ap_decode_batch *b, const 
     if (!ec) ec = grow(ce, &ce->d_ptrs, &ce->d_ptrs_cap, 2 * (size_t)S * sizeof(float *));
     if (!ec) ec = grow_host(&ce->h_ptrs, &ce->h_ptrs_cap, 2 * (size_t)S * sizeof(float *));
     if (!ec) ec = grow(ce, &ce->d_compact, &ce->d_compact_cap, (total + lists) * sizeof(float));
+    if (!ec) ec = grow(ce, &ce->d_split, &ce->d_split_cap, split_bytes(e, S, longest));
     if (!ec) ec = grow_host(&ce->h_compact, &ce->h_compact_cap, (total + lists) * sizeof(float));
     if (ec) return ap_error_set(err, AP_ERR_RUNTIME, "allocating decode tables failed (%s)", cudaGetErrorString(ec));
     int *t_of = (int *)ce->h_tables, *max_len = t_of + S, *off = max_len + S, *cnt = off + lists,
@@ -765,14 +781,15 @@ static ap_status cuda_decode_device(ap_engine *e, const ap_device_batch *b, ap_e
     if (!ec) ec = grow(ce, &ce->d_tables, &ce->d_tables_cap, 3 * (size_t)S * sizeof(int));
     if (!ec) ec = grow(ce, &ce->d_ptrs, &ce->d_ptrs_cap, 2 * (size_t)S * sizeof(float *));
     if (!ec) ec = grow_host(&ce->h_ptrs, &ce->h_ptrs_cap, 2 * (size_t)S * sizeof(float *));
+    int longest = 0;
+    for (int s = 0; s < S; s++) longest = b->streams[s]->max_len > longest ? b->streams[s]->max_len : longest;
+    if (!ec) ec = grow(ce, &ce->d_split, &ce->d_split_cap, split_bytes(e, S, longest));
     if (ec) return ap_error_set(err, AP_ERR_RUNTIME, "allocating decode tables failed (%s)", cudaGetErrorString(ec));
     int *t_of = (int *)ce->h_tables, *max_len = t_of + S, *base = max_len + S;
     float **kc = (float **)ce->h_ptrs, **vc = kc + S;
-    int longest = 0;
     for (int s = 0; s < S; s++) {
         t_of[s] = b->streams[s]->pos;
         max_len[s] = b->streams[s]->max_len;
-        longest = max_len[s] > longest ? max_len[s] : longest;
         base[s] = b->list_base[s];
         kc[s] = ((cuda_stream *)b->streams[s]->impl)->k;
         vc[s] = ((cuda_stream *)b->streams[s]->impl)->v;
@@ -815,7 +832,7 @@ static void cuda_free(ap_engine *e)
     free_scratch(ce);
     cudaFree(ce->stage), cudaFree(ce->blas_workspace);
     free(ce->slots);
-    cudaFree(ce->d_tables), cudaFree(ce->d_ptrs), cudaFree(ce->d_compact);
+    cudaFree(ce->d_tables), cudaFree(ce->d_ptrs), cudaFree(ce->d_compact), cudaFree(ce->d_split);
     cudaFreeHost(ce->h_tables), cudaFreeHost(ce->h_ptrs), cudaFreeHost(ce->h_compact);
     cudaFree(ce->weights);
     cudaFree(ce->weights_bf16);

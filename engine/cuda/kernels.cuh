@@ -160,72 +160,165 @@ __global__ void split_heads_kernel(float *dst, const float *src, int T, int H, i
     dst[i] = src[(size_t)t * ld + offset + h * hd + d];
 }
 
-/* One decode step's attention of layer `layer` for (stream, head) =
- * blockIdx.x: q from qkv [S, 3C]; keys/values of the kept positions and t
- * from the stream's cache. Tables are layer-major: list i = (layer * S + s) *
- * H + h holds n_kept[i] kept positions at positions + pos_off[i]. Writes
- * att[s, h*hd..] and, when compact != NULL, the row's probabilities in list
- * order (kept..., t) at compact + pos_off[i] + i. */
-__global__ void decode_attention_kernel(float *att, float *compact, const float *qkv,
-                                        float *const *k_cache, float *const *v_cache,
+/* The decode step's attention. One block per (stream, head, chunk of
+ * DECODE_CHUNK retained positions): the retained positions are scattered
+ * over the cache, so the work is bound by load latency, and a stream that
+ * keeps everything (the `full` policy, a thousand positions) would otherwise
+ * keep one block busy long after the others. A list of one chunk is finished
+ * in place; longer lists leave each chunk's max, sum and unnormalised output
+ * to decode_combine_kernel (as in flash-decoding). */
+enum { DECODE_THREADS = 256, DECODE_CHUNK = 256 };
+
+static size_t decode_attention_smem(int hd)
+{
+    return (2 * (size_t)DECODE_CHUNK + 32 + (size_t)hd * (1 + DECODE_THREADS / 32)) * sizeof(float);
+}
+static int decode_chunks(int longest) { return (longest + DECODE_CHUNK - 1) / DECODE_CHUNK; }
+
+/* Lists are layer-major with rows after each list's n + 1 entries (host
+ * tables), or the caller's, stream-major (list_base). */
+__device__ static void decode_list(const int *list_base, const int *pos_off, int S, int H, int s, int h, int layer,
+                                   int *list, int *row_at)
+{
+    *list = list_base ? list_base[s] + layer * H + h : (layer * S + s) * H + h;
+    *row_at = list_base ? pos_off[*list] : pos_off[*list] + *list;
+}
+
+/* q from qkv [S, 3C]; keys and values of the kept positions and t from the
+ * stream's cache. Writes att[s, h*hd..] and, when compact != NULL, the row's
+ * probabilities in list order (kept..., t); split lists write partials to
+ * part_ml [S*H, chunks, 2] and part_o [S*H, chunks, hd] instead. */
+__global__ void decode_attention_kernel(float *att, float *compact, float *part_ml, float *part_o,
+                                        const float *qkv, float *const *k_cache, float *const *v_cache,
                                         const int *t_of, const int *max_len_of, const int *list_base,
                                         const int *pos_off, const int *n_kept, const int *positions,
-                                        int S, int H, int hd, int C, int layer)
+                                        int S, int H, int hd, int C, int layer, int chunks)
 {
-    extern __shared__ float sm[]; /* scores[longest + 1] then reduction scratch[32] */
+    extern __shared__ float sm[]; /* scores[CHUNK] pos[CHUNK] scratch[32] q[hd] part[warps*hd] */
     const int s = blockIdx.x / H, h = blockIdx.x % H, t = t_of[s], max_len = max_len_of[s];
-    /* lists layer-major with rows after each list's n + 1 entries (host
-     * tables), or the caller's stream-major lists (list_base) */
-    const int list = list_base ? list_base[s] + layer * H + h : (layer * S + s) * H + h;
-    const int row_at = list_base ? pos_off[list] : pos_off[list] + list;
+    int list, row_at;
+    decode_list(list_base, pos_off, S, H, s, h, layer, &list, &row_at);
     const int n = n_kept[list] + 1; /* kept + t */
+    const int begin = blockIdx.y * DECODE_CHUNK, end = min(n, begin + DECODE_CHUNK), m = end - begin;
+    if (m <= 0) return;
+    const int split = n > DECODE_CHUNK;
     const int *pos = positions + pos_off[list];
-    float *scores = sm, *scratch = sm + max_len + 1;
+    float *scores = sm;
+    int *where = (int *)(sm + DECODE_CHUNK);
+    float *scratch = sm + 2 * DECODE_CHUNK, *qs = scratch + 32, *part = qs + hd;
     const float *q = qkv + (size_t)s * 3 * C + h * hd;
     const float *K = k_cache[s] + ((size_t)layer * H + h) * max_len * hd;
     const float *V = v_cache[s] + ((size_t)layer * H + h) * max_len * hd;
     const float scale = rsqrtf((float)hd);
-    /* one warp per kept position: its lanes read the key row together */
-    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, n_warps = blockDim.x / 32;
-    for (int i = warp; i < n; i += n_warps) {
-        const float *kp = K + (size_t)(i < n - 1 ? pos[i] : t) * hd;
-        float dot = 0;
-        for (int d = lane; d < hd; d += 32) dot += q[d] * kp[d];
-        for (int o = 16; o > 0; o >>= 1) dot += __shfl_xor_sync(0xffffffff, dot, o);
-        if (lane == 0) scores[i] = dot * scale;
+    for (int i = threadIdx.x; i < m; i += blockDim.x) where[i] = begin + i < n - 1 ? pos[begin + i] : t;
+    for (int d = threadIdx.x; d < hd; d += blockDim.x) qs[d] = q[d];
+    __syncthreads();
+    /* a thread per key: its loads are independent and in flight together */
+    for (int i = threadIdx.x; i < m; i += blockDim.x) {
+        const float *kp = K + (size_t)where[i] * hd;
+        float acc[4] = {0, 0, 0, 0};
+        int d = 0;
+        if (hd % 4 == 0)
+            for (; d < hd; d += 4) {
+                const float4 k4 = *(const float4 *)(kp + d);
+                acc[0] += qs[d] * k4.x, acc[1] += qs[d + 1] * k4.y;
+                acc[2] += qs[d + 2] * k4.z, acc[3] += qs[d + 3] * k4.w;
+            }
+        for (; d < hd; d++) acc[0] += qs[d] * kp[d];
+        scores[i] = ((acc[0] + acc[1]) + (acc[2] + acc[3])) * scale;
     }
     __syncthreads();
-    float m = -INFINITY;
-    for (int i = threadIdx.x; i < n; i += blockDim.x) m = fmaxf(m, scores[i]);
-    m = block_max(m, scratch);
+    float mx = -INFINITY;
+    for (int i = threadIdx.x; i < m; i += blockDim.x) mx = fmaxf(mx, scores[i]);
+    mx = block_max(mx, scratch);
     float sum = 0;
-    for (int i = threadIdx.x; i < n; i += blockDim.x) {
-        scores[i] = expf(scores[i] - m);
+    for (int i = threadIdx.x; i < m; i += blockDim.x) {
+        scores[i] = expf(scores[i] - mx);
         sum += scores[i];
     }
-    const float inv = 1.0f / block_sum(sum, scratch);
-    for (int i = threadIdx.x; i < n; i += blockDim.x) scores[i] *= inv;
+    sum = block_sum(sum, scratch);
+    if (!split) {
+        const float inv = 1.0f / sum;
+        for (int i = threadIdx.x; i < m; i += blockDim.x) scores[i] *= inv;
+    }
     __syncthreads();
+    /* a warp per share of the positions, a lane per pair of dimensions */
+    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, n_warps = blockDim.x / 32;
+    if (hd % 2 == 0)
+        for (int d = 2 * lane; d < hd; d += 64) {
+            float2 o = {0, 0};
+#pragma unroll 8
+            for (int i = warp; i < m; i += n_warps) {
+                const float2 v2 = *(const float2 *)(V + (size_t)where[i] * hd + d);
+                o.x += scores[i] * v2.x, o.y += scores[i] * v2.y;
+            }
+            part[warp * hd + d] = o.x, part[warp * hd + d + 1] = o.y;
+        }
+    else
+        for (int d = lane; d < hd; d += 32) {
+            float o = 0;
+#pragma unroll 8
+            for (int i = warp; i < m; i += n_warps) o += scores[i] * V[(size_t)where[i] * hd + d];
+            part[warp * hd + d] = o;
+        }
+    __syncthreads();
+    const size_t at = (size_t)blockIdx.x * chunks + blockIdx.y;
     for (int d = threadIdx.x; d < hd; d += blockDim.x) {
         float o = 0;
-        for (int i = 0; i < n; i++) o += scores[i] * V[(size_t)(i < n - 1 ? pos[i] : t) * hd + d];
-        att[(size_t)s * C + h * hd + d] = o;
+        for (int w = 0; w < n_warps; w++) o += part[w * hd + d];
+        if (split) part_o[at * hd + d] = o;
+        else att[(size_t)s * C + h * hd + d] = o;
     }
+    if (split && threadIdx.x == 0) part_ml[2 * at] = mx, part_ml[2 * at + 1] = sum;
     if (compact)
-        for (int i = threadIdx.x; i < n; i += blockDim.x) compact[row_at + i] = scores[i];
+        for (int i = threadIdx.x; i < m; i += blockDim.x) compact[row_at + begin + i] = scores[i];
 }
 
-/* Appends the new k, v of each stream (from qkv [S, 3C]) to its cache. */
-__global__ void kv_append_kernel(float *const *k_cache, float *const *v_cache, const float *qkv,
-                                 const int *t_of, const int *max_len_of, int H, int hd, int C,
-                                 int layer)
+/* Joins the chunks of the lists decode_attention_kernel split: one block per
+ * (stream, head); nothing to do for lists of one chunk. */
+__global__ void decode_combine_kernel(float *att, float *compact, const float *part_ml, const float *part_o,
+                                      const int *list_base, const int *pos_off, const int *n_kept, int S, int H,
+                                      int hd, int C, int layer, int chunks)
+{
+    const int s = blockIdx.x / H, h = blockIdx.x % H;
+    int list, row_at;
+    decode_list(list_base, pos_off, S, H, s, h, layer, &list, &row_at);
+    const int n = n_kept[list] + 1, used = (n + DECODE_CHUNK - 1) / DECODE_CHUNK;
+    if (used <= 1) return;
+    const float *ml = part_ml + (size_t)blockIdx.x * chunks * 2, *po = part_o + (size_t)blockIdx.x * chunks * hd;
+    float mx = -INFINITY, total = 0;
+    for (int c = 0; c < used; c++) mx = fmaxf(mx, ml[2 * c]);
+    for (int c = 0; c < used; c++) total += ml[2 * c + 1] * expf(ml[2 * c] - mx);
+    const float inv = 1.0f / total;
+    for (int d = threadIdx.x; d < hd; d += blockDim.x) {
+        float o = 0;
+        for (int c = 0; c < used; c++) o += po[(size_t)c * hd + d] * expf(ml[2 * c] - mx);
+        att[(size_t)s * C + h * hd + d] = o * inv;
+    }
+    if (compact)
+        for (int i = threadIdx.x; i < n; i += blockDim.x)
+            compact[row_at + i] *= expf(ml[2 * (i / DECODE_CHUNK)] - mx) * inv;
+}
+
+/* The decode step's q/k/v of each stream (qkv [S, 3C], one block each):
+ * adds the bias, appends k and v to the stream's cache and, when q_out /
+ * k_out are set, keeps q and k there ([S, C] each) for the caller. */
+__global__ void decode_qkv_kernel(float *qkv, const float *bias, float *const *k_cache,
+                                  float *const *v_cache, float *q_out, float *k_out,
+                                  const int *t_of, const int *max_len_of, int H, int hd, int C,
+                                  int layer)
 {
     const int s = blockIdx.x, t = t_of[s], max_len = max_len_of[s];
+    float *row = qkv + (size_t)s * 3 * C;
     for (int i = threadIdx.x; i < C; i += blockDim.x) {
         const int h = i / hd, d = i % hd;
         const size_t at = (((size_t)layer * H + h) * max_len + t) * hd + d;
-        k_cache[s][at] = qkv[(size_t)s * 3 * C + C + i];
-        v_cache[s][at] = qkv[(size_t)s * 3 * C + 2 * C + i];
+        const float q = row[i] + bias[i], k = row[C + i] + bias[C + i], v = row[2 * C + i] + bias[2 * C + i];
+        row[i] = q, row[C + i] = k, row[2 * C + i] = v;
+        k_cache[s][at] = k;
+        v_cache[s][at] = v;
+        if (q_out) q_out[(size_t)s * C + i] = q;
+        if (k_out) k_out[(size_t)s * C + i] = k;
     }
 }
 

@@ -40,6 +40,9 @@ enum { N_KINDS = sizeof KIND_NAMES / sizeof KIND_NAMES[0] };
 enum { MT_N = 624, MT_M = 397, MT_WORDS = MT_N + 1 }; /* state, then the index */
 enum { CS_NEG = 1u << 31 };
 enum { MAX_DEPTH = 64 }; /* ap_cms_init / ap_cs_init accept depth <= 64 */
+enum { PREFETCH = 8 };    /* sketch updates: buckets loaded this many positions ahead */
+/* A set's sketch is staged in shared memory when it fits this many words. */
+enum { STAGE_WORDS_MAX = 12 * 1024 };
 
 typedef struct {
     int kind, never_evicts, protects, layer_sets, words;
@@ -68,8 +71,15 @@ struct ap_policy_gpu {
     int *h_off, *h_cap; /* [n_lists + 1], [n_stream] */
     ap_policy_gpu_buffers buf;
     step_view v;        /* device pointers, filled in at create */
-    int *d_active;
+    int n_policy;
+    int *h_param;       /* [n_stream] policy of each stream */
+    int *stage_words;   /* [n_policy]: shared memory per set (observe_kernel) */
+    int *h_items;       /* [n_stream] pinned: active streams grouped by policy */
+    int *d_active, *d_items;
     cudaStream_t stream;
+    /* the policies' launches run side by side, one stream each */
+    cudaStream_t *policy_stream; /* [n_policy] */
+    cudaEvent_t items_ready, *policy_done;
 };
 
 /* ---- device helpers --------------------------------------------------------- */
@@ -101,40 +111,73 @@ __device__ static uint32_t mt_next(uint32_t *mt)
     return k;
 }
 
-/* RACE buckets of x[dim]: lane r < rows takes row r (one bit per hyperplane). */
+/* x . plane over dim floats (16-byte aligned when dim % 4 == 0). */
+__device__ static float dot(const float *plane, const float *x, int dim)
+{
+    float acc[4] = {0, 0, 0, 0};
+    int d = 0;
+    if (dim % 4 == 0)
+        for (; d < dim; d += 4) {
+            const float4 p4 = *(const float4 *)(plane + d), x4 = *(const float4 *)(x + d);
+            acc[0] += p4.x * x4.x, acc[1] += p4.y * x4.y, acc[2] += p4.z * x4.z, acc[3] += p4.w * x4.w;
+        }
+    for (; d < dim; d++) acc[0] += plane[d] * x[d];
+    return (acc[0] + acc[1]) + (acc[2] + acc[3]);
+}
+
+/* RACE buckets of x[dim], the warp together: one lane per hyperplane, the
+ * signs gathered by ballot (up to 32 * HASH_MASKS hyperplanes, else lane r
+ * takes row r's alone); lane r < rows writes row r's bucket. */
+enum { HASH_MASKS = 8 };
 __device__ static void race_hash(const gpu_policy *P, const float *planes, int dim, const float *x,
                                  uint32_t *buckets, int lane)
 {
+    const int n_planes = P->rows * P->bits;
+    if (n_planes <= 32 * HASH_MASKS) {
+        uint32_t masks[HASH_MASKS];
+        for (int m = 0; m * 32 < n_planes; m++) {
+            const int j = m * 32 + lane;
+            masks[m] = __ballot_sync(0xffffffffu, j < n_planes && dot(planes + (size_t)j * dim, x, dim) >= 0);
+        }
+        for (int r = lane; r < P->rows; r += 32) {
+            uint32_t b = 0;
+            for (int i = 0; i < P->bits; i++) {
+                const int j = r * P->bits + i;
+                b |= (masks[j / 32] >> (j % 32) & 1u) << i;
+            }
+            buckets[r] = b;
+        }
+        return;
+    }
     for (int r = lane; r < P->rows; r += 32) {
         uint32_t b = 0;
-        for (int i = 0; i < P->bits; i++) {
-            const float *plane = planes + ((size_t)r * P->bits + i) * dim;
-            float proj = 0;
-            for (int d = 0; d < dim; d++) proj += plane[d] * x[d];
-            b |= (uint32_t)(proj >= 0) << i;
-        }
+        for (int i = 0; i < P->bits; i++) b |= (uint32_t)(dot(planes + ((size_t)r * P->bits + i) * dim, x, dim) >= 0) << i;
         buckets[r] = b;
     }
 }
 
-/* Count-Min update with the key's buckets; lane r owns sketch row r. */
-__device__ static void cms_update(const gpu_policy *P, float *counts, const uint32_t *buckets, float value,
-                                  int lane)
+/* Count-Min update; lane r owns sketch rows r and r + 32, whose buckets
+ * it passes in b[0], b[1]. */
+__device__ static void cms_update(const gpu_policy *P, float *counts, const uint32_t *b, float value, int lane)
 {
     float c[MAX_DEPTH / 32];
     float est = FLT_MAX;
     for (int j = 0, r = lane; r < P->depth; j++, r += 32) {
-        c[j] = counts[(size_t)r * P->width + buckets[r]];
+        c[j] = counts[(size_t)r * P->width + b[j]];
         est = fminf(est, c[j]);
     }
     if (!P->conservative) {
-        for (int j = 0, r = lane; r < P->depth; j++, r += 32) counts[(size_t)r * P->width + buckets[r]] = c[j] + value;
+        for (int j = 0, r = lane; r < P->depth; j++, r += 32) counts[(size_t)r * P->width + b[j]] = c[j] + value;
         return;
     }
-    for (int o = 16; o > 0; o >>= 1) est = fminf(est, __shfl_xor_sync(0xffffffffu, est, o));
+    /* rows sit in lanes 0..depth-1 (and 32.. for depth > 32): the min of
+     * the first power-of-two group of lanes covers them */
+    int span = 1;
+    while (span < P->depth && span < 32) span <<= 1;
+    for (int o = span / 2; o > 0; o >>= 1) est = fminf(est, __shfl_xor_sync(0xffffffffu, est, o));
     const float target = est + value;
     for (int j = 0, r = lane; r < P->depth; j++, r += 32)
-        if (c[j] < target) counts[(size_t)r * P->width + buckets[r]] = target;
+        if (c[j] < target) counts[(size_t)r * P->width + b[j]] = target;
 }
 
 /* One head's ingestion of the step (method.h's observe): kept i has
@@ -154,13 +197,37 @@ __device__ static void observe_head(const gpu_policy *P, const step_view *v, int
     case K_CS: {
         const uint32_t *key = v->tables + P->table + ((size_t)h * v->max_T + t) * P->depth;
         for (int r = lane; r < P->depth; r += 32) fresh[r] = key[r];
-        for (int i = 0; i <= n; i++) {
-            const uint32_t *b = slots + (size_t)i * P->depth; /* i == n: t's own */
-            if (P->kind == K_CMS) {
-                cms_update(P, counts, b, row[i], lane);
-            } else {
-                for (int r = lane; r < P->depth; r += 32)
-                    counts[(size_t)r * P->width + (b[r] & ~CS_NEG)] += b[r] & CS_NEG ? -row[i] : row[i];
+        __syncwarp();
+        if (P->kind == K_CMS) { /* positions in order (i == n: t's own), buckets loaded ahead */
+            for (int i0 = 0; i0 <= n; i0 += PREFETCH) {
+                uint32_t b[PREFETCH][MAX_DEPTH / 32];
+                float w[PREFETCH];
+#pragma unroll
+                for (int j = 0; j < PREFETCH; j++) {
+                    if (i0 + j > n) break;
+                    w[j] = row[i0 + j];
+                    for (int x = 0, r = lane; r < P->depth; x++, r += 32) b[j][x] = slots[(size_t)(i0 + j) * P->depth + r];
+                }
+#pragma unroll
+                for (int j = 0; j < PREFETCH; j++)
+                    if (i0 + j <= n) cms_update(P, counts, b[j], w[j], lane);
+            }
+            break;
+        }
+        /* Count Sketch: lane r owns row r; buckets and weights are loaded a
+         * chunk ahead so that the loads overlap */
+        for (int r0 = 0; r0 < P->depth; r0 += 32) {
+            const int r = r0 + lane;
+            for (int i0 = 0; i0 <= n; i0 += PREFETCH) {
+                uint32_t b[PREFETCH];
+                float w[PREFETCH];
+#pragma unroll
+                for (int j = 0; j < PREFETCH; j++)
+                    if (i0 + j <= n && r < P->depth) b[j] = slots[(size_t)(i0 + j) * P->depth + r], w[j] = row[i0 + j];
+#pragma unroll
+                for (int j = 0; j < PREFETCH; j++)
+                    if (i0 + j <= n && r < P->depth)
+                        counts[(size_t)r * P->width + (b[j] & ~CS_NEG)] += b[j] & CS_NEG ? -w[j] : w[j];
             }
         }
         break;
@@ -168,22 +235,28 @@ __device__ static void observe_head(const gpu_policy *P, const step_view *v, int
     case K_RACE:
     case K_RACE_KDE: {
         const float *planes = (const float *)(v->tables + P->table) + (size_t)h * P->rows * P->bits * v->D;
+        if (P->kind == K_RACE_KDE) {
+            /* one unit of query mass in each row, at the query's buckets
+             * (hashed into t's slot, which the key's buckets then replace) */
+            race_hash(P, planes, v->D, q, fresh, lane);
+            for (int r = lane; r < P->rows; r += 32) counts[((size_t)r << P->bits) + fresh[r]] += 1.0f;
+            __syncwarp();
+            race_hash(P, planes, v->D, k, fresh, lane);
+            break;
+        }
         race_hash(P, planes, v->D, k, fresh, lane);
-        if (P->kind == K_RACE) {
-            for (int i = 0; i <= n; i++)
-                for (int r = lane; r < P->rows; r += 32)
-                    counts[((size_t)r << P->bits) + slots[(size_t)i * P->rows + r]] += row[i];
-        } else {
-            /* the query's buckets, then one unit of query mass in each row */
-            for (int r = lane; r < P->rows; r += 32) {
-                uint32_t b = 0;
-                for (int i = 0; i < P->bits; i++) {
-                    const float *plane = planes + ((size_t)r * P->bits + i) * v->D;
-                    float proj = 0;
-                    for (int d = 0; d < v->D; d++) proj += plane[d] * q[d];
-                    b |= (uint32_t)(proj >= 0) << i;
-                }
-                counts[((size_t)r << P->bits) + b] += 1.0f;
+        __syncwarp();
+        for (int r0 = 0; r0 < P->rows; r0 += 32) {
+            const int r = r0 + lane;
+            for (int i0 = 0; i0 <= n; i0 += PREFETCH) {
+                uint32_t b[PREFETCH];
+                float w[PREFETCH];
+#pragma unroll
+                for (int j = 0; j < PREFETCH; j++)
+                    if (i0 + j <= n && r < P->rows) b[j] = slots[(size_t)(i0 + j) * P->rows + r], w[j] = row[i0 + j];
+#pragma unroll
+                for (int j = 0; j < PREFETCH; j++)
+                    if (i0 + j <= n && r < P->rows) counts[((size_t)r << P->bits) + b[j]] += w[j];
             }
         }
         break;
@@ -204,6 +277,7 @@ __device__ static double score_head(const gpu_policy *P, const float *row, const
     case K_TOVA: return row[i];
     case K_CMS: {
         float est = FLT_MAX;
+#pragma unroll 4
         for (int r = 0; r < P->depth; r++) est = fminf(est, counts[(size_t)r * P->width + slot[r]]);
         return est;
     }
@@ -225,6 +299,7 @@ __device__ static double score_head(const gpu_policy *P, const float *row, const
     case K_RACE:
     case K_RACE_KDE: {
         double sum = 0;
+#pragma unroll 8
         for (int r = 0; r < P->rows; r++) sum += counts[((size_t)r << P->bits) + slot[r]];
         return (float)(sum / P->rows);
     }
@@ -249,12 +324,15 @@ __device__ static void remove_entry(uint32_t *a, int words, int x, int n, int la
     }
 }
 
-/* One warp per (active stream, layer, set): observe, retain t, evict. */
-__global__ void observe_kernel(step_view v, int t)
+/* One warp (block) per (active stream, layer, set) of the streams items[]
+ * (indices into the active streams, all of one policy): observe, retain t,
+ * evict. A head-granularity set's sketch or generator is worked on in shared
+ * memory when it fits stage_words. */
+__global__ void observe_kernel(step_view v, int t, const int *items, int stage_words)
 {
-    const int warp = (blockIdx.x * blockDim.x + threadIdx.x) / 32, lane = threadIdx.x % 32;
-    if (warp >= v.n_active * v.L * v.H) return;
-    const int a = warp / (v.L * v.H), l = warp / v.H % v.L, set = warp % v.H;
+    extern __shared__ uint32_t staged[];
+    const int warp = blockIdx.x, lane = threadIdx.x;
+    const int a = items[warp / (v.L * v.H)], l = warp / v.H % v.L, set = warp % v.H;
     const int sid = v.active[a];
     const gpu_policy P = v.policies[v.stream_policy[sid]];
     if (P.layer_sets && set > 0) return;
@@ -263,10 +341,16 @@ __global__ void observe_kernel(step_view v, int t)
     const int C = v.H * v.D;
     int *kp = v.pos + v.off[list];
     int n = v.cnt[list];
+    /* head h's state: staged (a single head whose state fits) or in place */
+    const int stage = !P.layer_sets && P.state_words > 0 && P.state_words <= stage_words;
+    uint32_t *home = v.state + v.state_off[list];
+    for (long long w = lane; stage && w < P.state_words; w += 32) staged[w] = home[w];
+    __syncwarp();
+#define STATE_OF(h) (stage ? staged : v.state + v.state_off[base + (h)])
     for (int h = h0; h <= h1; h++) {
         const size_t qk = ((size_t)l * v.n_active + a) * C + (size_t)h * v.D;
-        observe_head(&P, &v, t, h, v.rows + v.off[base + h], v.slots + v.slot_off[base + h],
-                     v.state + v.state_off[base + h], v.q + qk, v.k + qk, n, lane);
+        observe_head(&P, &v, t, h, v.rows + v.off[base + h], v.slots + v.slot_off[base + h], STATE_OF(h),
+                     v.q + qk, v.k + qk, n, lane);
         __syncwarp();
     }
     if (lane == 0) kp[n] = t;
@@ -280,8 +364,7 @@ __global__ void observe_kernel(step_view v, int t)
                 for (int i = 0; i < n; i++) {
                     if (!evictable(&P, kp[i], t)) continue;
                     double s = 0;
-                    for (int h = h0; h <= h1; h++)
-                        s += mt_next(v.state + v.state_off[base + h]) / 4294967296.0;
+                    for (int h = h0; h <= h1; h++) s += mt_next(STATE_OF(h)) / 4294967296.0;
                     score[i] = s;
                 }
             __syncwarp();
@@ -294,8 +377,8 @@ __global__ void observe_kernel(step_view v, int t)
             if (P.kind == K_RANDOM) s = score[i];
             else
                 for (int h = h0; h <= h1; h++)
-                    s += score_head(&P, v.rows + v.off[base + h], v.slots + v.slot_off[base + h],
-                                    v.state + v.state_off[base + h], i, kp[i]);
+                    s += score_head(&P, v.rows + v.off[base + h], v.slots + v.slot_off[base + h], STATE_OF(h), i,
+                                    kp[i]);
             if (victim < 0 || s < best) victim = i, best = s;
         }
         for (int o = 16; o > 0; o >>= 1) {
@@ -308,6 +391,9 @@ __global__ void observe_kernel(step_view v, int t)
         for (int h = h0; P.words && h <= h1; h++) remove_entry(v.slots + v.slot_off[base + h], P.words, victim, n, lane);
         n--;
     }
+#undef STATE_OF
+    __syncwarp();
+    for (long long w = lane; stage && w < P.state_words; w += 32) home[w] = staged[w];
     if (lane == 0) v.cnt[list] = n;
     if (P.layer_sets)
         for (int h = 1; h < v.H; h++) {
@@ -340,11 +426,14 @@ static ap_status describe(const ap_policy *host, gpu_policy *P, int n_head, int 
     size_t add = 0;
     if (P->kind == K_CMS || P->kind == K_CS) add = (size_t)n_head * max_T * P->depth;
     if (P->kind == K_RACE || P->kind == K_RACE_KDE) add = (size_t)n_head * P->rows * P->bits * head_dim;
-    uint32_t *grown = (uint32_t *)realloc(*tables, (*n_tables + add + 1) * sizeof **tables);
+    const size_t aligned = (*n_tables + 3) / 4 * 4;
+    uint32_t *grown = (uint32_t *)realloc(*tables, (aligned + add + 1) * sizeof **tables);
+    if (grown) memset(grown + *n_tables, 0, (aligned - *n_tables) * sizeof *grown);
+    *n_tables = aligned;
     *init = P->state_words ? (uint32_t *)calloc((size_t)n_head * P->state_words, sizeof **init) : NULL;
     if (grown) *tables = grown;
     if (!grown || (P->state_words && !*init)) return ap_error_set(err, AP_ERR_RUNTIME, "out of memory");
-    P->table = (long long)*n_tables;
+    P->table = (long long)*n_tables; /* a multiple of 4: hyperplanes are read as float4 */
     uint32_t *out = *tables + *n_tables;
     for (int h = 0; h < n_head; h++) {
         void *st = ap_policy_head_state(host, h);
@@ -404,7 +493,15 @@ void ap_policy_gpu_free(ap_policy_gpu *g)
     cudaFree((void *)v->q), cudaFree((void *)v->k), cudaFree((void *)v->slot_off), cudaFree((void *)v->state_off);
     cudaFree(v->slots), cudaFree(v->state), cudaFree((void *)v->tables), cudaFree(v->scratch);
     cudaFree((void *)v->stream_policy), cudaFree((void *)v->policies), cudaFree(g->d_active);
+    cudaFree(g->d_items), cudaFreeHost(g->h_items);
     if (g->stream) cudaStreamDestroy(g->stream);
+    for (int p = 0; p < g->n_policy; p++) {
+        if (g->policy_stream && g->policy_stream[p]) cudaStreamDestroy(g->policy_stream[p]);
+        if (g->policy_done && g->policy_done[p]) cudaEventDestroy(g->policy_done[p]);
+    }
+    if (g->items_ready) cudaEventDestroy(g->items_ready);
+    free(g->policy_stream), free(g->policy_done);
+    free(g->h_param), free(g->stage_words);
     free(g->h_off);
     free(g->h_cap);
     free(g);
@@ -435,10 +532,16 @@ ap_status ap_policy_gpu_create(const ap_policy_params *params, int n_params, con
     long long *slot_off = (long long *)malloc(((size_t)g->n_lists + 1) * sizeof *slot_off);
     long long *state_off = (long long *)malloc(((size_t)g->n_lists + 1) * sizeof *state_off);
     g->h_off = (int *)malloc(((size_t)g->n_lists + 1) * sizeof *g->h_off);
+    g->n_policy = n_params;
+    g->h_param = (int *)malloc((size_t)n_stream * sizeof *g->h_param);
+    g->stage_words = (int *)calloc((size_t)n_params, sizeof *g->stage_words);
+    g->policy_stream = (cudaStream_t *)calloc((size_t)n_params, sizeof *g->policy_stream);
+    g->policy_done = (cudaEvent_t *)calloc((size_t)n_params, sizeof *g->policy_done);
     g->h_cap = (int *)malloc((size_t)n_stream * sizeof *g->h_cap);
     uint32_t *state = NULL;
     ap_status st = AP_OK;
-    if (!pols || !init || !slot_off || !state_off || !g->h_off || !g->h_cap) {
+    if (!pols || !init || !slot_off || !state_off || !g->h_off || !g->h_cap || !g->h_param || !g->stage_words ||
+        !g->policy_stream || !g->policy_done) {
         st = ap_error_set(err, AP_ERR_RUNTIME, "out of memory");
         goto done;
     }
@@ -479,6 +582,11 @@ ap_status ap_policy_gpu_create(const ap_policy_params *params, int n_params, con
         const size_t C = (size_t)n_head * head_dim;
         v->L = n_layer, v->H = n_head, v->D = head_dim, v->max_T = g->max_T;
         CUDA_TRY(cudaStreamCreate(&g->stream), "creating a stream for the policies");
+        CUDA_TRY(cudaEventCreateWithFlags(&g->items_ready, cudaEventDisableTiming), "creating an event");
+        for (int p = 0; p < n_params; p++) {
+            CUDA_TRY(cudaStreamCreate(&g->policy_stream[p]), "creating a stream for a policy");
+            CUDA_TRY(cudaEventCreateWithFlags(&g->policy_done[p], cudaEventDisableTiming), "creating an event");
+        }
         CUDA_TRY(upload((void **)&v->off, g->h_off, ((size_t)g->n_lists + 1) * sizeof(int)), "uploading list offsets");
         CUDA_TRY(upload((void **)&v->cnt, NULL, (size_t)g->n_lists * sizeof(int)), "allocating list lengths");
         CUDA_TRY(upload((void **)&v->pos, NULL, (size_t)at * sizeof(int)), "allocating retained positions");
@@ -498,6 +606,11 @@ ap_status ap_policy_gpu_create(const ap_policy_params *params, int n_params, con
         CUDA_TRY(upload((void **)&v->policies, pols, (size_t)n_params * sizeof *pols), "uploading policies");
         CUDA_TRY(upload((void **)&g->d_active, NULL, (size_t)n_stream * sizeof(int)), "allocating active streams");
         v->active = g->d_active;
+        for (int p = 0; p < n_params; p++)
+            g->stage_words[p] = !pols[p].layer_sets && pols[p].state_words <= STAGE_WORDS_MAX ? (int)pols[p].state_words : 0;
+        memcpy(g->h_param, stream_param, (size_t)n_stream * sizeof(int));
+        CUDA_TRY(upload((void **)&g->d_items, NULL, (size_t)n_stream * sizeof(int)), "allocating work lists");
+        CUDA_TRY(cudaMallocHost((void **)&g->h_items, (size_t)n_stream * sizeof(int)), "allocating work lists");
         g->buf = (ap_policy_gpu_buffers){v->off, v->cnt, v->pos, (float *)v->rows, (float *)v->q, (float *)v->k};
     }
 done:
@@ -519,9 +632,29 @@ ap_status ap_policy_gpu_observe(ap_policy_gpu *g, int t, const int *active, int 
                              g->stream),
              "copying the active streams");
     g->v.n_active = n_active;
-    const long long warps = (long long)n_active * g->L * g->H;
-    observe_kernel<<<(unsigned)((warps + 3) / 4), 128, 0, g->stream>>>(g->v, t);
-    CUDA_TRY(cudaGetLastError(), "launching the policy updates");
+    /* one launch per policy, each with the shared memory its sets need */
+    int n_items = 0;
+    for (int p = 0; p < g->n_policy; p++)
+        for (int a = 0; a < n_active; a++)
+            if (g->h_param[active[a]] == p) g->h_items[n_items++] = a;
+    CUDA_TRY(cudaMemcpyAsync(g->d_items, g->h_items, (size_t)n_items * sizeof(int), cudaMemcpyHostToDevice,
+                             g->stream),
+             "copying the work lists");
+    CUDA_TRY(cudaEventRecord(g->items_ready, g->stream), "ordering the policy updates");
+    for (int p = 0, first = 0; p < g->n_policy; p++) {
+        int count = 0;
+        while (first + count < n_items && g->h_param[active[g->h_items[first + count]]] == p) count++;
+        if (count) {
+            cudaStream_t ps = g->policy_stream[p];
+            CUDA_TRY(cudaStreamWaitEvent(ps, g->items_ready, 0), "ordering the policy updates");
+            observe_kernel<<<(unsigned)count * g->L * g->H, 32, (size_t)g->stage_words[p] * sizeof(uint32_t), ps>>>(
+                g->v, t, g->d_items + first, g->stage_words[p]);
+            CUDA_TRY(cudaGetLastError(), "launching the policy updates");
+            CUDA_TRY(cudaEventRecord(g->policy_done[p], ps), "ordering the policy updates");
+            CUDA_TRY(cudaStreamWaitEvent(g->stream, g->policy_done[p], 0), "ordering the policy updates");
+        }
+        first += count;
+    }
     CUDA_TRY(cudaStreamSynchronize(g->stream), "updating the retained sets");
     return AP_OK;
 }
