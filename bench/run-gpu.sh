@@ -18,6 +18,8 @@ for p in fp32 tf32 bf16; do
       'BEGIN { printf "  trace %s (%s): %.2fx transformers fp16 prefill with output_attentions\n", p, m, a / b }'
   done
 done
-cascade=$(sed -n 's/^(b) cascade.*, \([0-9]*\) policy-tokens\/s.*/\1/p' "$out/bench_gpu.txt")
-[ -n "$cascade" ] && [ -n "$hf_loop" ] && awk -v a="$cascade" -v b="$hf_loop" \
-  'BEGIN { printf "  cascade: %.1fx the token-by-token two-model loop\n", a / b }'
+for p in fp32 bf16; do
+  cascade=$(sed -n "s/^(b) cascade.*, $p, .*, \([0-9]*\) policy-tokens\/s.*/\1/p" "$out/bench_gpu.txt" | head -1)
+  [ -n "$cascade" ] && [ -n "$hf_loop" ] && awk -v a="$cascade" -v b="$hf_loop" -v p="$p" \
+    'BEGIN { printf "  cascade %s: %.1fx the token-by-token two-model loop\n", p, a / b }'
+done

@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# On the GPU machine, after scripts/gpu-check.sh has built build-gpu: one
+# decode step of the cascade benchmark under Nsight Compute (real clocks, no
+# cache flushes), its kernels summed by name, then the policy launches that
+# follow it. Used for the breakdown in bench/RESULTS.md.
+#   usage: bench/profile-decode.sh [BUILD_DIR] [OUT]
+set -uo pipefail
+build=${1:-build-gpu} out=${2:-${OUT:-.}}
+ncu=${NCU:-/usr/local/cuda/bin/ncu}
+"$ncu" --cache-control none --clock-control none --launch-skip 3000 --launch-count 700 \
+  --metrics gpu__time_duration.sum --csv "$build/bench/bench_gpu" --trace-samples 0 --cascade-T 512 \
+  > "$out/ncu_decode.csv" 2> "$out/ncu_decode.err" || { tail -5 "$out/ncu_decode.err"; exit 1; }
+python3 - "$out/ncu_decode.csv" <<'PY'
+import collections, csv, sys
+seq, hdr = [], None
+for r in csv.reader(open(sys.argv[1])):
+    if "Kernel Name" in r:
+        hdr = r
+    elif hdr and len(r) == len(hdr):
+        d = dict(zip(hdr, r))
+        seq.append((d["Kernel Name"][:60], d.get("Grid Size", ""), float(d["Metric Value"].replace(",", ""))))
+is_policy = lambda k: k[0].startswith("observe")
+first = next(i for i, k in enumerate(seq) if is_policy(k))
+while first < len(seq) and is_policy(seq[first]): first += 1   # a decode step starts after a policy group
+end = first
+while end < len(seq) and not is_policy(seq[end]): end += 1
+by_name = collections.OrderedDict()
+for name, grid, ns in seq[first:end]:
+    e = by_name.setdefault((name, grid), [0, 0.0]); e[0] += 1; e[1] += ns
+for (name, grid), (n, ns) in sorted(by_name.items(), key=lambda x: -x[1][1]):
+    print(f"{n:4d} x {ns / n / 1e3:7.1f} us = {ns / 1e3:8.1f} us  {grid} {name}")
+print(f"decode step: {end - first} kernels, {sum(k[2] for k in seq[first:end]) / 1e3:.1f} us")
+policy = 0
+while end < len(seq) and is_policy(seq[end]): policy += seq[end][2]; end += 1
+print(f"policy launches that follow: {policy / 1e3:.1f} us (run side by side in the benchmark)")
+PY
