@@ -154,20 +154,29 @@ void ap_stream_free(ap_stream *s)
 
 int ap_stream_pos(const ap_stream *s) { return s->pos; }
 
+/* The streams of a decode step: this engine's, with room for one more position. */
+static ap_status check_streams(const ap_engine *e, ap_stream *const *streams, int n, ap_error *err)
+{
+    for (int s = 0; s < n; s++) {
+        if (streams[s]->engine != e)
+            return ap_error_set(err, AP_ERR_USAGE, "stream %d belongs to another engine", s);
+        if (streams[s]->pos >= streams[s]->max_len)
+            return ap_error_set(err, AP_ERR_USAGE, "stream %d is full (%d positions)", s,
+                                streams[s]->max_len);
+    }
+    return AP_OK;
+}
+
 ap_status ap_engine_decode_step(ap_engine *e, const ap_decode_batch *b, const ap_capture *cap,
                                 ap_error *err)
 {
     ap_status st;
-    if ((st = check_capture(e, cap, err)) || (st = check_ids(e, b->tokens, b->n_stream, err)))
+    if ((st = check_capture(e, cap, err)) || (st = check_ids(e, b->tokens, b->n_stream, err)) ||
+        (st = check_streams(e, b->streams, b->n_stream, err)))
         return st;
     const int n_lh = e->model->config.n_layer * e->model->config.n_head;
     for (int s = 0; s < b->n_stream; s++) {
         const ap_stream *str = b->streams[s];
-        if (str->engine != e)
-            return ap_error_set(err, AP_ERR_USAGE, "stream %d belongs to another engine", s);
-        if (str->pos >= str->max_len)
-            return ap_error_set(err, AP_ERR_USAGE, "stream %d is full (%d positions)", s,
-                                str->max_len);
         if (!b->kept || !b->kept[s]) continue;
         for (int lh = 0; lh < n_lh; lh++)
             for (int i = 0; i < b->n_kept[s][lh]; i++) {
@@ -191,17 +200,11 @@ ap_status ap_engine_decode_device(ap_engine *e, const ap_device_batch *b, ap_err
     if (!e->ops->decode_device)
         return ap_error_set(err, AP_ERR_USAGE,
                             "device-resident decoding needs the CUDA backend (this engine: cpu)");
-    ap_status st = check_ids(e, b->tokens, b->n_stream, err);
-    if (st) return st;
-    for (int s = 0; s < b->n_stream; s++) {
-        const ap_stream *str = b->streams[s];
-        if (str->engine != e)
-            return ap_error_set(err, AP_ERR_USAGE, "stream %d belongs to another engine", s);
-        if (str->pos >= str->max_len)
-            return ap_error_set(err, AP_ERR_USAGE, "stream %d is full (%d positions)", s,
-                                str->max_len);
-    }
-    if ((st = e->ops->decode_device(e, b, err))) return st;
+    ap_status st;
+    if ((st = check_ids(e, b->tokens, b->n_stream, err)) ||
+        (st = check_streams(e, b->streams, b->n_stream, err)) ||
+        (st = e->ops->decode_device(e, b, err)))
+        return st;
     for (int s = 0; s < b->n_stream; s++) b->streams[s]->pos++;
     return AP_OK;
 }

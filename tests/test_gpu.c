@@ -104,6 +104,15 @@ static ap_status record(void *ctx, const ap_row_event *ev, ap_error *err)
     return AP_OK;
 }
 
+static void cascade_params(ap_engine *e, const ap_trace *tr, const ap_policy_params *p, int host_policies,
+                           recorder *r)
+{
+    ap_replay_opts o = {0, 1, record, r, NULL, NULL, host_policies};
+    ap_replay_cost cost;
+    ap_error err;
+    if (ap_replay_cascade(e, tr, p, 1, &o, &cost, &err)) fail_msg("%s", err.msg);
+}
+
 static void cascade(ap_engine *e, const ap_trace *tr, const char *policy, ap_granularity gran,
                     int host_policies, int budget, recorder *r)
 {
@@ -112,10 +121,7 @@ static void cascade(ap_engine *e, const ap_trace *tr, const char *policy, ap_gra
     p.budget = budget;
     p.recent = 4;
     p.granularity = gran;
-    ap_replay_opts o = {0, 1, record, r, NULL, NULL, host_policies};
-    ap_replay_cost cost;
-    ap_error err;
-    if (ap_replay_cascade(e, tr, &p, 1, &o, &cost, &err)) fail_msg("%s", err.msg);
+    cascade_params(e, tr, &p, host_policies, r);
 }
 
 /* Every policy, per head and per layer: the CPU engine with the host
@@ -163,6 +169,56 @@ static void test_cascade_cpu_cuda(void **state)
             free(a.masks), free(b.masks), free(c.masks);
             free(a.rows), free(b.rows), free(c.rows);
         }
+    ap_trace_free(&tr);
+    ap_engine_free(gpu);
+    ap_engine_free(cpu);
+    ap_model_free(m);
+}
+
+/* The device policies' other code paths: Count-Min rows beyond a warp's 32
+ * lanes and plain update, an odd Count Sketch depth (the median of an odd
+ * number), RACE with more hyperplanes than the ballot path takes (32 rows of
+ * 10 bits) and layer-granularity sketches (kept in global memory). */
+static void test_cascade_params(void **state)
+{
+    (void)state;
+    ap_model *m;
+    ap_engine *cpu, *gpu;
+    ap_error err;
+    if (ap_model_load(AP_FIXTURES "/tiny", &m, &err) ||
+        ap_engine_create(m, AP_BACKEND_CPU, AP_PRECISION_FP32, &cpu, &err) ||
+        ap_engine_create(m, AP_BACKEND_CUDA, AP_PRECISION_FP32, &gpu, &err))
+        fail_msg("%s", err.msg);
+    int ids[96];
+    for (int t = 0; t < 96; t++) ids[t] = (t * 53 + 5) % m->config.vocab_size;
+    ap_samples samples = {1, (int[]){96}, (int *[]){ids}, 1, 0};
+    const int layers[2] = {0, 1};
+    ap_trace tr;
+    if (ap_trace_run(gpu, m, &samples, layers, 2, &tr, NULL, NULL, &err)) fail_msg("%s", err.msg);
+    ap_policy_params p[5];
+    ap_policy_params_default(&p[0], "cms");
+    p[0].depth = 40, p[0].width = 64, p[0].conservative = 0;
+    ap_policy_params_default(&p[1], "cms");
+    p[1].depth = 40, p[1].width = 64;
+    ap_policy_params_default(&p[2], "count_sketch");
+    p[2].depth = 5, p[2].width = 32;
+    ap_policy_params_default(&p[3], "race");
+    p[3].race_rows = 32, p[3].race_bits = 10;
+    ap_policy_params_default(&p[4], "race_kde");
+    p[4].granularity = AP_GRAN_LAYER;
+    for (int i = 0; i < 5; i++) {
+        p[i].budget = 20, p[i].recent = 4;
+        recorder a = {0}, b = {0};
+        cascade_params(cpu, &tr, &p[i], 0, &a);
+        cascade_params(gpu, &tr, &p[i], 0, &b);
+        assert_int_equal(a.used, b.used);
+        assert_memory_equal(a.masks, b.masks, a.used);
+        print_message("%s depth %d width %d conservative %d rows %d bits %d granularity %d: retained sets "
+                      "identical on cpu and cuda\n",
+                      p[i].name, p[i].depth, p[i].width, p[i].conservative, p[i].race_rows, p[i].race_bits,
+                      (int)p[i].granularity);
+        free(a.masks), free(b.masks), free(a.rows), free(b.rows);
+    }
     ap_trace_free(&tr);
     ap_engine_free(gpu);
     ap_engine_free(cpu);
@@ -221,6 +277,7 @@ int main(void)
         cmocka_unit_test(test_prefill_batch),
         cmocka_unit_test(test_reduced_precision),
         cmocka_unit_test(test_cascade_cpu_cuda),
+        cmocka_unit_test(test_cascade_params),
         cmocka_unit_test(test_cascade_long),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -31,13 +31,7 @@ extern "C" {
 
 /* ---- error handling --------------------------------------------------------- */
 
-#define CUDA_TRY(call, what)                                                                  \
-    do {                                                                                      \
-        cudaError_t e_ = (call);                                                              \
-        if (e_ != cudaSuccess)                                                                \
-            return ap_error_set(err, AP_ERR_RUNTIME, "%s failed (%s) while %s", #call,        \
-                                cudaGetErrorString(e_), what);                                \
-    } while (0)
+#include "../../common/cuda_try.h"
 
 #define CUBLAS_TRY(call, what)                                                                \
     do {                                                                                      \
@@ -46,8 +40,6 @@ extern "C" {
             return ap_error_set(err, AP_ERR_RUNTIME, "%s failed (cuBLAS status %d) while %s", \
                                 #call, (int)s_, what);                                        \
     } while (0)
-
-#define KERNEL_TRY(what) CUDA_TRY(cudaGetLastError(), what)
 
 extern "C" int ap_cuda_device_count(void)
 {
@@ -606,6 +598,23 @@ typedef struct {
     const ap_device_batch *dev; /* device-resident lists and outputs, or NULL */
 } decode_args;
 
+/* A decode step's inputs from the host: table_bytes of the pinned tables, the
+ * cache pointers, tokens and positions. */
+static ap_status upload_step(cuda_engine *ce, int S, size_t table_bytes, const int *tokens, const int *t_of,
+                             ap_error *err)
+{
+    CUDA_TRY(cudaMemcpyAsync(ce->d_tables, ce->h_tables, table_bytes, cudaMemcpyHostToDevice, ce->stream),
+             "copying the decode tables");
+    CUDA_TRY(cudaMemcpyAsync(ce->d_ptrs, ce->h_ptrs, 2 * (size_t)S * sizeof(float *), cudaMemcpyHostToDevice,
+                             ce->stream),
+             "copying the cache pointers");
+    CUDA_TRY(cudaMemcpyAsync(ce->ids, tokens, S * sizeof(int), cudaMemcpyHostToDevice, ce->stream),
+             "copying tokens");
+    CUDA_TRY(cudaMemcpyAsync(ce->pos, t_of, S * sizeof(int), cudaMemcpyHostToDevice, ce->stream),
+             "copying positions");
+    return AP_OK;
+}
+
 /* One decode step's device work (recordable): the tables, tokens and cache
  * pointers are already on the device. */
 static ap_status enqueue_decode(ap_engine *e, const void *arg, ap_error *err)
@@ -721,15 +730,7 @@ static ap_status cuda_decode_step(ap_engine *e, const ap_decode_batch *b, const 
     if ((st = plan_stage(e, cap, 1, size, slots, err))) return st;
     {
         float *compact = (float *)ce->d_compact, *h_compact = (float *)ce->h_compact;
-        CUDA_TRY(cudaMemcpyAsync(ce->d_tables, ce->h_tables, ints * sizeof(int), cudaMemcpyHostToDevice, ce->stream),
-                 "copying the decode tables");
-        CUDA_TRY(cudaMemcpyAsync(ce->d_ptrs, ce->h_ptrs, 2 * (size_t)S * sizeof(float *), cudaMemcpyHostToDevice,
-                                 ce->stream),
-                 "copying the cache pointers");
-        CUDA_TRY(cudaMemcpyAsync(ce->ids, b->tokens, S * sizeof(int), cudaMemcpyHostToDevice, ce->stream),
-                 "copying tokens");
-        CUDA_TRY(cudaMemcpyAsync(ce->pos, t_of, S * sizeof(int), cudaMemcpyHostToDevice, ce->stream),
-                 "copying positions");
+        if ((st = upload_step(ce, S, ints * sizeof(int), b->tokens, t_of, err))) return st;
         decode_args args = {S, longest, cap, slots, NULL};
         long long key[GRAPH_KEY_MAX] = {2, S, longest, cap && cap->logits, (long long)ce->generation};
         if ((st = run_recorded(e, &ce->decode_graph, key, key_captures(key, 5, cap), enqueue_decode, &args, err)) ||
@@ -794,16 +795,7 @@ static ap_status cuda_decode_device(ap_engine *e, const ap_device_batch *b, ap_e
         kc[s] = ((cuda_stream *)b->streams[s]->impl)->k;
         vc[s] = ((cuda_stream *)b->streams[s]->impl)->v;
     }
-    CUDA_TRY(cudaMemcpyAsync(ce->d_tables, ce->h_tables, 3 * (size_t)S * sizeof(int), cudaMemcpyHostToDevice,
-                             ce->stream),
-             "copying the decode tables");
-    CUDA_TRY(cudaMemcpyAsync(ce->d_ptrs, ce->h_ptrs, 2 * (size_t)S * sizeof(float *), cudaMemcpyHostToDevice,
-                             ce->stream),
-             "copying the cache pointers");
-    CUDA_TRY(cudaMemcpyAsync(ce->ids, b->tokens, S * sizeof(int), cudaMemcpyHostToDevice, ce->stream),
-             "copying tokens");
-    CUDA_TRY(cudaMemcpyAsync(ce->pos, t_of, S * sizeof(int), cudaMemcpyHostToDevice, ce->stream),
-             "copying positions");
+    if ((st = upload_step(ce, S, 3 * (size_t)S * sizeof(int), b->tokens, t_of, err))) return st;
     decode_args args = {S, longest, NULL, NULL, b};
     long long key[GRAPH_KEY_MAX] = {3,
                                     S,

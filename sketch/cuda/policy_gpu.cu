@@ -25,13 +25,7 @@ extern "C" {
 #include "../policy_gpu.h"
 }
 
-#define CUDA_TRY(call, what)                                                                  \
-    do {                                                                                      \
-        cudaError_t e_ = (call);                                                              \
-        if (e_ != cudaSuccess)                                                                \
-            return ap_error_set(err, AP_ERR_RUNTIME, "%s failed (%s) while %s", #call,        \
-                                cudaGetErrorString(e_), what);                                \
-    } while (0)
+#include "../../common/cuda_try.h"
 
 enum { K_FULL, K_WINDOW, K_SINK, K_RANDOM, K_H2O, K_TOVA, K_CMS, K_CS, K_RACE, K_RACE_KDE };
 static const char *const KIND_NAMES[] = {"full", "window", "sink",         "random", "h2o",
@@ -180,6 +174,28 @@ __device__ static void cms_update(const gpu_policy *P, float *counts, const uint
         if (c[j] < target) counts[(size_t)r * P->width + b[j]] = target;
 }
 
+/* counts[r][bucket] += ±row[i] for i = 0..n in order, the buckets of i at
+ * slots + i * n_rows (Count Sketch's sign in bit 31; RACE's buckets never
+ * reach it); lane r owns row r, and buckets and weights are loaded a chunk
+ * ahead so that the loads overlap. */
+__device__ static void add_in_order(float *counts, int row_len, const uint32_t *slots, int n_rows, const float *row,
+                                    int n, int lane)
+{
+    for (int r0 = 0; r0 < n_rows; r0 += 32) {
+        const int r = r0 + lane;
+        for (int i0 = 0; i0 <= n; i0 += PREFETCH) {
+            uint32_t b[PREFETCH];
+            float w[PREFETCH];
+#pragma unroll
+            for (int j = 0; j < PREFETCH; j++)
+                if (i0 + j <= n && r < n_rows) b[j] = slots[(size_t)(i0 + j) * n_rows + r], w[j] = row[i0 + j];
+#pragma unroll
+            for (int j = 0; j < PREFETCH; j++)
+                if (i0 + j <= n && r < n_rows) counts[(size_t)r * row_len + (b[j] & ~CS_NEG)] += b[j] & CS_NEG ? -w[j] : w[j];
+        }
+    }
+}
+
 /* One head's ingestion of the step (method.h's observe): kept i has
  * attention row[i], t has row[n]; the new slot is at slots + n * words. */
 __device__ static void observe_head(const gpu_policy *P, const step_view *v, int t, int h, const float *row,
@@ -214,22 +230,7 @@ __device__ static void observe_head(const gpu_policy *P, const step_view *v, int
             }
             break;
         }
-        /* Count Sketch: lane r owns row r; buckets and weights are loaded a
-         * chunk ahead so that the loads overlap */
-        for (int r0 = 0; r0 < P->depth; r0 += 32) {
-            const int r = r0 + lane;
-            for (int i0 = 0; i0 <= n; i0 += PREFETCH) {
-                uint32_t b[PREFETCH];
-                float w[PREFETCH];
-#pragma unroll
-                for (int j = 0; j < PREFETCH; j++)
-                    if (i0 + j <= n && r < P->depth) b[j] = slots[(size_t)(i0 + j) * P->depth + r], w[j] = row[i0 + j];
-#pragma unroll
-                for (int j = 0; j < PREFETCH; j++)
-                    if (i0 + j <= n && r < P->depth)
-                        counts[(size_t)r * P->width + (b[j] & ~CS_NEG)] += b[j] & CS_NEG ? -w[j] : w[j];
-            }
-        }
+        add_in_order(counts, P->width, slots, P->depth, row, n, lane);
         break;
     }
     case K_RACE:
@@ -246,19 +247,7 @@ __device__ static void observe_head(const gpu_policy *P, const step_view *v, int
         }
         race_hash(P, planes, v->D, k, fresh, lane);
         __syncwarp();
-        for (int r0 = 0; r0 < P->rows; r0 += 32) {
-            const int r = r0 + lane;
-            for (int i0 = 0; i0 <= n; i0 += PREFETCH) {
-                uint32_t b[PREFETCH];
-                float w[PREFETCH];
-#pragma unroll
-                for (int j = 0; j < PREFETCH; j++)
-                    if (i0 + j <= n && r < P->rows) b[j] = slots[(size_t)(i0 + j) * P->rows + r], w[j] = row[i0 + j];
-#pragma unroll
-                for (int j = 0; j < PREFETCH; j++)
-                    if (i0 + j <= n && r < P->rows) counts[((size_t)r << P->bits) + b[j]] += w[j];
-            }
-        }
+        add_in_order(counts, 1 << P->bits, slots, P->rows, row, n, lane);
         break;
     }
     default: /* full, window, sink, random, tova keep no per-step state */
@@ -554,7 +543,7 @@ ap_status ap_policy_gpu_create(const ap_policy_params *params, int n_params, con
         long long at = 0, slot_at = 0, state_at = 0;
         for (int s = 0; s < n_stream; s++) {
             const gpu_policy *P = &pols[stream_param[s]];
-            const int cap = P->never_evicts || P->budget + 1 > stream_len[s] ? stream_len[s] : P->budget + 1;
+            const int cap = P->never_evicts || P->budget >= stream_len[s] ? stream_len[s] : P->budget + 1;
             g->h_cap[s] = cap;
             for (int i = 0; i < LH; i++) {
                 const int list = s * LH + i;
@@ -649,7 +638,7 @@ ap_status ap_policy_gpu_observe(ap_policy_gpu *g, int t, const int *active, int 
             CUDA_TRY(cudaStreamWaitEvent(ps, g->items_ready, 0), "ordering the policy updates");
             observe_kernel<<<(unsigned)count * g->L * g->H, 32, (size_t)g->stage_words[p] * sizeof(uint32_t), ps>>>(
                 g->v, t, g->d_items + first, g->stage_words[p]);
-            CUDA_TRY(cudaGetLastError(), "launching the policy updates");
+            KERNEL_TRY("launching the policy updates");
             CUDA_TRY(cudaEventRecord(g->policy_done[p], ps), "ordering the policy updates");
             CUDA_TRY(cudaStreamWaitEvent(g->stream, g->policy_done[p], 0), "ordering the policy updates");
         }
