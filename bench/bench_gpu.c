@@ -82,8 +82,8 @@ done:
 }
 
 /* (b): the cascade of 10 policies over the samples, budget 256. */
-static int run_cascade(ap_engine *e, const ap_model *m, const ap_samples *samples, int T, int host_policies, const char *prec,
-                       ap_error *err)
+static int run_cascade(ap_engine *e, const ap_model *m, const ap_samples *samples, int T, int host_policies,
+                       const char *prec, ap_error *err)
 {
     int probe = 6;
     ap_trace tr;
@@ -135,7 +135,8 @@ int main(int argc, char **argv)
     float **attn = malloc((size_t)L * sizeof *attn);
     for (int l = 0; l < L; l++) attn[l] = malloc((size_t)H * T * T * sizeof(float));
     const char *pnames[] = {"fp32", "tf32", "bf16"};
-    if (trace_samples > 0) printf("(a) trace, random:gpt2-small, T=%d, %d samples, every layer's attention\n", T, trace_samples);
+    if (trace_samples > 0)
+        printf("(a) trace, random:gpt2-small, T=%d, %d samples, every layer's attention\n", T, trace_samples);
     for (int pi = 0; pi < 3 && trace_samples > 0; pi++) {
         ap_engine *e;
         if (ap_engine_create(m, AP_BACKEND_CUDA, (ap_precision)pi, &e, &err)) {

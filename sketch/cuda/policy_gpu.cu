@@ -145,7 +145,8 @@ __device__ static void race_hash(const gpu_policy *P, const float *planes, int d
     }
     for (int r = lane; r < P->rows; r += 32) {
         uint32_t b = 0;
-        for (int i = 0; i < P->bits; i++) b |= (uint32_t)(dot(planes + ((size_t)r * P->bits + i) * dim, x, dim) >= 0) << i;
+        for (int i = 0; i < P->bits; i++)
+            b |= (uint32_t)(dot(planes + ((size_t)r * P->bits + i) * dim, x, dim) >= 0) << i;
         buckets[r] = b;
     }
 }
@@ -191,7 +192,8 @@ __device__ static void add_in_order(float *counts, int row_len, const uint32_t *
                 if (i0 + j <= n && r < n_rows) b[j] = slots[(size_t)(i0 + j) * n_rows + r], w[j] = row[i0 + j];
 #pragma unroll
             for (int j = 0; j < PREFETCH; j++)
-                if (i0 + j <= n && r < n_rows) counts[(size_t)r * row_len + (b[j] & ~CS_NEG)] += b[j] & CS_NEG ? -w[j] : w[j];
+                if (i0 + j <= n && r < n_rows)
+                    counts[(size_t)r * row_len + (b[j] & ~CS_NEG)] += b[j] & CS_NEG ? -w[j] : w[j];
         }
     }
 }
@@ -222,7 +224,8 @@ __device__ static void observe_head(const gpu_policy *P, const step_view *v, int
                 for (int j = 0; j < PREFETCH; j++) {
                     if (i0 + j > n) break;
                     w[j] = row[i0 + j];
-                    for (int x = 0, r = lane; r < P->depth; x++, r += 32) b[j][x] = slots[(size_t)(i0 + j) * P->depth + r];
+                    for (int x = 0, r = lane; r < P->depth; x++, r += 32)
+                        b[j][x] = slots[(size_t)(i0 + j) * P->depth + r];
                 }
 #pragma unroll
                 for (int j = 0; j < PREFETCH; j++)
@@ -377,7 +380,8 @@ __global__ void observe_kernel(step_view v, int t, const int *items, int stage_w
         }
         /* budget >= sink + recent (ap_policy_create): there is a victim */
         remove_entry((uint32_t *)kp, 1, victim, n, lane);
-        for (int h = h0; P.words && h <= h1; h++) remove_entry(v.slots + v.slot_off[base + h], P.words, victim, n, lane);
+        for (int h = h0; P.words && h <= h1; h++)
+            remove_entry(v.slots + v.slot_off[base + h], P.words, victim, n, lane);
         n--;
     }
 #undef STATE_OF
@@ -427,7 +431,8 @@ static ap_status describe(const ap_policy *host, gpu_policy *P, int n_head, int 
     for (int h = 0; h < n_head; h++) {
         void *st = ap_policy_head_state(host, h);
         if (P->kind == K_CMS)
-            for (int t = 0; t < max_T; t++) ap_cms_buckets((const ap_cms *)st, (uint64_t)t, out + ((size_t)h * max_T + t) * P->depth);
+            for (int t = 0; t < max_T; t++)
+                ap_cms_buckets((const ap_cms *)st, (uint64_t)t, out + ((size_t)h * max_T + t) * P->depth);
         if (P->kind == K_CS)
             for (int t = 0; t < max_T; t++)
                 ap_cs_buckets((const ap_count_sketch *)st, (uint64_t)t, out + ((size_t)h * max_T + t) * P->depth);
@@ -596,7 +601,8 @@ ap_status ap_policy_gpu_create(const ap_policy_params *params, int n_params, con
         CUDA_TRY(upload((void **)&g->d_active, NULL, (size_t)n_stream * sizeof(int)), "allocating active streams");
         v->active = g->d_active;
         for (int p = 0; p < n_params; p++)
-            g->stage_words[p] = !pols[p].layer_sets && pols[p].state_words <= STAGE_WORDS_MAX ? (int)pols[p].state_words : 0;
+            g->stage_words[p] =
+                !pols[p].layer_sets && pols[p].state_words <= STAGE_WORDS_MAX ? (int)pols[p].state_words : 0;
         memcpy(g->h_param, stream_param, (size_t)n_stream * sizeof(int));
         CUDA_TRY(upload((void **)&g->d_items, NULL, (size_t)n_stream * sizeof(int)), "allocating work lists");
         CUDA_TRY(cudaMallocHost((void **)&g->h_items, (size_t)n_stream * sizeof(int)), "allocating work lists");
