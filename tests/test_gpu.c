@@ -124,6 +124,22 @@ static void cascade(ap_engine *e, const ap_trace *tr, const char *policy, ap_gra
     cascade_params(e, tr, &p, host_policies, r);
 }
 
+/* A model and fp32 CPU and CUDA engines on it. */
+static void open_engines(const char *model, ap_model **m, ap_engine **cpu, ap_engine **gpu)
+{
+    ap_error err;
+    if (ap_model_load(model, m, &err) || ap_engine_create(*m, AP_BACKEND_CPU, AP_PRECISION_FP32, cpu, &err) ||
+        ap_engine_create(*m, AP_BACKEND_CUDA, AP_PRECISION_FP32, gpu, &err))
+        fail_msg("%s", err.msg);
+}
+
+static void close_engines(ap_model *m, ap_engine *cpu, ap_engine *gpu)
+{
+    ap_engine_free(gpu);
+    ap_engine_free(cpu);
+    ap_model_free(m);
+}
+
 /* Every policy, per head and per layer: the CPU engine with the host
  * policies, the CUDA engine with the device policies (sketch/policy_gpu.h)
  * and the CUDA engine with the host policies keep the same sets; the two CUDA
@@ -134,10 +150,7 @@ static void test_cascade_cpu_cuda(void **state)
     ap_model *m;
     ap_engine *cpu, *gpu;
     ap_error err;
-    if (ap_model_load(AP_FIXTURES "/tiny", &m, &err) ||
-        ap_engine_create(m, AP_BACKEND_CPU, AP_PRECISION_FP32, &cpu, &err) ||
-        ap_engine_create(m, AP_BACKEND_CUDA, AP_PRECISION_FP32, &gpu, &err))
-        fail_msg("%s", err.msg);
+    open_engines(AP_FIXTURES "/tiny", &m, &cpu, &gpu);
     int ids[96];
     for (int t = 0; t < 96; t++) ids[t] = (t * 37 + 11) % m->config.vocab_size;
     ap_samples samples = {2, (int[]){96, 80}, (int *[]){ids, ids + 10}, 2, 0};
@@ -170,9 +183,7 @@ static void test_cascade_cpu_cuda(void **state)
             free(a.rows), free(b.rows), free(c.rows);
         }
     ap_trace_free(&tr);
-    ap_engine_free(gpu);
-    ap_engine_free(cpu);
-    ap_model_free(m);
+    close_engines(m, cpu, gpu);
 }
 
 /* The device policies' other code paths: Count-Min rows beyond a warp's 32
@@ -185,10 +196,7 @@ static void test_cascade_params(void **state)
     ap_model *m;
     ap_engine *cpu, *gpu;
     ap_error err;
-    if (ap_model_load(AP_FIXTURES "/tiny", &m, &err) ||
-        ap_engine_create(m, AP_BACKEND_CPU, AP_PRECISION_FP32, &cpu, &err) ||
-        ap_engine_create(m, AP_BACKEND_CUDA, AP_PRECISION_FP32, &gpu, &err))
-        fail_msg("%s", err.msg);
+    open_engines(AP_FIXTURES "/tiny", &m, &cpu, &gpu);
     int ids[96];
     for (int t = 0; t < 96; t++) ids[t] = (t * 53 + 5) % m->config.vocab_size;
     ap_samples samples = {1, (int[]){96}, (int *[]){ids}, 1, 0};
@@ -220,9 +228,7 @@ static void test_cascade_params(void **state)
         free(a.masks), free(b.masks), free(a.rows), free(b.rows);
     }
     ap_trace_free(&tr);
-    ap_engine_free(gpu);
-    ap_engine_free(cpu);
-    ap_model_free(m);
+    close_engines(m, cpu, gpu);
 }
 
 /* Lists longer than one chunk of the decode attention (DECODE_CHUNK = 256
@@ -234,10 +240,7 @@ static void test_cascade_long(void **state)
     ap_model *m;
     ap_engine *cpu, *gpu;
     ap_error err;
-    if (ap_model_load("random:L=2,H=4,D=64,V=512,T=640,seed=3", &m, &err) ||
-        ap_engine_create(m, AP_BACKEND_CPU, AP_PRECISION_FP32, &cpu, &err) ||
-        ap_engine_create(m, AP_BACKEND_CUDA, AP_PRECISION_FP32, &gpu, &err))
-        fail_msg("%s", err.msg);
+    open_engines("random:L=2,H=4,D=64,V=512,T=640,seed=3", &m, &cpu, &gpu);
     enum { T = 600 };
     int ids[T];
     for (int t = 0; t < T; t++) ids[t] = (t * 131 + 7) % m->config.vocab_size;
@@ -261,9 +264,7 @@ static void test_cascade_long(void **state)
         free(a.masks), free(b.masks), free(a.rows), free(b.rows);
     }
     ap_trace_free(&tr);
-    ap_engine_free(gpu);
-    ap_engine_free(cpu);
-    ap_model_free(m);
+    close_engines(m, cpu, gpu);
 }
 
 int main(void)
