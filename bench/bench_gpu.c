@@ -106,7 +106,8 @@ static int run_cascade(ap_engine *e, const ap_model *m, const ap_samples *sample
     printf("(b) cascade, 10 policies x %d samples, T=%d, budget 256, %s, policies on the %s: %.2f s, "
            "%.0f policy-tokens/s\n",
            samples->n, T, prec, host_policies ? "host" : "device", dt, 10.0 * samples->n * T / dt);
-    printf("    of which decode steps %.2f s, policy updates %.2f s, emitted rows and the rest %.2f s\n",
+    printf("    of which decode steps %.2f s, policy updates %.2f s (0: inside the decode steps), emitted rows and "
+           "the rest %.2f s\n",
            cost[0].decode_seconds, cost[0].observe_seconds,
            cost[0].seconds - cost[0].decode_seconds - cost[0].observe_seconds);
     return 0;

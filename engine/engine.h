@@ -169,6 +169,20 @@ typedef struct {
 ap_status ap_engine_decode_step(ap_engine *engine, const ap_decode_batch *batch,
                                 const ap_capture *cap, ap_error *err);
 
+/* Work a caller adds inside a device decode step. After layer l's attention
+ * has written its rows, q and k, after_layer(ctx, l, stream, t_of) enqueues
+ * work on `stream` (a cudaStream_t) or on streams forked from it; t_of is
+ * device [n_stream], each stream's position this step. join(ctx, stream)
+ * makes `stream` wait for all of it before the step ends. The step's
+ * launches are recorded once and replayed while `key` stays the same, so the
+ * enqueued work must read anything that changes per step from the device. */
+typedef struct {
+    void *ctx;
+    ap_status (*after_layer)(void *ctx, int layer, void *stream, const int *t_of, ap_error *err);
+    ap_status (*join)(void *ctx, void *stream, ap_error *err);
+    long long key;
+} ap_step_hook;
+
 /* The same step with the retained lists and the outputs on the device (CUDA
  * engines only), so that a caller whose eviction state lives on the device
  * (sketch/policy_gpu.h) moves nothing through the host but the tokens.
@@ -180,6 +194,7 @@ ap_status ap_engine_decode_step(ap_engine *engine, const ap_decode_batch *batch,
  *   rows       device: the step's probabilities of list i, aligned with its
  *              positions, at rows[off[i] + x] for x = 0..cnt[i] (the last: t)
  *   q, k       device [n_layer, n_stream, n_embd] of the new position, or NULL
+ *   hook       work run inside the step (see ap_step_hook), or NULL
  * Each stream's position then advances by one. */
 typedef struct {
     int n_stream;
@@ -188,6 +203,7 @@ typedef struct {
     const int *list_base;
     const int *off, *cnt, *pos;
     float *rows, *q, *k;
+    const ap_step_hook *hook;
 } ap_device_batch;
 
 ap_status ap_engine_decode_device(ap_engine *engine, const ap_device_batch *batch, ap_error *err);

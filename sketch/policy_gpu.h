@@ -5,9 +5,10 @@
  * The retained sets live on the device in the layout the decode step reads
  * (engine.h, ap_engine_decode_device): one list per (stream, layer, head),
  * list = (stream * n_layer + layer) * n_head + head, positions ascending. The
- * decode step writes its probabilities next to them; observe() then updates
- * every set in one launch, with the host policies' arithmetic in the host
- * policies' order, so that both evict the same positions (docs/policies.md).
+ * decode step writes its probabilities next to them; the policies' updates,
+ * enqueued inside that step layer by layer, then update every set with the
+ * host policies' arithmetic in the host policies' order, so that both evict
+ * the same positions (docs/policies.md).
  * Sets of a layer-granularity policy are mirrored into each head's list.
  *
  * Everything is caller-owned and freed by ap_policy_gpu_free. */
@@ -40,17 +41,38 @@ int ap_policy_gpu_list_base(const ap_policy_gpu *g, int stream);
 /* Positions a list of this stream can hold (its positions and rows stride). */
 int ap_policy_gpu_capacity(const ap_policy_gpu *g, int stream);
 
-/* Step t for the streams active[0..n_active) (the decode step's order: its
- * q and k of active stream a are row a). Each set observes the step, retains t
- * and evicts as the host policy would. */
-ap_status ap_policy_gpu_observe(ap_policy_gpu *g, int t, const int *active, int n_active,
-                                ap_error *err);
+/* Each decode step (engine.h, ap_engine_decode_device) runs the policies'
+ * updates inside it, through an ap_step_hook: a layer's sets observe the step
+ * as soon as the decode has written that layer's rows, q and k, while the
+ * decode goes on with the next layers.
+ *
+ * begin_step, on the host before the step: the streams active[0..n_active)
+ * in the decode step's order (active stream a is its row a). *key changes
+ * when the active streams do (the recorded step must then be recorded
+ * again). */
+ap_status ap_policy_gpu_begin_step(ap_policy_gpu *g, const int *active, int n_active, long long *key,
+                                   ap_error *err);
 
-/* Copies one (stream, layer)'s lists to the host: cnt[n_head]; head h's
- * positions at pos + h * capacity and its last rows at rows + h * capacity
- * (cnt[h] + 1 values, t last). rows may be NULL. */
-ap_status ap_policy_gpu_read(ap_policy_gpu *g, int stream, int layer, int *cnt, int *pos,
-                             float *rows, ap_error *err);
+/* Inside the step, after layer `layer`'s attention: enqueues that layer's
+ * updates on `stream` (a cudaStream_t) and streams forked from it. Each set
+ * observes the step, retains t (t_of: device [n_active], each active stream's
+ * position) and evicts as the host policy would. A kept layer's lists are
+ * copied first. */
+ap_status ap_policy_gpu_enqueue_layer(ap_policy_gpu *g, int layer, void *stream, const int *t_of,
+                                      ap_error *err);
+/* At the end of the step: `stream` waits for every update enqueued. */
+ap_status ap_policy_gpu_enqueue_join(ap_policy_gpu *g, void *stream, ap_error *err);
+
+/* Layers whose lists are copied each step as the decode left them, before the
+ * policies change them (the sets the step attended to); once, before the first step. */
+ap_status ap_policy_gpu_keep_layers(ap_policy_gpu *g, const int *layers, int n, ap_error *err);
+/* Brings the last step's kept copies to the host. */
+ap_status ap_policy_gpu_fetch_kept(ap_policy_gpu *g, ap_error *err);
+/* Kept layer `which` (an index into keep_layers' list) of a stream's head, as
+ * fetched: returns its retained count n; *pos holds the n positions and *rows
+ * the n + 1 probabilities (t last). */
+int ap_policy_gpu_kept(const ap_policy_gpu *g, int stream, int which, int head, const int **pos,
+                       const float **rows);
 
 /* Retained counts of every list: cnt[n_stream * n_layer * n_head]. */
 ap_status ap_policy_gpu_counts(ap_policy_gpu *g, int *cnt, ap_error *err);

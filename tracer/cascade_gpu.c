@@ -1,9 +1,11 @@
 /* cascade_gpu.c — the cascade replay with the policies on the device.
  *
  * The retained sets, the sketches and the decode step's rows, queries and keys
- * stay on the GPU (sketch/policy_gpu.h); per step the host sends the tokens
- * and reads back only the rows it emits (the trace's layers at measured
- * steps). Same streams, order and results as the host cascade in replay.c. */
+ * stay on the GPU (sketch/policy_gpu.h), and the policies' updates run inside
+ * the decode step, each layer's as soon as its attention is done. Per step
+ * the host sends the tokens and reads back only the rows it emits (the
+ * trace's layers at measured steps). Same streams, order and results as the
+ * host cascade in replay.c. */
 #include <stdlib.h>
 #include <string.h>
 
@@ -11,14 +13,13 @@
 #include "replay_internal.h"
 
 typedef struct {
-    int n_streams, L, H, D, cap_max;
+    int n_streams, L, H, D;
     int *param_of, *len_of, *sample_of; /* [n_streams] */
     ap_stream **streams;                /* [n_streams] */
     ap_stream **active;                 /* [n_streams]: this step's */
     int *active_id, *tokens, *list_base;
-    int *cnt;                           /* [H] (emission), later [n_streams * L * H] */
-    int *pos;                           /* [H * cap_max] */
-    float *rows, *dense;                /* [H * cap_max], [max_T] */
+    int *cnt;                           /* [n_streams * L * H] */
+    float *dense;                       /* [max_T] */
     unsigned char *mask;                /* [max_T] */
 } cascade_state;
 
@@ -26,26 +27,27 @@ static void state_free(cascade_state *s)
 {
     for (int i = 0; s->streams && i < s->n_streams; i++) ap_stream_free(s->streams[i]);
     free(s->param_of), free(s->len_of), free(s->sample_of), free(s->streams), free(s->active);
-    free(s->active_id), free(s->tokens), free(s->list_base), free(s->cnt), free(s->pos);
-    free(s->rows), free(s->dense), free(s->mask);
+    free(s->active_id), free(s->tokens), free(s->list_base), free(s->cnt);
+    free(s->dense), free(s->mask);
 }
 
-/* Emits the rows of every active stream at the trace's layers for step t:
- * the row over 0..t from the compact one, the mask from the retained list. */
+/* Emits the rows of every active stream at the trace's layers for step t,
+ * from the sets the step attended to (kept by the policies before they
+ * observed it): the row over 0..t from the compact one, the mask from the
+ * retained positions. */
 static ap_status emit_rows(cascade_state *s, ap_policy_gpu *g, const ap_trace *tr, int n_active,
                            int n_policies, int t, const ap_replay_opts *opts, ap_error *err)
 {
-    ap_status st = AP_OK;
+    ap_status st = ap_policy_gpu_fetch_kept(g, err);
     for (int a = 0; a < n_active && !st; a++) {
         const int id = s->active_id[a], sample = s->sample_of[id], T = tr->len[sample];
-        const int cap = ap_policy_gpu_capacity(g, id);
         for (int li = 0; li < tr->n_layers && !st; li++) {
             const int l = tr->layers[li];
-            if ((st = ap_policy_gpu_read(g, id, l, s->cnt, s->pos, s->rows, err))) break;
             const size_t ti = (size_t)sample * tr->n_layers + li;
             for (int h = 0; h < s->H && !st; h++) {
-                const int n = s->cnt[h], *pos = s->pos + (size_t)h * cap;
-                const float *row = s->rows + (size_t)h * cap;
+                const int *pos;
+                const float *row;
+                const int n = ap_policy_gpu_kept(g, id, li, h, &pos, &row);
                 memset(s->dense, 0, (size_t)(t + 1) * sizeof *s->dense);
                 memset(s->mask, 0, (size_t)t + 1);
                 for (int x = 0; x < n; x++) s->dense[pos[x]] = row[x], s->mask[pos[x]] = 1;
@@ -60,6 +62,17 @@ static ap_status emit_rows(cascade_state *s, ap_policy_gpu *g, const ap_trace *t
         }
     }
     return st;
+}
+
+/* The decode step's hook: the policies' updates, layer by layer. */
+static ap_status hook_after_layer(void *ctx, int layer, void *stream, const int *t_of, ap_error *err)
+{
+    return ap_policy_gpu_enqueue_layer((ap_policy_gpu *)ctx, layer, stream, t_of, err);
+}
+
+static ap_status hook_join(void *ctx, void *stream, ap_error *err)
+{
+    return ap_policy_gpu_enqueue_join((ap_policy_gpu *)ctx, stream, err);
 }
 
 /* kv_bytes and sketch_bytes of each policy from the final retained counts. */
@@ -120,19 +133,11 @@ ap_status ap_replay_cascade_gpu(ap_engine *engine, const ap_trace *tr,
     }
     if ((st = ap_policy_gpu_create(params, n_policies, s.param_of, s.len_of, n, s.L, s.H, s.D, &g, err)))
         goto done;
-    for (int i = 0; i < n; i++) {
-        const int cap = ap_policy_gpu_capacity(g, i);
-        s.cap_max = cap > s.cap_max ? cap : s.cap_max;
-    }
-    s.pos = malloc((size_t)s.H * s.cap_max * sizeof(int));
-    s.rows = malloc((size_t)s.H * s.cap_max * sizeof(float));
-    if (!s.pos || !s.rows) {
-        st = ap_error_set(err, AP_ERR_RUNTIME, "out of memory for cascade replay");
-        goto done;
-    }
+    if (opts->sink && tr->n_layers > 0 && (st = ap_policy_gpu_keep_layers(g, tr->layers, tr->n_layers, err))) goto done;
     const ap_policy_gpu_buffers *buf = ap_policy_gpu_buffers_of(g);
+    ap_step_hook hook = {g, hook_after_layer, hook_join, 0};
     const double t0 = replay_now_s();
-    double decode_s = 0, observe_s = 0;
+    double decode_s = 0;
     for (int t = 0; t < max_T && !st; t++) {
         int n_active = 0;
         for (int i = 0; i < n; i++) {
@@ -142,19 +147,15 @@ ap_status ap_replay_cascade_gpu(ap_engine *engine, const ap_trace *tr,
             s.tokens[n_active] = tr->ids[s.sample_of[i]][t];
             s.list_base[n_active++] = ap_policy_gpu_list_base(g, i);
         }
+        if ((st = ap_policy_gpu_begin_step(g, s.active_id, n_active, &hook.key, err))) break;
         ap_device_batch b = {n_active, s.active, s.tokens, s.list_base, buf->off, buf->cnt,
-                             buf->pos, buf->rows, buf->q, buf->k};
+                             buf->pos, buf->rows, buf->q, buf->k, &hook};
         const double t_decode = replay_now_s();
         if ((st = ap_engine_decode_device(engine, &b, err))) break;
         decode_s += replay_now_s() - t_decode;
-        /* rows are emitted before the policies see step t: the masks are the
-         * sets the step attended to */
         if (opts->sink && replay_measured(opts, t) &&
             (st = emit_rows(&s, g, tr, n_active, n_policies, t, opts, err)))
             break;
-        const double t_observe = replay_now_s();
-        if ((st = ap_policy_gpu_observe(g, t, s.active_id, n_active, err))) break;
-        observe_s += replay_now_s() - t_observe;
         if (opts->progress) opts->progress(opts->progress_ctx, "cascade", (double)(t + 1) / max_T);
     }
     const double dt = replay_now_s() - t0;
@@ -162,7 +163,7 @@ ap_status ap_replay_cascade_gpu(ap_engine *engine, const ap_trace *tr,
     for (int p = 0; p < n_policies && !st; p++) {
         cost[p].seconds = dt; /* the streams decode together */
         cost[p].decode_seconds = decode_s;
-        cost[p].observe_seconds = observe_s;
+        cost[p].observe_seconds = 0; /* inside the decode steps */
     }
 done:
     ap_policy_gpu_free(g);

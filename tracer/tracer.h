@@ -99,7 +99,8 @@ typedef struct {
     double seconds;
     /* cascade only, shared by all policies: of `seconds`, the time inside the
      * engine's decode steps and inside the policies' updates (the rest is
-     * building the retained sets and emitting rows) */
+     * building the retained sets and emitting rows). With the policies on the
+     * GPU their updates run inside the decode steps: observe_seconds is 0. */
     double decode_seconds, observe_seconds;
 } ap_replay_cost;
 

@@ -669,8 +669,10 @@ static ap_status enqueue_decode(ap_engine *e, const void *arg, ap_error *err)
             CUDA_TRY(cudaMemcpyAsync(ce->stage + at[OUT_O], ce->att, (size_t)S * C * sizeof(float),
                                      cudaMemcpyDeviceToDevice, ce->stream),
                      "keeping the attention output for the host");
+        if (dev && dev->hook && (st = dev->hook->after_layer(dev->hook->ctx, l, ce->stream, d_t, err))) return st;
         if ((st = block_finish(e, l, S, err))) return st;
     }
+    if (dev && dev->hook && (st = dev->hook->join(dev->hook->ctx, ce->stream, err))) return st;
     if (a->cap && a->cap->logits) return lm_head(e, ce->x, ce->logits, S, err);
     return AP_OK;
 }
@@ -806,8 +808,10 @@ static ap_status cuda_decode_device(ap_engine *e, const ap_device_batch *b, ap_e
                                     (long long)(size_t)b->pos,
                                     (long long)(size_t)b->rows,
                                     (long long)(size_t)b->q,
-                                    (long long)(size_t)b->k};
-    if ((st = run_recorded(e, &ce->decode_graph, key, 10, enqueue_decode, &args, err))) return st;
+                                    (long long)(size_t)b->k,
+                                    (long long)(size_t)b->hook,
+                                    b->hook ? b->hook->key : 0};
+    if ((st = run_recorded(e, &ce->decode_graph, key, 12, enqueue_decode, &args, err))) return st;
     /* the caller's next launches may run on other streams */
     CUDA_TRY(cudaStreamSynchronize(ce->stream), "finishing the decode step");
     return AP_OK;

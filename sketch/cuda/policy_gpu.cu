@@ -68,13 +68,28 @@ struct ap_policy_gpu {
     int n_policy;
     int *h_param;       /* [n_stream] policy of each stream */
     int *stage_words;   /* [n_policy]: shared memory per set (observe_kernel) */
-    int *h_items;       /* [n_stream] pinned: active streams grouped by policy */
+    /* this step's work: active streams grouped by policy, items[first[p] ..
+     * first[p] + count[p]) for policy p; key changes when they do */
+    int *h_active, *h_items, *first, *count, n_active;
     int *d_active, *d_items;
-    cudaStream_t stream;
-    /* the policies' launches run side by side, one stream each */
+    long long key;
+    /* the policies' launches run side by side, one stream each, forked from
+     * the decode step's stream after each layer and joined at its end */
     cudaStream_t *policy_stream; /* [n_policy] */
-    cudaEvent_t items_ready, *policy_done;
+    cudaEvent_t fork, *policy_done;
+    /* copies of some layers' lists as the decode step left them:
+     * [n_kept][n_stream * n_head] counts, [n_kept][kept_total] positions and rows */
+    int n_kept, *kept_layer;
+    long long *h_kept_off, kept_total; /* [n_stream]: stream s's first entry */
+    long long *d_kept_off;
+    int *d_cap, *d_kept_cnt, *d_kept_pos, *h_kept_cnt, *h_kept_pos;
+    float *d_kept_rows, *h_kept_rows;
 };
+
+/* Keys of recorded work: unique across instances, so that a recording of
+ * a freed instance is never replayed for a new one at the same addresses. */
+static long long last_key;
+static long long next_key(void) { return __sync_add_and_fetch(&last_key, 1); }
 
 /* ---- device helpers --------------------------------------------------------- */
 
@@ -316,15 +331,15 @@ __device__ static void remove_entry(uint32_t *a, int words, int x, int n, int la
     }
 }
 
-/* One warp (block) per (active stream, layer, set) of the streams items[]
- * (indices into the active streams, all of one policy): observe, retain t,
- * evict. A head-granularity set's sketch or generator is worked on in shared
- * memory when it fits stage_words. */
-__global__ void observe_kernel(step_view v, int t, const int *items, int stage_words)
+/* One warp (block) per (active stream, set) of layer `layer` of the streams
+ * items[] (indices into the active streams, all of one policy): observe,
+ * retain t, evict. A head-granularity set's sketch or generator is worked on
+ * in shared memory when it fits stage_words. */
+__global__ void observe_kernel(step_view v, int layer, const int *t_of, const int *items, int stage_words)
 {
     extern __shared__ uint32_t staged[];
     const int warp = blockIdx.x, lane = threadIdx.x;
-    const int a = items[warp / (v.L * v.H)], l = warp / v.H % v.L, set = warp % v.H;
+    const int a = items[warp / v.H], l = layer, set = warp % v.H, t = t_of[a];
     const int sid = v.active[a];
     const gpu_policy P = v.policies[v.stream_policy[sid]];
     if (P.layer_sets && set > 0) return;
@@ -394,6 +409,21 @@ __global__ void observe_kernel(step_view v, int t, const int *items, int stage_w
             for (int i = lane; i < n; i += 32) dst[i] = kp[i];
             if (lane == 0) v.cnt[base + h] = n;
         }
+}
+
+/* Copies layer `layer`'s lists of every stream as the decode step left them:
+ * one block per (stream, head); positions, then the rows with t last. */
+__global__ void keep_kernel(step_view v, int layer, const int *cap, const long long *kept_off, int *kept_cnt,
+                            int *kept_pos, float *kept_rows)
+{
+    const int s = blockIdx.x / v.H, h = blockIdx.x % v.H, list = (s * v.L + layer) * v.H + h;
+    const int n = v.cnt[list];
+    const size_t src = (size_t)v.off[list], dst = (size_t)kept_off[s] + (size_t)h * cap[s];
+    for (int i = threadIdx.x; i <= n; i += blockDim.x) {
+        if (i < n) kept_pos[dst + i] = v.pos[src + i];
+        kept_rows[dst + i] = v.rows[src + i];
+    }
+    if (threadIdx.x == 0) kept_cnt[blockIdx.x] = n;
 }
 
 /* ---- host ------------------------------------------------------------------- */
@@ -487,15 +517,18 @@ void ap_policy_gpu_free(ap_policy_gpu *g)
     cudaFree((void *)v->q), cudaFree((void *)v->k), cudaFree((void *)v->slot_off), cudaFree((void *)v->state_off);
     cudaFree(v->slots), cudaFree(v->state), cudaFree((void *)v->tables), cudaFree(v->scratch);
     cudaFree((void *)v->stream_policy), cudaFree((void *)v->policies), cudaFree(g->d_active);
-    cudaFree(g->d_items), cudaFreeHost(g->h_items);
-    if (g->stream) cudaStreamDestroy(g->stream);
+    cudaFree(g->d_items);
     for (int p = 0; p < g->n_policy; p++) {
         if (g->policy_stream && g->policy_stream[p]) cudaStreamDestroy(g->policy_stream[p]);
         if (g->policy_done && g->policy_done[p]) cudaEventDestroy(g->policy_done[p]);
     }
-    if (g->items_ready) cudaEventDestroy(g->items_ready);
+    if (g->fork) cudaEventDestroy(g->fork);
     free(g->policy_stream), free(g->policy_done);
-    free(g->h_param), free(g->stage_words);
+    free(g->h_param), free(g->stage_words), free(g->h_active), free(g->h_items), free(g->first), free(g->count);
+    free(g->kept_layer), free(g->h_kept_off);
+    cudaFree(g->d_kept_off), cudaFree(g->d_cap), cudaFree(g->d_kept_cnt), cudaFree(g->d_kept_pos);
+    cudaFree(g->d_kept_rows);
+    cudaFreeHost(g->h_kept_cnt), cudaFreeHost(g->h_kept_pos), cudaFreeHost(g->h_kept_rows);
     free(g->h_off);
     free(g->h_cap);
     free(g);
@@ -532,10 +565,14 @@ ap_status ap_policy_gpu_create(const ap_policy_params *params, int n_params, con
     g->policy_stream = (cudaStream_t *)calloc((size_t)n_params, sizeof *g->policy_stream);
     g->policy_done = (cudaEvent_t *)calloc((size_t)n_params, sizeof *g->policy_done);
     g->h_cap = (int *)malloc((size_t)n_stream * sizeof *g->h_cap);
+    g->h_active = (int *)malloc((size_t)n_stream * sizeof *g->h_active);
+    g->h_items = (int *)malloc((size_t)n_stream * sizeof *g->h_items);
+    g->first = (int *)calloc((size_t)n_params, sizeof *g->first);
+    g->count = (int *)calloc((size_t)n_params, sizeof *g->count);
     uint32_t *state = NULL;
     ap_status st = AP_OK;
     if (!pols || !init || !slot_off || !state_off || !g->h_off || !g->h_cap || !g->h_param || !g->stage_words ||
-        !g->policy_stream || !g->policy_done) {
+        !g->policy_stream || !g->policy_done || !g->h_active || !g->h_items || !g->first || !g->count) {
         st = ap_error_set(err, AP_ERR_RUNTIME, "out of memory");
         goto done;
     }
@@ -575,8 +612,7 @@ ap_status ap_policy_gpu_create(const ap_policy_params *params, int n_params, con
         step_view *v = &g->v;
         const size_t C = (size_t)n_head * head_dim;
         v->L = n_layer, v->H = n_head, v->D = head_dim, v->max_T = g->max_T;
-        CUDA_TRY(cudaStreamCreate(&g->stream), "creating a stream for the policies");
-        CUDA_TRY(cudaEventCreateWithFlags(&g->items_ready, cudaEventDisableTiming), "creating an event");
+        CUDA_TRY(cudaEventCreateWithFlags(&g->fork, cudaEventDisableTiming), "creating an event");
         for (int p = 0; p < n_params; p++) {
             CUDA_TRY(cudaStreamCreate(&g->policy_stream[p]), "creating a stream for a policy");
             CUDA_TRY(cudaEventCreateWithFlags(&g->policy_done[p], cudaEventDisableTiming), "creating an event");
@@ -605,7 +641,7 @@ ap_status ap_policy_gpu_create(const ap_policy_params *params, int n_params, con
                 !pols[p].layer_sets && pols[p].state_words <= STAGE_WORDS_MAX ? (int)pols[p].state_words : 0;
         memcpy(g->h_param, stream_param, (size_t)n_stream * sizeof(int));
         CUDA_TRY(upload((void **)&g->d_items, NULL, (size_t)n_stream * sizeof(int)), "allocating work lists");
-        CUDA_TRY(cudaMallocHost((void **)&g->h_items, (size_t)n_stream * sizeof(int)), "allocating work lists");
+        CUDA_TRY(upload((void **)&g->d_cap, g->h_cap, (size_t)n_stream * sizeof(int)), "uploading capacities");
         g->buf = (ap_policy_gpu_buffers){v->off, v->cnt, v->pos, (float *)v->rows, (float *)v->q, (float *)v->k};
     }
 done:
@@ -620,55 +656,108 @@ const ap_policy_gpu_buffers *ap_policy_gpu_buffers_of(const ap_policy_gpu *g) { 
 int ap_policy_gpu_list_base(const ap_policy_gpu *g, int stream) { return stream * g->L * g->H; }
 int ap_policy_gpu_capacity(const ap_policy_gpu *g, int stream) { return g->h_cap[stream]; }
 
-ap_status ap_policy_gpu_observe(ap_policy_gpu *g, int t, const int *active, int n_active, ap_error *err)
+ap_status ap_policy_gpu_begin_step(ap_policy_gpu *g, const int *active, int n_active, long long *key,
+                                   ap_error *err)
 {
-    if (n_active < 1) return AP_OK;
-    CUDA_TRY(cudaMemcpyAsync(g->d_active, active, (size_t)n_active * sizeof(int), cudaMemcpyHostToDevice,
-                             g->stream),
-             "copying the active streams");
-    g->v.n_active = n_active;
-    /* one launch per policy, each with the shared memory its sets need */
-    int n_items = 0;
-    for (int p = 0; p < g->n_policy; p++)
-        for (int a = 0; a < n_active; a++)
-            if (g->h_param[active[a]] == p) g->h_items[n_items++] = a;
-    CUDA_TRY(cudaMemcpyAsync(g->d_items, g->h_items, (size_t)n_items * sizeof(int), cudaMemcpyHostToDevice,
-                             g->stream),
-             "copying the work lists");
-    CUDA_TRY(cudaEventRecord(g->items_ready, g->stream), "ordering the policy updates");
-    for (int p = 0, first = 0; p < g->n_policy; p++) {
-        int count = 0;
-        while (first + count < n_items && g->h_param[active[g->h_items[first + count]]] == p) count++;
-        if (count) {
-            cudaStream_t ps = g->policy_stream[p];
-            CUDA_TRY(cudaStreamWaitEvent(ps, g->items_ready, 0), "ordering the policy updates");
-            observe_kernel<<<(unsigned)count * g->L * g->H, 32, (size_t)g->stage_words[p] * sizeof(uint32_t), ps>>>(
-                g->v, t, g->d_items + first, g->stage_words[p]);
-            KERNEL_TRY("launching the policy updates");
-            CUDA_TRY(cudaEventRecord(g->policy_done[p], ps), "ordering the policy updates");
-            CUDA_TRY(cudaStreamWaitEvent(g->stream, g->policy_done[p], 0), "ordering the policy updates");
+    if (n_active != g->n_active || memcmp(active, g->h_active, (size_t)n_active * sizeof *active)) {
+        /* a new set of streams (the first step, or one has ended) */
+        int n_items = 0;
+        for (int p = 0; p < g->n_policy; p++) {
+            g->first[p] = n_items;
+            for (int a = 0; a < n_active; a++)
+                if (g->h_param[active[a]] == p) g->h_items[n_items++] = a;
+            g->count[p] = n_items - g->first[p];
         }
-        first += count;
+        memcpy(g->h_active, active, (size_t)n_active * sizeof *active);
+        g->n_active = g->v.n_active = n_active;
+        CUDA_TRY(cudaMemcpy(g->d_active, active, (size_t)n_active * sizeof(int), cudaMemcpyHostToDevice),
+                 "copying the active streams");
+        CUDA_TRY(cudaMemcpy(g->d_items, g->h_items, (size_t)n_items * sizeof(int), cudaMemcpyHostToDevice),
+                 "copying the work lists");
+        g->key = next_key();
     }
-    CUDA_TRY(cudaStreamSynchronize(g->stream), "updating the retained sets");
+    *key = g->key;
     return AP_OK;
 }
 
-ap_status ap_policy_gpu_read(ap_policy_gpu *g, int stream, int layer, int *cnt, int *pos, float *rows,
-                             ap_error *err)
+ap_status ap_policy_gpu_enqueue_layer(ap_policy_gpu *g, int layer, void *stream, const int *t_of, ap_error *err)
 {
-    const int first = (stream * g->L + layer) * g->H;
-    const size_t n = (size_t)g->h_off[first + g->H] - g->h_off[first];
-    CUDA_TRY(cudaMemcpyAsync(cnt, g->v.cnt + first, (size_t)g->H * sizeof(int), cudaMemcpyDeviceToHost, g->stream),
-             "reading retained counts");
-    CUDA_TRY(cudaMemcpyAsync(pos, g->v.pos + g->h_off[first], n * sizeof(int), cudaMemcpyDeviceToHost, g->stream),
-             "reading retained positions");
-    if (rows)
-        CUDA_TRY(cudaMemcpyAsync(rows, g->v.rows + g->h_off[first], n * sizeof(float), cudaMemcpyDeviceToHost,
-                                 g->stream),
-                 "reading attention rows");
-    CUDA_TRY(cudaStreamSynchronize(g->stream), "reading retained sets");
+    cudaStream_t origin = (cudaStream_t)stream;
+    for (int i = 0; i < g->n_kept; i++) {
+        if (g->kept_layer[i] != layer) continue;
+        const size_t at = (size_t)i * g->kept_total;
+        keep_kernel<<<(unsigned)g->n_stream * g->H, 128, 0, origin>>>(g->v, layer, g->d_cap, g->d_kept_off,
+                                                                   g->d_kept_cnt + (size_t)i * g->n_stream * g->H,
+                                                                   g->d_kept_pos + at, g->d_kept_rows + at);
+        KERNEL_TRY("keeping a layer's retained sets");
+    }
+    CUDA_TRY(cudaEventRecord(g->fork, origin), "ordering the policy updates");
+    /* one launch per policy, each with the shared memory its sets need */
+    for (int p = 0; p < g->n_policy; p++) {
+        if (!g->count[p]) continue;
+        cudaStream_t ps = g->policy_stream[p];
+        CUDA_TRY(cudaStreamWaitEvent(ps, g->fork, 0), "ordering the policy updates");
+        observe_kernel<<<(unsigned)g->count[p] * g->H, 32, (size_t)g->stage_words[p] * sizeof(uint32_t), ps>>>(
+            g->v, layer, t_of, g->d_items + g->first[p], g->stage_words[p]);
+        KERNEL_TRY("launching the policy updates");
+    }
     return AP_OK;
+}
+
+ap_status ap_policy_gpu_enqueue_join(ap_policy_gpu *g, void *stream, ap_error *err)
+{
+    /* each policy's stream runs its layers in order: its last launch is enough */
+    for (int p = 0; p < g->n_policy; p++) {
+        if (!g->count[p]) continue;
+        CUDA_TRY(cudaEventRecord(g->policy_done[p], g->policy_stream[p]), "ordering the policy updates");
+        CUDA_TRY(cudaStreamWaitEvent((cudaStream_t)stream, g->policy_done[p], 0), "ordering the policy updates");
+    }
+    return AP_OK;
+}
+
+ap_status ap_policy_gpu_keep_layers(ap_policy_gpu *g, const int *layers, int n, ap_error *err)
+{
+    if (g->n_kept || n < 1) return ap_error_set(err, AP_ERR_USAGE, "keep_layers: called twice or with no layer");
+    if (!(g->kept_layer = (int *)malloc((size_t)n * sizeof(int))) ||
+        !(g->h_kept_off = (long long *)malloc((size_t)g->n_stream * sizeof(long long))))
+        return ap_error_set(err, AP_ERR_RUNTIME, "out of memory");
+    memcpy(g->kept_layer, layers, (size_t)n * sizeof(int));
+    g->n_kept = n;
+    for (int s = 0; s < g->n_stream; s++) {
+        g->h_kept_off[s] = g->kept_total;
+        g->kept_total += (long long)g->H * g->h_cap[s];
+    }
+    const size_t counts = (size_t)n * g->n_stream * g->H, entries = (size_t)n * g->kept_total;
+    CUDA_TRY(upload((void **)&g->d_kept_off, g->h_kept_off, (size_t)g->n_stream * sizeof(long long)),
+             "uploading kept offsets");
+    CUDA_TRY(cudaMalloc((void **)&g->d_kept_cnt, counts * sizeof(int)), "allocating kept sets");
+    CUDA_TRY(cudaMalloc((void **)&g->d_kept_pos, entries * sizeof(int)), "allocating kept sets");
+    CUDA_TRY(cudaMalloc((void **)&g->d_kept_rows, entries * sizeof(float)), "allocating kept sets");
+    CUDA_TRY(cudaMallocHost((void **)&g->h_kept_cnt, counts * sizeof(int)), "allocating kept sets");
+    CUDA_TRY(cudaMallocHost((void **)&g->h_kept_pos, entries * sizeof(int)), "allocating kept sets");
+    CUDA_TRY(cudaMallocHost((void **)&g->h_kept_rows, entries * sizeof(float)), "allocating kept sets");
+    return AP_OK;
+}
+
+ap_status ap_policy_gpu_fetch_kept(ap_policy_gpu *g, ap_error *err)
+{
+    const size_t counts = (size_t)g->n_kept * g->n_stream * g->H, entries = (size_t)g->n_kept * g->kept_total;
+    CUDA_TRY(cudaMemcpy(g->h_kept_cnt, g->d_kept_cnt, counts * sizeof(int), cudaMemcpyDeviceToHost),
+             "reading kept counts");
+    CUDA_TRY(cudaMemcpy(g->h_kept_pos, g->d_kept_pos, entries * sizeof(int), cudaMemcpyDeviceToHost),
+             "reading kept positions");
+    CUDA_TRY(cudaMemcpy(g->h_kept_rows, g->d_kept_rows, entries * sizeof(float), cudaMemcpyDeviceToHost),
+             "reading kept attention rows");
+    return AP_OK;
+}
+
+int ap_policy_gpu_kept(const ap_policy_gpu *g, int stream, int which, int head, const int **pos,
+                       const float **rows)
+{
+    const size_t at = (size_t)which * g->kept_total + (size_t)g->h_kept_off[stream] + (size_t)head * g->h_cap[stream];
+    *pos = g->h_kept_pos + at;
+    *rows = g->h_kept_rows + at;
+    return g->h_kept_cnt[((size_t)which * g->n_stream + stream) * g->H + head];
 }
 
 ap_status ap_policy_gpu_counts(ap_policy_gpu *g, int *cnt, ap_error *err)
