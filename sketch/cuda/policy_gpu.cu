@@ -73,9 +73,10 @@ struct ap_policy_gpu {
     int *h_active, *h_items, *first, *count, n_active;
     int *d_active, *d_items;
     long long key;
-    /* the policies' launches run side by side, one stream each, forked from
-     * the decode step's stream after each layer and joined at its end */
-    cudaStream_t *policy_stream; /* [n_policy] */
+    /* the policies' launches run side by side, one stream per (policy,
+     * layer) so that no launch waits for another: forked from the decode
+     * step's stream after each layer, joined at the step's end */
+    cudaStream_t *policy_stream; /* [n_policy * L]: (policy, layer)'s */
     cudaEvent_t fork, *policy_done;
     /* copies of some layers' lists as the decode step left them:
      * [n_kept][n_stream * n_head] counts, [n_kept][kept_total] positions and rows */
@@ -331,6 +332,21 @@ __device__ static void remove_entry(uint32_t *a, int words, int x, int n, int la
     }
 }
 
+/* Copies a sketch into shared memory with STAGE_LOADS loads in flight per
+ * lane: one at a time, a 32 KB RACE sketch took longer than its update. */
+enum { STAGE_LOADS = 16 };
+__device__ static void stage_in(uint32_t *staged, const uint32_t *home, long long words, int lane)
+{
+    for (long long w0 = lane; w0 < words; w0 += 32 * STAGE_LOADS) {
+        uint32_t r[STAGE_LOADS];
+#pragma unroll
+        for (int j = 0; j < STAGE_LOADS; j++) r[j] = w0 + 32 * j < words ? home[w0 + 32 * j] : 0;
+#pragma unroll
+        for (int j = 0; j < STAGE_LOADS; j++)
+            if (w0 + 32 * j < words) staged[w0 + 32 * j] = r[j];
+    }
+}
+
 /* One warp (block) per (active stream, set) of layer `layer` of the streams
  * items[] (indices into the active streams, all of one policy): observe,
  * retain t, evict. A head-granularity set's sketch or generator is worked on
@@ -351,7 +367,7 @@ __global__ void observe_kernel(step_view v, int layer, const int *t_of, const in
     /* head h's state: staged (a single head whose state fits) or in place */
     const int stage = !P.layer_sets && P.state_words > 0 && P.state_words <= stage_words;
     uint32_t *home = v.state + v.state_off[list];
-    for (long long w = lane; stage && w < P.state_words; w += 32) staged[w] = home[w];
+    if (stage) stage_in(staged, home, P.state_words, lane);
     __syncwarp();
 #define STATE_OF(h) (stage ? staged : v.state + v.state_off[base + (h)])
     for (int h = h0; h <= h1; h++) {
@@ -411,19 +427,20 @@ __global__ void observe_kernel(step_view v, int layer, const int *t_of, const in
         }
 }
 
-/* Copies layer `layer`'s lists of every stream as the decode step left them:
- * one block per (stream, head); positions, then the rows with t last. */
+/* Copies layer `layer`'s lists of the active streams as the decode step left
+ * them: one block per (active stream, head); positions, then the rows with t
+ * last. (A stream that has ended holds no row of t: its list may be full.) */
 __global__ void keep_kernel(step_view v, int layer, const int *cap, const long long *kept_off, int *kept_cnt,
                             int *kept_pos, float *kept_rows)
 {
-    const int s = blockIdx.x / v.H, h = blockIdx.x % v.H, list = (s * v.L + layer) * v.H + h;
+    const int s = v.active[blockIdx.x / v.H], h = blockIdx.x % v.H, list = (s * v.L + layer) * v.H + h;
     const int n = v.cnt[list];
     const size_t src = (size_t)v.off[list], dst = (size_t)kept_off[s] + (size_t)h * cap[s];
     for (int i = threadIdx.x; i <= n; i += blockDim.x) {
         if (i < n) kept_pos[dst + i] = v.pos[src + i];
         kept_rows[dst + i] = v.rows[src + i];
     }
-    if (threadIdx.x == 0) kept_cnt[blockIdx.x] = n;
+    if (threadIdx.x == 0) kept_cnt[s * v.H + h] = n;
 }
 
 /* ---- host ------------------------------------------------------------------- */
@@ -518,9 +535,9 @@ void ap_policy_gpu_free(ap_policy_gpu *g)
     cudaFree(v->slots), cudaFree(v->state), cudaFree((void *)v->tables), cudaFree(v->scratch);
     cudaFree((void *)v->stream_policy), cudaFree((void *)v->policies), cudaFree(g->d_active);
     cudaFree(g->d_items);
-    for (int p = 0; p < g->n_policy; p++) {
-        if (g->policy_stream && g->policy_stream[p]) cudaStreamDestroy(g->policy_stream[p]);
-        if (g->policy_done && g->policy_done[p]) cudaEventDestroy(g->policy_done[p]);
+    for (int i = 0; i < g->n_policy * g->L; i++) {
+        if (g->policy_stream && g->policy_stream[i]) cudaStreamDestroy(g->policy_stream[i]);
+        if (g->policy_done && g->policy_done[i]) cudaEventDestroy(g->policy_done[i]);
     }
     if (g->fork) cudaEventDestroy(g->fork);
     free(g->policy_stream), free(g->policy_done);
@@ -562,8 +579,8 @@ ap_status ap_policy_gpu_create(const ap_policy_params *params, int n_params, con
     g->n_policy = n_params;
     g->h_param = (int *)malloc((size_t)n_stream * sizeof *g->h_param);
     g->stage_words = (int *)calloc((size_t)n_params, sizeof *g->stage_words);
-    g->policy_stream = (cudaStream_t *)calloc((size_t)n_params, sizeof *g->policy_stream);
-    g->policy_done = (cudaEvent_t *)calloc((size_t)n_params, sizeof *g->policy_done);
+    g->policy_stream = (cudaStream_t *)calloc((size_t)n_params * n_layer, sizeof *g->policy_stream);
+    g->policy_done = (cudaEvent_t *)calloc((size_t)n_params * n_layer, sizeof *g->policy_done);
     g->h_cap = (int *)malloc((size_t)n_stream * sizeof *g->h_cap);
     g->h_active = (int *)malloc((size_t)n_stream * sizeof *g->h_active);
     g->h_items = (int *)malloc((size_t)n_stream * sizeof *g->h_items);
@@ -613,9 +630,9 @@ ap_status ap_policy_gpu_create(const ap_policy_params *params, int n_params, con
         const size_t C = (size_t)n_head * head_dim;
         v->L = n_layer, v->H = n_head, v->D = head_dim, v->max_T = g->max_T;
         CUDA_TRY(cudaEventCreateWithFlags(&g->fork, cudaEventDisableTiming), "creating an event");
-        for (int p = 0; p < n_params; p++) {
-            CUDA_TRY(cudaStreamCreate(&g->policy_stream[p]), "creating a stream for a policy");
-            CUDA_TRY(cudaEventCreateWithFlags(&g->policy_done[p], cudaEventDisableTiming), "creating an event");
+        for (int i = 0; i < n_params * n_layer; i++) {
+            CUDA_TRY(cudaStreamCreate(&g->policy_stream[i]), "creating a stream for a policy");
+            CUDA_TRY(cudaEventCreateWithFlags(&g->policy_done[i], cudaEventDisableTiming), "creating an event");
         }
         CUDA_TRY(upload((void **)&v->off, g->h_off, ((size_t)g->n_lists + 1) * sizeof(int)), "uploading list offsets");
         CUDA_TRY(upload((void **)&v->cnt, NULL, (size_t)g->n_lists * sizeof(int)), "allocating list lengths");
@@ -686,7 +703,7 @@ ap_status ap_policy_gpu_enqueue_layer(ap_policy_gpu *g, int layer, void *stream,
     for (int i = 0; i < g->n_kept; i++) {
         if (g->kept_layer[i] != layer) continue;
         const size_t at = (size_t)i * g->kept_total;
-        keep_kernel<<<(unsigned)g->n_stream * g->H, 128, 0, origin>>>(g->v, layer, g->d_cap, g->d_kept_off,
+        keep_kernel<<<(unsigned)g->n_active * g->H, 128, 0, origin>>>(g->v, layer, g->d_cap, g->d_kept_off,
                                                                    g->d_kept_cnt + (size_t)i * g->n_stream * g->H,
                                                                    g->d_kept_pos + at, g->d_kept_rows + at);
         KERNEL_TRY("keeping a layer's retained sets");
@@ -695,7 +712,7 @@ ap_status ap_policy_gpu_enqueue_layer(ap_policy_gpu *g, int layer, void *stream,
     /* one launch per policy, each with the shared memory its sets need */
     for (int p = 0; p < g->n_policy; p++) {
         if (!g->count[p]) continue;
-        cudaStream_t ps = g->policy_stream[p];
+        cudaStream_t ps = g->policy_stream[p * g->L + layer];
         CUDA_TRY(cudaStreamWaitEvent(ps, g->fork, 0), "ordering the policy updates");
         observe_kernel<<<(unsigned)g->count[p] * g->H, 32, (size_t)g->stage_words[p] * sizeof(uint32_t), ps>>>(
             g->v, layer, t_of, g->d_items + g->first[p], g->stage_words[p]);
@@ -706,11 +723,10 @@ ap_status ap_policy_gpu_enqueue_layer(ap_policy_gpu *g, int layer, void *stream,
 
 ap_status ap_policy_gpu_enqueue_join(ap_policy_gpu *g, void *stream, ap_error *err)
 {
-    /* each policy's stream runs its layers in order: its last launch is enough */
-    for (int p = 0; p < g->n_policy; p++) {
-        if (!g->count[p]) continue;
-        CUDA_TRY(cudaEventRecord(g->policy_done[p], g->policy_stream[p]), "ordering the policy updates");
-        CUDA_TRY(cudaStreamWaitEvent((cudaStream_t)stream, g->policy_done[p], 0), "ordering the policy updates");
+    for (int i = 0; i < g->n_policy * g->L; i++) {
+        if (!g->count[i / g->L]) continue;
+        CUDA_TRY(cudaEventRecord(g->policy_done[i], g->policy_stream[i]), "ordering the policy updates");
+        CUDA_TRY(cudaStreamWaitEvent((cudaStream_t)stream, g->policy_done[i], 0), "ordering the policy updates");
     }
     return AP_OK;
 }
