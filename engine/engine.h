@@ -169,17 +169,15 @@ typedef struct {
 ap_status ap_engine_decode_step(ap_engine *engine, const ap_decode_batch *batch,
                                 const ap_capture *cap, ap_error *err);
 
-/* Work a caller adds inside a device decode step. After layer l's attention
- * has written its rows, q and k, after_layer(ctx, l, stream, t_of) enqueues
- * work on `stream` (a cudaStream_t) or on streams forked from it; t_of is
- * device [n_stream], each stream's position this step. join(ctx, stream)
- * makes `stream` wait for all of it before the step ends. The step's
- * launches are recorded once and replayed while `key` stays the same, so the
- * enqueued work must read anything that changes per step from the device. */
+/* Work a caller adds at the end of a device decode step, after every
+ * layer: enqueue(ctx, stream, t_of) enqueues it on `stream` (a cudaStream_t)
+ * or on streams forked from it and joined back; t_of is device [n_stream],
+ * each stream's position this step. The step's launches are recorded once
+ * and replayed while `key` stays the same, so the work must read anything
+ * that changes from step to step from the device. */
 typedef struct {
     void *ctx;
-    ap_status (*after_layer)(void *ctx, int layer, void *stream, const int *t_of, ap_error *err);
-    ap_status (*join)(void *ctx, void *stream, ap_error *err);
+    ap_status (*enqueue)(void *ctx, void *stream, const int *t_of, ap_error *err);
     long long key;
 } ap_step_hook;
 

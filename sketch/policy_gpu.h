@@ -6,9 +6,9 @@
  * (engine.h, ap_engine_decode_device): one list per (stream, layer, head),
  * list = (stream * n_layer + layer) * n_head + head, positions ascending. The
  * decode step writes its probabilities next to them; the policies' updates,
- * enqueued inside that step layer by layer, then update every set with the
- * host policies' arithmetic in the host policies' order, so that both evict
- * the same positions (docs/policies.md).
+ * enqueued at the end of that step, then update every set with the host
+ * policies' arithmetic in the host policies' order, so that both evict the
+ * same positions (docs/policies.md).
  * Sets of a layer-granularity policy are mirrored into each head's list.
  *
  * Everything is caller-owned and freed by ap_policy_gpu_free. */
@@ -42,9 +42,8 @@ int ap_policy_gpu_list_base(const ap_policy_gpu *g, int stream);
 int ap_policy_gpu_capacity(const ap_policy_gpu *g, int stream);
 
 /* Each decode step (engine.h, ap_engine_decode_device) runs the policies'
- * updates inside it, through an ap_step_hook: a layer's sets observe the step
- * as soon as the decode has written that layer's rows, q and k, while the
- * decode goes on with the next layers.
+ * updates at its end, through an ap_step_hook, so that a step is one
+ * recorded launch and nothing waits for the host in between.
  *
  * begin_step, on the host before the step: the streams active[0..n_active)
  * in the decode step's order (active stream a is its row a). *key changes
@@ -53,15 +52,12 @@ int ap_policy_gpu_capacity(const ap_policy_gpu *g, int stream);
 ap_status ap_policy_gpu_begin_step(ap_policy_gpu *g, const int *active, int n_active, long long *key,
                                    ap_error *err);
 
-/* Inside the step, after layer `layer`'s attention: enqueues that layer's
- * updates on `stream` (a cudaStream_t) and streams forked from it. Each set
- * observes the step, retains t (t_of: device [n_active], each active stream's
- * position) and evicts as the host policy would. A kept layer's lists are
- * copied first. */
-ap_status ap_policy_gpu_enqueue_layer(ap_policy_gpu *g, int layer, void *stream, const int *t_of,
-                                      ap_error *err);
-/* At the end of the step: `stream` waits for every update enqueued. */
-ap_status ap_policy_gpu_enqueue_join(ap_policy_gpu *g, void *stream, ap_error *err);
+/* Inside the step, after the last layer: enqueues the updates on `stream` (a
+ * cudaStream_t) and streams forked from and joined back to it. The kept
+ * layers' lists are copied first; then each set observes the step, retains
+ * t (t_of: device [n_active], each active stream's position) and evicts as
+ * the host policy would. */
+ap_status ap_policy_gpu_enqueue(ap_policy_gpu *g, void *stream, const int *t_of, ap_error *err);
 
 /* Layers whose lists are copied each step as the decode left them, before the
  * policies change them (the sets the step attended to); once, before the first step. */

@@ -1,8 +1,8 @@
 /* cascade_gpu.c — the cascade replay with the policies on the device.
  *
  * The retained sets, the sketches and the decode step's rows, queries and keys
- * stay on the GPU (sketch/policy_gpu.h), and the policies' updates run inside
- * the decode step, each layer's as soon as its attention is done. Per step
+ * stay on the GPU (sketch/policy_gpu.h), and the policies' updates run at the
+ * end of each decode step, in the same recorded launch. Per step
  * the host sends the tokens and reads back only the rows it emits (the
  * trace's layers at measured steps). Same streams, order and results as the
  * host cascade in replay.c. */
@@ -64,15 +64,10 @@ static ap_status emit_rows(cascade_state *s, ap_policy_gpu *g, const ap_trace *t
     return st;
 }
 
-/* The decode step's hook: the policies' updates, layer by layer. */
-static ap_status hook_after_layer(void *ctx, int layer, void *stream, const int *t_of, ap_error *err)
+/* The decode step's hook: the policies' updates at its end. */
+static ap_status hook_enqueue(void *ctx, void *stream, const int *t_of, ap_error *err)
 {
-    return ap_policy_gpu_enqueue_layer((ap_policy_gpu *)ctx, layer, stream, t_of, err);
-}
-
-static ap_status hook_join(void *ctx, void *stream, ap_error *err)
-{
-    return ap_policy_gpu_enqueue_join((ap_policy_gpu *)ctx, stream, err);
+    return ap_policy_gpu_enqueue((ap_policy_gpu *)ctx, stream, t_of, err);
 }
 
 /* kv_bytes and sketch_bytes of each policy from the final retained counts. */
@@ -135,7 +130,7 @@ ap_status ap_replay_cascade_gpu(ap_engine *engine, const ap_trace *tr,
         goto done;
     if (opts->sink && tr->n_layers > 0 && (st = ap_policy_gpu_keep_layers(g, tr->layers, tr->n_layers, err))) goto done;
     const ap_policy_gpu_buffers *buf = ap_policy_gpu_buffers_of(g);
-    ap_step_hook hook = {g, hook_after_layer, hook_join, 0};
+    ap_step_hook hook = {g, hook_enqueue, 0};
     const double t0 = replay_now_s();
     double decode_s = 0;
     for (int t = 0; t < max_T && !st; t++) {

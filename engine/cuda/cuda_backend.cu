@@ -669,10 +669,9 @@ static ap_status enqueue_decode(ap_engine *e, const void *arg, ap_error *err)
             CUDA_TRY(cudaMemcpyAsync(ce->stage + at[OUT_O], ce->att, (size_t)S * C * sizeof(float),
                                      cudaMemcpyDeviceToDevice, ce->stream),
                      "keeping the attention output for the host");
-        if (dev && dev->hook && (st = dev->hook->after_layer(dev->hook->ctx, l, ce->stream, d_t, err))) return st;
         if ((st = block_finish(e, l, S, err))) return st;
     }
-    if (dev && dev->hook && (st = dev->hook->join(dev->hook->ctx, ce->stream, err))) return st;
+    if (dev && dev->hook && (st = dev->hook->enqueue(dev->hook->ctx, ce->stream, d_t, err))) return st;
     if (a->cap && a->cap->logits) return lm_head(e, ce->x, ce->logits, S, err);
     return AP_OK;
 }

@@ -73,10 +73,9 @@ struct ap_policy_gpu {
     int *h_active, *h_items, *first, *count, n_active;
     int *d_active, *d_items;
     long long key;
-    /* the policies' launches run side by side, one stream per (policy,
-     * layer) so that no launch waits for another: forked from the decode
-     * step's stream after each layer, joined at the step's end */
-    cudaStream_t *policy_stream; /* [n_policy * L]: (policy, layer)'s */
+    /* the policies' launches run side by side, one stream each, forked
+     * from the decode step's stream at its end and joined back */
+    cudaStream_t *policy_stream; /* [n_policy] */
     cudaEvent_t fork, *policy_done;
     /* copies of some layers' lists as the decode step left them:
      * [n_kept][n_stream * n_head] counts, [n_kept][kept_total] positions and rows */
@@ -347,15 +346,15 @@ __device__ static void stage_in(uint32_t *staged, const uint32_t *home, long lon
     }
 }
 
-/* One warp (block) per (active stream, set) of layer `layer` of the streams
- * items[] (indices into the active streams, all of one policy): observe,
- * retain t, evict. A head-granularity set's sketch or generator is worked on
+/* One warp (block) per (active stream, layer, set) of the streams items[]
+ * (indices into the active streams, all of one policy; t_of: their
+ * positions): observe, retain t, evict. A head-granularity set's sketch or generator is worked on
  * in shared memory when it fits stage_words. */
-__global__ void observe_kernel(step_view v, int layer, const int *t_of, const int *items, int stage_words)
+__global__ void observe_kernel(step_view v, const int *t_of, const int *items, int stage_words)
 {
     extern __shared__ uint32_t staged[];
     const int warp = blockIdx.x, lane = threadIdx.x;
-    const int a = items[warp / v.H], l = layer, set = warp % v.H, t = t_of[a];
+    const int a = items[warp / (v.L * v.H)], l = warp / v.H % v.L, set = warp % v.H, t = t_of[a];
     const int sid = v.active[a];
     const gpu_policy P = v.policies[v.stream_policy[sid]];
     if (P.layer_sets && set > 0) return;
@@ -535,9 +534,9 @@ void ap_policy_gpu_free(ap_policy_gpu *g)
     cudaFree(v->slots), cudaFree(v->state), cudaFree((void *)v->tables), cudaFree(v->scratch);
     cudaFree((void *)v->stream_policy), cudaFree((void *)v->policies), cudaFree(g->d_active);
     cudaFree(g->d_items);
-    for (int i = 0; i < g->n_policy * g->L; i++) {
-        if (g->policy_stream && g->policy_stream[i]) cudaStreamDestroy(g->policy_stream[i]);
-        if (g->policy_done && g->policy_done[i]) cudaEventDestroy(g->policy_done[i]);
+    for (int p = 0; p < g->n_policy; p++) {
+        if (g->policy_stream && g->policy_stream[p]) cudaStreamDestroy(g->policy_stream[p]);
+        if (g->policy_done && g->policy_done[p]) cudaEventDestroy(g->policy_done[p]);
     }
     if (g->fork) cudaEventDestroy(g->fork);
     free(g->policy_stream), free(g->policy_done);
@@ -579,8 +578,8 @@ ap_status ap_policy_gpu_create(const ap_policy_params *params, int n_params, con
     g->n_policy = n_params;
     g->h_param = (int *)malloc((size_t)n_stream * sizeof *g->h_param);
     g->stage_words = (int *)calloc((size_t)n_params, sizeof *g->stage_words);
-    g->policy_stream = (cudaStream_t *)calloc((size_t)n_params * n_layer, sizeof *g->policy_stream);
-    g->policy_done = (cudaEvent_t *)calloc((size_t)n_params * n_layer, sizeof *g->policy_done);
+    g->policy_stream = (cudaStream_t *)calloc((size_t)n_params, sizeof *g->policy_stream);
+    g->policy_done = (cudaEvent_t *)calloc((size_t)n_params, sizeof *g->policy_done);
     g->h_cap = (int *)malloc((size_t)n_stream * sizeof *g->h_cap);
     g->h_active = (int *)malloc((size_t)n_stream * sizeof *g->h_active);
     g->h_items = (int *)malloc((size_t)n_stream * sizeof *g->h_items);
@@ -630,9 +629,9 @@ ap_status ap_policy_gpu_create(const ap_policy_params *params, int n_params, con
         const size_t C = (size_t)n_head * head_dim;
         v->L = n_layer, v->H = n_head, v->D = head_dim, v->max_T = g->max_T;
         CUDA_TRY(cudaEventCreateWithFlags(&g->fork, cudaEventDisableTiming), "creating an event");
-        for (int i = 0; i < n_params * n_layer; i++) {
-            CUDA_TRY(cudaStreamCreate(&g->policy_stream[i]), "creating a stream for a policy");
-            CUDA_TRY(cudaEventCreateWithFlags(&g->policy_done[i], cudaEventDisableTiming), "creating an event");
+        for (int p = 0; p < n_params; p++) {
+            CUDA_TRY(cudaStreamCreate(&g->policy_stream[p]), "creating a stream for a policy");
+            CUDA_TRY(cudaEventCreateWithFlags(&g->policy_done[p], cudaEventDisableTiming), "creating an event");
         }
         CUDA_TRY(upload((void **)&v->off, g->h_off, ((size_t)g->n_lists + 1) * sizeof(int)), "uploading list offsets");
         CUDA_TRY(upload((void **)&v->cnt, NULL, (size_t)g->n_lists * sizeof(int)), "allocating list lengths");
@@ -697,36 +696,27 @@ ap_status ap_policy_gpu_begin_step(ap_policy_gpu *g, const int *active, int n_ac
     return AP_OK;
 }
 
-ap_status ap_policy_gpu_enqueue_layer(ap_policy_gpu *g, int layer, void *stream, const int *t_of, ap_error *err)
+ap_status ap_policy_gpu_enqueue(ap_policy_gpu *g, void *stream, const int *t_of, ap_error *err)
 {
     cudaStream_t origin = (cudaStream_t)stream;
     for (int i = 0; i < g->n_kept; i++) {
-        if (g->kept_layer[i] != layer) continue;
         const size_t at = (size_t)i * g->kept_total;
-        keep_kernel<<<(unsigned)g->n_active * g->H, 128, 0, origin>>>(g->v, layer, g->d_cap, g->d_kept_off,
+        keep_kernel<<<(unsigned)g->n_active * g->H, 128, 0, origin>>>(g->v, g->kept_layer[i], g->d_cap, g->d_kept_off,
                                                                    g->d_kept_cnt + (size_t)i * g->n_stream * g->H,
                                                                    g->d_kept_pos + at, g->d_kept_rows + at);
         KERNEL_TRY("keeping a layer's retained sets");
     }
+    /* one launch per policy, each with the shared memory its sets need, side by side */
     CUDA_TRY(cudaEventRecord(g->fork, origin), "ordering the policy updates");
-    /* one launch per policy, each with the shared memory its sets need */
     for (int p = 0; p < g->n_policy; p++) {
         if (!g->count[p]) continue;
-        cudaStream_t ps = g->policy_stream[p * g->L + layer];
+        cudaStream_t ps = g->policy_stream[p];
         CUDA_TRY(cudaStreamWaitEvent(ps, g->fork, 0), "ordering the policy updates");
-        observe_kernel<<<(unsigned)g->count[p] * g->H, 32, (size_t)g->stage_words[p] * sizeof(uint32_t), ps>>>(
-            g->v, layer, t_of, g->d_items + g->first[p], g->stage_words[p]);
+        observe_kernel<<<(unsigned)(g->count[p] * g->L * g->H), 32, (size_t)g->stage_words[p] * sizeof(uint32_t),
+                         ps>>>(g->v, t_of, g->d_items + g->first[p], g->stage_words[p]);
         KERNEL_TRY("launching the policy updates");
-    }
-    return AP_OK;
-}
-
-ap_status ap_policy_gpu_enqueue_join(ap_policy_gpu *g, void *stream, ap_error *err)
-{
-    for (int i = 0; i < g->n_policy * g->L; i++) {
-        if (!g->count[i / g->L]) continue;
-        CUDA_TRY(cudaEventRecord(g->policy_done[i], g->policy_stream[i]), "ordering the policy updates");
-        CUDA_TRY(cudaStreamWaitEvent((cudaStream_t)stream, g->policy_done[i], 0), "ordering the policy updates");
+        CUDA_TRY(cudaEventRecord(g->policy_done[p], ps), "ordering the policy updates");
+        CUDA_TRY(cudaStreamWaitEvent(origin, g->policy_done[p], 0), "ordering the policy updates");
     }
     return AP_OK;
 }
