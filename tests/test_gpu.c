@@ -1,6 +1,7 @@
 /* test_gpu.c — the CUDA backend (ctest -L gpu, on a machine with a GPU):
  *   CUDA against transformers' float64 reference on the fixtures: attention
  *   <= 1e-5 and logits <= 1e-4 relative in fp32, attention <= 2e-3 in bf16;
+ *   the few-row products (skinny kernel) agree with the CPU as cuBLAS's do;
  *   cascade replay with full equals the reference trace within 1e-5; for
  *   every policy the retained sets of a cascade replay are identical on the
  *   CPU and CUDA backends (fp32), with the policies on the host or the device. */
@@ -79,6 +80,68 @@ static void test_prefill_batch(void **state)
     ap_model_free(m);
 }
 
+/* A model and fp32 CPU and CUDA engines on it. */
+static void open_engines(const char *model, ap_model **m, ap_engine **cpu, ap_engine **gpu)
+{
+    ap_error err;
+    if (ap_model_load(model, m, &err) || ap_engine_create(*m, AP_BACKEND_CPU, AP_PRECISION_FP32, cpu, &err) ||
+        ap_engine_create(*m, AP_BACKEND_CUDA, AP_PRECISION_FP32, gpu, &err))
+        fail_msg("%s", err.msg);
+}
+
+static void close_engines(ap_model *m, ap_engine *cpu, ap_engine *gpu)
+{
+    ap_engine_free(gpu);
+    ap_engine_free(cpu);
+    ap_model_free(m);
+}
+
+/* Largest |cuda - cpu| over the last layer's attention and the last
+ * logits (relative to the largest logit) of one fp32 prefill of T tokens. */
+static void prefill_diff(ap_engine *cpu, ap_engine *gpu, const int *ids, int T, double *attn_diff,
+                         double *logit_rel)
+{
+    const ap_config *c = ap_engine_config(cpu);
+    const int H = c->n_head, V = c->vocab_size, layer = c->n_layer - 1;
+    float *attn[2], *logits[2];
+    ap_engine *engines[2] = {cpu, gpu};
+    ap_error err;
+    for (int i = 0; i < 2; i++) {
+        attn[i] = malloc((size_t)H * T * T * sizeof(float));
+        logits[i] = malloc((size_t)V * sizeof(float));
+        ap_capture cap = {1, &layer, &attn[i], NULL, NULL, NULL, NULL, logits[i], 1};
+        if (ap_engine_prefill(engines[i], ids, T, &cap, &err)) fail_msg("%s", err.msg);
+    }
+    double peak = 0;
+    *attn_diff = *logit_rel = 0;
+    for (size_t j = 0; j < (size_t)H * T * T; j++) *attn_diff = fmax(*attn_diff, fabs(attn[0][j] - attn[1][j]));
+    for (int j = 0; j < V; j++) peak = fmax(peak, fabs(logits[0][j]));
+    for (int j = 0; j < V; j++) *logit_rel = fmax(*logit_rel, fabs(logits[0][j] - logits[1][j]) / peak);
+    for (int i = 0; i < 2; i++) free(attn[i]), free(logits[i]);
+}
+
+/* Products of up to 128 rows (the decode's streams, short prefills) go to
+ * the skinny kernel in fp32, one variant per 16 rows; 129 rows go to cuBLAS.
+ * Each agrees with the CPU as the full-size products do. */
+static void test_skinny_products(void **state)
+{
+    (void)state;
+    ap_model *m;
+    ap_engine *cpu, *gpu;
+    open_engines("random:L=2,H=4,D=128,V=512,T=256,seed=11", &m, &cpu, &gpu);
+    int ids[129];
+    for (int t = 0; t < 129; t++) ids[t] = (t * 89 + 3) % m->config.vocab_size;
+    const int lengths[] = {1, 16, 17, 40, 64, 80, 96, 112, 128, 129};
+    for (size_t i = 0; i < sizeof lengths / sizeof lengths[0]; i++) {
+        double attn_diff, logit_rel;
+        prefill_diff(cpu, gpu, ids, lengths[i], &attn_diff, &logit_rel);
+        print_message("prefill of %3d rows: attention %.3g, logits %.3g relative\n", lengths[i], attn_diff, logit_rel);
+        assert_true(attn_diff <= 1e-5);
+        assert_true(logit_rel <= 1e-4);
+    }
+    close_engines(m, cpu, gpu);
+}
+
 /* Records every emitted row's retained mask, its policy row and the largest
  * |q - p|. */
 typedef struct {
@@ -122,22 +185,6 @@ static void cascade(ap_engine *e, const ap_trace *tr, const char *policy, ap_gra
     p.recent = 4;
     p.granularity = gran;
     cascade_params(e, tr, &p, host_policies, r);
-}
-
-/* A model and fp32 CPU and CUDA engines on it. */
-static void open_engines(const char *model, ap_model **m, ap_engine **cpu, ap_engine **gpu)
-{
-    ap_error err;
-    if (ap_model_load(model, m, &err) || ap_engine_create(*m, AP_BACKEND_CPU, AP_PRECISION_FP32, cpu, &err) ||
-        ap_engine_create(*m, AP_BACKEND_CUDA, AP_PRECISION_FP32, gpu, &err))
-        fail_msg("%s", err.msg);
-}
-
-static void close_engines(ap_model *m, ap_engine *cpu, ap_engine *gpu)
-{
-    ap_engine_free(gpu);
-    ap_engine_free(cpu);
-    ap_model_free(m);
 }
 
 /* Every policy, per head and per layer: the CPU engine with the host
@@ -277,6 +324,7 @@ int main(void)
         cmocka_unit_test(test_fp32_parity),
         cmocka_unit_test(test_prefill_batch),
         cmocka_unit_test(test_reduced_precision),
+        cmocka_unit_test(test_skinny_products),
         cmocka_unit_test(test_cascade_cpu_cuda),
         cmocka_unit_test(test_cascade_params),
         cmocka_unit_test(test_cascade_long),
