@@ -76,8 +76,17 @@ typedef struct {
 __device__ static inline float product_value(const float *out, product_at p, size_t i)
 {
     if (!p.n) return out[i];
-    float v = p.part[i];
-    for (int y = 1; y < p.n; y++) v += p.part[(size_t)y * p.stride + i];
+    /* loads in batches, so that they are in flight together; adds in order */
+    enum { BATCH = 8 };
+    float v = 0.0f;
+    for (int y0 = 0; y0 < p.n; y0 += BATCH) {
+        float a[BATCH];
+#pragma unroll
+        for (int j = 0; j < BATCH; j++) a[j] = y0 + j < p.n ? p.part[(size_t)(y0 + j) * p.stride + i] : 0.0f;
+#pragma unroll
+        for (int j = 0; j < BATCH; j++)
+            if (y0 + j < p.n) v = y0 + j == 0 ? a[j] : v + a[j];
+    }
     return v;
 }
 
@@ -122,25 +131,45 @@ template <int RM>
 __global__ void __launch_bounds__(SKINNY_THREADS)
     skinny_gemm_kernel(float *part, const float *in, const float *W, int M, int K, int N, int k_len)
 {
+    /* each thread's share of a tile, loaded to registers while the tile
+     * before is computed */
+    enum { W_LOADS = SKINNY_KT * SKINNY_BN / 4 / SKINNY_THREADS, A_LOADS = 16 * RM * SKINNY_KT / SKINNY_THREADS };
     __shared__ float As[SKINNY_KT][16 * RM];
     __shared__ __align__(16) float Ws[SKINNY_KT][SKINNY_BN];
     const int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
-    const int n0 = blockIdx.x * SKINNY_BN, k_begin = blockIdx.y * k_len;
+    const int n0 = blockIdx.x * SKINNY_BN, k_begin = blockIdx.y * k_len, k_end = k_begin + k_len;
+    float4 w_next[W_LOADS];
+    float a_next[A_LOADS];
     float acc[RM][8];
 #pragma unroll
     for (int i = 0; i < RM; i++)
 #pragma unroll
         for (int j = 0; j < 8; j++) acc[i][j] = 0.0f;
-    for (int k0 = k_begin; k0 < k_begin + k_len; k0 += SKINNY_KT) {
-        for (int i = threadIdx.x; i < SKINNY_KT * SKINNY_BN / 4; i += SKINNY_THREADS) {
-            const int k = i / (SKINNY_BN / 4), c = i % (SKINNY_BN / 4) * 4;
-            *(float4 *)&Ws[k][c] = *(const float4 *)(W + (size_t)(k0 + k) * N + n0 + c);
+#define SKINNY_LOAD(k0)                                                                      \
+    do {                                                                                     \
+        _Pragma("unroll") for (int x = 0; x < W_LOADS; x++) {                                \
+            const int i = threadIdx.x + x * SKINNY_THREADS, k = i / (SKINNY_BN / 4);          \
+            w_next[x] = *(const float4 *)(W + (size_t)((k0) + k) * N + n0 + i % (SKINNY_BN / 4) * 4); \
+        }                                                                                    \
+        _Pragma("unroll") for (int x = 0; x < A_LOADS; x++) {                                \
+            const int i = threadIdx.x + x * SKINNY_THREADS, r = i / SKINNY_KT;                \
+            a_next[x] = r < M ? in[(size_t)r * K + (k0) + i % SKINNY_KT] : 0.0f;             \
+        }                                                                                    \
+    } while (0)
+    SKINNY_LOAD(k_begin);
+    for (int k0 = k_begin; k0 < k_end; k0 += SKINNY_KT) {
+#pragma unroll
+        for (int x = 0; x < W_LOADS; x++) {
+            const int i = threadIdx.x + x * SKINNY_THREADS;
+            *(float4 *)&Ws[i / (SKINNY_BN / 4)][i % (SKINNY_BN / 4) * 4] = w_next[x];
         }
-        for (int i = threadIdx.x; i < 16 * RM * SKINNY_KT; i += SKINNY_THREADS) {
-            const int r = i / SKINNY_KT, k = i % SKINNY_KT;
-            As[k][r] = r < M ? in[(size_t)r * K + k0 + k] : 0.0f;
+#pragma unroll
+        for (int x = 0; x < A_LOADS; x++) {
+            const int i = threadIdx.x + x * SKINNY_THREADS;
+            As[i % SKINNY_KT][i / SKINNY_KT] = a_next[x];
         }
         __syncthreads();
+        if (k0 + SKINNY_KT < k_end) SKINNY_LOAD(k0 + SKINNY_KT);
 #pragma unroll 4
         for (int k = 0; k < SKINNY_KT; k++) {
             const float4 w0 = *(const float4 *)&Ws[k][tx * 4], w1 = *(const float4 *)&Ws[k][64 + tx * 4];
@@ -153,6 +182,7 @@ __global__ void __launch_bounds__(SKINNY_THREADS)
         }
         __syncthreads();
     }
+#undef SKINNY_LOAD
     float *out = part + (size_t)blockIdx.y * M * N;
 #pragma unroll
     for (int i = 0; i < RM; i++) {
