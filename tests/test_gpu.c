@@ -1,7 +1,7 @@
 /* test_gpu.c — the CUDA backend (ctest -L gpu, on a machine with a GPU):
  *   CUDA against transformers' float64 reference on the fixtures: attention
  *   <= 1e-5 and logits <= 1e-4 relative in fp32, attention <= 2e-3 in bf16;
- *   the few-row products (skinny kernel) agree with the CPU as cuBLAS's do;
+ *   short prefills (1 to 129 tokens) agree with the CPU within the same bounds;
  *   cascade replay with full equals the reference trace within 1e-5; for
  *   every policy the retained sets of a cascade replay are identical on the
  *   CPU and CUDA backends (fp32), with the policies on the host or the device. */
@@ -120,10 +120,9 @@ static void prefill_diff(ap_engine *cpu, ap_engine *gpu, const int *ids, int T, 
     for (int i = 0; i < 2; i++) free(attn[i]), free(logits[i]);
 }
 
-/* Products of up to 128 rows (the decode's streams, short prefills) go to
- * the skinny kernel in fp32, one variant per 16 rows; 129 rows go to cuBLAS.
- * Each agrees with the CPU as the full-size products do. */
-static void test_skinny_products(void **state)
+/* Short prefills (products of a few rows, as in the decode step) agree
+ * with the CPU as long ones do. */
+static void test_short_prefills(void **state)
 {
     (void)state;
     ap_model *m;
@@ -324,7 +323,7 @@ int main(void)
         cmocka_unit_test(test_fp32_parity),
         cmocka_unit_test(test_prefill_batch),
         cmocka_unit_test(test_reduced_precision),
-        cmocka_unit_test(test_skinny_products),
+        cmocka_unit_test(test_short_prefills),
         cmocka_unit_test(test_cascade_cpu_cuda),
         cmocka_unit_test(test_cascade_params),
         cmocka_unit_test(test_cascade_long),

@@ -50,8 +50,6 @@ extern "C" int ap_cuda_device_count(void)
 
 #include "kernels.cuh"
 
-enum { SKINNY_ROWS = 128 }; /* products of up to this many rows: skinny_gemm_kernel */
-
 enum { OUT_ATTN, OUT_Q, OUT_K, OUT_V, OUT_O, N_OUT };
 
 /* For capture i and output kind k, the offset (in floats) of its copy in
@@ -108,8 +106,6 @@ typedef struct {
     stage_slots *slots; /* [n_capture] of the call in progress */
     int slots_cap;
     void *blas_workspace;
-    float *part;  /* skinny_gemm_kernel's partial sums */
-    int n_sm;     /* the device's multiprocessors */
     /* one recorded graph per entry point, replayed while its key matches;
      * `generation` changes whenever a buffer a graph points into moves */
     graph_cache prefill_graph, decode_graph;
@@ -134,8 +130,7 @@ static void free_scratch(cuda_engine *ce)
     ce->generation++;
     cudaFree(ce->x), cudaFree(ce->h), cudaFree(ce->qkv), cudaFree(ce->att), cudaFree(ce->tmp);
     cudaFree(ce->fc), cudaFree(ce->scores), cudaFree(ce->heads), cudaFree(ce->logits);
-    cudaFree(ce->ids), cudaFree(ce->pos), cudaFree(ce->act_bf16), cudaFree(ce->part);
-    ce->part = NULL;
+    cudaFree(ce->ids), cudaFree(ce->pos), cudaFree(ce->act_bf16);
     ce->x = ce->h = ce->qkv = ce->att = ce->tmp = ce->fc = ce->scores = ce->heads = ce->logits = NULL;
     ce->ids = ce->pos = NULL;
     ce->act_bf16 = NULL;
@@ -162,10 +157,6 @@ static ap_status ensure_scratch(ap_engine *e, size_t N, size_t scores, ap_error 
         CUDA_TRY(cudaMalloc(&ce->ids, n * sizeof(int)), "allocating ids");
         CUDA_TRY(cudaMalloc(&ce->pos, n * sizeof(int)), "allocating positions");
         CUDA_TRY(cudaMalloc(&ce->scores, (sc ? sc : 1) * sizeof(float)), "allocating attention scores");
-        /* skinny_split bounds slices * columns by this */
-        const size_t part_cols = (size_t)2 * ce->n_sm * SKINNY_BN > 4 * C ? (size_t)2 * ce->n_sm * SKINNY_BN : 4 * C;
-        const size_t part_rows = n < SKINNY_ROWS ? n : SKINNY_ROWS;
-        CUDA_TRY(cudaMalloc(&ce->part, part_cols * part_rows * sizeof(float)), "allocating partial products");
         if (e->precision == AP_PRECISION_BF16) {
             ce->act_bf16_n = n * 4 * C;
             CUDA_TRY(cudaMalloc(&ce->act_bf16, ce->act_bf16_n * sizeof(__nv_bfloat16)), "allocating bf16 activations");
@@ -178,52 +169,15 @@ static ap_status ensure_scratch(ap_engine *e, size_t N, size_t scores, ap_error 
 
 static unsigned blocks(size_t n) { return (unsigned)((n + 255) / 256); }
 
-/* The decode step's products have a row per stream (tens): in fp32 they go
- * to skinny_gemm_kernel, which reads the weights once with the whole GPU
- * busy, instead of cuBLAS (SKINNY_ROWS: the most rows it takes). */
-template <int RM>
-static void launch_skinny(dim3 grid, cudaStream_t stream, float *part, const float *in, const float *W, int M,
-                          int K, int N, int k_len)
-{
-    skinny_gemm_kernel<RM><<<grid, SKINNY_THREADS, 0, stream>>>(part, in, W, M, K, N, k_len);
-}
-typedef void (*skinny_launcher)(dim3, cudaStream_t, float *, const float *, const float *, int, int, int, int);
-static const skinny_launcher SKINNY_LAUNCH[SKINNY_ROWS / 16] = {launch_skinny<1>, launch_skinny<2>, launch_skinny<3>,
-                                                                launch_skinny<4>, launch_skinny<5>, launch_skinny<6>,
-                                                                launch_skinny<7>, launch_skinny<8>};
-
-/* Slices of K for skinny_gemm_kernel on a product of OC columns: about two
- * blocks per SM, each slice a multiple of SKINNY_KT; 0 when the shape does
- * not suit it. Then slices * OC <= max(2 * n_sm * SKINNY_BN, OC). */
-static int skinny_split(const cuda_engine *ce, int IC, int OC)
-{
-    if (OC % SKINNY_BN || IC % SKINNY_KT) return 0;
-    const int tiles = OC / SKINNY_BN, kt = IC / SKINNY_KT, target = 2 * ce->n_sm;
-    int split = 1;
-    for (int d = 1; d <= kt; d++)
-        if (kt % d == 0 && tiles * d <= target) split = d;
-    return split;
-}
-
 /* out[N, OC] = in[N, IC] @ W[IC, OC] (W: a host pointer into the model). When
  * in16 != NULL the product reads it (the rows of `in` rounded to bf16) and the
- * bf16 weights; otherwise fp32 inputs in the handle's math mode. *at says
- * where the result is: in `out`, or (fp32, few rows) as partial sums that the
- * kernel reading it adds up (product_value). */
+ * bf16 weights; otherwise fp32 inputs in the handle's math mode. */
 static ap_status matmul(ap_engine *e, float *out, const float *in, const __nv_bfloat16 *in16,
-                        const float *W_host, int N, int IC, int OC, product_at *at, ap_error *err)
+                        const float *W_host, int N, int IC, int OC, ap_error *err)
 {
     cuda_engine *ce = (cuda_engine *)e->impl;
     const float one = 1.0f, zero = 0.0f;
-    *at = (product_at){NULL, 0, 0};
-    const int split =
-        !in16 && e->precision == AP_PRECISION_FP32 && N <= SKINNY_ROWS ? skinny_split(ce, IC, OC) : 0;
-    if (split) {
-        SKINNY_LAUNCH[(N - 1) / 16](dim3(OC / SKINNY_BN, split), ce->stream, ce->part, in, dev_w(e, W_host), N, IC,
-                                    OC, IC / split);
-        KERNEL_TRY("a linear layer of few rows");
-        *at = (product_at){ce->part, split, (size_t)N * OC};
-    } else if (in16)
+    if (in16)
         CUBLAS_TRY(cublasGemmEx(ce->blas, CUBLAS_OP_N, CUBLAS_OP_N, OC, N, IC, &one, dev_w16(e, W_host),
                                 CUDA_R_16BF, OC, in16, CUDA_R_16BF, IC, &zero, out, CUDA_R_32F, OC,
                                 CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
@@ -252,10 +206,9 @@ static ap_status layernorm(ap_engine *e, float *out, __nv_bfloat16 *out16, const
     return AP_OK;
 }
 
-/* qkv[N, 3C] = ln1(x) @ attn_w for block l (TF32 or fp32: q and k decide
- * the probabilities), + attn_b when add_bias; otherwise the caller adds the
- * bias, reading the product from *at. */
-static ap_status block_qkv(ap_engine *e, int l, int N, int add_bias, product_at *at, ap_error *err)
+/* qkv[N, 3C] = ln1(x) @ attn_w (+ attn_b when add_bias) for block l (TF32
+ * or fp32: q and k decide the probabilities). */
+static ap_status block_qkv(ap_engine *e, int l, int N, int add_bias, ap_error *err)
 {
     cuda_engine *ce = (cuda_engine *)e->impl;
     const ap_weights *w = &e->model->w;
@@ -263,13 +216,12 @@ static ap_status block_qkv(ap_engine *e, int l, int N, int add_bias, product_at 
     const size_t lc = (size_t)l * C;
     ap_status st;
     if ((st = layernorm(e, ce->h, NULL, ce->x, w->ln1_w + lc, w->ln1_b + lc, N, err)) ||
-        (st = matmul(e, ce->qkv, ce->h, NULL, w->attn_w + lc * 3 * C, N, C, 3 * C, at, err)))
+        (st = matmul(e, ce->qkv, ce->h, NULL, w->attn_w + lc * 3 * C, N, C, 3 * C, err)))
         return st;
     if (!add_bias) return AP_OK;
     bias_kernel<<<blocks((size_t)N * 3 * C), 256, 0, ce->stream>>>(ce->qkv, dev_w(e, w->attn_b + 3 * lc),
-                                                                   (size_t)N * 3 * C, 3 * C, *at);
+                                                                   (size_t)N * 3 * C, 3 * C);
     KERNEL_TRY("adding the q/k/v bias");
-    *at = (product_at){NULL, 0, 0};
     return AP_OK;
 }
 
@@ -282,25 +234,21 @@ static ap_status block_finish(ap_engine *e, int l, int N, ap_error *err)
     const int C = c->n_embd;
     const size_t lc = (size_t)l * C, NC = (size_t)N * C;
     __nv_bfloat16 *bf = bf16_scratch(e);
-    product_at at;
     ap_status st;
     if (bf) {
         to_bf16_kernel<<<blocks(NC), 256, 0, ce->stream>>>(bf, ce->att, NC);
         KERNEL_TRY("rounding the attention output to bf16");
     }
-    if ((st = matmul(e, ce->tmp, ce->att, bf, w->attn_proj_w + lc * C, N, C, C, &at, err))) return st;
-    bias_residual_kernel<<<blocks(NC), 256, 0, ce->stream>>>(ce->x, ce->tmp, dev_w(e, w->attn_proj_b + lc), NC, C,
-                                                             at);
+    if ((st = matmul(e, ce->tmp, ce->att, bf, w->attn_proj_w + lc * C, N, C, C, err))) return st;
+    bias_residual_kernel<<<blocks(NC), 256, 0, ce->stream>>>(ce->x, ce->tmp, dev_w(e, w->attn_proj_b + lc), NC, C);
     KERNEL_TRY("the residual add");
     if ((st = layernorm(e, ce->h, bf, ce->x, w->ln2_w + lc, w->ln2_b + lc, N, err)) ||
-        (st = matmul(e, ce->fc, ce->h, bf, w->fc_w + lc * 4 * C, N, C, 4 * C, &at, err)))
+        (st = matmul(e, ce->fc, ce->h, bf, w->fc_w + lc * 4 * C, N, C, 4 * C, err)))
         return st;
-    bias_gelu_kernel<<<blocks(4 * NC), 256, 0, ce->stream>>>(ce->fc, bf, dev_w(e, w->fc_b + 4 * lc), 4 * NC, 4 * C,
-                                                             at);
+    bias_gelu_kernel<<<blocks(4 * NC), 256, 0, ce->stream>>>(ce->fc, bf, dev_w(e, w->fc_b + 4 * lc), 4 * NC, 4 * C);
     KERNEL_TRY("GELU");
-    if ((st = matmul(e, ce->tmp, ce->fc, bf, w->fc_proj_w + lc * 4 * C, N, 4 * C, C, &at, err))) return st;
-    bias_residual_kernel<<<blocks(NC), 256, 0, ce->stream>>>(ce->x, ce->tmp, dev_w(e, w->fc_proj_b + lc), NC, C,
-                                                             at);
+    if ((st = matmul(e, ce->tmp, ce->fc, bf, w->fc_proj_w + lc * 4 * C, N, 4 * C, C, err))) return st;
+    bias_residual_kernel<<<blocks(NC), 256, 0, ce->stream>>>(ce->x, ce->tmp, dev_w(e, w->fc_proj_b + lc), NC, C);
     KERNEL_TRY("the residual add");
     return AP_OK;
 }
@@ -540,8 +488,7 @@ static ap_status enqueue_prefill(ap_engine *e, const void *arg, ap_error *err)
     KERNEL_TRY("the embedding");
     for (int l = 0; l <= a->last; l++) {
         const int ci = ap_capture_index(a->cap, l);
-        product_at qkv_at;
-        if ((st = block_qkv(e, l, N, 1, &qkv_at, err))) return st;
+        if ((st = block_qkv(e, l, N, 1, err))) return st;
         for (int b = 0; b < a->B; b++) {
             const long long *at = ci >= 0 ? a->slots[(size_t)b * n_capture + ci].at : NULL;
             const float *qkv = ce->qkv + (size_t)b * T * 3 * C;
@@ -695,12 +642,11 @@ static ap_status enqueue_decode(ap_engine *e, const void *arg, ap_error *err)
     for (int l = 0; l < L; l++) {
         const int ci = ap_capture_index(a->cap, l);
         const long long *at = ci >= 0 ? a->slots[ci].at : NULL;
-        product_at qkv_at;
-        if ((st = block_qkv(e, l, S, 0, &qkv_at, err))) return st;
+        if ((st = block_qkv(e, l, S, 0, err))) return st;
         decode_qkv_kernel<<<S, 256, 0, ce->stream>>>(ce->qkv, dev_w(e, w->attn_b + (size_t)3 * l * C), d_k, d_v,
                                                      dev && dev->q ? dev->q + (size_t)l * S * C : NULL,
                                                      dev && dev->k ? dev->k + (size_t)l * S * C : NULL, d_t,
-                                                     d_max, H, hd, C, l, qkv_at);
+                                                     d_max, H, hd, C, l);
         KERNEL_TRY("appending to the KV caches");
         const int want_rows = dev ? dev->rows != NULL : at && capture_dst(a->cap, ci, OUT_ATTN);
         float *rows = want_rows ? rows_out : NULL;
@@ -923,9 +869,8 @@ extern "C" ap_status ap_cuda_engine_init(ap_engine *e, ap_error *err)
     }
     cudaDeviceProp prop;
     int dev = 0;
-    CUDA_TRY(cudaGetDevice(&dev), "reading the device");
-    CUDA_TRY(cudaGetDeviceProperties(&prop, dev), "reading the device's properties");
-    ce->n_sm = prop.multiProcessorCount;
+    cudaGetDevice(&dev);
+    cudaGetDeviceProperties(&prop, dev);
     const char *prec = e->precision == AP_PRECISION_FP32 ? "fp32" : e->precision == AP_PRECISION_TF32 ? "tf32" : "bf16";
     snprintf(e->device_name, sizeof e->device_name, "cuda (%s, %s)", prop.name, prec);
     return AP_OK;

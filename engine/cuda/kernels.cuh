@@ -64,134 +64,30 @@ __global__ void layernorm_kernel(float *out, __nv_bfloat16 *out16, const float *
     }
 }
 
-/* Where a product's result is: in its output buffer (n == 0), or as n
- * partial sums over slices of K, `stride` floats apart (skinny_gemm_kernel),
- * which the kernel reading the product adds up in slice order. */
-typedef struct {
-    const float *part;
-    int n;
-    size_t stride;
-} product_at;
-
-__device__ static inline float product_value(const float *out, product_at p, size_t i)
-{
-    if (!p.n) return out[i];
-    /* loads in batches, so that they are in flight together; adds in order */
-    enum { BATCH = 8 };
-    float v = 0.0f;
-    for (int y0 = 0; y0 < p.n; y0 += BATCH) {
-        float a[BATCH];
-#pragma unroll
-        for (int j = 0; j < BATCH; j++) a[j] = y0 + j < p.n ? p.part[(size_t)(y0 + j) * p.stride + i] : 0.0f;
-#pragma unroll
-        for (int j = 0; j < BATCH; j++)
-            if (y0 + j < p.n) v = y0 + j == 0 ? a[j] : v + a[j];
-    }
-    return v;
-}
-
-/* x = product + bias */
-__global__ void bias_kernel(float *x, const float *bias, size_t n, int OC, product_at p)
+__global__ void bias_kernel(float *x, const float *bias, size_t n, int OC)
 {
     size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i < n) x[i] = product_value(x, p, i) + bias[i % OC];
+    if (i < n) x[i] += bias[i % OC];
 }
 
-/* x = GELU(product + bias) (tanh form, GPT-2's gelu_new), in place or, when
- * out16 != NULL, into the bf16 copy the next product reads. */
-__global__ void bias_gelu_kernel(float *x, __nv_bfloat16 *out16, const float *bias, size_t n, int OC,
-                                 product_at p)
+/* x = GELU(x + bias) (tanh form, GPT-2's gelu_new), in place or, when out16 !=
+ * NULL, into the bf16 copy the next product reads. */
+__global__ void bias_gelu_kernel(float *x, __nv_bfloat16 *out16, const float *bias, size_t n, int OC)
 {
     size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (i < n) {
-        const float v = product_value(x, p, i) + bias[i % OC];
+        const float v = x[i] + bias[i % OC];
         const float g = 0.5f * v * (1.0f + tanhf(0.7978845608028654f * (v + 0.044715f * v * v * v)));
         if (out16) out16[i] = __float2bfloat16(g);
         else x[i] = g;
     }
 }
 
-/* The residual add of a projection: x += y + bias (y: the product). */
-__global__ void bias_residual_kernel(float *x, const float *y, const float *bias, size_t n, int OC, product_at p)
+/* The residual add of a projection: x += y + bias. */
+__global__ void bias_residual_kernel(float *x, const float *y, const float *bias, size_t n, int OC)
 {
     size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i < n) x[i] += product_value(y, p, i) + bias[i % OC];
-}
-
-/* The products of a few rows (the decode step's streams): part[y][M, N] =
- * in[M, K-slice y] @ W[K-slice y, N], where cuBLAS's tiles for 80 rows left
- * most of the GPU waiting on one pass over the weights. Block (x, y) computes
- * columns [128x, 128x + 128) of slice y ([y * k_len, (y + 1) * k_len));
- * thread (tx, ty) of 16 x 16 owns rows ty + 16i (i < RM) and columns 4tx..
- * and 64 + 4tx... Each output is a plain in-order sum over its slice, and the
- * slices are added in order by product_value: the result does not depend on
- * scheduling. Needs N % 128 == 0, k_len % 32 == 0, M <= 16 * RM. */
-enum { SKINNY_BN = 128, SKINNY_KT = 32, SKINNY_THREADS = 256 };
-template <int RM>
-__global__ void __launch_bounds__(SKINNY_THREADS)
-    skinny_gemm_kernel(float *part, const float *in, const float *W, int M, int K, int N, int k_len)
-{
-    /* each thread's share of a tile, loaded to registers while the tile
-     * before is computed */
-    enum { W_LOADS = SKINNY_KT * SKINNY_BN / 4 / SKINNY_THREADS, A_LOADS = 16 * RM * SKINNY_KT / SKINNY_THREADS };
-    __shared__ float As[SKINNY_KT][16 * RM];
-    __shared__ __align__(16) float Ws[SKINNY_KT][SKINNY_BN];
-    const int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
-    const int n0 = blockIdx.x * SKINNY_BN, k_begin = blockIdx.y * k_len, k_end = k_begin + k_len;
-    float4 w_next[W_LOADS];
-    float a_next[A_LOADS];
-    float acc[RM][8];
-#pragma unroll
-    for (int i = 0; i < RM; i++)
-#pragma unroll
-        for (int j = 0; j < 8; j++) acc[i][j] = 0.0f;
-#define SKINNY_LOAD(k0)                                                                      \
-    do {                                                                                     \
-        _Pragma("unroll") for (int x = 0; x < W_LOADS; x++) {                                \
-            const int i = threadIdx.x + x * SKINNY_THREADS, k = i / (SKINNY_BN / 4);          \
-            w_next[x] = *(const float4 *)(W + (size_t)((k0) + k) * N + n0 + i % (SKINNY_BN / 4) * 4); \
-        }                                                                                    \
-        _Pragma("unroll") for (int x = 0; x < A_LOADS; x++) {                                \
-            const int i = threadIdx.x + x * SKINNY_THREADS, r = i / SKINNY_KT;                \
-            a_next[x] = r < M ? in[(size_t)r * K + (k0) + i % SKINNY_KT] : 0.0f;             \
-        }                                                                                    \
-    } while (0)
-    SKINNY_LOAD(k_begin);
-    for (int k0 = k_begin; k0 < k_end; k0 += SKINNY_KT) {
-#pragma unroll
-        for (int x = 0; x < W_LOADS; x++) {
-            const int i = threadIdx.x + x * SKINNY_THREADS;
-            *(float4 *)&Ws[i / (SKINNY_BN / 4)][i % (SKINNY_BN / 4) * 4] = w_next[x];
-        }
-#pragma unroll
-        for (int x = 0; x < A_LOADS; x++) {
-            const int i = threadIdx.x + x * SKINNY_THREADS;
-            As[i % SKINNY_KT][i / SKINNY_KT] = a_next[x];
-        }
-        __syncthreads();
-        if (k0 + SKINNY_KT < k_end) SKINNY_LOAD(k0 + SKINNY_KT);
-#pragma unroll 4
-        for (int k = 0; k < SKINNY_KT; k++) {
-            const float4 w0 = *(const float4 *)&Ws[k][tx * 4], w1 = *(const float4 *)&Ws[k][64 + tx * 4];
-#pragma unroll
-            for (int i = 0; i < RM; i++) {
-                const float a = As[k][ty + 16 * i];
-                acc[i][0] += a * w0.x, acc[i][1] += a * w0.y, acc[i][2] += a * w0.z, acc[i][3] += a * w0.w;
-                acc[i][4] += a * w1.x, acc[i][5] += a * w1.y, acc[i][6] += a * w1.z, acc[i][7] += a * w1.w;
-            }
-        }
-        __syncthreads();
-    }
-#undef SKINNY_LOAD
-    float *out = part + (size_t)blockIdx.y * M * N;
-#pragma unroll
-    for (int i = 0; i < RM; i++) {
-        const int r = ty + 16 * i;
-        if (r >= M) continue;
-        float *o = out + (size_t)r * N + n0;
-        *(float4 *)(o + tx * 4) = make_float4(acc[i][0], acc[i][1], acc[i][2], acc[i][3]);
-        *(float4 *)(o + 64 + tx * 4) = make_float4(acc[i][4], acc[i][5], acc[i][6], acc[i][7]);
-    }
+    if (i < n) x[i] += y[i] + bias[i % OC];
 }
 
 __global__ void to_bf16_kernel(__nv_bfloat16 *dst, const float *src, size_t n)
@@ -410,16 +306,14 @@ __global__ void decode_combine_kernel(float *att, float *compact, const float *p
 __global__ void decode_qkv_kernel(float *qkv, const float *bias, float *const *k_cache,
                                   float *const *v_cache, float *q_out, float *k_out,
                                   const int *t_of, const int *max_len_of, int H, int hd, int C,
-                                  int layer, product_at p)
+                                  int layer)
 {
     const int s = blockIdx.x, t = t_of[s], max_len = max_len_of[s];
     float *row = qkv + (size_t)s * 3 * C;
-    const size_t r0 = (size_t)s * 3 * C;
     for (int i = threadIdx.x; i < C; i += blockDim.x) {
         const int h = i / hd, d = i % hd;
         const size_t at = (((size_t)layer * H + h) * max_len + t) * hd + d;
-        const float q = product_value(qkv, p, r0 + i) + bias[i], k = product_value(qkv, p, r0 + C + i) + bias[C + i],
-                    v = product_value(qkv, p, r0 + 2 * C + i) + bias[2 * C + i];
+        const float q = row[i] + bias[i], k = row[C + i] + bias[C + i], v = row[2 * C + i] + bias[2 * C + i];
         row[i] = q, row[C + i] = k, row[2 * C + i] = v;
         k_cache[s][at] = k;
         v_cache[s][at] = v;
