@@ -319,14 +319,28 @@ __device__ static int evictable(const gpu_policy *P, int pos, int t)
     return !P->protects || (pos >= P->sink && pos <= t - P->recent);
 }
 
-/* Removes index x of n from a warp-shared array of `words`-word entries. */
+/* Removes index x of n from a warp-shared array of `words`-word entries.
+ * The shift goes in batches of SHIFT_LOADS words per lane, all loaded before
+ * any is stored: a batch's stores land below the next batch's loads, and one
+ * load at a time made this the longest part of a RACE set's update (4,000
+ * words of buckets in global memory). */
+enum { SHIFT_LOADS = 8 };
 __device__ static void remove_entry(uint32_t *a, int words, int x, int n, int lane)
 {
-    for (int j0 = x * words; j0 < (n - 1) * words; j0 += 32) {
-        const int j = j0 + lane;
-        const uint32_t next = j < (n - 1) * words ? a[j + words] : 0;
+    const int end = (n - 1) * words;
+    for (int j0 = x * words; j0 < end; j0 += 32 * SHIFT_LOADS) {
+        uint32_t next[SHIFT_LOADS];
+#pragma unroll
+        for (int i = 0; i < SHIFT_LOADS; i++) {
+            const int j = j0 + 32 * i + lane;
+            next[i] = j < end ? a[j + words] : 0;
+        }
         __syncwarp();
-        if (j < (n - 1) * words) a[j] = next;
+#pragma unroll
+        for (int i = 0; i < SHIFT_LOADS; i++) {
+            const int j = j0 + 32 * i + lane;
+            if (j < end) a[j] = next[i];
+        }
         __syncwarp();
     }
 }
