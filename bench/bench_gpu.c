@@ -1,6 +1,7 @@
 /* bench_gpu — GPU throughput of the reference trace and the cascade replay.
  *
- * usage: bench_gpu [--trace-samples N] [--cascade-samples N] [--cascade-T T] [--host-policies 1]
+ * usage: bench_gpu [--trace-samples N] [--precision fp32|tf32|bf16] [--cascade-samples N] [--cascade-T T]
+ *                  [--host-policies 1]
  *   (a) trace: random:gpt2-small, T = 1024, every layer's attention computed
  *       (materialised in device memory), in fp32, tf32 and bf16; the same
  *       with all 12 layers' attention copied to host memory; and N samples
@@ -116,11 +117,13 @@ static int run_cascade(ap_engine *e, const ap_model *m, const ap_samples *sample
 int main(int argc, char **argv)
 {
     int trace_samples = 8, cascade_samples = 8, cascade_T = 1024, host_policies = 0;
+    const char *only = NULL; /* --precision: the trace in this precision only */
     for (int i = 1; i + 1 < argc; i += 2) {
         if (!strcmp(argv[i], "--trace-samples")) trace_samples = atoi(argv[i + 1]);
         if (!strcmp(argv[i], "--cascade-samples")) cascade_samples = atoi(argv[i + 1]);
         if (!strcmp(argv[i], "--cascade-T")) cascade_T = atoi(argv[i + 1]);
         if (!strcmp(argv[i], "--host-policies")) host_policies = atoi(argv[i + 1]);
+        if (!strcmp(argv[i], "--precision")) only = argv[i + 1];
     }
     ap_model *m;
     ap_error err;
@@ -139,6 +142,7 @@ int main(int argc, char **argv)
     if (trace_samples > 0)
         printf("(a) trace, random:gpt2-small, T=%d, %d samples, every layer's attention\n", T, trace_samples);
     for (int pi = 0; pi < 3 && trace_samples > 0; pi++) {
+        if (only && strcmp(only, pnames[pi])) continue;
         ap_engine *e;
         if (ap_engine_create(m, AP_BACKEND_CUDA, (ap_precision)pi, &e, &err)) {
             fprintf(stderr, "bench_gpu: %s\n", err.msg);
@@ -190,7 +194,7 @@ int main(int argc, char **argv)
     }
     ap_samples samples = {S, lens, sample_ids, S, 0};
     const ap_precision cascade_prec[2] = {AP_PRECISION_FP32, AP_PRECISION_BF16};
-    for (int pi = 0; pi < 2; pi++) {
+    for (int pi = 0; pi < 2 && S > 0; pi++) {
         ap_engine *e;
         if (ap_engine_create(m, AP_BACKEND_CUDA, cascade_prec[pi], &e, &err) ||
             run_cascade(e, m, &samples, CT, host_policies, pnames[cascade_prec[pi]], &err)) {

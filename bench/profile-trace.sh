@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# On the GPU machine, after scripts/gpu-check.sh has built build-gpu: one
+# 1024-token GPT-2-small trace (every layer's attention on the device) under
+# Nsight Compute (real clocks, no cache flushes), its kernels summed by name.
+# Used for the trace breakdown in bench/RESULTS.md.
+#   usage: bench/profile-trace.sh [BUILD_DIR] [OUT] [PRECISION]
+set -uo pipefail
+build=${1:-build-gpu} out=${2:-${OUT:-.}} prec=${3:-bf16}
+ncu=${NCU:-/usr/local/cuda/bin/ncu}
+# the first prefill is the warm-up (recording the graph); the second is measured
+"$ncu" --cache-control none --clock-control none --metrics gpu__time_duration.sum --csv \
+  "$build/bench/bench_gpu" --trace-samples 1 --precision "$prec" --cascade-samples 0 \
+  > "$out/ncu_trace_$prec.csv" 2> "$out/ncu_trace_$prec.err" || { tail -5 "$out/ncu_trace_$prec.err"; exit 1; }
+python3 - "$out/ncu_trace_$prec.csv" "$prec" <<'PY'
+import collections, csv, sys
+seq, hdr = [], None
+for r in csv.reader(open(sys.argv[1])):
+    if "Kernel Name" in r:
+        hdr = r
+    elif hdr and len(r) == len(hdr):
+        d = dict(zip(hdr, r))
+        seq.append((d["Kernel Name"][:70], float(d["Metric Value"].replace(",", ""))))
+# a prefill starts with the embedding; take the second one
+starts = [i for i, k in enumerate(seq) if k[0].startswith("embed_kernel")]
+first, end = starts[1], starts[2] if len(starts) > 2 else len(seq)
+by_name = collections.OrderedDict()
+for name, ns in seq[first:end]:
+    e = by_name.setdefault(name, [0, 0.0]); e[0] += 1; e[1] += ns
+for name, (n, ns) in sorted(by_name.items(), key=lambda x: -x[1][1]):
+    print(f"{n:4d} x {ns / n / 1e3:7.1f} us = {ns / 1e3:8.1f} us  {name}")
+print(f"{sys.argv[2]} trace of one 1024-token sample: {end - first} kernels, "
+      f"{sum(k[1] for k in seq[first:end]) / 1e3:.1f} us")
+PY
