@@ -8,7 +8,7 @@ set -uo pipefail
 build=${1:-build-gpu} out=${2:-${OUT:-.}} prec=${3:-bf16}
 ncu=${NCU:-/usr/local/cuda/bin/ncu}
 # the first prefill is the warm-up (recording the graph); the second is measured
-"$ncu" --cache-control none --clock-control none --metrics gpu__time_duration.sum --csv \
+"$ncu" --cache-control none --clock-control none --launch-count 600 --metrics gpu__time_duration.sum --csv \
   "$build/bench/bench_gpu" --trace-samples 1 --precision "$prec" --cascade-samples 0 \
   > "$out/ncu_trace_$prec.csv" 2> "$out/ncu_trace_$prec.err" || { tail -5 "$out/ncu_trace_$prec.err"; exit 1; }
 python3 - "$out/ncu_trace_$prec.csv" "$prec" <<'PY'
