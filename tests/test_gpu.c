@@ -2,6 +2,7 @@
  *   CUDA against transformers' float64 reference on the fixtures: attention
  *   <= 1e-5 and logits <= 1e-4 relative in fp32, attention <= 2e-3 in bf16;
  *   short prefills (1 to 129 tokens) agree with the CPU within the same bounds;
+ *   the fused TF32 attention (tf32, bf16) with heads of 64 within 2e-3;
  *   cascade replay with full equals the reference trace within 1e-5; for
  *   every policy the retained sets of a cascade replay are identical on the
  *   CPU and CUDA backends (fp32), with the policies on the host or the device. */
@@ -137,6 +138,34 @@ static void test_short_prefills(void **state)
         print_message("prefill of %3d rows: attention %.3g, logits %.3g relative\n", lengths[i], attn_diff, logit_rel);
         assert_true(attn_diff <= 1e-5);
         assert_true(logit_rel <= 1e-4);
+    }
+    close_engines(m, cpu, gpu);
+}
+
+/* The fused attention kernel (TF32 and bf16 precisions) with heads of 64,
+ * GPT-2's: tails shorter than its 64-query blocks, and all the probabilities
+ * it writes (zeros past the diagonal included), against the CPU. */
+static void test_fused_attention(void **state)
+{
+    (void)state;
+    ap_model *m;
+    ap_engine *cpu, *gpu, *fast;
+    ap_error err;
+    open_engines("random:L=2,H=4,D=256,V=512,T=256,seed=5", &m, &cpu, &gpu);
+    int ids[256];
+    for (int t = 0; t < 256; t++) ids[t] = (t * 61 + 9) % m->config.vocab_size;
+    for (int prec = AP_PRECISION_TF32; prec <= AP_PRECISION_BF16; prec++) {
+        if (ap_engine_create(m, AP_BACKEND_CUDA, (ap_precision)prec, &fast, &err)) fail_msg("%s", err.msg);
+        const int lengths[] = {1, 63, 64, 65, 200, 256};
+        for (size_t i = 0; i < sizeof lengths / sizeof lengths[0]; i++) {
+            double attn_diff, logit_rel;
+            prefill_diff(cpu, fast, ids, lengths[i], &attn_diff, &logit_rel);
+            print_message("%s prefill of %3d tokens, heads of 64: attention %.3g, logits %.3g relative\n",
+                          prec == AP_PRECISION_TF32 ? "tf32" : "bf16", lengths[i], attn_diff, logit_rel);
+            assert_true(attn_diff <= 2e-3);
+            assert_true(logit_rel <= 2e-2);
+        }
+        ap_engine_free(fast);
     }
     close_engines(m, cpu, gpu);
 }
@@ -324,6 +353,7 @@ int main(void)
         cmocka_unit_test(test_prefill_batch),
         cmocka_unit_test(test_reduced_precision),
         cmocka_unit_test(test_short_prefills),
+        cmocka_unit_test(test_fused_attention),
         cmocka_unit_test(test_cascade_cpu_cuda),
         cmocka_unit_test(test_cascade_params),
         cmocka_unit_test(test_cascade_long),
