@@ -56,83 +56,85 @@ __global__ void __launch_bounds__(FA_WARPS * 32)
             *(float4 *)(tile + r * LD + d) = v;
         }
     };
-    /* S = Q_w K^T for key block k0 (raw scores, 16 x 64) */
+    load_tile(Qs, q0, h * HD);
+    __syncthreads();
+    /* this warp's Q fragments, the same for every key block */
+    wmma::fragment<wmma::matrix_a, 16, 16, 8, wmma::precision::tf32, wmma::row_major> qf[KSTEPS];
+#pragma unroll
+    for (int kk = 0; kk < KSTEPS; kk++) {
+        wmma::load_matrix_sync(qf[kk], Qs + warp * 16 * LD + kk * 8, LD);
+#pragma unroll
+        for (int x = 0; x < qf[kk].num_elements; x++) qf[kk].x[x] = wmma::__float_to_tf32(qf[kk].x[x]);
+    }
+    /* S = Q_w K^T for the key block in Ks (raw scores, 16 x 64) */
     auto scores = [&]() {
+#pragma unroll
         for (int j = 0; j < FA_BN / 16; j++) {
             wmma::fragment<wmma::accumulator, 16, 16, 8, float> c;
             wmma::fill_fragment(c, 0.0f);
 #pragma unroll
             for (int kk = 0; kk < KSTEPS; kk++) {
-                wmma::fragment<wmma::matrix_a, 16, 16, 8, wmma::precision::tf32, wmma::row_major> a;
                 wmma::fragment<wmma::matrix_b, 16, 16, 8, wmma::precision::tf32, wmma::col_major> b;
-                wmma::load_matrix_sync(a, Qs + warp * 16 * LD + kk * 8, LD);
                 wmma::load_matrix_sync(b, Ks + j * 16 * LD + kk * 8, LD);
 #pragma unroll
-                for (int x = 0; x < a.num_elements; x++) a.x[x] = wmma::__float_to_tf32(a.x[x]);
-#pragma unroll
                 for (int x = 0; x < b.num_elements; x++) b.x[x] = wmma::__float_to_tf32(b.x[x]);
-                wmma::mma_sync(c, a, b, c);
+                wmma::mma_sync(c, qf[kk], b, c);
             }
             wmma::store_matrix_sync(S + j * 16, c, FA_SLD, wmma::mem_row_major);
         }
         __syncwarp();
     };
-    load_tile(Qs, q0, h * HD);
+    /* Two lanes per row: lane 2r + half takes row r's columns half * 32 ..
+     * + 31, in an order rotated by the lane so that the 32 lanes read 32
+     * different banks. */
+    const int r = lane / 2, half = lane % 2, qi = row0 + r;
+    float *srow = S + r * FA_SLD + half * 32;
     const int n_blocks = qb + 1; /* key blocks up to the diagonal */
-    float m[16], l[16];
-#pragma unroll
-    for (int r = 0; r < 16; r++) m[r] = -INFINITY, l[r] = 0.0f;
+    float m = -INFINITY, l = 0.0f;
     /* pass 1: each row's max and sum of exponentials */
     for (int kb = 0; kb < n_blocks; kb++) {
-        const int k0 = kb * FA_BN;
+        const int k0 = kb * FA_BN, kfirst = k0 + half * 32;
         __syncthreads();
         load_tile(Ks, k0, C + h * HD);
         __syncthreads();
         scores();
-#pragma unroll
-        for (int r = 0; r < 16; r++) {
-            const int qi = row0 + r;
-            float s[2], mx = -INFINITY;
-#pragma unroll
-            for (int x = 0; x < 2; x++) {
-                const int key = k0 + lane + 32 * x;
-                s[x] = key <= qi && key < T ? S[r * FA_SLD + lane + 32 * x] * scale : -INFINITY;
-                mx = fmaxf(mx, s[x]);
-            }
-            for (int o = 16; o > 0; o >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
-            const float m_new = fmaxf(m[r], mx);
-            float sum = 0.0f;
-#pragma unroll
-            for (int x = 0; x < 2; x++) sum += s[x] == -INFINITY ? 0.0f : expf(s[x] - m_new);
-            for (int o = 16; o > 0; o >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);
-            l[r] = (m[r] == -INFINITY ? 0.0f : l[r] * expf(m[r] - m_new)) + sum;
-            m[r] = m_new;
+        float mx = -INFINITY;
+        for (int i = 0; i < 32; i++) {
+            const int c = (i + lane) % 32, key = kfirst + c;
+            if (key <= qi && key < T) mx = fmaxf(mx, srow[c] * scale);
         }
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+        const float m_new = fmaxf(m, mx);
+        float sum = 0.0f;
+        for (int i = 0; i < 32; i++) {
+            const int c = (i + lane) % 32, key = kfirst + c;
+            if (key <= qi && key < T) sum += expf(srow[c] * scale - m_new);
+        }
+        sum += __shfl_xor_sync(0xffffffffu, sum, 1);
+        l = (m == -INFINITY ? 0.0f : l * expf(m - m_new)) + sum;
+        m = m_new;
     }
     /* pass 2: probabilities written once, and multiplied by V on chip */
+    const float inv = 1.0f / l;
     wmma::fragment<wmma::accumulator, 16, 16, 8, float> o[OTILES];
 #pragma unroll
     for (int j = 0; j < OTILES; j++) wmma::fill_fragment(o[j], 0.0f);
     for (int kb = 0; kb < n_blocks; kb++) {
-        const int k0 = kb * FA_BN;
+        const int k0 = kb * FA_BN, kfirst = k0 + half * 32;
         __syncthreads();
         load_tile(Ks, k0, C + h * HD);
         load_tile(Vs, k0, 2 * C + h * HD);
         __syncthreads();
         scores();
-#pragma unroll
-        for (int r = 0; r < 16; r++) {
-            const int qi = row0 + r;
-            const float inv = 1.0f / l[r];
-#pragma unroll
-            for (int x = 0; x < 2; x++) {
-                const int key = k0 + lane + 32 * x;
-                const float p = key <= qi && key < T ? expf(S[r * FA_SLD + lane + 32 * x] * scale - m[r]) * inv : 0.0f;
-                S[r * FA_SLD + lane + 32 * x] = p;
-                if (qi < T && key < T) P[(size_t)qi * T + key] = p;
-            }
+        for (int i = 0; i < 32; i++) {
+            const int c = (i + lane) % 32, key = kfirst + c;
+            srow[c] = key <= qi && key < T ? expf(srow[c] * scale - m) * inv : 0.0f;
         }
         __syncwarp();
+        /* the warp's 16 rows to memory, each row by coalesced stores */
+        for (int rr = 0; rr < 16 && row0 + rr < T; rr++)
+            for (int c = lane; c < FA_BN && k0 + c < T; c += 32)
+                P[(size_t)(row0 + rr) * T + k0 + c] = S[rr * FA_SLD + c];
 #pragma unroll
         for (int kk = 0; kk < FA_BN / 8; kk++) {
             wmma::fragment<wmma::matrix_a, 16, 16, 8, wmma::precision::tf32, wmma::row_major> a;
@@ -152,18 +154,15 @@ __global__ void __launch_bounds__(FA_WARPS * 32)
     }
     /* the rows' entries past the last key block: zeros */
     const int zero_from = n_blocks * FA_BN;
-    for (int r = 0; r < 16 && zero_from < T; r++) {
-        const int qi = row0 + r;
-        if (qi >= T) break;
-        for (int key = zero_from + lane; key < T; key += 32) P[(size_t)qi * T + key] = 0.0f;
-    }
+    for (int rr = 0; rr < 16 && zero_from < T && row0 + rr < T; rr++)
+        for (int key = zero_from + lane; key < T; key += 32) P[(size_t)(row0 + rr) * T + key] = 0.0f;
     /* att rows of this warp, through its score tile */
 #pragma unroll
     for (int j = 0; j < OTILES; j++) wmma::store_matrix_sync(S + j * 16, o[j], FA_SLD, wmma::mem_row_major);
     __syncwarp();
     for (int i = lane; i < 16 * HD; i += 32) {
-        const int r = i / HD, d = i % HD;
-        if (row0 + r < T) att[(size_t)(row0 + r) * C + h * HD + d] = S[r * FA_SLD + d];
+        const int rr = i / HD, d = i % HD;
+        if (row0 + rr < T) att[(size_t)(row0 + rr) * C + h * HD + d] = S[rr * FA_SLD + d];
     }
 #endif
 }
