@@ -49,7 +49,6 @@ extern "C" int ap_cuda_device_count(void)
 }
 
 #include "kernels.cuh"
-#include "fused_attention.cuh"
 
 enum { OUT_ATTN, OUT_Q, OUT_K, OUT_V, OUT_O, N_OUT };
 
@@ -107,7 +106,6 @@ typedef struct {
     stage_slots *slots; /* [n_capture] of the call in progress */
     int slots_cap;
     void *blas_workspace;
-    int cc_major; /* the device's compute capability (major) */
     /* one recorded graph per entry point, replayed while its key matches;
      * `generation` changes whenever a buffer a graph points into moves */
     graph_cache prefill_graph, decode_graph;
@@ -338,40 +336,6 @@ static ap_status causal_attention(ap_engine *e, const float *qkv, float *att, in
     return AP_OK;
 }
 
-/* The fused kernel serves the TF32 products of the tf32 and bf16 precisions
- * (fp32 keeps cuBLAS's pedantic products), heads of 16, 32 or 64. */
-static int fused_attention_fits(const ap_engine *e)
-{
-    const cuda_engine *ce = (const cuda_engine *)e->impl;
-    const ap_config *c = &e->model->config;
-    const int hd = c->n_embd / c->n_head;
-    return e->precision != AP_PRECISION_FP32 && ce->cc_major >= 8 && (hd == 16 || hd == 32 || hd == 64);
-}
-
-/* att and the probabilities of B sequences of T tokens (qkv, att: the
- * engine's rows, sequence after sequence; probabilities at probs +
- * b * probs_stride), one launch. */
-static ap_status fused_attention(ap_engine *e, int B, int T, float *probs, size_t probs_stride, ap_error *err)
-{
-    cuda_engine *ce = (cuda_engine *)e->impl;
-    const ap_config *c = &e->model->config;
-    const int C = c->n_embd, H = c->n_head, hd = C / H;
-    const dim3 grid((unsigned)((T + FA_BM - 1) / FA_BM), (unsigned)H, (unsigned)B);
-    const size_t smem = fused_attention_smem(hd), qs = (size_t)T * 3 * C, as = (size_t)T * C;
-    const float scale = 1.0f / sqrtf((float)hd);
-    if (hd == 16)
-        fused_attention_kernel<16><<<grid, FA_WARPS * 32, smem, ce->stream>>>(ce->qkv, qs, ce->att, as, probs,
-                                                                             probs_stride, T, C, scale);
-    else if (hd == 32)
-        fused_attention_kernel<32><<<grid, FA_WARPS * 32, smem, ce->stream>>>(ce->qkv, qs, ce->att, as, probs,
-                                                                             probs_stride, T, C, scale);
-    else
-        fused_attention_kernel<64><<<grid, FA_WARPS * 32, smem, ce->stream>>>(ce->qkv, qs, ce->att, as, probs,
-                                                                             probs_stride, T, C, scale);
-    KERNEL_TRY("the fused causal attention");
-    return AP_OK;
-}
-
 /* dst[H, T, hd] (device) from rows [T, ld] of src at column offset. */
 static ap_status split_heads(ap_engine *e, float *dst, const float *src, int T, int ld, int offset,
                              ap_error *err)
@@ -508,27 +472,6 @@ typedef struct {
     const stage_slots *slots;    /* [B * n_capture], sequence-major */
 } prefill_args;
 
-/* Where sequence b's probabilities of capture ci go: its stage slot, or
- * scratch. */
-static float *probs_of(const ap_engine *e, const prefill_args *a, int ci, int b)
-{
-    const cuda_engine *ce = (const cuda_engine *)e->impl;
-    const int n_capture = a->cap ? a->cap->n_capture : 0, H = e->model->config.n_head;
-    const long long *at = ci >= 0 ? a->slots[(size_t)b * n_capture + ci].at : NULL;
-    return at && at[OUT_ATTN] >= 0 ? ce->stage + at[OUT_ATTN] : ce->scores + (size_t)b * H * a->T * a->T;
-}
-
-/* Sequence b's probabilities are b strides after the first's (one launch
- * covers them all then). */
-static int probs_evenly_spaced(const ap_engine *e, const prefill_args *a, int ci)
-{
-    const ptrdiff_t stride = a->B > 1 ? probs_of(e, a, ci, 1) - probs_of(e, a, ci, 0) : 0;
-    if (stride < 0) return 0;
-    for (int b = 2; b < a->B; b++)
-        if (probs_of(e, a, ci, b) - probs_of(e, a, ci, 0) != (ptrdiff_t)b * stride) return 0;
-    return 1;
-}
-
 /* The prefill's device work for B sequences of T tokens back to back: every
  * launch, no host copies (recordable). Row-wise steps run over all B * T rows
  * at once; attention runs per sequence. */
@@ -538,7 +481,7 @@ static ap_status enqueue_prefill(ap_engine *e, const void *arg, ap_error *err)
     cuda_engine *ce = (cuda_engine *)e->impl;
     const ap_config *c = &e->model->config;
     const ap_weights *w = &e->model->w;
-    const int C = c->n_embd, T = a->T, N = a->B * a->T;
+    const int C = c->n_embd, H = c->n_head, T = a->T, N = a->B * a->T;
     const int n_capture = a->cap ? a->cap->n_capture : 0;
     ap_status st;
     embed_kernel<<<N, 256, 0, ce->stream>>>(ce->x, dev_w(e, w->wte), dev_w(e, w->wpe), ce->ids, NULL, T, C);
@@ -548,25 +491,15 @@ static ap_status enqueue_prefill(ap_engine *e, const void *arg, ap_error *err)
         if ((st = block_qkv(e, l, N, 1, err))) return st;
         for (int b = 0; b < a->B; b++) {
             const long long *at = ci >= 0 ? a->slots[(size_t)b * n_capture + ci].at : NULL;
+            const float *qkv = ce->qkv + (size_t)b * T * 3 * C;
+            float *att = ce->att + (size_t)b * T * C;
             for (int which = 0; at && which < 3; which++)
-                if (at[OUT_Q + which] >= 0 && (st = split_heads(e, ce->stage + at[OUT_Q + which],
-                                                                ce->qkv + (size_t)b * T * 3 * C, T, 3 * C,
-                                                                which * C, err)))
+                if (at[OUT_Q + which] >= 0 &&
+                    (st = split_heads(e, ce->stage + at[OUT_Q + which], qkv, T, 3 * C, which * C, err)))
                     return st;
-        }
-        if (fused_attention_fits(e) && probs_evenly_spaced(e, a, ci)) {
-            const size_t stride = a->B > 1 ? (size_t)(probs_of(e, a, ci, 1) - probs_of(e, a, ci, 0)) : 0;
-            if ((st = fused_attention(e, a->B, T, probs_of(e, a, ci, 0), stride, err))) return st;
-        } else
-            for (int b = 0; b < a->B; b++)
-                if ((st = causal_attention(e, ce->qkv + (size_t)b * T * 3 * C, ce->att + (size_t)b * T * C, T,
-                                           probs_of(e, a, ci, b), err)))
-                    return st;
-        for (int b = 0; b < a->B; b++) {
-            const long long *at = ci >= 0 ? a->slots[(size_t)b * n_capture + ci].at : NULL;
-            if (at && at[OUT_O] >= 0 &&
-                (st = split_heads(e, ce->stage + at[OUT_O], ce->att + (size_t)b * T * C, T, C, 0, err)))
-                return st;
+            float *probs = at && at[OUT_ATTN] >= 0 ? ce->stage + at[OUT_ATTN] : ce->scores + (size_t)b * H * T * T;
+            if ((st = causal_attention(e, qkv, att, T, probs, err))) return st;
+            if (at && at[OUT_O] >= 0 && (st = split_heads(e, ce->stage + at[OUT_O], att, T, C, 0, err))) return st;
         }
         if ((st = block_finish(e, l, N, err))) return st;
     }
@@ -938,18 +871,6 @@ extern "C" ap_status ap_cuda_engine_init(ap_engine *e, ap_error *err)
     int dev = 0;
     cudaGetDevice(&dev);
     cudaGetDeviceProperties(&prop, dev);
-    ce->cc_major = prop.major;
-    if (ce->cc_major >= 8) {
-        CUDA_TRY(cudaFuncSetAttribute(fused_attention_kernel<16>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                      (int)fused_attention_smem(16)),
-                 "allowing the fused attention its shared memory");
-        CUDA_TRY(cudaFuncSetAttribute(fused_attention_kernel<32>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                      (int)fused_attention_smem(32)),
-                 "allowing the fused attention its shared memory");
-        CUDA_TRY(cudaFuncSetAttribute(fused_attention_kernel<64>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                      (int)fused_attention_smem(64)),
-                 "allowing the fused attention its shared memory");
-    }
     const char *prec = e->precision == AP_PRECISION_FP32 ? "fp32" : e->precision == AP_PRECISION_TF32 ? "tf32" : "bf16";
     snprintf(e->device_name, sizeof e->device_name, "cuda (%s, %s)", prop.name, prec);
     return AP_OK;
