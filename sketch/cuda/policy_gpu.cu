@@ -321,9 +321,8 @@ __device__ static int evictable(const gpu_policy *P, int pos, int t)
 
 /* Removes index x of n from a warp-shared array of `words`-word entries.
  * The shift goes in batches of SHIFT_LOADS words per lane, all loaded before
- * any is stored: a batch's stores land below the next batch's loads, and one
- * load at a time made this the longest part of a RACE set's update (4,000
- * words of buckets in global memory). */
+ * any is stored (a batch's stores land below the next batch's loads), so that
+ * a RACE set's 4,000 words of buckets take 16 round trips, not 128. */
 enum { SHIFT_LOADS = 8 };
 __device__ static void remove_entry(uint32_t *a, int words, int x, int n, int lane)
 {
@@ -346,7 +345,7 @@ __device__ static void remove_entry(uint32_t *a, int words, int x, int n, int la
 }
 
 /* Copies a sketch into shared memory with STAGE_LOADS loads in flight per
- * lane: one at a time, a 32 KB RACE sketch took longer than its update. */
+ * lane: a 32 KB RACE sketch in 16 round trips, not 256. */
 enum { STAGE_LOADS = 16 };
 __device__ static void stage_in(uint32_t *staged, const uint32_t *home, long long words, int lane)
 {
@@ -362,8 +361,8 @@ __device__ static void stage_in(uint32_t *staged, const uint32_t *home, long lon
 
 /* One warp (block) per (active stream, layer, set) of the streams items[]
  * (indices into the active streams, all of one policy; t_of: their
- * positions): observe, retain t, evict. A head-granularity set's sketch or generator is worked on
- * in shared memory when it fits stage_words. */
+ * positions): observe, retain t, evict. A head-granularity set's sketch or
+ * generator is worked on in shared memory when it fits stage_words. */
 __global__ void observe_kernel(step_view v, const int *t_of, const int *items, int stage_words)
 {
     extern __shared__ uint32_t staged[];
