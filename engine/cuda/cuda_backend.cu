@@ -207,15 +207,16 @@ static ap_status layernorm(ap_engine *e, float *out, __nv_bfloat16 *out16, const
 }
 
 /* qkv[N, 3C] = ln1(x) @ attn_w (+ attn_b when add_bias) for block l (TF32
- * or fp32: q and k decide the probabilities). */
-static ap_status block_qkv(ap_engine *e, int l, int N, int add_bias, ap_error *err)
+ * or fp32: q and k decide the probabilities). normed: h already holds
+ * ln1(x) (block_finish of the block before computed it). */
+static ap_status block_qkv(ap_engine *e, int l, int N, int add_bias, int normed, ap_error *err)
 {
     cuda_engine *ce = (cuda_engine *)e->impl;
     const ap_weights *w = &e->model->w;
     const int C = e->model->config.n_embd;
     const size_t lc = (size_t)l * C;
     ap_status st;
-    if ((st = layernorm(e, ce->h, NULL, ce->x, w->ln1_w + lc, w->ln1_b + lc, N, err)) ||
+    if ((!normed && (st = layernorm(e, ce->h, NULL, ce->x, w->ln1_w + lc, w->ln1_b + lc, N, err))) ||
         (st = matmul(e, ce->qkv, ce->h, NULL, w->attn_w + lc * 3 * C, N, C, 3 * C, err)))
         return st;
     if (!add_bias) return AP_OK;
@@ -225,8 +226,10 @@ static ap_status block_qkv(ap_engine *e, int l, int N, int add_bias, ap_error *e
     return AP_OK;
 }
 
-/* x += attn_proj(att); x += mlp(ln2(x)) for block l over N rows. */
-static ap_status block_finish(ap_engine *e, int l, int N, ap_error *err)
+/* x += attn_proj(att); x += mlp(ln2(x)) for block l over N rows; with
+ * next_ln, also h = ln1(x) of block l + 1. Each residual add and the
+ * LayerNorm after it are one kernel. */
+static ap_status block_finish(ap_engine *e, int l, int N, int next_ln, ap_error *err)
 {
     cuda_engine *ce = (cuda_engine *)e->impl;
     const ap_config *c = &e->model->config;
@@ -240,15 +243,20 @@ static ap_status block_finish(ap_engine *e, int l, int N, ap_error *err)
         KERNEL_TRY("rounding the attention output to bf16");
     }
     if ((st = matmul(e, ce->tmp, ce->att, bf, w->attn_proj_w + lc * C, N, C, C, err))) return st;
-    bias_residual_kernel<<<blocks(NC), 256, 0, ce->stream>>>(ce->x, ce->tmp, dev_w(e, w->attn_proj_b + lc), NC, C);
-    KERNEL_TRY("the residual add");
-    if ((st = layernorm(e, ce->h, bf, ce->x, w->ln2_w + lc, w->ln2_b + lc, N, err)) ||
-        (st = matmul(e, ce->fc, ce->h, bf, w->fc_w + lc * 4 * C, N, C, 4 * C, err)))
-        return st;
+    residual_layernorm_kernel<<<N, 256, 0, ce->stream>>>(ce->x, ce->tmp, dev_w(e, w->attn_proj_b + lc), ce->h, bf,
+                                                         dev_w(e, w->ln2_w + lc), dev_w(e, w->ln2_b + lc), C,
+                                                         c->ln_eps);
+    KERNEL_TRY("the residual add and LayerNorm");
+    if ((st = matmul(e, ce->fc, ce->h, bf, w->fc_w + lc * 4 * C, N, C, 4 * C, err))) return st;
     bias_gelu_kernel<<<blocks(4 * NC), 256, 0, ce->stream>>>(ce->fc, bf, dev_w(e, w->fc_b + 4 * lc), 4 * NC, 4 * C);
     KERNEL_TRY("GELU");
     if ((st = matmul(e, ce->tmp, ce->fc, bf, w->fc_proj_w + lc * 4 * C, N, 4 * C, C, err))) return st;
-    bias_residual_kernel<<<blocks(NC), 256, 0, ce->stream>>>(ce->x, ce->tmp, dev_w(e, w->fc_proj_b + lc), NC, C);
+    if (next_ln)
+        residual_layernorm_kernel<<<N, 256, 0, ce->stream>>>(ce->x, ce->tmp, dev_w(e, w->fc_proj_b + lc), ce->h, NULL,
+                                                             dev_w(e, w->ln1_w + lc + C), dev_w(e, w->ln1_b + lc + C),
+                                                             C, c->ln_eps);
+    else
+        bias_residual_kernel<<<blocks(NC), 256, 0, ce->stream>>>(ce->x, ce->tmp, dev_w(e, w->fc_proj_b + lc), NC, C);
     KERNEL_TRY("the residual add");
     return AP_OK;
 }
@@ -488,7 +496,7 @@ static ap_status enqueue_prefill(ap_engine *e, const void *arg, ap_error *err)
     KERNEL_TRY("the embedding");
     for (int l = 0; l <= a->last; l++) {
         const int ci = ap_capture_index(a->cap, l);
-        if ((st = block_qkv(e, l, N, 1, err))) return st;
+        if ((st = block_qkv(e, l, N, 1, l > 0, err))) return st;
         for (int b = 0; b < a->B; b++) {
             const long long *at = ci >= 0 ? a->slots[(size_t)b * n_capture + ci].at : NULL;
             const float *qkv = ce->qkv + (size_t)b * T * 3 * C;
@@ -501,7 +509,7 @@ static ap_status enqueue_prefill(ap_engine *e, const void *arg, ap_error *err)
             if ((st = causal_attention(e, qkv, att, T, probs, err))) return st;
             if (at && at[OUT_O] >= 0 && (st = split_heads(e, ce->stage + at[OUT_O], att, T, C, 0, err))) return st;
         }
-        if ((st = block_finish(e, l, N, err))) return st;
+        if ((st = block_finish(e, l, N, l < a->last, err))) return st;
     }
     if (a->logits_rows == T) return lm_head(e, ce->x, ce->logits, N, err);
     for (int b = 0; a->logits_rows && b < a->B; b++) /* the last position of each sequence */
@@ -642,7 +650,7 @@ static ap_status enqueue_decode(ap_engine *e, const void *arg, ap_error *err)
     for (int l = 0; l < L; l++) {
         const int ci = ap_capture_index(a->cap, l);
         const long long *at = ci >= 0 ? a->slots[ci].at : NULL;
-        if ((st = block_qkv(e, l, S, 0, err))) return st;
+        if ((st = block_qkv(e, l, S, 0, l > 0, err))) return st;
         decode_qkv_kernel<<<S, 256, 0, ce->stream>>>(ce->qkv, dev_w(e, w->attn_b + (size_t)3 * l * C), d_k, d_v,
                                                      dev && dev->q ? dev->q + (size_t)l * S * C : NULL,
                                                      dev && dev->k ? dev->k + (size_t)l * S * C : NULL, d_t,
@@ -669,7 +677,7 @@ static ap_status enqueue_decode(ap_engine *e, const void *arg, ap_error *err)
             CUDA_TRY(cudaMemcpyAsync(ce->stage + at[OUT_O], ce->att, (size_t)S * C * sizeof(float),
                                      cudaMemcpyDeviceToDevice, ce->stream),
                      "keeping the attention output for the host");
-        if ((st = block_finish(e, l, S, err))) return st;
+        if ((st = block_finish(e, l, S, l + 1 < L, err))) return st;
     }
     if (dev && dev->hook && (st = dev->hook->enqueue(dev->hook->ctx, ce->stream, d_t, err))) return st;
     if (a->cap && a->cap->logits) return lm_head(e, ce->x, ce->logits, S, err);

@@ -43,25 +43,45 @@ __device__ float block_max(float v, float *shared)
     return m;
 }
 
-/* out[N,C] = LayerNorm(x) * w + b; one block per row. Writes out (fp32) or,
- * when out16 != NULL, only the bf16 rounding the next product reads. */
-__global__ void layernorm_kernel(float *out, __nv_bfloat16 *out16, const float *x, const float *w,
-                                 const float *b, int C, float eps)
+/* Row `row` of out = LayerNorm(x row) * w + b, by the whole block; writes
+ * out (fp32) or, when out16 != NULL, only the bf16 rounding the next product
+ * reads. Thread i reads the row's entries i, i + blockDim.x, ... */
+__device__ static void layernorm_row(float *out, __nv_bfloat16 *out16, const float *xr, const float *w,
+                                     const float *b, int C, float eps, size_t row)
 {
     __shared__ float shared[32];
-    const float *xr = x + (size_t)blockIdx.x * C;
     float s = 0;
     for (int i = threadIdx.x; i < C; i += blockDim.x) s += xr[i];
     const float mean = block_sum(s, shared) / C;
     float v = 0;
     for (int i = threadIdx.x; i < C; i += blockDim.x) v += (xr[i] - mean) * (xr[i] - mean);
     const float rstd = rsqrtf(block_sum(v, shared) / C + eps);
-    const size_t at = (size_t)blockIdx.x * C;
+    const size_t at = row * C;
     for (int i = threadIdx.x; i < C; i += blockDim.x) {
         const float y = (xr[i] - mean) * rstd * w[i] + b[i];
         if (out16) out16[at + i] = __float2bfloat16(y);
         else out[at + i] = y;
     }
+}
+
+/* out[N,C] = LayerNorm(x) * w + b; one block per row. */
+__global__ void layernorm_kernel(float *out, __nv_bfloat16 *out16, const float *x, const float *w,
+                                 const float *b, int C, float eps)
+{
+    layernorm_row(out, out16, x + (size_t)blockIdx.x * C, w, b, C, eps, blockIdx.x);
+}
+
+/* A projection's residual add and the LayerNorm that follows it, one block
+ * per row: x += y + bias, then out = LayerNorm(x) * w + b. The same
+ * operations in the same order as bias_residual_kernel then layernorm_kernel
+ * (each thread reads back what it wrote), one launch instead of two. */
+__global__ void residual_layernorm_kernel(float *x, const float *y, const float *bias, float *out,
+                                          __nv_bfloat16 *out16, const float *w, const float *b, int C, float eps)
+{
+    float *xr = x + (size_t)blockIdx.x * C;
+    const float *yr = y + (size_t)blockIdx.x * C;
+    for (int i = threadIdx.x; i < C; i += blockDim.x) xr[i] += yr[i] + bias[i];
+    layernorm_row(out, out16, xr, w, b, C, eps, blockIdx.x);
 }
 
 __global__ void bias_kernel(float *x, const float *bias, size_t n, int OC)
