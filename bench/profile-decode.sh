@@ -10,15 +10,10 @@ ncu=${NCU:-/usr/local/cuda/bin/ncu}
 "$ncu" --cache-control none --clock-control none --launch-skip 3000 --launch-count 700 \
   --metrics gpu__time_duration.sum --csv "$build/bench/bench_gpu" --trace-samples 0 --cascade-T 512 \
   > "$out/ncu_decode.csv" 2> "$out/ncu_decode.err" || { tail -5 "$out/ncu_decode.err"; exit 1; }
-python3 - "$out/ncu_decode.csv" <<'PY'
-import collections, csv, sys
-seq, hdr = [], None
-for r in csv.reader(open(sys.argv[1])):
-    if "Kernel Name" in r:
-        hdr = r
-    elif hdr and len(r) == len(hdr):
-        d = dict(zip(hdr, r))
-        seq.append((d["Kernel Name"][:60], d.get("Grid Size", ""), float(d["Metric Value"].replace(",", ""))))
+PYTHONPATH="$(dirname "$0")" python3 - "$out/ncu_decode.csv" <<'PY'
+import collections, sys
+from ncu_kernels import kernels
+seq = kernels(sys.argv[1])
 is_policy = lambda k: k[0].startswith("observe")
 first = next(i for i, k in enumerate(seq) if is_policy(k))
 while first < len(seq) and is_policy(seq[first]): first += 1   # a decode step starts after a policy group

@@ -11,15 +11,10 @@ ncu=${NCU:-/usr/local/cuda/bin/ncu}
 "$ncu" --cache-control none --clock-control none --launch-count 600 --metrics gpu__time_duration.sum --csv \
   "$build/bench/bench_gpu" --trace-samples 1 --precision "$prec" --cascade-samples 0 \
   > "$out/ncu_trace_$prec.csv" 2> "$out/ncu_trace_$prec.err" || { tail -5 "$out/ncu_trace_$prec.err"; exit 1; }
-python3 - "$out/ncu_trace_$prec.csv" "$prec" <<'PY'
-import collections, csv, sys
-seq, hdr = [], None
-for r in csv.reader(open(sys.argv[1])):
-    if "Kernel Name" in r:
-        hdr = r
-    elif hdr and len(r) == len(hdr):
-        d = dict(zip(hdr, r))
-        seq.append((d["Kernel Name"][:70], float(d["Metric Value"].replace(",", ""))))
+PYTHONPATH="$(dirname "$0")" python3 - "$out/ncu_trace_$prec.csv" "$prec" <<'PY'
+import collections, sys
+from ncu_kernels import kernels
+seq = [(name, ns) for name, grid, ns in kernels(sys.argv[1], 70)]
 # a prefill starts with the embedding; take the second one
 starts = [i for i, k in enumerate(seq) if k[0].startswith("embed_kernel")]
 first, end = starts[1], starts[2] if len(starts) > 2 else len(seq)
