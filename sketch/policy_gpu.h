@@ -40,6 +40,9 @@ const ap_policy_gpu_buffers *ap_policy_gpu_buffers_of(const ap_policy_gpu *g);
 int ap_policy_gpu_list_base(const ap_policy_gpu *g, int stream);
 /* Positions a list of this stream can hold (its positions and rows stride). */
 int ap_policy_gpu_capacity(const ap_policy_gpu *g, int stream);
+/* 1 when the stream's policy never evicts within its length (`full`, or a
+ * budget of at least the length): its cascade is the reference. */
+int ap_policy_gpu_keeps_all(const ap_policy_gpu *g, int stream);
 
 /* Each decode step (engine.h, ap_engine_decode_device) runs the policies'
  * updates at its end, through an ap_step_hook, so that a step is one

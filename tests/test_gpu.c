@@ -3,7 +3,8 @@
  *   <= 1e-5 and logits <= 1e-4 relative in fp32, attention <= 2e-3 in bf16;
  *   short prefills (1 to 129 tokens) agree with the CPU within the same bounds;
  *   tf32 and bf16 with heads of 64 within 2e-3 of the CPU;
- *   cascade replay with full equals the reference trace within 1e-5; for
+ *   cascade replay with full equals the reference trace (exactly with the
+ *   device policies, which do not decode it; within 1e-5 decoded); for
  *   every policy the retained sets of a cascade replay are identical on the
  *   CPU and CUDA backends (fp32), with the policies on the host or the device. */
 #include <math.h>
@@ -246,11 +247,16 @@ static void test_cascade_cpu_cuda(void **state)
             assert_memory_equal(b.masks, c.masks, b.used);
             double rows_diff = 0;
             for (size_t j = 0; j < b.used; j++) rows_diff = fmax(rows_diff, fabs(b.rows[j] - c.rows[j]));
-            assert_true(rows_diff <= 1e-6);
             if (i == 0) {
-                print_message("cuda cascade full vs reference: max |q - p| = %.3g\n", b.max_diff);
-                assert_true(b.max_diff <= 1e-5);
-            }
+                /* `full` keeps everything: the device path emits the reference
+                 * rows themselves, the host-policy path decodes them */
+                print_message("cuda cascade full vs reference: %.3g (device policies: not decoded), %.3g "
+                              "(host policies: decoded)\n",
+                              b.max_diff, c.max_diff);
+                assert_true(b.max_diff == 0);
+                assert_true(c.max_diff <= 1e-5);
+            } else
+                assert_true(rows_diff <= 1e-6);
             print_message("%-13s %-5s retained sets identical: cpu, cuda, cuda with host policies "
                           "(%zu mask entries; rows differ by %.3g)\n",
                           names[i], gran == AP_GRAN_HEAD ? "head" : "layer", a.used, rows_diff);

@@ -14,6 +14,7 @@
 
 typedef struct {
     int n_streams, L, H, D;
+    int n_decoded; /* streams that are decoded: the others keep everything */
     int *param_of, *len_of, *sample_of; /* [n_streams] */
     ap_stream **streams;                /* [n_streams] */
     ap_stream **active;                 /* [n_streams]: this step's */
@@ -31,32 +32,39 @@ static void state_free(cascade_state *s)
     free(s->dense), free(s->mask);
 }
 
-/* Emits the rows of every active stream at the trace's layers for step t,
- * from the sets the step attended to (kept by the policies before they
- * observed it): the row over 0..t from the compact one, the mask from the
- * retained positions. */
-static ap_status emit_rows(cascade_state *s, ap_policy_gpu *g, const ap_trace *tr, int n_active,
-                           int n_policies, int t, const ap_replay_opts *opts, ap_error *err)
+/* Emits the rows of every stream still running at step t at the trace's
+ * layers: from the sets the step attended to (kept by the policies before
+ * they observed it) — the row over 0..t from the compact one, the mask from
+ * the retained positions — or, for a stream that keeps everything, the
+ * reference row itself. */
+static ap_status emit_rows(cascade_state *s, ap_policy_gpu *g, const ap_trace *tr, int n_policies, int t,
+                           const ap_replay_opts *opts, ap_error *err)
 {
-    ap_status st = ap_policy_gpu_fetch_kept(g, err);
-    for (int a = 0; a < n_active && !st; a++) {
-        const int id = s->active_id[a], sample = s->sample_of[id], T = tr->len[sample];
+    ap_status st = s->n_decoded ? ap_policy_gpu_fetch_kept(g, err) : AP_OK;
+    for (int id = 0; id < s->n_streams && !st; id++) {
+        const int sample = s->sample_of[id], T = tr->len[sample];
+        if (t >= T) continue;
+        const int keeps_all = ap_policy_gpu_keeps_all(g, id);
         for (int li = 0; li < tr->n_layers && !st; li++) {
             const int l = tr->layers[li];
             const size_t ti = (size_t)sample * tr->n_layers + li;
             for (int h = 0; h < s->H && !st; h++) {
-                const int *pos;
-                const float *row;
-                const int n = ap_policy_gpu_kept(g, id, li, h, &pos, &row);
-                memset(s->dense, 0, (size_t)(t + 1) * sizeof *s->dense);
-                memset(s->mask, 0, (size_t)t + 1);
-                for (int x = 0; x < n; x++) s->dense[pos[x]] = row[x], s->mask[pos[x]] = 1;
-                s->dense[t] = row[n];
-                s->mask[t] = 1;
-                ap_row_event ev = {id % n_policies, sample, l, h, t, t + 1,
-                                   tr->attn[ti] + ((size_t)h * T + t) * T, s->dense, s->mask,
-                                   tr->v[ti] + (size_t)h * T * s->D,
-                                   tr->o[ti] + ((size_t)h * T + t) * s->D, s->D};
+                const float *ref = tr->attn[ti] + ((size_t)h * T + t) * T, *q_row = ref;
+                if (keeps_all)
+                    memset(s->mask, 1, (size_t)t + 1);
+                else {
+                    const int *pos;
+                    const float *row;
+                    const int n = ap_policy_gpu_kept(g, id, li, h, &pos, &row);
+                    memset(s->dense, 0, (size_t)(t + 1) * sizeof *s->dense);
+                    memset(s->mask, 0, (size_t)t + 1);
+                    for (int x = 0; x < n; x++) s->dense[pos[x]] = row[x], s->mask[pos[x]] = 1;
+                    s->dense[t] = row[n];
+                    s->mask[t] = 1;
+                    q_row = s->dense;
+                }
+                ap_row_event ev = {id % n_policies, sample, l, h, t, t + 1, ref, q_row, s->mask,
+                                   tr->v[ti] + (size_t)h * T * s->D, tr->o[ti] + ((size_t)h * T + t) * s->D, s->D};
                 st = opts->sink(opts->sink_ctx, &ev, err);
             }
         }
@@ -84,6 +92,7 @@ static ap_status fill_costs(cascade_state *s, ap_policy_gpu *g, const ap_policy_
     for (int i = 0; i < s->n_streams && !st; i++) {
         double positions = 0;
         for (int lh = 0; lh < s->L * s->H; lh++) positions += s->cnt[(size_t)i * s->L * s->H + lh];
+        if (ap_policy_gpu_keeps_all(g, i)) positions = (double)s->len_of[i] * s->L * s->H; /* not decoded */
         const double kv = positions * 2.0 * s->D * sizeof(float);
         ap_replay_cost *pc = &cost[s->param_of[i]];
         pc->kv_bytes = kv > pc->kv_bytes ? kv : pc->kv_bytes;
@@ -124,10 +133,17 @@ ap_status ap_replay_cascade_gpu(ap_engine *engine, const ap_trace *tr,
         s.sample_of[i] = i / n_policies;
         s.param_of[i] = i % n_policies;
         s.len_of[i] = tr->len[s.sample_of[i]];
-        if ((st = ap_stream_create(engine, s.len_of[i], &s.streams[i], err))) goto done;
     }
     if ((st = ap_policy_gpu_create(params, n_policies, s.param_of, s.len_of, n, s.L, s.H, s.D, &g, err)))
         goto done;
+    /* A stream whose policy keeps everything is not decoded: its cascade is
+     * the reference by definition, so its rows are the trace's (`full` then
+     * gives KL exactly 0 on any engine and precision). */
+    for (int i = 0; i < n; i++) {
+        if (ap_policy_gpu_keeps_all(g, i)) continue;
+        s.n_decoded++;
+        if ((st = ap_stream_create(engine, s.len_of[i], &s.streams[i], err))) goto done;
+    }
     if (opts->sink && tr->n_layers > 0 && (st = ap_policy_gpu_keep_layers(g, tr->layers, tr->n_layers, err))) goto done;
     const ap_policy_gpu_buffers *buf = ap_policy_gpu_buffers_of(g);
     ap_step_hook hook = {g, hook_enqueue, 0};
@@ -136,20 +152,21 @@ ap_status ap_replay_cascade_gpu(ap_engine *engine, const ap_trace *tr,
     for (int t = 0; t < max_T && !st; t++) {
         int n_active = 0;
         for (int i = 0; i < n; i++) {
-            if (t >= s.len_of[i]) continue;
+            if (t >= s.len_of[i] || !s.streams[i]) continue;
             s.active[n_active] = s.streams[i];
             s.active_id[n_active] = i;
             s.tokens[n_active] = tr->ids[s.sample_of[i]][t];
             s.list_base[n_active++] = ap_policy_gpu_list_base(g, i);
         }
-        if ((st = ap_policy_gpu_begin_step(g, s.active_id, n_active, &hook.key, err))) break;
-        ap_device_batch b = {n_active, s.active, s.tokens, s.list_base, buf->off, buf->cnt,
-                             buf->pos, buf->rows, buf->q, buf->k, &hook};
-        const double t_decode = replay_now_s();
-        if ((st = ap_engine_decode_device(engine, &b, err))) break;
-        decode_s += replay_now_s() - t_decode;
-        if (opts->sink && replay_measured(opts, t) &&
-            (st = emit_rows(&s, g, tr, n_active, n_policies, t, opts, err)))
+        if (n_active) {
+            if ((st = ap_policy_gpu_begin_step(g, s.active_id, n_active, &hook.key, err))) break;
+            ap_device_batch b = {n_active, s.active, s.tokens, s.list_base, buf->off, buf->cnt,
+                                 buf->pos, buf->rows, buf->q, buf->k, &hook};
+            const double t_decode = replay_now_s();
+            if ((st = ap_engine_decode_device(engine, &b, err))) break;
+            decode_s += replay_now_s() - t_decode;
+        }
+        if (opts->sink && replay_measured(opts, t) && (st = emit_rows(&s, g, tr, n_policies, t, opts, err)))
             break;
         if (opts->progress) opts->progress(opts->progress_ctx, "cascade", (double)(t + 1) / max_T);
     }

@@ -63,6 +63,7 @@ typedef struct {
 struct ap_policy_gpu {
     int n_stream, L, H, D, max_T, n_lists;
     int *h_off, *h_cap; /* [n_lists + 1], [n_stream] */
+    int *h_keeps_all;   /* [n_stream]: its policy never evicts within its length */
     ap_policy_gpu_buffers buf;
     step_view v;        /* device pointers, filled in at create */
     int n_policy;
@@ -559,7 +560,7 @@ void ap_policy_gpu_free(ap_policy_gpu *g)
     cudaFree(g->d_kept_rows);
     cudaFreeHost(g->h_kept_cnt), cudaFreeHost(g->h_kept_pos), cudaFreeHost(g->h_kept_rows);
     free(g->h_off);
-    free(g->h_cap);
+    free(g->h_cap), free(g->h_keeps_all);
     free(g);
 }
 
@@ -594,13 +595,15 @@ ap_status ap_policy_gpu_create(const ap_policy_params *params, int n_params, con
     g->policy_stream = (cudaStream_t *)calloc((size_t)n_params, sizeof *g->policy_stream);
     g->policy_done = (cudaEvent_t *)calloc((size_t)n_params, sizeof *g->policy_done);
     g->h_cap = (int *)malloc((size_t)n_stream * sizeof *g->h_cap);
+    g->h_keeps_all = (int *)malloc((size_t)n_stream * sizeof *g->h_keeps_all);
     g->h_active = (int *)malloc((size_t)n_stream * sizeof *g->h_active);
     g->h_items = (int *)malloc((size_t)n_stream * sizeof *g->h_items);
     g->first = (int *)calloc((size_t)n_params, sizeof *g->first);
     g->count = (int *)calloc((size_t)n_params, sizeof *g->count);
     uint32_t *state = NULL;
     ap_status st = AP_OK;
-    if (!pols || !init || !slot_off || !state_off || !g->h_off || !g->h_cap || !g->h_param || !g->stage_words ||
+    if (!pols || !init || !slot_off || !state_off || !g->h_off || !g->h_cap || !g->h_keeps_all || !g->h_param ||
+        !g->stage_words ||
         !g->policy_stream || !g->policy_done || !g->h_active || !g->h_items || !g->first || !g->count) {
         st = ap_error_set(err, AP_ERR_RUNTIME, "out of memory");
         goto done;
@@ -614,7 +617,8 @@ ap_status ap_policy_gpu_create(const ap_policy_params *params, int n_params, con
         long long at = 0, slot_at = 0, state_at = 0;
         for (int s = 0; s < n_stream; s++) {
             const gpu_policy *P = &pols[stream_param[s]];
-            const int cap = P->never_evicts || P->budget >= stream_len[s] ? stream_len[s] : P->budget + 1;
+            g->h_keeps_all[s] = P->never_evicts || P->budget >= stream_len[s];
+            const int cap = g->h_keeps_all[s] ? stream_len[s] : P->budget + 1;
             g->h_cap[s] = cap;
             for (int i = 0; i < LH; i++) {
                 const int list = s * LH + i;
@@ -684,6 +688,7 @@ done:
 const ap_policy_gpu_buffers *ap_policy_gpu_buffers_of(const ap_policy_gpu *g) { return &g->buf; }
 int ap_policy_gpu_list_base(const ap_policy_gpu *g, int stream) { return stream * g->L * g->H; }
 int ap_policy_gpu_capacity(const ap_policy_gpu *g, int stream) { return g->h_cap[stream]; }
+int ap_policy_gpu_keeps_all(const ap_policy_gpu *g, int stream) { return g->h_keeps_all[stream]; }
 
 ap_status ap_policy_gpu_begin_step(ap_policy_gpu *g, const int *active, int n_active, long long *key,
                                    ap_error *err)
