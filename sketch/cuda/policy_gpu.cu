@@ -687,7 +687,6 @@ done:
 
 const ap_policy_gpu_buffers *ap_policy_gpu_buffers_of(const ap_policy_gpu *g) { return &g->buf; }
 int ap_policy_gpu_list_base(const ap_policy_gpu *g, int stream) { return stream * g->L * g->H; }
-int ap_policy_gpu_capacity(const ap_policy_gpu *g, int stream) { return g->h_cap[stream]; }
 int ap_policy_gpu_keeps_all(const ap_policy_gpu *g, int stream) { return g->h_keeps_all[stream]; }
 
 ap_status ap_policy_gpu_begin_step(ap_policy_gpu *g, const int *active, int n_active, long long *key,
