@@ -313,8 +313,11 @@ static void test_cascade_params(void **state)
 }
 
 /* Lists longer than one chunk of the decode attention (DECODE_CHUNK = 256
- * positions), which joins partial softmaxes: `full` over 600 positions equals
- * the reference, and h2o with a budget of 300 keeps the CPU's sets. */
+ * positions), which joins partial softmaxes: h2o with a budget of 300 (lists
+ * of 301, two chunks) keeps the CPU's sets and rows; `full` over 600
+ * positions equals the reference (on the device path by not being decoded;
+ * its decoded lists of 600 are covered through the host-policy path of
+ * test_cascade_cpu_cuda only up to 96 positions). */
 static void test_cascade_long(void **state)
 {
     (void)state;
