@@ -99,6 +99,8 @@ typedef struct {
     size_t d_tables_cap, d_ptrs_cap, d_compact_cap, h_tables_cap, h_ptrs_cap, h_compact_cap;
     void *d_split; /* chunk partials of the decode attention */
     size_t d_split_cap;
+    void *attn_ptrs; /* the prefill attention's pointer tables */
+    size_t attn_ptrs_cap;
     /* device copies of what the caller captures, filled inside the graph and
      * copied to the caller's buffers after it */
     float *stage;
@@ -304,43 +306,63 @@ static ap_status lm_head(ap_engine *e, const float *x, float *logits, int N, ap_
 
 enum { CAUSAL_CHUNK = 256 };
 
-/* att[T, C] = softmax(q k^T / sqrt(hd)) v for all heads of one sequence
- * (qkv: its rows [T, 3C]), leaving the probabilities [H, T, T] in probs.
- * Rows go in chunks of CAUSAL_CHUNK: chunk [r0, r1) needs keys 0..r1-1 only,
- * so the products skip most of the masked upper triangle. */
-static ap_status causal_attention(ap_engine *e, const float *qkv, float *att, int T, float *probs,
-                                  ap_error *err)
+static int causal_chunks(int T) { return (T + CAUSAL_CHUNK - 1) / CAUSAL_CHUNK; }
+
+/* For B sequences of T tokens back to back (qkv: rows [B * T, 3C]):
+ * att[B * T, C] = softmax(q k^T / sqrt(hd)) v for every head, leaving
+ * sequence b's probabilities [H, T, T] at probs + b * probs_stride. Rows go
+ * in chunks of CAUSAL_CHUNK: chunk [r0, r1) needs keys 0..r1-1 only, so the
+ * products skip most of the masked upper triangle. Each chunk's product is
+ * one cuBLAS call batched over (sequence, head) through pointer tables that a
+ * kernel writes on the device: a head's product alone is too small to fill
+ * the GPU (12 heads of one 256-row chunk are a few dozen tiles). */
+static ap_status causal_attention(ap_engine *e, int B, int T, float *probs, long long probs_stride, ap_error *err)
 {
     cuda_engine *ce = (cuda_engine *)e->impl;
     const ap_config *c = &e->model->config;
-    const int C = c->n_embd, H = c->n_head, hd = C / H;
+    const int C = c->n_embd, H = c->n_head, hd = C / H, BH = B * H, n_chunks = causal_chunks(T);
     const float one = 1.0f, zero = 0.0f;
-    const long long TT = (long long)T * T;
-    /* scores^T[j, i] = k_j . q_i, a strided batch over heads */
-    for (int r0 = 0; r0 < T; r0 += CAUSAL_CHUNK) {
-        const int r1 = r0 + CAUSAL_CHUNK < T ? r0 + CAUSAL_CHUNK : T;
-        CUBLAS_TRY(cublasSgemmStridedBatched(ce->blas, CUBLAS_OP_T, CUBLAS_OP_N, r1, r1 - r0, hd, &one,
-                                             qkv + C, 3 * C, hd, qkv + (size_t)r0 * 3 * C, 3 * C, hd,
-                                             &zero, probs + (size_t)r0 * T, T, TT, H),
+    const long long TT = (long long)T * T, seq = (long long)T * 3 * C;
+    enum { K, V, Q, P, ATT };
+    const ptr_rules rules = {{{ce->qkv + C, seq, hd, 0},
+                              {ce->qkv + 2 * C, seq, hd, 0},
+                              {ce->qkv, seq, hd, (long long)CAUSAL_CHUNK * 3 * C},
+                              {probs, probs_stride, TT, (long long)CAUSAL_CHUNK * T},
+                              {ce->att, (long long)T * C, hd, (long long)CAUSAL_CHUNK * C}}};
+    const float **table = (const float **)ce->attn_ptrs;
+    pointer_table_kernel<<<blocks((size_t)PTR_RULES * n_chunks * BH), 256, 0, ce->stream>>>(table, rules, n_chunks,
+                                                                                          B, H);
+    KERNEL_TRY("the attention's pointer tables");
+#define TABLE(rule, chunk) (table + ((size_t)(rule) * n_chunks + (chunk)) * BH)
+    /* scores^T[j, i] = k_j . q_i */
+    for (int ch = 0; ch < n_chunks; ch++) {
+        const int r0 = ch * CAUSAL_CHUNK, r1 = r0 + CAUSAL_CHUNK < T ? r0 + CAUSAL_CHUNK : T;
+        CUBLAS_TRY(cublasSgemmBatched(ce->blas, CUBLAS_OP_T, CUBLAS_OP_N, r1, r1 - r0, hd, &one, TABLE(K, 0), 3 * C,
+                                      TABLE(Q, ch), 3 * C, &zero, (float *const *)TABLE(P, ch), T, BH),
                    "attention scores");
     }
     const float scale = 1.0f / sqrtf((float)hd);
-    const int rows = H * T;
+    const int rows = BH * T, per_seq = H * T;
     const unsigned warp_blocks = (unsigned)((rows + 7) / 8);
-    if (T <= 128) causal_softmax_warp_kernel<4><<<warp_blocks, 256, 0, ce->stream>>>(probs, T, rows, scale);
-    else if (T <= 256) causal_softmax_warp_kernel<8><<<warp_blocks, 256, 0, ce->stream>>>(probs, T, rows, scale);
-    else if (T <= 512) causal_softmax_warp_kernel<16><<<warp_blocks, 256, 0, ce->stream>>>(probs, T, rows, scale);
-    else if (T <= 1024) causal_softmax_warp_kernel<32><<<warp_blocks, 256, 0, ce->stream>>>(probs, T, rows, scale);
-    else causal_softmax_kernel<<<rows, 256, 0, ce->stream>>>(probs, T, scale);
+    if (T <= 128)
+        causal_softmax_warp_kernel<4><<<warp_blocks, 256, 0, ce->stream>>>(probs, T, per_seq, probs_stride, rows, scale);
+    else if (T <= 256)
+        causal_softmax_warp_kernel<8><<<warp_blocks, 256, 0, ce->stream>>>(probs, T, per_seq, probs_stride, rows, scale);
+    else if (T <= 512)
+        causal_softmax_warp_kernel<16><<<warp_blocks, 256, 0, ce->stream>>>(probs, T, per_seq, probs_stride, rows, scale);
+    else if (T <= 1024)
+        causal_softmax_warp_kernel<32><<<warp_blocks, 256, 0, ce->stream>>>(probs, T, per_seq, probs_stride, rows, scale);
+    else
+        causal_softmax_kernel<<<rows, 256, 0, ce->stream>>>(probs, T, per_seq, probs_stride, scale);
     KERNEL_TRY("the causal softmax");
     /* att^T[:, h] = v_h^T P_h^T over the chunk's keys (P is 0 past the diagonal) */
-    for (int r0 = 0; r0 < T; r0 += CAUSAL_CHUNK) {
-        const int r1 = r0 + CAUSAL_CHUNK < T ? r0 + CAUSAL_CHUNK : T;
-        CUBLAS_TRY(cublasSgemmStridedBatched(ce->blas, CUBLAS_OP_N, CUBLAS_OP_N, hd, r1 - r0, r1, &one,
-                                             qkv + 2 * C, 3 * C, hd, probs + (size_t)r0 * T, T, TT,
-                                             &zero, att + (size_t)r0 * C, C, hd, H),
+    for (int ch = 0; ch < n_chunks; ch++) {
+        const int r0 = ch * CAUSAL_CHUNK, r1 = r0 + CAUSAL_CHUNK < T ? r0 + CAUSAL_CHUNK : T;
+        CUBLAS_TRY(cublasSgemmBatched(ce->blas, CUBLAS_OP_N, CUBLAS_OP_N, hd, r1 - r0, r1, &one, TABLE(V, 0), 3 * C,
+                                      TABLE(P, ch), T, &zero, (float *const *)TABLE(ATT, ch), C, BH),
                    "attention times values");
     }
+#undef TABLE
     return AP_OK;
 }
 
@@ -497,17 +519,25 @@ static ap_status enqueue_prefill(ap_engine *e, const void *arg, ap_error *err)
     for (int l = 0; l <= a->last; l++) {
         const int ci = ap_capture_index(a->cap, l);
         if ((st = block_qkv(e, l, N, 1, l > 0, err))) return st;
+        float *probs[2] = {NULL, NULL}; /* sequences 0 and 1: the rest follow at the same stride */
         for (int b = 0; b < a->B; b++) {
             const long long *at = ci >= 0 ? a->slots[(size_t)b * n_capture + ci].at : NULL;
-            const float *qkv = ce->qkv + (size_t)b * T * 3 * C;
-            float *att = ce->att + (size_t)b * T * C;
             for (int which = 0; at && which < 3; which++)
-                if (at[OUT_Q + which] >= 0 &&
-                    (st = split_heads(e, ce->stage + at[OUT_Q + which], qkv, T, 3 * C, which * C, err)))
+                if (at[OUT_Q + which] >= 0 && (st = split_heads(e, ce->stage + at[OUT_Q + which],
+                                                                ce->qkv + (size_t)b * T * 3 * C, T, 3 * C, which * C,
+                                                                err)))
                     return st;
-            float *probs = at && at[OUT_ATTN] >= 0 ? ce->stage + at[OUT_ATTN] : ce->scores + (size_t)b * H * T * T;
-            if ((st = causal_attention(e, qkv, att, T, probs, err))) return st;
-            if (at && at[OUT_O] >= 0 && (st = split_heads(e, ce->stage + at[OUT_O], att, T, C, 0, err))) return st;
+            float *p = at && at[OUT_ATTN] >= 0 ? ce->stage + at[OUT_ATTN] : ce->scores + (size_t)b * H * T * T;
+            if (b < 2) probs[b] = p;
+            else if (p != probs[0] + b * (probs[1] - probs[0]))
+                return ap_error_set(err, AP_ERR_RUNTIME, "a batched prefill needs every sequence to capture the same");
+        }
+        if ((st = causal_attention(e, a->B, T, probs[0], a->B > 1 ? probs[1] - probs[0] : 0, err))) return st;
+        for (int b = 0; ci >= 0 && b < a->B; b++) {
+            const long long *at = a->slots[(size_t)b * n_capture + ci].at;
+            if (at[OUT_O] >= 0 &&
+                (st = split_heads(e, ce->stage + at[OUT_O], ce->att + (size_t)b * T * C, T, C, 0, err)))
+                return st;
         }
         if ((st = block_finish(e, l, N, l < a->last, err))) return st;
     }
@@ -527,6 +557,8 @@ static ap_status cuda_prefill_batch(ap_engine *e, int B, const int *const *ids, 
     const ap_capture *cap = caps; /* caps[0] says what every sequence captures */
     ap_status st = ensure_scratch(e, (size_t)B * T, (size_t)B * H * T * T, err);
     if (st) return st;
+    CUDA_TRY(grow(ce, &ce->attn_ptrs, &ce->attn_ptrs_cap, (size_t)PTR_RULES * causal_chunks(T) * B * H * sizeof(float *)),
+             "allocating the attention's pointer tables");
     int last = c->n_layer - 1;
     if (!cap || !cap->logits) {
         last = -1;
@@ -836,6 +868,7 @@ static void cuda_free(ap_engine *e)
     cudaFree(ce->stage), cudaFree(ce->blas_workspace);
     free(ce->slots);
     cudaFree(ce->d_tables), cudaFree(ce->d_ptrs), cudaFree(ce->d_compact), cudaFree(ce->d_split);
+    cudaFree(ce->attn_ptrs);
     cudaFreeHost(ce->h_tables), cudaFreeHost(ce->h_ptrs), cudaFreeHost(ce->h_compact);
     cudaFree(ce->weights);
     cudaFree(ce->weights_bf16);

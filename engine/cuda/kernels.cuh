@@ -118,11 +118,17 @@ __global__ void to_bf16_kernel(__nv_bfloat16 *dst, const float *src, size_t n)
 
 /* Causal softmax of scores[H][T][T] rows in place (scale applied); one block
  * per (head, row). Entries past the diagonal become 0. */
-__global__ void causal_softmax_kernel(float *scores, int T, float scale)
+/* Row r of a batch of sequences, each [H * T rows, T] at scores + seq * seq_stride. */
+__device__ float *softmax_row(float *scores, int T, int rows_per_seq, long long seq_stride, int r)
+{
+    return scores + (size_t)(r / rows_per_seq) * seq_stride + (size_t)(r % rows_per_seq) * T;
+}
+
+__global__ void causal_softmax_kernel(float *scores, int T, int rows_per_seq, long long seq_stride, float scale)
 {
     __shared__ float shared[32];
     const int row = blockIdx.x % T;
-    float *s = scores + (size_t)blockIdx.x * T;
+    float *s = softmax_row(scores, T, rows_per_seq, seq_stride, blockIdx.x);
     float m = -INFINITY;
     for (int j = threadIdx.x; j <= row; j += blockDim.x) m = fmaxf(m, s[j] * scale);
     m = block_max(m, shared);
@@ -141,12 +147,13 @@ __global__ void causal_softmax_kernel(float *scores, int T, float scale)
  * probability written once. Only entries up to the diagonal are read, so the
  * score product may leave the rest unwritten. */
 template <int VPT>
-__global__ void causal_softmax_warp_kernel(float *scores, int T, int n_rows, float scale)
+__global__ void causal_softmax_warp_kernel(float *scores, int T, int rows_per_seq, long long seq_stride, int n_rows,
+                                           float scale)
 {
     const int r = (int)(((size_t)blockIdx.x * blockDim.x + threadIdx.x) / 32), lane = threadIdx.x % 32;
     if (r >= n_rows) return;
     const int row = r % T;
-    float *s = scores + (size_t)r * T;
+    float *s = softmax_row(scores, T, rows_per_seq, seq_stride, r);
     float v[VPT];
     float m = -INFINITY;
 #pragma unroll
@@ -167,6 +174,27 @@ __global__ void causal_softmax_warp_kernel(float *scores, int T, int n_rows, flo
 #pragma unroll
     for (int i = 0; i < VPT; i++)
         if (lane + 32 * i < T) s[lane + 32 * i] = v[i] * inv;
+}
+
+/* Pointer tables for cuBLAS's batched products over (sequence, head, chunk
+ * of rows): table[(rule * n_chunks + chunk) * B * H + b * H + h] =
+ * base + b * per_seq + h * per_head + chunk * per_chunk for each rule. */
+typedef struct {
+    const float *base;
+    long long per_seq, per_head, per_chunk;
+} ptr_rule;
+enum { PTR_RULES = 5 };
+typedef struct {
+    ptr_rule r[PTR_RULES];
+} ptr_rules;
+
+__global__ void pointer_table_kernel(const float **table, ptr_rules rules, int n_chunks, int B, int H)
+{
+    const int BH = B * H, i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= PTR_RULES * n_chunks * BH) return;
+    const int bh = i % BH, chunk = (i / BH) % n_chunks;
+    const ptr_rule r = rules.r[i / (BH * n_chunks)];
+    table[i] = r.base + (bh / H) * r.per_seq + (bh % H) * r.per_head + chunk * r.per_chunk;
 }
 
 /* dst[H, T, hd] from src rows [T, ld] starting at column offset (head h at offset + h*hd). */
