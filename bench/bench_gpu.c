@@ -1,11 +1,12 @@
 /* bench_gpu — GPU throughput of the reference trace and the cascade replay.
  *
- * usage: bench_gpu [--trace-samples N] [--precision fp32|tf32|bf16] [--cascade-samples N] [--cascade-T T]
- *                  [--host-policies 1]
+ * usage: bench_gpu [--trace-samples N] [--precision fp32|tf32|bf16] [--batched-only 1] [--cascade-samples N]
+ *                  [--cascade-T T] [--host-policies 1]
  *   (a) trace: random:gpt2-small, T = 1024, every layer's attention computed
  *       (materialised in device memory), in fp32, tf32 and bf16; the same
  *       with all 12 layers' attention copied to host memory; and N samples
- *       in one batched prefill (N = 0 skips (a));
+ *       in one batched prefill (N = 0 skips (a); --batched-only 1: that one
+ *       alone);
  *   (b) cascade: 10 policies x N samples (default 8), T (default 1024),
  *       budget 256, fp32 and bf16: policy-tokens/s summed over the streams,
  *       the policies on the device (or on the host with --host-policies 1). */
@@ -116,13 +117,14 @@ static int run_cascade(ap_engine *e, const ap_model *m, const ap_samples *sample
 
 int main(int argc, char **argv)
 {
-    int trace_samples = 8, cascade_samples = 8, cascade_T = 1024, host_policies = 0;
+    int trace_samples = 8, cascade_samples = 8, cascade_T = 1024, host_policies = 0, batched_only = 0;
     const char *only = NULL; /* --precision: the trace in this precision only */
     for (int i = 1; i + 1 < argc; i += 2) {
         if (!strcmp(argv[i], "--trace-samples")) trace_samples = atoi(argv[i + 1]);
         if (!strcmp(argv[i], "--cascade-samples")) cascade_samples = atoi(argv[i + 1]);
         if (!strcmp(argv[i], "--cascade-T")) cascade_T = atoi(argv[i + 1]);
         if (!strcmp(argv[i], "--host-policies")) host_policies = atoi(argv[i + 1]);
+        if (!strcmp(argv[i], "--batched-only")) batched_only = atoi(argv[i + 1]);
         if (!strcmp(argv[i], "--precision")) only = argv[i + 1];
     }
     ap_model *m;
@@ -151,7 +153,7 @@ int main(int argc, char **argv)
         /* mode 0: one sample per call, attention on device; 1: the same, all
          * layers' attention copied to host; 2: trace_samples per call
          * (ap_engine_prefill_batch), attention on device */
-        for (int mode = 0; mode < 3; mode++) {
+        for (int mode = batched_only ? 2 : 0; mode < 3; mode++) {
             int last = L - 1;
             ap_capture on_device = {.n_capture = 1, .layers = &last}; /* all layers run, nothing copied */
             ap_capture copied = {.n_capture = L, .layers = layers, .attn = attn};
