@@ -18,6 +18,7 @@
  * copy the next product reads, the softmax reads a row once and writes it once
  * (one warp per row, the row in registers), and the attention products skip
  * the blocks above the diagonal (rows in chunks of CAUSAL_CHUNK). */
+#include <cublasLt.h>
 #include <cublas_v2.h>
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
@@ -85,10 +86,12 @@ static int graph_cache_matches(const graph_cache *g, const long long *key, int n
 
 typedef struct {
     cublasHandle_t blas;
+    cublasLtHandle_t lt; /* the linear layers whose bias and GELU go in the epilogue */
     cudaStream_t stream;
     float *weights;             /* all parameters, same layout as the host model */
     __nv_bfloat16 *weights_bf16;/* bf16 copy for AP_PRECISION_BF16 */
-    __nv_bfloat16 *act_bf16;    /* scratch for bf16 activations */
+    __nv_bfloat16 *act_bf16;    /* bf16 activations: a product's input [N, C] */
+    __nv_bfloat16 *fc_bf16;     /* and the MLP's hidden layer [N, 4C] (inside act_bf16's allocation) */
     size_t act_bf16_n;
     /* scratch, grown on demand */
     float *x, *h, *qkv, *att, *tmp, *fc, *scores, *heads, *logits;
@@ -108,6 +111,7 @@ typedef struct {
     stage_slots *slots; /* [n_capture] of the call in progress */
     int slots_cap;
     void *blas_workspace;
+    size_t blas_workspace_size;
     /* one recorded graph per entry point, replayed while its key matches;
      * `generation` changes whenever a buffer a graph points into moves */
     graph_cache prefill_graph, decode_graph;
@@ -135,7 +139,7 @@ static void free_scratch(cuda_engine *ce)
     cudaFree(ce->ids), cudaFree(ce->pos), cudaFree(ce->act_bf16);
     ce->x = ce->h = ce->qkv = ce->att = ce->tmp = ce->fc = ce->scores = ce->heads = ce->logits = NULL;
     ce->ids = ce->pos = NULL;
-    ce->act_bf16 = NULL;
+    ce->act_bf16 = ce->fc_bf16 = NULL;
     ce->cap_tokens = ce->cap_scores = ce->act_bf16_n = 0;
 }
 
@@ -160,8 +164,9 @@ static ap_status ensure_scratch(ap_engine *e, size_t N, size_t scores, ap_error 
         CUDA_TRY(cudaMalloc(&ce->pos, n * sizeof(int)), "allocating positions");
         CUDA_TRY(cudaMalloc(&ce->scores, (sc ? sc : 1) * sizeof(float)), "allocating attention scores");
         if (e->precision == AP_PRECISION_BF16) {
-            ce->act_bf16_n = n * 4 * C;
+            ce->act_bf16_n = n * 5 * C;
             CUDA_TRY(cudaMalloc(&ce->act_bf16, ce->act_bf16_n * sizeof(__nv_bfloat16)), "allocating bf16 activations");
+            ce->fc_bf16 = ce->act_bf16 + n * C;
         }
         ce->cap_tokens = n;
         ce->cap_scores = sc;
@@ -188,6 +193,62 @@ static ap_status matmul(ap_engine *e, float *out, const float *in, const __nv_bf
         CUBLAS_TRY(cublasSgemm(ce->blas, CUBLAS_OP_N, CUBLAS_OP_N, OC, N, IC, &one, dev_w(e, W_host), OC,
                                in, IC, &zero, out, OC),
                    "a linear layer");
+    return AP_OK;
+}
+
+/* What a linear layer's epilogue adds to its product. */
+typedef enum { EPI_BIAS, EPI_BIAS_GELU } epilogue;
+
+/* out[N, OC] = epi(in[N, IC] @ W[IC, OC] + bias) through cublasLt, the bias
+ * (and GELU, tanh form: verified against bias_gelu_kernel by the CPU parity
+ * tests) applied to the fp32 accumulator before the one store of the output:
+ * one pass over the output instead of three. bf16: in and W are bf16 and
+ * out is bf16 or fp32; otherwise all fp32 in the precision's compute mode.
+ * The bias has the output's type (cublasLt's rule: a bf16 output takes the
+ * bias rounded to bf16, like the rest of that layer's weights).
+ * *done = 0 when cublasLt has no algorithm for the combination (the caller
+ * then runs the product and the epilogue's kernel apart). */
+static ap_status lt_linear(ap_engine *e, void *out, cudaDataType out_type, const void *in, const void *W, int bf16,
+                           const void *bias, epilogue epi, int N, int IC, int OC, int *done, ap_error *err)
+{
+    cuda_engine *ce = (cuda_engine *)e->impl;
+    const cudaDataType in_type = bf16 ? CUDA_R_16BF : CUDA_R_32F;
+    const cublasComputeType_t compute = bf16 ? CUBLAS_COMPUTE_32F
+                                        : e->precision == AP_PRECISION_FP32 ? CUBLAS_COMPUTE_32F_PEDANTIC
+                                                                            : CUBLAS_COMPUTE_32F_FAST_TF32;
+    const cublasLtEpilogue_t ep = epi == EPI_BIAS_GELU ? CUBLASLT_EPILOGUE_GELU_BIAS : CUBLASLT_EPILOGUE_BIAS;
+    const int32_t bias_type = out_type;
+    const float one = 1.0f, zero = 0.0f;
+    cublasLtMatmulDesc_t op = NULL;
+    cublasLtMatrixLayout_t a = NULL, b = NULL, d = NULL;
+    cublasLtMatmulPreference_t pref = NULL;
+    cublasLtMatmulHeuristicResult_t algo;
+    int n_algo = 0;
+    *done = 0;
+    /* column-major: out^T[OC, N] = W^T[OC, IC] in^T[IC, N] */
+    cublasStatus_t s = cublasLtMatmulDescCreate(&op, compute, CUDA_R_32F);
+    if (!s) s = cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_EPILOGUE, &ep, sizeof ep);
+    if (!s) s = cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof bias);
+    if (!s) s = cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &bias_type, sizeof bias_type);
+    if (!s) s = cublasLtMatrixLayoutCreate(&a, in_type, OC, IC, OC);
+    if (!s) s = cublasLtMatrixLayoutCreate(&b, in_type, IC, N, IC);
+    if (!s) s = cublasLtMatrixLayoutCreate(&d, out_type, OC, N, OC);
+    if (!s) s = cublasLtMatmulPreferenceCreate(&pref);
+    if (!s)
+        s = cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
+                                                 &ce->blas_workspace_size, sizeof ce->blas_workspace_size);
+    if (!s) s = cublasLtMatmulAlgoGetHeuristic(ce->lt, op, a, b, d, d, pref, 1, &algo, &n_algo);
+    if (s == CUBLAS_STATUS_NOT_SUPPORTED) s = CUBLAS_STATUS_SUCCESS, n_algo = 0;
+    if (!s && n_algo > 0)
+        s = cublasLtMatmul(ce->lt, op, &one, W, a, in, b, &zero, out, d, out, d, &algo.algo, ce->blas_workspace,
+                           ce->blas_workspace_size, ce->stream);
+    *done = !s && n_algo > 0;
+    cublasLtMatmulPreferenceDestroy(pref);
+    cublasLtMatrixLayoutDestroy(d), cublasLtMatrixLayoutDestroy(b), cublasLtMatrixLayoutDestroy(a);
+    cublasLtMatmulDescDestroy(op);
+    if (s)
+        return ap_error_set(err, AP_ERR_RUNTIME, "cublasLt failed (status %d) on a %d x %d x %d linear layer", (int)s,
+                            N, IC, OC);
     return AP_OK;
 }
 
@@ -218,13 +279,37 @@ static ap_status block_qkv(ap_engine *e, int l, int N, int add_bias, int normed,
     const int C = e->model->config.n_embd;
     const size_t lc = (size_t)l * C;
     ap_status st;
-    if ((!normed && (st = layernorm(e, ce->h, NULL, ce->x, w->ln1_w + lc, w->ln1_b + lc, N, err))) ||
-        (st = matmul(e, ce->qkv, ce->h, NULL, w->attn_w + lc * 3 * C, N, C, 3 * C, err)))
+    int done = 0;
+    if (!normed && (st = layernorm(e, ce->h, NULL, ce->x, w->ln1_w + lc, w->ln1_b + lc, N, err))) return st;
+    if (add_bias && (st = lt_linear(e, ce->qkv, CUDA_R_32F, ce->h, dev_w(e, w->attn_w + lc * 3 * C), 0,
+                                    dev_w(e, w->attn_b + 3 * lc), EPI_BIAS, N, C, 3 * C, &done, err)))
         return st;
+    if (done) return AP_OK;
+    if ((st = matmul(e, ce->qkv, ce->h, NULL, w->attn_w + lc * 3 * C, N, C, 3 * C, err))) return st;
     if (!add_bias) return AP_OK;
-    bias_kernel<<<blocks((size_t)N * 3 * C), 256, 0, ce->stream>>>(ce->qkv, dev_w(e, w->attn_b + 3 * lc),
-                                                                   (size_t)N * 3 * C, 3 * C);
+    bias_kernel<<<column_grid(3 * C, N), 256, 0, ce->stream>>>(ce->qkv, dev_w(e, w->attn_b + 3 * lc), N, 3 * C);
     KERNEL_TRY("adding the q/k/v bias");
+    return AP_OK;
+}
+
+/* GELU(h @ fc_w + fc_b) of block l over N rows, into ce->fc_bf16 (bf16:
+ * from the bf16 copy of h) or ce->fc. */
+static ap_status mlp_hidden(ap_engine *e, int l, int N, ap_error *err)
+{
+    cuda_engine *ce = (cuda_engine *)e->impl;
+    const int C = e->model->config.n_embd;
+    const float *W = e->model->w.fc_w + (size_t)l * C * 4 * C, *bias = e->model->w.fc_b + (size_t)l * 4 * C;
+    __nv_bfloat16 *bf = bf16_scratch(e);
+    int done = 0;
+    ap_status st = bf ? lt_linear(e, ce->fc_bf16, CUDA_R_16BF, bf, dev_w16(e, W), 1, dev_w16(e, bias), EPI_BIAS_GELU,
+                                  N, C, 4 * C, &done, err)
+                      : lt_linear(e, ce->fc, CUDA_R_32F, ce->h, dev_w(e, W), 0, dev_w(e, bias), EPI_BIAS_GELU, N, C,
+                                  4 * C, &done, err);
+    if (st || done) return st;
+    if ((st = matmul(e, ce->fc, ce->h, bf, W, N, C, 4 * C, err))) return st;
+    bias_gelu_kernel<<<column_grid(4 * C, N), 256, 0, ce->stream>>>(ce->fc, bf ? ce->fc_bf16 : NULL, dev_w(e, bias),
+                                                                    N, 4 * C);
+    KERNEL_TRY("GELU");
     return AP_OK;
 }
 
@@ -249,10 +334,9 @@ static ap_status block_finish(ap_engine *e, int l, int N, int next_ln, ap_error 
                                                          dev_w(e, w->ln2_w + lc), dev_w(e, w->ln2_b + lc), C,
                                                          c->ln_eps);
     KERNEL_TRY("the residual add and LayerNorm");
-    if ((st = matmul(e, ce->fc, ce->h, bf, w->fc_w + lc * 4 * C, N, C, 4 * C, err))) return st;
-    bias_gelu_kernel<<<blocks(4 * NC), 256, 0, ce->stream>>>(ce->fc, bf, dev_w(e, w->fc_b + 4 * lc), 4 * NC, 4 * C);
-    KERNEL_TRY("GELU");
-    if ((st = matmul(e, ce->tmp, ce->fc, bf, w->fc_proj_w + lc * 4 * C, N, 4 * C, C, err))) return st;
+    if ((st = mlp_hidden(e, l, N, err)) ||
+        (st = matmul(e, ce->tmp, ce->fc, bf ? ce->fc_bf16 : NULL, w->fc_proj_w + lc * 4 * C, N, 4 * C, C, err)))
+        return st;
     if (next_ln)
         residual_layernorm_kernel<<<N, 256, 0, ce->stream>>>(ce->x, ce->tmp, dev_w(e, w->fc_proj_b + lc), ce->h, NULL,
                                                              dev_w(e, w->ln1_w + lc + C), dev_w(e, w->ln1_b + lc + C),
@@ -873,6 +957,7 @@ static void cuda_free(ap_engine *e)
     cudaFree(ce->weights);
     cudaFree(ce->weights_bf16);
     if (ce->blas) cublasDestroy(ce->blas);
+    if (ce->lt) cublasLtDestroy(ce->lt);
     if (ce->stream) cudaStreamDestroy(ce->stream);
     free(ce);
 }
@@ -897,6 +982,8 @@ extern "C" ap_status ap_cuda_engine_init(ap_engine *e, ap_error *err)
     const size_t workspace = (size_t)32 << 20;
     CUDA_TRY(cudaMalloc(&ce->blas_workspace, workspace), "allocating the cuBLAS workspace");
     CUBLAS_TRY(cublasSetWorkspace(ce->blas, ce->blas_workspace, workspace), "setting the cuBLAS workspace");
+    ce->blas_workspace_size = workspace;
+    CUBLAS_TRY(cublasLtCreate(&ce->lt), "creating the cublasLt handle");
     CUBLAS_TRY(cublasSetMathMode(ce->blas, e->precision == AP_PRECISION_FP32 ? CUBLAS_PEDANTIC_MATH
                                                                              : CUBLAS_TF32_TENSOR_OP_MATH),
                "setting the math mode");

@@ -84,19 +84,26 @@ __global__ void residual_layernorm_kernel(float *x, const float *y, const float 
     layernorm_row(out, out16, xr, w, b, C, eps, blockIdx.x);
 }
 
-__global__ void bias_kernel(float *x, const float *bias, size_t n, int OC)
+/* Launch shape of a per-column kernel over rows [n_rows, OC]: the column
+ * comes from the grid (no 64-bit remainder per element), rows stride by
+ * gridDim.y (at most 65535). */
+static dim3 column_grid(int OC, int n_rows) { return dim3((OC + 255) / 256, n_rows < 65535 ? n_rows : 65535); }
+
+/* x[r, :] += bias over rows [n_rows, OC]. */
+__global__ void bias_kernel(float *x, const float *bias, int n_rows, int OC)
 {
-    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i < n) x[i] += bias[i % OC];
+    const int j = blockIdx.x * blockDim.x + threadIdx.x;
+    for (int r = blockIdx.y; j < OC && r < n_rows; r += gridDim.y) x[(size_t)r * OC + j] += bias[j];
 }
 
-/* x = GELU(x + bias) (tanh form, GPT-2's gelu_new), in place or, when out16 !=
- * NULL, into the bf16 copy the next product reads. */
-__global__ void bias_gelu_kernel(float *x, __nv_bfloat16 *out16, const float *bias, size_t n, int OC)
+/* x = GELU(x + bias) (tanh form, GPT-2's gelu_new) over rows [n_rows, OC], in
+ * place or, when out16 != NULL, into the bf16 copy the next product reads. */
+__global__ void bias_gelu_kernel(float *x, __nv_bfloat16 *out16, const float *bias, int n_rows, int OC)
 {
-    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i < n) {
-        const float v = x[i] + bias[i % OC];
+    const int j = blockIdx.x * blockDim.x + threadIdx.x;
+    for (int r = blockIdx.y; j < OC && r < n_rows; r += gridDim.y) {
+        const size_t i = (size_t)r * OC + j;
+        const float v = x[i] + bias[j];
         const float g = 0.5f * v * (1.0f + tanhf(0.7978845608028654f * (v + 0.044715f * v * v * v)));
         if (out16) out16[i] = __float2bfloat16(g);
         else x[i] = g;
