@@ -143,6 +143,36 @@ static void test_short_prefills(void **state)
     close_engines(m, cpu, gpu);
 }
 
+/* Prefills of 600 tokens (three row chunks: the softmax writes each row up to
+ * its chunk's end and relies on zeros past it) match the CPU, every
+ * probability included, before and after a prefill of another layout (q, k
+ * and v captured) wrote over the same device buffers. */
+static void test_prefill_zeros_past_chunks(void **state)
+{
+    (void)state;
+    ap_model *m;
+    ap_engine *cpu, *gpu;
+    ap_error err;
+    open_engines("random:L=2,H=4,D=128,V=512,T=600,seed=13", &m, &cpu, &gpu);
+    enum { T = 600 };
+    int ids[T], layer = 0;
+    for (int t = 0; t < T; t++) ids[t] = (t * 37 + 5) % m->config.vocab_size;
+    const size_t n = (size_t)T * m->config.n_embd;
+    float *q = malloc(n * sizeof *q), *k = malloc(n * sizeof *k), *v = malloc(n * sizeof *v);
+    for (int round = 0; round < 2; round++) {
+        double attn_diff, logit_rel;
+        prefill_diff(cpu, gpu, ids, T, &attn_diff, &logit_rel);
+        print_message("prefill of %d tokens, round %d: attention %.3g, logits %.3g relative\n", T, round, attn_diff,
+                      logit_rel);
+        assert_true(attn_diff <= 1e-5);
+        assert_true(logit_rel <= 1e-4);
+        ap_capture other = {1, &layer, NULL, &q, &k, &v, NULL, NULL, 0};
+        if (ap_engine_prefill(gpu, ids, T, &other, &err)) fail_msg("%s", err.msg);
+    }
+    free(q), free(k), free(v);
+    close_engines(m, cpu, gpu);
+}
+
 /* The tf32 and bf16 precisions with heads of 64, GPT-2's (the fixtures'
  * heads are 16 and 32), against the CPU: short and odd lengths, every
  * probability (zeros past the diagonal included). */
@@ -362,6 +392,7 @@ int main(void)
         cmocka_unit_test(test_prefill_batch),
         cmocka_unit_test(test_reduced_precision),
         cmocka_unit_test(test_short_prefills),
+        cmocka_unit_test(test_prefill_zeros_past_chunks),
         cmocka_unit_test(test_reduced_precision_heads_of_64),
         cmocka_unit_test(test_cascade_cpu_cuda),
         cmocka_unit_test(test_cascade_params),

@@ -110,6 +110,11 @@ typedef struct {
     size_t stage_cap;
     stage_slots *slots; /* [n_capture] of the call in progress */
     int slots_cap;
+    /* the prefill layout whose unwritten attention entries are zero in the
+     * stage (n_zeroed < 0: none): see plan_stage */
+    stage_slots *zeroed;
+    int n_zeroed;
+    size_t zeroed_size[N_OUT];
     void *blas_workspace;
     size_t blas_workspace_size;
     /* one recorded graph per entry point, replayed while its key matches;
@@ -429,15 +434,19 @@ static ap_status causal_attention(ap_engine *e, int B, int T, float *probs, long
     const int rows = BH * T, per_seq = H * T;
     const unsigned warp_blocks = (unsigned)((rows + 7) / 8);
     if (T <= 128)
-        causal_softmax_warp_kernel<4><<<warp_blocks, 256, 0, ce->stream>>>(probs, T, per_seq, probs_stride, rows, scale);
+        causal_softmax_warp_kernel<4><<<warp_blocks, 256, 0, ce->stream>>>(probs, T, per_seq, probs_stride, rows,
+                                                                            CAUSAL_CHUNK, scale);
     else if (T <= 256)
-        causal_softmax_warp_kernel<8><<<warp_blocks, 256, 0, ce->stream>>>(probs, T, per_seq, probs_stride, rows, scale);
+        causal_softmax_warp_kernel<8><<<warp_blocks, 256, 0, ce->stream>>>(probs, T, per_seq, probs_stride, rows,
+                                                                            CAUSAL_CHUNK, scale);
     else if (T <= 512)
-        causal_softmax_warp_kernel<16><<<warp_blocks, 256, 0, ce->stream>>>(probs, T, per_seq, probs_stride, rows, scale);
+        causal_softmax_warp_kernel<16><<<warp_blocks, 256, 0, ce->stream>>>(probs, T, per_seq, probs_stride, rows,
+                                                                            CAUSAL_CHUNK, scale);
     else if (T <= 1024)
-        causal_softmax_warp_kernel<32><<<warp_blocks, 256, 0, ce->stream>>>(probs, T, per_seq, probs_stride, rows, scale);
+        causal_softmax_warp_kernel<32><<<warp_blocks, 256, 0, ce->stream>>>(probs, T, per_seq, probs_stride, rows,
+                                                                            CAUSAL_CHUNK, scale);
     else
-        causal_softmax_kernel<<<rows, 256, 0, ce->stream>>>(probs, T, per_seq, probs_stride, scale);
+        causal_softmax_kernel<<<rows, 256, 0, ce->stream>>>(probs, T, per_seq, probs_stride, CAUSAL_CHUNK, scale);
     KERNEL_TRY("the causal softmax");
     /* att^T[:, h] = v_h^T P_h^T over the chunk's keys (P is 0 past the diagonal) */
     for (int ch = 0; ch < n_chunks; ch++) {
@@ -486,14 +495,18 @@ static stage_slots *slots_for(ap_engine *e, int n_slots)
 }
 
 /* Lays out the stage for caps[0..B-1] (size[kind] floats per output; 0:
- * never staged) and grows it; slots[b * n_capture + i] for capture i of b. */
+ * never staged) and grows it; slots[b * n_capture + i] for capture i of b.
+ * zeroed (the prefill): the caller leaves the attention entries past each
+ * row's chunk unwritten (causal_attention), so they must hold zeros: the
+ * stage is cleared whenever this layout differs from the last zeroed one. */
 static ap_status plan_stage(ap_engine *e, const ap_capture *caps, int B, const size_t *size, stage_slots *slots,
-                            ap_error *err)
+                            int zeroed, ap_error *err)
 {
     cuda_engine *ce = (cuda_engine *)e->impl;
     size_t total = 0;
+    int n_slots = 0;
     for (int b = 0; caps && b < B; b++)
-        for (int i = 0; i < caps[b].n_capture; i++) {
+        for (int i = 0; i < caps[b].n_capture; i++, n_slots++) {
             stage_slots *sl = &slots[(size_t)b * caps[b].n_capture + i];
             for (int k = 0; k < N_OUT; k++) {
                 sl->at[k] = size[k] && capture_dst(&caps[b], i, k) ? (long long)total : -1;
@@ -504,10 +517,25 @@ static ap_status plan_stage(ap_engine *e, const ap_capture *caps, int B, const s
         cudaFree(ce->stage);
         ce->stage = NULL;
         ce->stage_cap = 0;
+        ce->n_zeroed = -1;
         ce->generation++;
         CUDA_TRY(cudaMalloc(&ce->stage, total * sizeof(float)), "allocating the capture buffers");
         ce->stage_cap = total * sizeof(float);
     }
+    if (!zeroed) {
+        ce->n_zeroed = -1;
+        return AP_OK;
+    }
+    if (n_slots == ce->n_zeroed && !memcmp(size, ce->zeroed_size, sizeof ce->zeroed_size) &&
+        (n_slots == 0 || !memcmp(slots, ce->zeroed, (size_t)n_slots * sizeof *slots)))
+        return AP_OK;
+    stage_slots *copy = (stage_slots *)realloc(ce->zeroed, (size_t)(n_slots + 1) * sizeof *copy);
+    if (!copy) return ap_error_set(err, AP_ERR_RUNTIME, "out of memory");
+    ce->zeroed = copy;
+    memcpy(copy, slots, (size_t)n_slots * sizeof *slots);
+    memcpy(ce->zeroed_size, size, sizeof ce->zeroed_size);
+    ce->n_zeroed = n_slots;
+    if (total) CUDA_TRY(cudaMemsetAsync(ce->stage, 0, total * sizeof(float), ce->stream), "clearing the capture buffers");
     return AP_OK;
 }
 
@@ -652,7 +680,7 @@ static ap_status cuda_prefill_batch(ap_engine *e, int B, const int *const *ids, 
     const size_t size[N_OUT] = {(size_t)H * T * T, (size_t)T * C, (size_t)T * C, (size_t)T * C, (size_t)T * C};
     stage_slots *slots = slots_for(e, B * n_capture);
     if (!slots) return ap_error_set(err, AP_ERR_RUNTIME, "out of memory");
-    if ((st = plan_stage(e, caps, B, size, slots, err))) return st;
+    if ((st = plan_stage(e, caps, B, size, slots, 1, err))) return st;
     const int logits_rows = cap && cap->logits ? (cap->logits_last_only ? 1 : T) : 0;
     prefill_args args = {B, T, last, logits_rows, cap, slots};
     long long key[GRAPH_KEY_MAX] = {1, B, T, last, logits_rows, (long long)ce->generation};
@@ -852,7 +880,7 @@ static ap_status cuda_decode_step(ap_engine *e, const ap_decode_batch *b, const 
     const size_t size[N_OUT] = {0, (size_t)S * C, (size_t)S * C, (size_t)S * C, (size_t)S * C};
     stage_slots *slots = slots_for(e, cap ? cap->n_capture : 0);
     if (!slots) return ap_error_set(err, AP_ERR_RUNTIME, "out of memory");
-    if ((st = plan_stage(e, cap, 1, size, slots, err))) return st;
+    if ((st = plan_stage(e, cap, 1, size, slots, 0, err))) return st;
     {
         float *compact = (float *)ce->d_compact, *h_compact = (float *)ce->h_compact;
         if ((st = upload_step(ce, S, ints * sizeof(int), b->tokens, t_of, err))) return st;
@@ -950,7 +978,7 @@ static void cuda_free(ap_engine *e)
     graph_cache_clear(&ce->decode_graph);
     free_scratch(ce);
     cudaFree(ce->stage), cudaFree(ce->blas_workspace);
-    free(ce->slots);
+    free(ce->slots), free(ce->zeroed);
     cudaFree(ce->d_tables), cudaFree(ce->d_ptrs), cudaFree(ce->d_compact), cudaFree(ce->d_split);
     cudaFree(ce->attn_ptrs);
     cudaFreeHost(ce->h_tables), cudaFreeHost(ce->h_ptrs), cudaFreeHost(ce->h_compact);
@@ -973,6 +1001,7 @@ extern "C" ap_status ap_cuda_engine_init(ap_engine *e, ap_error *err)
     if (!ce) return ap_error_set(err, AP_ERR_RUNTIME, "out of memory");
     e->impl = ce;
     e->ops = &cuda_ops;
+    ce->n_zeroed = -1;
     const ap_model *m = e->model;
     const size_t bytes = m->n_params * sizeof(float);
     CUDA_TRY(cudaStreamCreate(&ce->stream), "creating a CUDA stream");

@@ -123,15 +123,24 @@ __global__ void to_bf16_kernel(__nv_bfloat16 *dst, const float *src, size_t n)
     if (i < n) dst[i] = __float2bfloat16(src[i]);
 }
 
-/* Causal softmax of scores[H][T][T] rows in place (scale applied); one block
- * per (head, row). Entries past the diagonal become 0. */
 /* Row r of a batch of sequences, each [H * T rows, T] at scores + seq * seq_stride. */
 __device__ float *softmax_row(float *scores, int T, int rows_per_seq, long long seq_stride, int r)
 {
     return scores + (size_t)(r / rows_per_seq) * seq_stride + (size_t)(r % rows_per_seq) * T;
 }
 
-__global__ void causal_softmax_kernel(float *scores, int T, int rows_per_seq, long long seq_stride, float scale)
+/* Where the softmax of row `row` stops writing: the end of the row's chunk
+ * of `chunk` rows (the score product wrote nothing past it, and the entries
+ * there stay zero from the caller), or T when chunk is 0. */
+__device__ int softmax_write_end(int row, int T, int chunk)
+{
+    return chunk && (row / chunk + 1) * chunk < T ? (row / chunk + 1) * chunk : T;
+}
+
+/* Causal softmax of the rows in place (scale applied); one block per row.
+ * Entries past the diagonal become 0 (up to softmax_write_end). */
+__global__ void causal_softmax_kernel(float *scores, int T, int rows_per_seq, long long seq_stride, int chunk,
+                                      float scale)
 {
     __shared__ float shared[32];
     const int row = blockIdx.x % T;
@@ -146,7 +155,8 @@ __global__ void causal_softmax_kernel(float *scores, int T, int rows_per_seq, lo
         sum += e;
     }
     const float inv = 1.0f / block_sum(sum, shared);
-    for (int j = threadIdx.x; j < T; j += blockDim.x) s[j] = j <= row ? s[j] * inv : 0.0f;
+    const int end = softmax_write_end(row, T, chunk);
+    for (int j = threadIdx.x; j < end; j += blockDim.x) s[j] = j <= row ? s[j] * inv : 0.0f;
 }
 
 /* The same softmax with one warp per row, the row held in registers
@@ -155,7 +165,7 @@ __global__ void causal_softmax_kernel(float *scores, int T, int rows_per_seq, lo
  * score product may leave the rest unwritten. */
 template <int VPT>
 __global__ void causal_softmax_warp_kernel(float *scores, int T, int rows_per_seq, long long seq_stride, int n_rows,
-                                           float scale)
+                                           int chunk, float scale)
 {
     const int r = (int)(((size_t)blockIdx.x * blockDim.x + threadIdx.x) / 32), lane = threadIdx.x % 32;
     if (r >= n_rows) return;
@@ -178,9 +188,10 @@ __global__ void causal_softmax_warp_kernel(float *scores, int T, int rows_per_se
     }
     for (int o = 16; o > 0; o >>= 1) sum += __shfl_xor_sync(0xffffffff, sum, o);
     const float inv = 1.0f / sum;
+    const int end = softmax_write_end(row, T, chunk);
 #pragma unroll
     for (int i = 0; i < VPT; i++)
-        if (lane + 32 * i < T) s[lane + 32 * i] = v[i] * inv;
+        if (lane + 32 * i < end) s[lane + 32 * i] = v[i] * inv;
 }
 
 /* Pointer tables for cuBLAS's batched products over (sequence, head, chunk
