@@ -263,30 +263,14 @@ static __nv_bfloat16 *bf16_scratch(const ap_engine *e)
     return e->precision == AP_PRECISION_BF16 ? ((cuda_engine *)e->impl)->act_bf16 : NULL;
 }
 
-enum { LN_MAX_EMBD = 64 * 32 }; /* layernorm_warp_kernel's widest row */
-
-/* out = LayerNorm(x) (w, b: host pointers into the model) over N rows; with
- * y, first x += y + bias (the residual add of a projection, bias a device
- * pointer). See layernorm_warp_kernel. */
-static ap_status layernorm(ap_engine *e, float *out, __nv_bfloat16 *out16, float *x, const float *y,
-                           const float *bias, const float *w_host, const float *b_host, int N, ap_error *err)
+static ap_status layernorm(ap_engine *e, float *out, __nv_bfloat16 *out16, const float *x,
+                           const float *w_host, const float *b_host, int N, ap_error *err)
 {
     cuda_engine *ce = (cuda_engine *)e->impl;
     const ap_config *c = &e->model->config;
-    const int C = c->n_embd;
-    const unsigned grid = (unsigned)((N + 7) / 8);
-#define LN_LAUNCH(VPT)                                                                                                \
-    layernorm_warp_kernel<VPT><<<grid, 256, 0, ce->stream>>>(x, y, bias, out, out16, dev_w(e, w_host),               \
-                                                             dev_w(e, b_host), N, C, c->ln_eps)
-    if (C <= 4 * 32) LN_LAUNCH(4);
-    else if (C <= 8 * 32) LN_LAUNCH(8);
-    else if (C <= 16 * 32) LN_LAUNCH(16);
-    else if (C <= 24 * 32) LN_LAUNCH(24);
-    else if (C <= 32 * 32) LN_LAUNCH(32);
-    else if (C <= 48 * 32) LN_LAUNCH(48);
-    else LN_LAUNCH(64);
-#undef LN_LAUNCH
-    KERNEL_TRY(y ? "the residual add and LayerNorm" : "LayerNorm");
+    layernorm_kernel<<<N, 256, 0, ce->stream>>>(out, out16, x, dev_w(e, w_host), dev_w(e, b_host), c->n_embd,
+                                                c->ln_eps);
+    KERNEL_TRY("LayerNorm");
     return AP_OK;
 }
 
@@ -301,7 +285,7 @@ static ap_status block_qkv(ap_engine *e, int l, int N, int add_bias, int normed,
     const size_t lc = (size_t)l * C;
     ap_status st;
     int done = 0;
-    if (!normed && (st = layernorm(e, ce->h, NULL, ce->x, NULL, NULL, w->ln1_w + lc, w->ln1_b + lc, N, err))) return st;
+    if (!normed && (st = layernorm(e, ce->h, NULL, ce->x, w->ln1_w + lc, w->ln1_b + lc, N, err))) return st;
     if (add_bias && (st = lt_linear(e, ce->qkv, CUDA_R_32F, ce->h, dev_w(e, w->attn_w + lc * 3 * C), 0,
                                     dev_w(e, w->attn_b + 3 * lc), EPI_BIAS, N, C, 3 * C, &done, err)))
         return st;
@@ -351,16 +335,19 @@ static ap_status block_finish(ap_engine *e, int l, int N, int next_ln, ap_error 
         KERNEL_TRY("rounding the attention output to bf16");
     }
     if ((st = matmul(e, ce->tmp, ce->att, bf, w->attn_proj_w + lc * C, N, C, C, err))) return st;
-    if ((st = layernorm(e, ce->h, bf, ce->x, ce->tmp, dev_w(e, w->attn_proj_b + lc), w->ln2_w + lc, w->ln2_b + lc, N,
-                        err)))
-        return st;
+    residual_layernorm_kernel<<<N, 256, 0, ce->stream>>>(ce->x, ce->tmp, dev_w(e, w->attn_proj_b + lc), ce->h, bf,
+                                                         dev_w(e, w->ln2_w + lc), dev_w(e, w->ln2_b + lc), C,
+                                                         c->ln_eps);
+    KERNEL_TRY("the residual add and LayerNorm");
     if ((st = mlp_hidden(e, l, N, err)) ||
         (st = matmul(e, ce->tmp, ce->fc, bf ? ce->fc_bf16 : NULL, w->fc_proj_w + lc * 4 * C, N, 4 * C, C, err)))
         return st;
     if (next_ln)
-        return layernorm(e, ce->h, NULL, ce->x, ce->tmp, dev_w(e, w->fc_proj_b + lc), w->ln1_w + lc + C,
-                         w->ln1_b + lc + C, N, err);
-    bias_residual_kernel<<<blocks(NC), 256, 0, ce->stream>>>(ce->x, ce->tmp, dev_w(e, w->fc_proj_b + lc), NC, C);
+        residual_layernorm_kernel<<<N, 256, 0, ce->stream>>>(ce->x, ce->tmp, dev_w(e, w->fc_proj_b + lc), ce->h, NULL,
+                                                             dev_w(e, w->ln1_w + lc + C), dev_w(e, w->ln1_b + lc + C),
+                                                             C, c->ln_eps);
+    else
+        bias_residual_kernel<<<blocks(NC), 256, 0, ce->stream>>>(ce->x, ce->tmp, dev_w(e, w->fc_proj_b + lc), NC, C);
     KERNEL_TRY("the residual add");
     return AP_OK;
 }
@@ -391,14 +378,13 @@ static cudaError_t grow_host(void **buf, size_t *cap, size_t n)
 }
 
 /* logits[N, vocab] = ln_f(x) @ wte^T (device) */
-static ap_status lm_head(ap_engine *e, float *x, float *logits, int N, ap_error *err)
+static ap_status lm_head(ap_engine *e, const float *x, float *logits, int N, ap_error *err)
 {
     cuda_engine *ce = (cuda_engine *)e->impl;
     const ap_config *c = &e->model->config;
     const float one = 1.0f, zero = 0.0f;
     ap_status st;
-    if ((st = layernorm(e, ce->h, NULL, x, NULL, NULL, e->model->w.lnf_w, e->model->w.lnf_b, N, err)))
-        return st;
+    if ((st = layernorm(e, ce->h, NULL, x, e->model->w.lnf_w, e->model->w.lnf_b, N, err))) return st;
     CUBLAS_TRY(cublasSgemm(ce->blas, CUBLAS_OP_T, CUBLAS_OP_N, c->vocab_size, N, c->n_embd, &one,
                            dev_w(e, e->model->w.wte), c->n_embd, ce->h, c->n_embd, &zero, logits,
                            c->vocab_size),
@@ -1011,9 +997,6 @@ extern "C" ap_status ap_cuda_engine_init(ap_engine *e, ap_error *err)
 {
     if (ap_cuda_device_count() == 0)
         return ap_error_set(err, AP_ERR_RUNTIME, "--device cuda: no CUDA device is visible");
-    if (e->model->config.n_embd > LN_MAX_EMBD)
-        return ap_error_set(err, AP_ERR_INPUT, "--device cuda: n_embd %d is wider than the CUDA backend's %d",
-                            e->model->config.n_embd, LN_MAX_EMBD);
     cuda_engine *ce = (cuda_engine *)calloc(1, sizeof *ce);
     if (!ce) return ap_error_set(err, AP_ERR_RUNTIME, "out of memory");
     e->impl = ce;

@@ -43,49 +43,45 @@ __device__ float block_max(float v, float *shared)
     return m;
 }
 
-/* LayerNorm of rows [n_rows, C], one warp per row, the row in registers
- * (VPT values per lane, C <= 32 * VPT): out = LayerNorm(x) * w + b, written
- * as fp32 or, when out16 != NULL, only as the bf16 rounding the next product
- * reads. With y != NULL, first the residual add of a projection:
- * x += y + bias (written back), and the LayerNorm of the sum. */
-template <int VPT>
-__global__ void layernorm_warp_kernel(float *x, const float *y, const float *bias, float *out, __nv_bfloat16 *out16,
-                                      const float *w, const float *b, int n_rows, int C, float eps)
+/* Row `row` of out = LayerNorm(x row) * w + b, by the whole block; writes
+ * out (fp32) or, when out16 != NULL, only the bf16 rounding the next product
+ * reads. Thread i reads the row's entries i, i + blockDim.x, ... */
+__device__ static void layernorm_row(float *out, __nv_bfloat16 *out16, const float *xr, const float *w,
+                                     const float *b, int C, float eps, size_t row)
 {
-    const int row = (int)(((size_t)blockIdx.x * blockDim.x + threadIdx.x) / 32), lane = threadIdx.x % 32;
-    if (row >= n_rows) return;
-    float *xr = x + (size_t)row * C;
-    const float *yr = y ? y + (size_t)row * C : NULL;
-    float v[VPT];
+    __shared__ float shared[32];
     float s = 0;
-#pragma unroll
-    for (int i = 0; i < VPT; i++) {
-        const int j = lane + 32 * i;
-        v[i] = 0;
-        if (j < C) {
-            v[i] = xr[j];
-            if (yr) v[i] += yr[j] + bias[j];
-            s += v[i];
-        }
+    for (int i = threadIdx.x; i < C; i += blockDim.x) s += xr[i];
+    const float mean = block_sum(s, shared) / C;
+    float v = 0;
+    for (int i = threadIdx.x; i < C; i += blockDim.x) v += (xr[i] - mean) * (xr[i] - mean);
+    const float rstd = rsqrtf(block_sum(v, shared) / C + eps);
+    const size_t at = row * C;
+    for (int i = threadIdx.x; i < C; i += blockDim.x) {
+        const float y = (xr[i] - mean) * rstd * w[i] + b[i];
+        if (out16) out16[at + i] = __float2bfloat16(y);
+        else out[at + i] = y;
     }
-    for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
-    const float mean = s / C;
-    float var = 0;
-#pragma unroll
-    for (int i = 0; i < VPT; i++)
-        if (lane + 32 * i < C) var += (v[i] - mean) * (v[i] - mean);
-    for (int o = 16; o > 0; o >>= 1) var += __shfl_xor_sync(0xffffffffu, var, o);
-    const float rstd = rsqrtf(var / C + eps);
-    const size_t at = (size_t)row * C;
-#pragma unroll
-    for (int i = 0; i < VPT; i++) {
-        const int j = lane + 32 * i;
-        if (j >= C) continue;
-        if (yr) xr[j] = v[i];
-        const float o = (v[i] - mean) * rstd * w[j] + b[j];
-        if (out16) out16[at + j] = __float2bfloat16(o);
-        else out[at + j] = o;
-    }
+}
+
+/* out[N,C] = LayerNorm(x) * w + b; one block per row. */
+__global__ void layernorm_kernel(float *out, __nv_bfloat16 *out16, const float *x, const float *w,
+                                 const float *b, int C, float eps)
+{
+    layernorm_row(out, out16, x + (size_t)blockIdx.x * C, w, b, C, eps, blockIdx.x);
+}
+
+/* A projection's residual add and the LayerNorm that follows it, one block
+ * per row: x += y + bias, then out = LayerNorm(x) * w + b. The same
+ * operations in the same order as bias_residual_kernel then layernorm_kernel
+ * (each thread reads back what it wrote), one launch instead of two. */
+__global__ void residual_layernorm_kernel(float *x, const float *y, const float *bias, float *out,
+                                          __nv_bfloat16 *out16, const float *w, const float *b, int C, float eps)
+{
+    float *xr = x + (size_t)blockIdx.x * C;
+    const float *yr = y + (size_t)blockIdx.x * C;
+    for (int i = threadIdx.x; i < C; i += blockDim.x) xr[i] += yr[i] + bias[i];
+    layernorm_row(out, out16, xr, w, b, C, eps, blockIdx.x);
 }
 
 /* Launch shape of a per-column kernel over rows [n_rows, OC]: the column
