@@ -331,7 +331,11 @@ static ap_status block_finish(ap_engine *e, int l, int N, int next_ln, ap_error 
     __nv_bfloat16 *bf = bf16_scratch(e);
     ap_status st;
     if (bf) {
-        to_bf16_kernel<<<blocks(NC), 256, 0, ce->stream>>>(bf, ce->att, NC);
+        if (NC % 4 == 0)
+            to_bf16x4_kernel<<<blocks(NC / 4), 256, 0, ce->stream>>>((__nv_bfloat162 *)bf, (const float4 *)ce->att,
+                                                                    NC / 4);
+        else
+            to_bf16_kernel<<<blocks(NC), 256, 0, ce->stream>>>(bf, ce->att, NC);
         KERNEL_TRY("rounding the attention output to bf16");
     }
     if ((st = matmul(e, ce->tmp, ce->att, bf, w->attn_proj_w + lc * C, N, C, C, err))) return st;
@@ -393,7 +397,7 @@ static ap_status lm_head(ap_engine *e, const float *x, float *logits, int N, ap_
 }
 
 
-enum { CAUSAL_CHUNK = 256 };
+enum { CAUSAL_CHUNK = 256 }; /* 128 measured slower: bench/RESULTS.md */
 
 static int causal_chunks(int T) { return (T + CAUSAL_CHUNK - 1) / CAUSAL_CHUNK; }
 
