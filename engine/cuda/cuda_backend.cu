@@ -437,18 +437,20 @@ static ap_status causal_attention(ap_engine *e, int B, int T, float *probs, long
     const float scale = 1.0f / sqrtf((float)hd);
     const int rows = BH * T, per_seq = H * T;
     const unsigned warp_blocks = (unsigned)((rows + 7) / 8);
-    const int vec4 = T % 4 == 0 && probs_stride % 4 == 0 && (uintptr_t)probs % 16 == 0;
-#define SOFTMAX(VPT, VEC)                                                                                             \
-    causal_softmax_warp_kernel<VPT, VEC><<<warp_blocks, 256, 0, ce->stream>>>(probs, T, per_seq, probs_stride, rows,  \
-                                                                              CAUSAL_CHUNK, scale)
-#define SOFTMAX_FOR(VPT) vec4 ? SOFTMAX(VPT, 4) : SOFTMAX(VPT, 1)
-    if (T <= 128) SOFTMAX_FOR(4);
-    else if (T <= 256) SOFTMAX_FOR(8);
-    else if (T <= 512) SOFTMAX_FOR(16);
-    else if (T <= 1024) SOFTMAX_FOR(32);
-    else causal_softmax_kernel<<<rows, 256, 0, ce->stream>>>(probs, T, per_seq, probs_stride, CAUSAL_CHUNK, scale);
-#undef SOFTMAX_FOR
-#undef SOFTMAX
+    if (T <= 128)
+        causal_softmax_warp_kernel<4><<<warp_blocks, 256, 0, ce->stream>>>(probs, T, per_seq, probs_stride, rows,
+                                                                            CAUSAL_CHUNK, scale);
+    else if (T <= 256)
+        causal_softmax_warp_kernel<8><<<warp_blocks, 256, 0, ce->stream>>>(probs, T, per_seq, probs_stride, rows,
+                                                                            CAUSAL_CHUNK, scale);
+    else if (T <= 512)
+        causal_softmax_warp_kernel<16><<<warp_blocks, 256, 0, ce->stream>>>(probs, T, per_seq, probs_stride, rows,
+                                                                            CAUSAL_CHUNK, scale);
+    else if (T <= 1024)
+        causal_softmax_warp_kernel<32><<<warp_blocks, 256, 0, ce->stream>>>(probs, T, per_seq, probs_stride, rows,
+                                                                            CAUSAL_CHUNK, scale);
+    else
+        causal_softmax_kernel<<<rows, 256, 0, ce->stream>>>(probs, T, per_seq, probs_stride, CAUSAL_CHUNK, scale);
     KERNEL_TRY("the causal softmax");
     /* att^T[:, h] = v_h^T P_h^T over the chunk's keys (P is 0 past the diagonal) */
     for (int ch = 0; ch < n_chunks; ch++) {

@@ -173,11 +173,8 @@ __global__ void causal_softmax_kernel(float *scores, int T, int rows_per_seq, lo
 /* The same softmax with one warp per row, the row held in registers
  * (VPT values per lane, T <= 32 * VPT): each score is read once and each
  * probability written once. Only entries up to the diagonal are read, so the
- * score product may leave the rest unwritten. VEC = 4: a lane moves groups
- * of four neighbours with 16-byte loads and stores (rows 16-byte aligned:
- * T and seq_stride multiples of 4), which reach more of the bandwidth than
- * one float per lane. */
-template <int VPT, int VEC>
+ * score product may leave the rest unwritten. */
+template <int VPT>
 __global__ void causal_softmax_warp_kernel(float *scores, int T, int rows_per_seq, long long seq_stride, int n_rows,
                                            int chunk, float scale)
 {
@@ -185,46 +182,27 @@ __global__ void causal_softmax_warp_kernel(float *scores, int T, int rows_per_se
     if (r >= n_rows) return;
     const int row = r % T;
     float *s = softmax_row(scores, T, rows_per_seq, seq_stride, r);
-#define COLUMN(i) (VEC * (lane + 32 * ((i) / VEC)) + (i) % VEC)
     float v[VPT];
-#pragma unroll
-    for (int g = 0; g < VPT; g += VEC) {
-        const int j0 = COLUMN(g);
-        if (j0 > row) {
-#pragma unroll
-            for (int k = 0; k < VEC; k++) v[g + k] = 0.0f;
-        } else if (VEC == 4) {
-            const float4 x = *(const float4 *)(s + j0);
-            v[g] = x.x, v[g + 1] = x.y, v[g + 2] = x.z, v[g + 3] = x.w;
-        } else
-            v[g] = s[j0];
-    }
     float m = -INFINITY;
 #pragma unroll
     for (int i = 0; i < VPT; i++) {
-        v[i] = COLUMN(i) <= row ? v[i] * scale : -INFINITY;
+        const int j = lane + 32 * i;
+        v[i] = j <= row ? s[j] * scale : -INFINITY;
         m = fmaxf(m, v[i]);
     }
     for (int o = 16; o > 0; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffff, m, o));
     float sum = 0;
 #pragma unroll
     for (int i = 0; i < VPT; i++) {
-        v[i] = COLUMN(i) <= row ? expf(v[i] - m) : 0.0f;
+        v[i] = lane + 32 * i <= row ? expf(v[i] - m) : 0.0f;
         sum += v[i];
     }
     for (int o = 16; o > 0; o >>= 1) sum += __shfl_xor_sync(0xffffffff, sum, o);
     const float inv = 1.0f / sum;
     const int end = softmax_write_end(row, T, chunk);
 #pragma unroll
-    for (int g = 0; g < VPT; g += VEC) {
-        const int j0 = COLUMN(g);
-        if (j0 >= end) continue;
-        if (VEC == 4)
-            *(float4 *)(s + j0) = make_float4(v[g] * inv, v[g + 1] * inv, v[g + 2] * inv, v[g + 3] * inv);
-        else
-            s[j0] = v[g] * inv;
-    }
-#undef COLUMN
+    for (int i = 0; i < VPT; i++)
+        if (lane + 32 * i < end) s[lane + 32 * i] = v[i] * inv;
 }
 
 /* Pointer tables for cuBLAS's batched products over (sequence, head, chunk
