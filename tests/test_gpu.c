@@ -2,6 +2,8 @@
  *   CUDA against transformers' float64 reference on the fixtures: attention
  *   <= 1e-5 and logits <= 1e-4 relative in fp32, attention <= 2e-3 in bf16;
  *   short prefills (1 to 129 tokens) agree with the CPU within the same bounds;
+ *   600-token prefills keep every probability (zeros past the chunks) after
+ *   a prefill of another capture layout;
  *   tf32 and bf16 with heads of 64 within 2e-3 of the CPU;
  *   cascade replay with full equals the reference trace (exactly with the
  *   device policies, which do not decode it; within 1e-5 decoded); for
