@@ -345,11 +345,10 @@ static void test_cascade_params(void **state)
 }
 
 /* Lists longer than one chunk of the decode attention (DECODE_CHUNK = 256
- * positions), which joins partial softmaxes: h2o with a budget of 300 (lists
- * of 301, two chunks) keeps the CPU's sets and rows; `full` over 600
- * positions equals the reference (on the device path by not being decoded;
- * its decoded lists of 600 are covered through the host-policy path of
- * test_cascade_cpu_cuda only up to 96 positions). */
+ * positions), which joins partial softmaxes: h2o with budgets of 300 (lists
+ * of 301, two chunks) and 590 (lists of 591, three chunks) keeps the CPU's
+ * sets and rows; `full` over 600 positions equals the reference (on the
+ * device path by not being decoded). */
 static void test_cascade_long(void **state)
 {
     (void)state;
@@ -364,17 +363,19 @@ static void test_cascade_long(void **state)
     const int layers[1] = {1};
     ap_trace tr;
     if (ap_trace_run(gpu, m, &samples, layers, 1, &tr, NULL, NULL, &err)) fail_msg("%s", err.msg);
-    const char *names[] = {"full", "h2o"};
-    for (int i = 0; i < 2; i++) {
+    /* h2o at 590: decoded lists of up to 591 positions, three attention chunks */
+    const char *names[] = {"full", "h2o", "h2o"};
+    const int budgets[] = {300, 300, 590};
+    for (int i = 0; i < 3; i++) {
         recorder a = {0}, b = {0};
-        cascade(cpu, &tr, names[i], AP_GRAN_HEAD, 0, 300, &a);
-        cascade(gpu, &tr, names[i], AP_GRAN_HEAD, 0, 300, &b);
+        cascade(cpu, &tr, names[i], AP_GRAN_HEAD, 0, budgets[i], &a);
+        cascade(gpu, &tr, names[i], AP_GRAN_HEAD, 0, budgets[i], &b);
         assert_int_equal(a.used, b.used);
         assert_memory_equal(a.masks, b.masks, a.used);
         double rows_diff = 0;
         for (size_t j = 0; j < a.used; j++) rows_diff = fmax(rows_diff, fabs(a.rows[j] - b.rows[j]));
-        print_message("%s over %d positions: cpu and cuda keep the same sets, rows differ by %.3g; "
-                      "max |q - p| %.3g\n", names[i], T, rows_diff, b.max_diff);
+        print_message("%s, budget %d, over %d positions: cpu and cuda keep the same sets, rows differ by %.3g; "
+                      "max |q - p| %.3g\n", names[i], budgets[i], T, rows_diff, b.max_diff);
         assert_true(rows_diff <= 1e-5);
         if (i == 0) assert_true(b.max_diff <= 1e-5);
         free(a.masks), free(b.masks), free(a.rows), free(b.rows);
