@@ -263,14 +263,20 @@ static __nv_bfloat16 *bf16_scratch(const ap_engine *e)
     return e->precision == AP_PRECISION_BF16 ? ((cuda_engine *)e->impl)->act_bf16 : NULL;
 }
 
-static ap_status layernorm(ap_engine *e, float *out, __nv_bfloat16 *out16, const float *x,
-                           const float *w_host, const float *b_host, int N, ap_error *err)
+enum { LN_MAX_EMBD = 4 * 1024 }; /* layernorm4_kernel: four values a thread, at most 1024 threads */
+
+/* out = LayerNorm(x) (w, b: host pointers into the model) over N rows; with
+ * y, first x += y + bias (the residual add of a projection; bias a device
+ * pointer). See layernorm4_kernel. */
+static ap_status layernorm(ap_engine *e, float *out, __nv_bfloat16 *out16, float *x, const float *y,
+                           const float *bias, const float *w_host, const float *b_host, int N, ap_error *err)
 {
     cuda_engine *ce = (cuda_engine *)e->impl;
     const ap_config *c = &e->model->config;
-    layernorm_kernel<<<N, 256, 0, ce->stream>>>(out, out16, x, dev_w(e, w_host), dev_w(e, b_host), c->n_embd,
-                                                c->ln_eps);
-    KERNEL_TRY("LayerNorm");
+    const unsigned threads = (unsigned)((c->n_embd / 4 + 31) / 32 * 32);
+    layernorm4_kernel<<<N, threads, 0, ce->stream>>>(x, y, bias, out, out16, dev_w(e, w_host), dev_w(e, b_host),
+                                                     c->n_embd, c->ln_eps);
+    KERNEL_TRY(y ? "the residual add and LayerNorm" : "LayerNorm");
     return AP_OK;
 }
 
@@ -285,7 +291,7 @@ static ap_status block_qkv(ap_engine *e, int l, int N, int add_bias, int normed,
     const size_t lc = (size_t)l * C;
     ap_status st;
     int done = 0;
-    if (!normed && (st = layernorm(e, ce->h, NULL, ce->x, w->ln1_w + lc, w->ln1_b + lc, N, err))) return st;
+    if (!normed && (st = layernorm(e, ce->h, NULL, ce->x, NULL, NULL, w->ln1_w + lc, w->ln1_b + lc, N, err))) return st;
     if (add_bias && (st = lt_linear(e, ce->qkv, CUDA_R_32F, ce->h, dev_w(e, w->attn_w + lc * 3 * C), 0,
                                     dev_w(e, w->attn_b + 3 * lc), EPI_BIAS, N, C, 3 * C, &done, err)))
         return st;
@@ -339,19 +345,16 @@ static ap_status block_finish(ap_engine *e, int l, int N, int next_ln, ap_error 
         KERNEL_TRY("rounding the attention output to bf16");
     }
     if ((st = matmul(e, ce->tmp, ce->att, bf, w->attn_proj_w + lc * C, N, C, C, err))) return st;
-    residual_layernorm_kernel<<<N, 256, 0, ce->stream>>>(ce->x, ce->tmp, dev_w(e, w->attn_proj_b + lc), ce->h, bf,
-                                                         dev_w(e, w->ln2_w + lc), dev_w(e, w->ln2_b + lc), C,
-                                                         c->ln_eps);
-    KERNEL_TRY("the residual add and LayerNorm");
+    if ((st = layernorm(e, ce->h, bf, ce->x, ce->tmp, dev_w(e, w->attn_proj_b + lc), w->ln2_w + lc, w->ln2_b + lc, N,
+                        err)))
+        return st;
     if ((st = mlp_hidden(e, l, N, err)) ||
         (st = matmul(e, ce->tmp, ce->fc, bf ? ce->fc_bf16 : NULL, w->fc_proj_w + lc * 4 * C, N, 4 * C, C, err)))
         return st;
     if (next_ln)
-        residual_layernorm_kernel<<<N, 256, 0, ce->stream>>>(ce->x, ce->tmp, dev_w(e, w->fc_proj_b + lc), ce->h, NULL,
-                                                             dev_w(e, w->ln1_w + lc + C), dev_w(e, w->ln1_b + lc + C),
-                                                             C, c->ln_eps);
-    else
-        bias_residual_kernel<<<blocks(NC), 256, 0, ce->stream>>>(ce->x, ce->tmp, dev_w(e, w->fc_proj_b + lc), NC, C);
+        return layernorm(e, ce->h, NULL, ce->x, ce->tmp, dev_w(e, w->fc_proj_b + lc), w->ln1_w + lc + C,
+                         w->ln1_b + lc + C, N, err);
+    bias_residual_kernel<<<blocks(NC), 256, 0, ce->stream>>>(ce->x, ce->tmp, dev_w(e, w->fc_proj_b + lc), NC, C);
     KERNEL_TRY("the residual add");
     return AP_OK;
 }
@@ -382,13 +385,13 @@ static cudaError_t grow_host(void **buf, size_t *cap, size_t n)
 }
 
 /* logits[N, vocab] = ln_f(x) @ wte^T (device) */
-static ap_status lm_head(ap_engine *e, const float *x, float *logits, int N, ap_error *err)
+static ap_status lm_head(ap_engine *e, float *x, float *logits, int N, ap_error *err)
 {
     cuda_engine *ce = (cuda_engine *)e->impl;
     const ap_config *c = &e->model->config;
     const float one = 1.0f, zero = 0.0f;
     ap_status st;
-    if ((st = layernorm(e, ce->h, NULL, x, e->model->w.lnf_w, e->model->w.lnf_b, N, err))) return st;
+    if ((st = layernorm(e, ce->h, NULL, x, NULL, NULL, e->model->w.lnf_w, e->model->w.lnf_b, N, err))) return st;
     CUBLAS_TRY(cublasSgemm(ce->blas, CUBLAS_OP_T, CUBLAS_OP_N, c->vocab_size, N, c->n_embd, &one,
                            dev_w(e, e->model->w.wte), c->n_embd, ce->h, c->n_embd, &zero, logits,
                            c->vocab_size),
@@ -1001,6 +1004,12 @@ extern "C" ap_status ap_cuda_engine_init(ap_engine *e, ap_error *err)
 {
     if (ap_cuda_device_count() == 0)
         return ap_error_set(err, AP_ERR_RUNTIME, "--device cuda: no CUDA device is visible");
+    const int n_embd = e->model->config.n_embd;
+    if (n_embd % 4 || n_embd > LN_MAX_EMBD)
+        return ap_error_set(err, AP_ERR_INPUT,
+                            "--device cuda: n_embd %d is not supported (the CUDA backend needs a multiple of 4, at most "
+                            "%d)",
+                            n_embd, LN_MAX_EMBD);
     cuda_engine *ce = (cuda_engine *)calloc(1, sizeof *ce);
     if (!ce) return ap_error_set(err, AP_ERR_RUNTIME, "out of memory");
     e->impl = ce;

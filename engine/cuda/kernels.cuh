@@ -43,45 +43,41 @@ __device__ float block_max(float v, float *shared)
     return m;
 }
 
-/* Row `row` of out = LayerNorm(x row) * w + b, by the whole block; writes
- * out (fp32) or, when out16 != NULL, only the bf16 rounding the next product
- * reads. Thread i reads the row's entries i, i + blockDim.x, ... */
-__device__ static void layernorm_row(float *out, __nv_bfloat16 *out16, const float *xr, const float *w,
-                                     const float *b, int C, float eps, size_t row)
+/* LayerNorm over rows [gridDim.x, C], one block per row and four values a
+ * thread (C % 4 == 0, blockDim.x >= C / 4): out = LayerNorm(x) * w + b,
+ * written as fp32 or, when out16 != NULL, only as the bf16 rounding the next
+ * product reads. With y != NULL, first the residual add of a projection:
+ * x += y + bias (written back), and the LayerNorm of the sum. The row is read
+ * once and kept in registers through the two reductions. */
+__global__ void layernorm4_kernel(float *x, const float *y, const float *bias, float *out, __nv_bfloat16 *out16,
+                                  const float *w, const float *b, int C, float eps)
 {
     __shared__ float shared[32];
-    float s = 0;
-    for (int i = threadIdx.x; i < C; i += blockDim.x) s += xr[i];
-    const float mean = block_sum(s, shared) / C;
-    float v = 0;
-    for (int i = threadIdx.x; i < C; i += blockDim.x) v += (xr[i] - mean) * (xr[i] - mean);
-    const float rstd = rsqrtf(block_sum(v, shared) / C + eps);
-    const size_t at = row * C;
-    for (int i = threadIdx.x; i < C; i += blockDim.x) {
-        const float y = (xr[i] - mean) * rstd * w[i] + b[i];
-        if (out16) out16[at + i] = __float2bfloat16(y);
-        else out[at + i] = y;
+    const int i = threadIdx.x, C4 = C / 4;
+    const size_t at = (size_t)blockIdx.x * C4;
+    float4 v = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+    if (i < C4) {
+        v = ((const float4 *)x)[at + i];
+        if (y) {
+            const float4 d = ((const float4 *)y)[at + i], c = ((const float4 *)bias)[i];
+            v.x += d.x + c.x, v.y += d.y + c.y, v.z += d.z + c.z, v.w += d.w + c.w;
+            ((float4 *)x)[at + i] = v;
+        }
     }
-}
-
-/* out[N,C] = LayerNorm(x) * w + b; one block per row. */
-__global__ void layernorm_kernel(float *out, __nv_bfloat16 *out16, const float *x, const float *w,
-                                 const float *b, int C, float eps)
-{
-    layernorm_row(out, out16, x + (size_t)blockIdx.x * C, w, b, C, eps, blockIdx.x);
-}
-
-/* A projection's residual add and the LayerNorm that follows it, one block
- * per row: x += y + bias, then out = LayerNorm(x) * w + b. The same
- * operations in the same order as bias_residual_kernel then layernorm_kernel
- * (each thread reads back what it wrote), one launch instead of two. */
-__global__ void residual_layernorm_kernel(float *x, const float *y, const float *bias, float *out,
-                                          __nv_bfloat16 *out16, const float *w, const float *b, int C, float eps)
-{
-    float *xr = x + (size_t)blockIdx.x * C;
-    const float *yr = y + (size_t)blockIdx.x * C;
-    for (int i = threadIdx.x; i < C; i += blockDim.x) xr[i] += yr[i] + bias[i];
-    layernorm_row(out, out16, xr, w, b, C, eps, blockIdx.x);
+    const float mean = block_sum(i < C4 ? v.x + v.y + v.z + v.w : 0.0f, shared) / C;
+    const float4 d = make_float4(v.x - mean, v.y - mean, v.z - mean, v.w - mean);
+    const float var = block_sum(i < C4 ? d.x * d.x + d.y * d.y + d.z * d.z + d.w * d.w : 0.0f, shared) / C;
+    const float rstd = rsqrtf(var + eps);
+    if (i >= C4) return;
+    const float4 g = ((const float4 *)w)[i], o = ((const float4 *)b)[i];
+    const float4 r = make_float4(d.x * rstd * g.x + o.x, d.y * rstd * g.y + o.y, d.z * rstd * g.z + o.z,
+                                 d.w * rstd * g.w + o.w);
+    if (out16) {
+        __nv_bfloat162 *dst = (__nv_bfloat162 *)out16 + 2 * (at + i);
+        dst[0] = __floats2bfloat162_rn(r.x, r.y);
+        dst[1] = __floats2bfloat162_rn(r.z, r.w);
+    } else
+        ((float4 *)out)[at + i] = r;
 }
 
 /* Launch shape of a per-column kernel over rows [n_rows, OC]: the column

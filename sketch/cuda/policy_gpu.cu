@@ -360,6 +360,16 @@ __device__ static void stage_in(uint32_t *staged, const uint32_t *home, long lon
     }
 }
 
+/* Shared memory a set of policy P works in (0: its sketch stays in place).
+ * A head's sketch is staged when it fits and the step touches much of it;
+ * race_kde's step adds to one bucket a row and reads the retained keys'
+ * buckets, so moving its whole sketch in and out would be most of its cost. */
+static int staged_words(const gpu_policy *P)
+{
+    if (P->layer_sets || P->kind == K_RACE_KDE || P->state_words > STAGE_WORDS_MAX) return 0;
+    return (int)P->state_words;
+}
+
 /* One warp (block) per (active stream, layer, set) of the streams items[]
  * (indices into the active streams, all of one policy; t_of: their
  * positions): observe, retain t, evict. A head-granularity set's sketch or
@@ -669,9 +679,7 @@ ap_status ap_policy_gpu_create(const ap_policy_params *params, int n_params, con
         CUDA_TRY(upload((void **)&v->policies, pols, (size_t)n_params * sizeof *pols), "uploading policies");
         CUDA_TRY(upload((void **)&g->d_active, NULL, (size_t)n_stream * sizeof(int)), "allocating active streams");
         v->active = g->d_active;
-        for (int p = 0; p < n_params; p++)
-            g->stage_words[p] =
-                !pols[p].layer_sets && pols[p].state_words <= STAGE_WORDS_MAX ? (int)pols[p].state_words : 0;
+        for (int p = 0; p < n_params; p++) g->stage_words[p] = staged_words(&pols[p]);
         memcpy(g->h_param, stream_param, (size_t)n_stream * sizeof(int));
         CUDA_TRY(upload((void **)&g->d_items, NULL, (size_t)n_stream * sizeof(int)), "allocating work lists");
         CUDA_TRY(upload((void **)&g->d_cap, g->h_cap, (size_t)n_stream * sizeof(int)), "uploading capacities");
