@@ -345,19 +345,18 @@ __device__ static void remove_entry(uint32_t *a, int words, int x, int n, int la
     }
 }
 
-/* Copies a sketch into shared memory, thread i of n taking words i, i + n,
- * ... with STAGE_LOADS loads in flight: a 32 KB RACE sketch in 4 round trips
- * of a block of STAGE_WARPS warps. */
+/* Copies a sketch into shared memory with STAGE_LOADS loads in flight per
+ * lane: a 32 KB RACE sketch in 16 round trips, not 256. */
 enum { STAGE_LOADS = 16 };
-__device__ static void stage_in(uint32_t *staged, const uint32_t *home, long long words, int i, int n)
+__device__ static void stage_in(uint32_t *staged, const uint32_t *home, long long words, int lane)
 {
-    for (long long w0 = i; w0 < words; w0 += (long long)n * STAGE_LOADS) {
+    for (long long w0 = lane; w0 < words; w0 += 32 * STAGE_LOADS) {
         uint32_t r[STAGE_LOADS];
 #pragma unroll
-        for (int j = 0; j < STAGE_LOADS; j++) r[j] = w0 + n * j < words ? home[w0 + n * j] : 0;
+        for (int j = 0; j < STAGE_LOADS; j++) r[j] = w0 + 32 * j < words ? home[w0 + 32 * j] : 0;
 #pragma unroll
         for (int j = 0; j < STAGE_LOADS; j++)
-            if (w0 + n * j < words) staged[w0 + n * j] = r[j];
+            if (w0 + 32 * j < words) staged[w0 + 32 * j] = r[j];
     }
 }
 
@@ -371,21 +370,14 @@ static int staged_words(const gpu_policy *P)
     return (int)P->state_words;
 }
 
-/* Warps of a block whose set stages its sketch: all of them move the
- * sketch in and out (the step's own work is one warp's: its order follows
- * the host's), so that a set's 64 KB of staging traffic has four times the
- * loads in flight. */
-enum { STAGE_WARPS = 4 };
-
-/* One block per (active stream, layer, set) of the streams items[] (indices
- * into the active streams, all of one policy; t_of: their positions):
- * observe, retain t, evict, by the block's first warp. A head-granularity
- * set's sketch or generator is worked on in shared memory when it fits
- * stage_words (the block's warps staging it together). */
+/* One warp (block) per (active stream, layer, set) of the streams items[]
+ * (indices into the active streams, all of one policy; t_of: their
+ * positions): observe, retain t, evict. A head-granularity set's sketch or
+ * generator is worked on in shared memory when it fits stage_words. */
 __global__ void observe_kernel(step_view v, const int *t_of, const int *items, int stage_words)
 {
     extern __shared__ uint32_t staged[];
-    const int warp = blockIdx.x, lane = threadIdx.x % 32;
+    const int warp = blockIdx.x, lane = threadIdx.x;
     const int a = items[warp / (v.L * v.H)], l = warp / v.H % v.L, set = warp % v.H, t = t_of[a];
     const int sid = v.active[a];
     const gpu_policy P = v.policies[v.stream_policy[sid]];
@@ -398,9 +390,8 @@ __global__ void observe_kernel(step_view v, const int *t_of, const int *items, i
     /* head h's state: staged (a single head whose state fits) or in place */
     const int stage = !P.layer_sets && P.state_words > 0 && P.state_words <= stage_words;
     uint32_t *home = v.state + v.state_off[list];
-    if (stage) stage_in(staged, home, P.state_words, threadIdx.x, blockDim.x);
-    __syncthreads();
-    if (threadIdx.x >= 32) goto write_back;
+    if (stage) stage_in(staged, home, P.state_words, lane);
+    __syncwarp();
 #define STATE_OF(h) (stage ? staged : v.state + v.state_off[base + (h)])
     for (int h = h0; h <= h1; h++) {
         const size_t qk = ((size_t)l * v.n_active + a) * C + (size_t)h * v.D;
@@ -448,11 +439,9 @@ __global__ void observe_kernel(step_view v, const int *t_of, const int *items, i
         n--;
     }
 #undef STATE_OF
+    __syncwarp();
+    for (long long w = lane; stage && w < P.state_words; w += 32) home[w] = staged[w];
     if (lane == 0) v.cnt[list] = n;
-write_back:
-    __syncthreads();
-    for (long long w = threadIdx.x; stage && w < P.state_words; w += blockDim.x) home[w] = staged[w];
-    if (threadIdx.x >= 32) return;
     if (P.layer_sets)
         for (int h = 1; h < v.H; h++) {
             int *dst = v.pos + v.off[base + h];
@@ -748,9 +737,8 @@ ap_status ap_policy_gpu_enqueue(ap_policy_gpu *g, void *stream, const int *t_of,
         if (!g->count[p]) continue;
         cudaStream_t ps = g->policy_stream[p];
         CUDA_TRY(cudaStreamWaitEvent(ps, g->fork, 0), "ordering the policy updates");
-        observe_kernel<<<(unsigned)(g->count[p] * g->L * g->H), g->stage_words[p] ? 32 * STAGE_WARPS : 32,
-                         (size_t)g->stage_words[p] * sizeof(uint32_t), ps>>>(g->v, t_of, g->d_items + g->first[p],
-                                                                             g->stage_words[p]);
+        observe_kernel<<<(unsigned)(g->count[p] * g->L * g->H), 32, (size_t)g->stage_words[p] * sizeof(uint32_t),
+                         ps>>>(g->v, t_of, g->d_items + g->first[p], g->stage_words[p]);
         KERNEL_TRY("launching the policy updates");
         CUDA_TRY(cudaEventRecord(g->policy_done[p], ps), "ordering the policy updates");
         CUDA_TRY(cudaStreamWaitEvent(origin, g->policy_done[p], 0), "ordering the policy updates");
