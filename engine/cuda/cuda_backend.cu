@@ -13,11 +13,13 @@
  * projection and the attention products in TF32, because q and k decide the
  * probabilities this tool measures: docs/precision.md).
  *
- * The prefill touches each activation as few times as it can: bias, GELU and
- * the residual add run inside one pass each, LayerNorm and GELU write the bf16
- * copy the next product reads, the softmax reads a row once and writes it once
- * (one warp per row, the row in registers), and the attention products skip
- * the blocks above the diagonal (rows in chunks of CAUSAL_CHUNK). */
+ * The prefill touches each activation as few times as it can: the q/k/v
+ * bias and the MLP's bias and GELU ride in the products' cublasLt epilogues,
+ * each residual add runs inside the LayerNorm after it, LayerNorm and the MLP
+ * write the bf16 copy the next product reads, the softmax reads a row once
+ * and writes it once (one warp per row, the row in registers), and the
+ * attention products skip the blocks above the diagonal (rows in chunks of
+ * CAUSAL_CHUNK), batched over every (sequence, head) pair. */
 #include <cublasLt.h>
 #include <cublas_v2.h>
 #include <cuda_bf16.h>
@@ -337,11 +339,9 @@ static ap_status block_finish(ap_engine *e, int l, int N, int next_ln, ap_error 
     __nv_bfloat16 *bf = bf16_scratch(e);
     ap_status st;
     if (bf) {
-        if (NC % 4 == 0)
-            to_bf16x4_kernel<<<blocks(NC / 4), 256, 0, ce->stream>>>((__nv_bfloat162 *)bf, (const float4 *)ce->att,
-                                                                    NC / 4);
-        else
-            to_bf16_kernel<<<blocks(NC), 256, 0, ce->stream>>>(bf, ce->att, NC);
+        /* n_embd % 4 == 0 (ap_cuda_engine_init) */
+        to_bf16x4_kernel<<<blocks(NC / 4), 256, 0, ce->stream>>>((__nv_bfloat162 *)bf, (const float4 *)ce->att,
+                                                                NC / 4);
         KERNEL_TRY("rounding the attention output to bf16");
     }
     if ((st = matmul(e, ce->tmp, ce->att, bf, w->attn_proj_w + lc * C, N, C, C, err))) return st;
