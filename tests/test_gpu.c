@@ -124,6 +124,17 @@ static void prefill_diff(ap_engine *cpu, ap_engine *gpu, const int *ids, int T, 
     for (int i = 0; i < 2; i++) free(attn[i]), free(logits[i]);
 }
 
+/* One fp32 prefill of T tokens on both engines, within the fp32 bounds
+ * (attention 1e-5, logits 1e-4 relative); what names it in the log. */
+static void assert_fp32_prefill(ap_engine *cpu, ap_engine *gpu, const int *ids, int T, const char *what)
+{
+    double attn_diff, logit_rel;
+    prefill_diff(cpu, gpu, ids, T, &attn_diff, &logit_rel);
+    print_message("%s: attention %.3g, logits %.3g relative\n", what, attn_diff, logit_rel);
+    assert_true(attn_diff <= 1e-5);
+    assert_true(logit_rel <= 1e-4);
+}
+
 /* Short prefills (products of a few rows, as in the decode step) agree
  * with the CPU as long ones do. */
 static void test_short_prefills(void **state)
@@ -136,11 +147,9 @@ static void test_short_prefills(void **state)
     for (int t = 0; t < 129; t++) ids[t] = (t * 89 + 3) % m->config.vocab_size;
     const int lengths[] = {1, 16, 17, 40, 64, 80, 96, 112, 128, 129};
     for (size_t i = 0; i < sizeof lengths / sizeof lengths[0]; i++) {
-        double attn_diff, logit_rel;
-        prefill_diff(cpu, gpu, ids, lengths[i], &attn_diff, &logit_rel);
-        print_message("prefill of %3d rows: attention %.3g, logits %.3g relative\n", lengths[i], attn_diff, logit_rel);
-        assert_true(attn_diff <= 1e-5);
-        assert_true(logit_rel <= 1e-4);
+        char what[64];
+        snprintf(what, sizeof what, "prefill of %3d rows", lengths[i]);
+        assert_fp32_prefill(cpu, gpu, ids, lengths[i], what);
     }
     close_engines(m, cpu, gpu);
 }
@@ -162,12 +171,8 @@ static void test_prefill_zeros_past_chunks(void **state)
     const size_t n = (size_t)T * m->config.n_embd;
     float *q = malloc(n * sizeof *q), *k = malloc(n * sizeof *k), *v = malloc(n * sizeof *v);
     for (int round = 0; round < 2; round++) {
-        double attn_diff, logit_rel;
-        prefill_diff(cpu, gpu, ids, T, &attn_diff, &logit_rel);
-        print_message("prefill of %d tokens, round %d: attention %.3g, logits %.3g relative\n", T, round, attn_diff,
-                      logit_rel);
-        assert_true(attn_diff <= 1e-5);
-        assert_true(logit_rel <= 1e-4);
+        assert_fp32_prefill(cpu, gpu, ids, T, round ? "prefill of 600 tokens after another layout"
+                                                    : "prefill of 600 tokens");
         ap_capture other = {1, &layer, NULL, &q, &k, &v, NULL, NULL, 0};
         if (ap_engine_prefill(gpu, ids, T, &other, &err)) fail_msg("%s", err.msg);
     }
