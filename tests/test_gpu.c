@@ -181,20 +181,27 @@ static void test_prefill_zeros_past_chunks(void **state)
 }
 
 /* The tf32 and bf16 precisions with heads of 64, GPT-2's (the fixtures'
- * heads are 16 and 32), against the CPU: short and odd lengths, every
- * probability (zeros past the diagonal included). */
+ * heads are 16 and 32; both sizes run the fused attention), against the CPU:
+ * short and odd lengths, every probability (zeros past the diagonal
+ * included); and three sequences of 600 tokens batched against one by one. */
 static void test_reduced_precision_heads_of_64(void **state)
 {
     (void)state;
     ap_model *m;
     ap_engine *cpu, *gpu, *fast;
     ap_error err;
-    open_engines("random:L=2,H=4,D=256,V=512,T=256,seed=5", &m, &cpu, &gpu);
-    int ids[256];
-    for (int t = 0; t < 256; t++) ids[t] = (t * 61 + 9) % m->config.vocab_size;
+    enum { T = 600 };
+    open_engines("random:L=2,H=4,D=256,V=512,T=600,seed=5", &m, &cpu, &gpu);
+    int ids[T];
+    for (int t = 0; t < T; t++) ids[t] = (t * 61 + 9) % m->config.vocab_size;
     for (int prec = AP_PRECISION_TF32; prec <= AP_PRECISION_BF16; prec++) {
         if (ap_engine_create(m, AP_BACKEND_CUDA, (ap_precision)prec, &fast, &err)) fail_msg("%s", err.msg);
-        const int lengths[] = {1, 63, 64, 65, 200, 256};
+        const double batch_diff = parity_batch_vs_single(fast, 3, T, 1, &err);
+        if (batch_diff < 0) fail_msg("%s", err.msg);
+        print_message("%s, heads of 64: 3 x %d tokens batched vs one by one, attention %.3g\n",
+                      prec == AP_PRECISION_TF32 ? "tf32" : "bf16", T, batch_diff);
+        assert_true(batch_diff <= 2e-3);
+        const int lengths[] = {1, 15, 16, 17, 63, 64, 65, 200, 256, 600};
         for (size_t i = 0; i < sizeof lengths / sizeof lengths[0]; i++) {
             double attn_diff, logit_rel;
             prefill_diff(cpu, fast, ids, lengths[i], &attn_diff, &logit_rel);

@@ -52,6 +52,7 @@ extern "C" int ap_cuda_device_count(void)
 }
 
 #include "kernels.cuh"
+#include "fused_attention.cuh"
 
 enum { OUT_ATTN, OUT_Q, OUT_K, OUT_V, OUT_O, N_OUT };
 
@@ -123,6 +124,7 @@ typedef struct {
      * `generation` changes whenever a buffer a graph points into moves */
     graph_cache prefill_graph, decode_graph;
     unsigned long generation;
+    int fused_smem_max; /* shared memory fused_attention_kernel may use; 0: not used */
 } cuda_engine;
 
 /* Device pointer of a host weight tensor (same offset in the device copy). */
@@ -161,7 +163,10 @@ static ap_status ensure_scratch(ap_engine *e, size_t N, size_t scores, ap_error 
         free_scratch(ce);
         CUDA_TRY(cudaMalloc(&ce->x, n * C * sizeof(float)), "allocating activations");
         CUDA_TRY(cudaMalloc(&ce->h, n * C * sizeof(float)), "allocating activations");
-        CUDA_TRY(cudaMalloc(&ce->qkv, n * 3 * C * sizeof(float)), "allocating activations");
+        /* FA_ROWS rows of zeros past the end: fused_attention_kernel reads
+         * whole 16-row tiles */
+        CUDA_TRY(cudaMalloc(&ce->qkv, (n + FA_ROWS) * 3 * C * sizeof(float)), "allocating activations");
+        CUDA_TRY(cudaMemset(ce->qkv, 0, (n + FA_ROWS) * 3 * C * sizeof(float)), "clearing activations");
         CUDA_TRY(cudaMalloc(&ce->att, n * C * sizeof(float)), "allocating activations");
         CUDA_TRY(cudaMalloc(&ce->tmp, n * C * sizeof(float)), "allocating activations");
         CUDA_TRY(cudaMalloc(&ce->fc, n * 4 * C * sizeof(float)), "allocating activations");
@@ -412,11 +417,42 @@ static int causal_chunks(int T) { return (T + CAUSAL_CHUNK - 1) / CAUSAL_CHUNK; 
  * one cuBLAS call batched over (sequence, head) through pointer tables that a
  * kernel writes on the device: a head's product alone is too small to fill
  * the GPU (12 heads of one 256-row chunk are a few dozen tiles). */
+/* Whether fused_attention_kernel runs the prefill: tf32 and bf16, heads of
+ * 32 or 64 (every GPT-2 size has 64), rows of 32-byte multiples (wmma's
+ * alignment) and its shared memory available. */
+static int fused_attention_fits(const ap_engine *e)
+{
+    const cuda_engine *ce = (const cuda_engine *)e->impl;
+    const ap_config *c = &e->model->config;
+    const int hd = c->n_embd / c->n_head;
+    return e->precision != AP_PRECISION_FP32 && (hd == 32 || hd == 64) && c->n_embd % 8 == 0 &&
+           fa_smem_bytes(hd) <= (size_t)ce->fused_smem_max;
+}
+
+static ap_status fused_attention(ap_engine *e, int B, int T, float *probs, long long probs_stride, ap_error *err)
+{
+    cuda_engine *ce = (cuda_engine *)e->impl;
+    const ap_config *c = &e->model->config;
+    const int C = c->n_embd, H = c->n_head, hd = C / H;
+    const dim3 grid((unsigned)((T + FA_ROWS - 1) / FA_ROWS), (unsigned)H, (unsigned)B);
+    const size_t smem = fa_smem_bytes(hd);
+    const float scale = 1.0f / sqrtf((float)hd);
+    if (hd == 64)
+        fused_attention_kernel<64><<<grid, FA_WARPS * 32, smem, ce->stream>>>(ce->qkv, ce->att, probs, probs_stride, T,
+                                                                             H, C, scale);
+    else
+        fused_attention_kernel<32><<<grid, FA_WARPS * 32, smem, ce->stream>>>(ce->qkv, ce->att, probs, probs_stride, T,
+                                                                             H, C, scale);
+    KERNEL_TRY("the fused attention");
+    return AP_OK;
+}
+
 static ap_status causal_attention(ap_engine *e, int B, int T, float *probs, long long probs_stride, ap_error *err)
 {
     cuda_engine *ce = (cuda_engine *)e->impl;
     const ap_config *c = &e->model->config;
     const int C = c->n_embd, H = c->n_head, hd = C / H, BH = B * H, n_chunks = causal_chunks(T);
+    if (fused_attention_fits(e)) return fused_attention(e, B, T, probs, probs_stride, err);
     const float one = 1.0f, zero = 0.0f;
     const long long TT = (long long)T * T, seq = (long long)T * 3 * C;
     enum { K, V, Q, P, ATT };
@@ -646,7 +682,10 @@ static ap_status enqueue_prefill(ap_engine *e, const void *arg, ap_error *err)
                                                                 ce->qkv + (size_t)b * T * 3 * C, T, 3 * C, which * C,
                                                                 err)))
                     return st;
-            float *p = at && at[OUT_ATTN] >= 0 ? ce->stage + at[OUT_ATTN] : ce->scores + (size_t)b * H * T * T;
+            /* probabilities nobody captures: scratch, or none at all when fused */
+            float *p = at && at[OUT_ATTN] >= 0   ? ce->stage + at[OUT_ATTN]
+                       : fused_attention_fits(e) ? NULL
+                                                    : ce->scores + (size_t)b * H * T * T;
             if (b < 2) probs[b] = p;
             else if (p != probs[0] + b * (probs[1] - probs[0]))
                 return ap_error_set(err, AP_ERR_RUNTIME, "a batched prefill needs every sequence to capture the same");
@@ -674,7 +713,7 @@ static ap_status cuda_prefill_batch(ap_engine *e, int B, const int *const *ids, 
     const ap_config *c = &e->model->config;
     const int C = c->n_embd, H = c->n_head;
     const ap_capture *cap = caps; /* caps[0] says what every sequence captures */
-    ap_status st = ensure_scratch(e, (size_t)B * T, (size_t)B * H * T * T, err);
+    ap_status st = ensure_scratch(e, (size_t)B * T, fused_attention_fits(e) ? 0 : (size_t)B * H * T * T, err);
     if (st) return st;
     CUDA_TRY(grow(ce, &ce->attn_ptrs, &ce->attn_ptrs_cap, (size_t)PTR_RULES * causal_chunks(T) * B * H * sizeof(float *)),
              "allocating the attention's pointer tables");
@@ -1041,6 +1080,14 @@ extern "C" ap_status ap_cuda_engine_init(ap_engine *e, ap_error *err)
     int dev = 0;
     cudaGetDevice(&dev);
     cudaGetDeviceProperties(&prop, dev);
+    if (e->precision != AP_PRECISION_FP32) {
+        const int optin = (int)prop.sharedMemPerBlockOptin;
+        CUDA_TRY(cudaFuncSetAttribute(fused_attention_kernel<32>, cudaFuncAttributeMaxDynamicSharedMemorySize, optin),
+                 "allowing the fused attention its shared memory");
+        CUDA_TRY(cudaFuncSetAttribute(fused_attention_kernel<64>, cudaFuncAttributeMaxDynamicSharedMemorySize, optin),
+                 "allowing the fused attention its shared memory");
+        ce->fused_smem_max = optin;
+    }
     const char *prec = e->precision == AP_PRECISION_FP32 ? "fp32" : e->precision == AP_PRECISION_TF32 ? "tf32" : "bf16";
     snprintf(e->device_name, sizeof e->device_name, "cuda (%s, %s)", prop.name, prec);
     return AP_OK;

@@ -1,0 +1,242 @@
+/* fused_attention.cuh — the prefill's causal attention in one kernel for
+ * --precision tf32 and bf16: scores, softmax and the product with V, writing
+ * each probability once (and not at all for a layer nobody captures).
+ *
+ * Why: the unfused path (cuBLAS scores, softmax kernel, cuBLAS P·V) moves
+ * every T × T score four times through memory — written, read, written as a
+ * probability, read again — which was most of a bf16 trace's time
+ * (bench/RESULTS.md). Here a block owns 64 query rows of one (sequence,
+ * head), 16 a warp, and walks the keys twice in chunks of 64, as
+ * FlashAttention does (Dao, "FlashAttention-2", 2023), except that the
+ * probabilities must come out normalised: the first walk finds each row's
+ * maximum and sum, the second recomputes the scores, writes the final
+ * probabilities and multiplies them with V. Products run on tensor cores in
+ * TF32 (the precision of the unfused path's cuBLAS calls) with
+ * mma.sync.m16n8k8, whose register layouts are fixed by the PTX ISA, so the
+ * softmax works on the scores in registers. Chunks of k and v stream through
+ * shared memory two at a time (cp.async). fp32 keeps the unfused, pedantic
+ * path: its bound is 1e-5. */
+#ifndef AP_CUDA_FUSED_ATTENTION_CUH
+#define AP_CUDA_FUSED_ATTENTION_CUH
+
+#include <cuda_pipeline_primitives.h>
+
+enum {
+    FA_ROWS = 64,  /* query rows of a block (and rows of zeroed padding the caller keeps after qkv) */
+    FA_WARPS = 4,  /* 16 rows each */
+    FA_CHUNK = 64, /* keys per step */
+    FA_PAD = 4     /* floats after each shared row: the fragment loads below hit 32 distinct banks */
+};
+
+/* Dynamic shared memory of fused_attention_kernel: two stages of a k and a v chunk. */
+__host__ __device__ static inline size_t fa_smem_bytes(int hd)
+{
+    return (size_t)2 * 2 * FA_CHUNK * (hd + FA_PAD) * sizeof(float);
+}
+
+__device__ static inline unsigned fa_tf32(float x)
+{
+    unsigned r;
+    asm("cvt.rna.tf32.f32 %0, %1;" : "=r"(r) : "f"(x));
+    return r;
+}
+
+/* d[16x8] += a[16x8] b[8x8] in TF32 with fp32 accumulation. Lane = 4g + t
+ * holds a: (g, t) (g+8, t) (g, t+4) (g+8, t+4); b: (t, g) (t+4, g);
+ * d: (g, 2t) (g, 2t+1) (g+8, 2t) (g+8, 2t+1). */
+__device__ static inline void fa_mma(float *d, const unsigned *a, unsigned b0, unsigned b1)
+{
+    asm volatile("mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+                 "{%0,%1,%2,%3};"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+/* Keeps the probabilities of keys key and key + 1 of a row at p[0], p[1],
+ * only those at or before the row: past it stay untouched (the next row's
+ * first entry may follow). A pair in one store where aligned (T odd makes
+ * every other row odd-aligned). */
+__device__ static inline void fa_keep_pair(float *p, int key, int row, float a, float b)
+{
+    if (key + 1 <= row) {
+        if (((size_t)p & 7) == 0) *(float2 *)p = make_float2(a, b);
+        else p[0] = a, p[1] = b;
+    } else if (key <= row)
+        p[0] = a;
+}
+
+/* Starts copying FA_CHUNK rows of one head's k or v (src: the first, rows
+ * row_stride apart) into buf[FA_CHUNK][HD + FA_PAD]. */
+template <int HD> __device__ static inline void fa_load_chunk(float *buf, const float *src, size_t row_stride)
+{
+    enum { VEC = HD / 4 };
+    for (int x = threadIdx.x; x < FA_CHUNK * VEC; x += FA_WARPS * 32) {
+        const int r = x / VEC, c = x % VEC;
+        __pipeline_memcpy_async(buf + r * (HD + FA_PAD) + 4 * c, src + (size_t)r * row_stride + 4 * c, 16);
+    }
+}
+
+/* The elements this thread copied with fa_load_chunk, rounded to TF32 in
+ * place once they arrived: fragments then load ready operands (four warps
+ * would otherwise each round every element). */
+template <int HD> __device__ static inline void fa_round_chunk(float *buf)
+{
+    enum { VEC = HD / 4 };
+    for (int x = threadIdx.x; x < FA_CHUNK * VEC; x += FA_WARPS * 32) {
+        float4 *p = (float4 *)(buf + (x / VEC) * (HD + FA_PAD) + 4 * (x % VEC));
+        float4 f = *p;
+        f.x = __uint_as_float(fa_tf32(f.x)), f.y = __uint_as_float(fa_tf32(f.y));
+        f.z = __uint_as_float(fa_tf32(f.z)), f.w = __uint_as_float(fa_tf32(f.w));
+        *p = f;
+    }
+}
+
+/* qkv: rows [B * T (+ FA_ROWS of zeroed padding), 3C], head h's q, k, v at
+ * columns h*HD, C + h*HD, 2C + h*HD. att[B * T, C] receives each head's
+ * output. probs (or NULL: not kept) receives sequence b's [H, T, T] at
+ * probs + b * probs_stride; entries past the diagonal are not written (the
+ * caller keeps them zero). Grid (ceil(T / 64), H, B), FA_WARPS warps. */
+template <int HD>
+__global__ void __launch_bounds__(FA_WARPS * 32)
+    fused_attention_kernel(const float *qkv, float *att, float *probs, long long probs_stride, int T, int H, int C,
+                           float scale)
+{
+    extern __shared__ __align__(128) float fa_smem[];
+    enum { LDB = HD + FA_PAD, TILES = FA_CHUNK / 8, KSTEPS = HD / 8 };
+    const int n_blocks = gridDim.x, rb = n_blocks - 1 - blockIdx.x; /* longest rows first */
+    const int h = blockIdx.y, b = blockIdx.z, r0 = rb * FA_ROWS, n_chunks = rb + 1;
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+    const int row_lo = r0 + 16 * warp + g, row_hi = row_lo + 8; /* this thread's two rows */
+    const size_t row_stride = (size_t)3 * C;
+    const float *k = qkv + (size_t)b * T * row_stride + C + (size_t)h * HD, *v = k + C;
+
+    /* q's fragments, scaled so that scores come in log2 units: exp2(s - m)
+     * below is exp(q.k / sqrt(hd) - max) */
+    unsigned qa[KSTEPS][4];
+    {
+        const float scale_log2 = scale * 1.4426950408889634f;
+        const float *q_lo = qkv + ((size_t)b * T + row_lo) * row_stride + (size_t)h * HD, *q_hi = q_lo + 8 * row_stride;
+#pragma unroll
+        for (int ks = 0; ks < KSTEPS; ks++) {
+            qa[ks][0] = fa_tf32(q_lo[8 * ks + t] * scale_log2);
+            qa[ks][1] = fa_tf32(q_hi[8 * ks + t] * scale_log2);
+            qa[ks][2] = fa_tf32(q_lo[8 * ks + t + 4] * scale_log2);
+            qa[ks][3] = fa_tf32(q_hi[8 * ks + t + 4] * scale_log2);
+        }
+    }
+    float o[HD / 8][4];
+#pragma unroll
+    for (int n = 0; n < HD / 8; n++) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.0f;
+    /* per row (lo, hi): the running maximum and sum over this thread's
+     * columns; after the first walk the row's maximum and 1 / sum */
+    float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};
+
+    /* stage i at fa_smem + i * 2 * FA_CHUNK * LDB: [k chunk | v chunk]; as
+     * offsets from fa_smem so the accesses stay shared-memory loads */
+#define FA_STAGE(i) (fa_smem + ((i) & 1) * 2 * FA_CHUNK * LDB)
+    /* job j < n_chunks: the first walk over key chunk j; then the second over
+     * chunk j - n_chunks, which needs its values too */
+    const int n_jobs = 2 * n_chunks;
+    fa_load_chunk<HD>(FA_STAGE(0), k, row_stride);
+    __pipeline_commit();
+    for (int j = 0; j < n_jobs; j++) {
+        const int second = j >= n_chunks, c = second ? j - n_chunks : j;
+        if (j + 1 < n_jobs) {
+            const int nc = j + 1 >= n_chunks ? j + 1 - n_chunks : j + 1;
+            fa_load_chunk<HD>(FA_STAGE(j + 1), k + (size_t)nc * FA_CHUNK * row_stride, row_stride);
+            if (j + 1 >= n_chunks)
+                fa_load_chunk<HD>(FA_STAGE(j + 1) + FA_CHUNK * LDB, v + (size_t)nc * FA_CHUNK * row_stride,
+                                  row_stride);
+        }
+        __pipeline_commit();
+        __pipeline_wait_prior(1);
+        fa_round_chunk<HD>(FA_STAGE(j));
+        if (second) fa_round_chunk<HD>(FA_STAGE(j) + FA_CHUNK * LDB);
+        __syncthreads();
+        const float *kc = FA_STAGE(j), *vc = kc + FA_CHUNK * LDB;
+        const int key0 = c * FA_CHUNK;
+        /* 8-key tiles the warp's rows can see: all but on the diagonal */
+        const int n_tiles = c == n_chunks - 1 ? 2 * warp + 2 : TILES;
+
+        /* s[n] = this thread's scores against keys key0 + 8n + 2t (+1) */
+        float s[TILES][4];
+#pragma unroll
+        for (int n = 0; n < TILES; n++) s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.0f;
+#pragma unroll
+        for (int ks = 0; ks < KSTEPS; ks++)
+#pragma unroll
+            for (int n = 0; n < TILES; n++)
+                if (n < n_tiles) {
+                    const float *kr = kc + (8 * n + g) * LDB + 8 * ks + t;
+                    fa_mma(s[n], qa[ks], __float_as_uint(kr[0]), __float_as_uint(kr[4]));
+                }
+        /* a key is seen by rows at or after it */
+#pragma unroll
+        for (int n = 0; n < TILES; n++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                const int key = key0 + 8 * n + 2 * t + (e & 1), row = e < 2 ? row_lo : row_hi;
+                if (n >= n_tiles || key > row) s[n][e] = -INFINITY;
+            }
+        if (!second) {
+#pragma unroll
+            for (int r = 0; r < 2; r++) {
+                float cm = -INFINITY;
+#pragma unroll
+                for (int n = 0; n < TILES; n++) cm = fmaxf(cm, fmaxf(s[n][2 * r], s[n][2 * r + 1]));
+                if (cm == -INFINITY) continue;
+                const float nm = fmaxf(m[r], cm);
+                float add = 0.0f;
+#pragma unroll
+                for (int n = 0; n < TILES; n++) add += exp2f(s[n][2 * r] - nm) + exp2f(s[n][2 * r + 1] - nm);
+                l[r] = (m[r] == -INFINITY ? 0.0f : l[r] * exp2f(m[r] - nm)) + add;
+                m[r] = nm;
+            }
+            if (j == n_chunks - 1) /* the four threads of a row into its maximum and 1 / sum */
+#pragma unroll
+                for (int r = 0; r < 2; r++) {
+#pragma unroll
+                    for (int x = 1; x <= 2; x <<= 1) {
+                        const float om = __shfl_xor_sync(0xffffffff, m[r], x), ol = __shfl_xor_sync(0xffffffff, l[r], x);
+                        const float nm = fmaxf(m[r], om);
+                        l[r] = (m[r] == -INFINITY ? 0.0f : l[r] * exp2f(m[r] - nm)) +
+                               (om == -INFINITY ? 0.0f : ol * exp2f(om - nm));
+                        m[r] = nm;
+                    }
+                    l[r] = 1.0f / l[r];
+                }
+        } else {
+            /* the final probabilities: kept (two neighbours a store) and, as
+             * the product's a operand, keys 2t, 2t+1 of each tile standing
+             * for its k = t, t+4 (v's rows are taken in the same order) */
+            float *p_lo = probs && row_lo < T ? probs + b * probs_stride + ((size_t)h * T + row_lo) * T + key0 : NULL;
+            float *p_hi = probs && row_hi < T ? probs + b * probs_stride + ((size_t)h * T + row_hi) * T + key0 : NULL;
+#pragma unroll
+            for (int n = 0; n < TILES; n++) {
+                if (n >= n_tiles) continue;
+                float p[4];
+#pragma unroll
+                for (int e = 0; e < 4; e++) p[e] = exp2f(s[n][e] - m[e / 2]) * l[e / 2];
+                const int col = 8 * n + 2 * t;
+                if (p_lo) fa_keep_pair(p_lo + col, key0 + col, row_lo, p[0], p[1]);
+                if (p_hi) fa_keep_pair(p_hi + col, key0 + col, row_hi, p[2], p[3]);
+                const unsigned pa[4] = {fa_tf32(p[0]), fa_tf32(p[2]), fa_tf32(p[1]), fa_tf32(p[3])};
+#pragma unroll
+                for (int nd = 0; nd < HD / 8; nd++) {
+                    const float *vr = vc + (8 * n + 2 * t) * LDB + 8 * nd + g;
+                    fa_mma(o[nd], pa, __float_as_uint(vr[0]), __float_as_uint(vr[LDB]));
+                }
+            }
+        }
+        __syncthreads(); /* FA_STAGE(j) is loaded next */
+    }
+#undef FA_STAGE
+#pragma unroll
+    for (int nd = 0; nd < HD / 8; nd++) {
+        const size_t col = (size_t)h * HD + 8 * nd + 2 * t;
+        if (row_lo < T) *(float2 *)(att + ((size_t)b * T + row_lo) * C + col) = make_float2(o[nd][0], o[nd][1]);
+        if (row_hi < T) *(float2 *)(att + ((size_t)b * T + row_hi) * C + col) = make_float2(o[nd][2], o[nd][3]);
+    }
+}
+
+#endif
