@@ -91,6 +91,97 @@ template <int HD> __device__ static inline void fa_round_chunk(float *buf)
     }
 }
 
+__device__ static inline float fa_exp2(float x)
+{
+    float y;
+    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+    return y;
+}
+
+enum { FA_TILES = FA_CHUNK / 8 };
+
+/* s[n] = this thread's scores (log2 units) against keys key0 + 8n + 2t and
+ * + 1, rows lo and hi = lo + 8. On the diagonal chunk (DIAG) only the warp's
+ * first n_tiles tiles are computed and keys past a row are -inf. */
+template <int HD, bool DIAG>
+__device__ __forceinline__ void fa_scores(float (&s)[FA_TILES][4], const unsigned (&qa)[HD / 8][4], const float *kc,
+                                          int n_tiles, int key0, int row_lo, int g, int t)
+{
+    enum { LDB = HD + FA_PAD };
+#pragma unroll
+    for (int n = 0; n < FA_TILES; n++) s[n][0] = s[n][1] = s[n][2] = s[n][3] = DIAG && n >= n_tiles ? -INFINITY : 0.0f;
+#pragma unroll
+    for (int ks = 0; ks < HD / 8; ks++)
+#pragma unroll
+        for (int n = 0; n < FA_TILES; n++)
+            if (!DIAG || n < n_tiles) {
+                const float *kr = kc + (8 * n + g) * LDB + 8 * ks + t;
+                fa_mma(s[n], qa[ks], __float_as_uint(kr[0]), __float_as_uint(kr[4]));
+            }
+    if (DIAG)
+#pragma unroll
+        for (int n = 0; n < FA_TILES; n++)
+#pragma unroll
+            for (int e = 0; e < 4; e++)
+                if (key0 + 8 * n + 2 * t + (e & 1) > row_lo + (e < 2 ? 0 : 8)) s[n][e] = -INFINITY;
+}
+
+/* The first walk: each row's running maximum m and sum l over this thread's
+ * columns. */
+__device__ __forceinline__ void fa_observe(const float (&s)[FA_TILES][4], float (&m)[2], float (&l)[2])
+{
+#pragma unroll
+    for (int r = 0; r < 2; r++) {
+        float cm = -INFINITY;
+#pragma unroll
+        for (int n = 0; n < FA_TILES; n++) cm = fmaxf(cm, fmaxf(s[n][2 * r], s[n][2 * r + 1]));
+        if (cm == -INFINITY) continue; /* every key masked (the diagonal) */
+        const float nm = fmaxf(m[r], cm);
+        float add = 0.0f;
+#pragma unroll
+        for (int n = 0; n < FA_TILES; n++) add += fa_exp2(s[n][2 * r] - nm) + fa_exp2(s[n][2 * r + 1] - nm);
+        l[r] = l[r] * fa_exp2(m[r] - nm) + add; /* m = -inf: l is 0 and exp2 gives 0 */
+        m[r] = nm;
+    }
+}
+
+/* The second walk: the final probabilities (m: the row's maximum, l: 1 /
+ * its sum) kept at p_lo / p_hi (NULL: not kept; aligned: rows start 8-byte
+ * aligned) and multiplied with v into o. As the product's a operand, keys
+ * 2t and 2t+1 of a tile stand for its k = t and t+4, and v's rows are taken
+ * in the same order. */
+template <int HD, bool DIAG>
+__device__ __forceinline__ void fa_emit(float (&o)[HD / 8][4], const float (&s)[FA_TILES][4], const float (&m)[2],
+                                        const float (&l)[2], const float *vc, float *p_lo, float *p_hi, int aligned,
+                                        int n_tiles, int key0, int row_lo, int g, int t)
+{
+    enum { LDB = HD + FA_PAD };
+#pragma unroll
+    for (int n = 0; n < FA_TILES; n++) {
+        if (DIAG && n >= n_tiles) continue;
+        float p[4];
+#pragma unroll
+        for (int e = 0; e < 4; e++) p[e] = fa_exp2(s[n][e] - m[e / 2]) * l[e / 2];
+        const int col = 8 * n + 2 * t;
+        if (DIAG) {
+            if (p_lo) fa_keep_pair(p_lo + col, key0 + col, row_lo, p[0], p[1]);
+            if (p_hi) fa_keep_pair(p_hi + col, key0 + col, row_lo + 8, p[2], p[3]);
+        } else if (aligned) {
+            if (p_lo) *(float2 *)(p_lo + col) = make_float2(p[0], p[1]);
+            if (p_hi) *(float2 *)(p_hi + col) = make_float2(p[2], p[3]);
+        } else {
+            if (p_lo) p_lo[col] = p[0], p_lo[col + 1] = p[1];
+            if (p_hi) p_hi[col] = p[2], p_hi[col + 1] = p[3];
+        }
+        const unsigned pa[4] = {fa_tf32(p[0]), fa_tf32(p[2]), fa_tf32(p[1]), fa_tf32(p[3])};
+#pragma unroll
+        for (int nd = 0; nd < HD / 8; nd++) {
+            const float *vr = vc + (8 * n + 2 * t) * LDB + 8 * nd + g;
+            fa_mma(o[nd], pa, __float_as_uint(vr[0]), __float_as_uint(vr[LDB]));
+        }
+    }
+}
+
 /* qkv: rows [B * T (+ FA_ROWS of zeroed padding), 3C], head h's q, k, v at
  * columns h*HD, C + h*HD, 2C + h*HD. att[B * T, C] receives each head's
  * output. probs (or NULL: not kept) receives sequence b's [H, T, T] at
@@ -102,7 +193,7 @@ __global__ void __launch_bounds__(FA_WARPS * 32)
                            float scale)
 {
     extern __shared__ __align__(128) float fa_smem[];
-    enum { LDB = HD + FA_PAD, TILES = FA_CHUNK / 8, KSTEPS = HD / 8 };
+    enum { LDB = HD + FA_PAD, KSTEPS = HD / 8 };
     const int n_blocks = gridDim.x, rb = n_blocks - 1 - blockIdx.x; /* longest rows first */
     const int h = blockIdx.y, b = blockIdx.z, r0 = rb * FA_ROWS, n_chunks = rb + 1;
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
@@ -130,6 +221,9 @@ __global__ void __launch_bounds__(FA_WARPS * 32)
     /* per row (lo, hi): the running maximum and sum over this thread's
      * columns; after the first walk the row's maximum and 1 / sum */
     float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};
+    float *p_lo = probs && row_lo < T ? probs + b * probs_stride + ((size_t)h * T + row_lo) * T : NULL;
+    float *p_hi = probs && row_hi < T ? probs + b * probs_stride + ((size_t)h * T + row_hi) * T : NULL;
+    const int aligned = (((size_t)p_lo | (size_t)p_hi) & 7) == 0;
 
     /* stage i at fa_smem + i * 2 * FA_CHUNK * LDB: [k chunk | v chunk]; as
      * offsets from fa_smem so the accesses stay shared-memory loads */
@@ -154,80 +248,33 @@ __global__ void __launch_bounds__(FA_WARPS * 32)
         if (second) fa_round_chunk<HD>(FA_STAGE(j) + FA_CHUNK * LDB);
         __syncthreads();
         const float *kc = FA_STAGE(j), *vc = kc + FA_CHUNK * LDB;
-        const int key0 = c * FA_CHUNK;
-        /* 8-key tiles the warp's rows can see: all but on the diagonal */
-        const int n_tiles = c == n_chunks - 1 ? 2 * warp + 2 : TILES;
-
-        /* s[n] = this thread's scores against keys key0 + 8n + 2t (+1) */
-        float s[TILES][4];
-#pragma unroll
-        for (int n = 0; n < TILES; n++) s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.0f;
-#pragma unroll
-        for (int ks = 0; ks < KSTEPS; ks++)
-#pragma unroll
-            for (int n = 0; n < TILES; n++)
-                if (n < n_tiles) {
-                    const float *kr = kc + (8 * n + g) * LDB + 8 * ks + t;
-                    fa_mma(s[n], qa[ks], __float_as_uint(kr[0]), __float_as_uint(kr[4]));
-                }
-        /* a key is seen by rows at or after it */
-#pragma unroll
-        for (int n = 0; n < TILES; n++)
-#pragma unroll
-            for (int e = 0; e < 4; e++) {
-                const int key = key0 + 8 * n + 2 * t + (e & 1), row = e < 2 ? row_lo : row_hi;
-                if (n >= n_tiles || key > row) s[n][e] = -INFINITY;
-            }
+        const int key0 = c * FA_CHUNK, diag = c == n_chunks - 1;
+        const int n_tiles = diag ? 2 * warp + 2 : FA_TILES; /* 8-key tiles the warp's rows see */
+        float s[FA_TILES][4];
+        if (diag) fa_scores<HD, true>(s, qa, kc, n_tiles, key0, row_lo, g, t);
+        else fa_scores<HD, false>(s, qa, kc, n_tiles, key0, row_lo, g, t);
         if (!second) {
-#pragma unroll
-            for (int r = 0; r < 2; r++) {
-                float cm = -INFINITY;
-#pragma unroll
-                for (int n = 0; n < TILES; n++) cm = fmaxf(cm, fmaxf(s[n][2 * r], s[n][2 * r + 1]));
-                if (cm == -INFINITY) continue;
-                const float nm = fmaxf(m[r], cm);
-                float add = 0.0f;
-#pragma unroll
-                for (int n = 0; n < TILES; n++) add += exp2f(s[n][2 * r] - nm) + exp2f(s[n][2 * r + 1] - nm);
-                l[r] = (m[r] == -INFINITY ? 0.0f : l[r] * exp2f(m[r] - nm)) + add;
-                m[r] = nm;
-            }
-            if (j == n_chunks - 1) /* the four threads of a row into its maximum and 1 / sum */
+            fa_observe(s, m, l);
+            if (diag) /* the four threads of a row into its maximum and 1 / sum */
 #pragma unroll
                 for (int r = 0; r < 2; r++) {
 #pragma unroll
                     for (int x = 1; x <= 2; x <<= 1) {
                         const float om = __shfl_xor_sync(0xffffffff, m[r], x), ol = __shfl_xor_sync(0xffffffff, l[r], x);
                         const float nm = fmaxf(m[r], om);
-                        l[r] = (m[r] == -INFINITY ? 0.0f : l[r] * exp2f(m[r] - nm)) +
-                               (om == -INFINITY ? 0.0f : ol * exp2f(om - nm));
+                        /* a thread may have seen no key of the row (-inf - -inf is NaN) */
+                        l[r] = (m[r] == -INFINITY ? 0.0f : l[r] * fa_exp2(m[r] - nm)) +
+                               (om == -INFINITY ? 0.0f : ol * fa_exp2(om - nm));
                         m[r] = nm;
                     }
                     l[r] = 1.0f / l[r];
                 }
-        } else {
-            /* the final probabilities: kept (two neighbours a store) and, as
-             * the product's a operand, keys 2t, 2t+1 of each tile standing
-             * for its k = t, t+4 (v's rows are taken in the same order) */
-            float *p_lo = probs && row_lo < T ? probs + b * probs_stride + ((size_t)h * T + row_lo) * T + key0 : NULL;
-            float *p_hi = probs && row_hi < T ? probs + b * probs_stride + ((size_t)h * T + row_hi) * T + key0 : NULL;
-#pragma unroll
-            for (int n = 0; n < TILES; n++) {
-                if (n >= n_tiles) continue;
-                float p[4];
-#pragma unroll
-                for (int e = 0; e < 4; e++) p[e] = exp2f(s[n][e] - m[e / 2]) * l[e / 2];
-                const int col = 8 * n + 2 * t;
-                if (p_lo) fa_keep_pair(p_lo + col, key0 + col, row_lo, p[0], p[1]);
-                if (p_hi) fa_keep_pair(p_hi + col, key0 + col, row_hi, p[2], p[3]);
-                const unsigned pa[4] = {fa_tf32(p[0]), fa_tf32(p[2]), fa_tf32(p[1]), fa_tf32(p[3])};
-#pragma unroll
-                for (int nd = 0; nd < HD / 8; nd++) {
-                    const float *vr = vc + (8 * n + 2 * t) * LDB + 8 * nd + g;
-                    fa_mma(o[nd], pa, __float_as_uint(vr[0]), __float_as_uint(vr[LDB]));
-                }
-            }
-        }
+        } else if (diag)
+            fa_emit<HD, true>(o, s, m, l, vc, p_lo ? p_lo + key0 : NULL, p_hi ? p_hi + key0 : NULL, aligned, n_tiles,
+                              key0, row_lo, g, t);
+        else
+            fa_emit<HD, false>(o, s, m, l, vc, p_lo ? p_lo + key0 : NULL, p_hi ? p_hi + key0 : NULL, aligned,
+                               n_tiles, key0, row_lo, g, t);
         __syncthreads(); /* FA_STAGE(j) is loaded next */
     }
 #undef FA_STAGE
