@@ -24,15 +24,17 @@
 enum {
     FA_ROWS = 64,  /* query rows of a block (and rows of zeroed padding the caller keeps after qkv) */
     FA_WARPS = 4,  /* 16 rows each */
-    FA_CHUNK = 64, /* keys per step */
-    FA_PAD = 4     /* floats after each shared row: the fragment loads below hit 32 distinct banks */
+    FA_CHUNK = 64  /* keys per step */
 };
 
 /* Dynamic shared memory of fused_attention_kernel: two stages of a k and a v chunk. */
-__host__ __device__ static inline size_t fa_smem_bytes(int hd)
-{
-    return (size_t)2 * 2 * FA_CHUNK * (hd + FA_PAD) * sizeof(float);
-}
+__host__ __device__ static inline size_t fa_smem_bytes(int hd) { return (size_t)2 * 2 * FA_CHUNK * hd * sizeof(float); }
+
+/* Shared chunks are [FA_CHUNK][HD] with each row's 16-byte pieces permuted
+ * (piece c of row r at c ^ swizzle(r)), so that the fragment loads below hit
+ * distinct banks without padding: k's 16 bytes a lane with rows 8n + g, v's
+ * 8 bytes a lane with rows 8n + 2t and + 1. */
+__device__ static inline int fa_swizzle(int is_v, int r) { return is_v ? 2 * ((r >> 1) & 3) : 4 * (r & 1); }
 
 __device__ static inline unsigned fa_tf32(float x)
 {
@@ -66,24 +68,26 @@ __device__ static inline void fa_keep_pair(float *p, int key, int row, float a, 
 }
 
 /* Starts copying FA_CHUNK rows of one head's k or v (src: the first, rows
- * row_stride apart) into buf[FA_CHUNK][HD + FA_PAD]. */
-template <int HD> __device__ static inline void fa_load_chunk(float *buf, const float *src, size_t row_stride)
+ * row_stride apart) into the swizzled buf. */
+template <int HD> __device__ static inline void fa_load_chunk(float *buf, const float *src, size_t row_stride, int is_v)
 {
     enum { VEC = HD / 4 };
     for (int x = threadIdx.x; x < FA_CHUNK * VEC; x += FA_WARPS * 32) {
         const int r = x / VEC, c = x % VEC;
-        __pipeline_memcpy_async(buf + r * (HD + FA_PAD) + 4 * c, src + (size_t)r * row_stride + 4 * c, 16);
+        __pipeline_memcpy_async(buf + r * HD + 4 * (c ^ fa_swizzle(is_v, r)), src + (size_t)r * row_stride + 4 * c,
+                                16);
     }
 }
 
-/* The elements this thread copied with fa_load_chunk, rounded to TF32 in
- * place once they arrived: fragments then load ready operands (four warps
- * would otherwise each round every element). */
-template <int HD> __device__ static inline void fa_round_chunk(float *buf)
+/* The pieces this thread copied with fa_load_chunk, rounded to TF32 in place
+ * once they arrived: fragments then load ready operands (four warps would
+ * otherwise each round every element). */
+template <int HD> __device__ static inline void fa_round_chunk(float *buf, int is_v)
 {
     enum { VEC = HD / 4 };
     for (int x = threadIdx.x; x < FA_CHUNK * VEC; x += FA_WARPS * 32) {
-        float4 *p = (float4 *)(buf + (x / VEC) * (HD + FA_PAD) + 4 * (x % VEC));
+        const int r = x / VEC, c = x % VEC;
+        float4 *p = (float4 *)(buf + r * HD + 4 * (c ^ fa_swizzle(is_v, r)));
         float4 f = *p;
         f.x = __uint_as_float(fa_tf32(f.x)), f.y = __uint_as_float(fa_tf32(f.y));
         f.z = __uint_as_float(fa_tf32(f.z)), f.w = __uint_as_float(fa_tf32(f.w));
@@ -102,21 +106,27 @@ enum { FA_TILES = FA_CHUNK / 8 };
 
 /* s[n] = this thread's scores (log2 units) against keys key0 + 8n + 2t and
  * + 1, rows lo and hi = lo + 8. On the diagonal chunk (DIAG) only the warp's
- * first n_tiles tiles are computed and keys past a row are -inf. */
+ * first n_tiles tiles are computed and keys past a row are -inf. The
+ * products' k index runs over head dimensions in the order that gives each
+ * lane whole 16-byte pieces of a k row: k-step 2i + u takes, for lane t,
+ * dimensions 16i + 4t + 2u (as k = t) and + 1 (as k = t + 4); q's
+ * fragments are loaded in the same order. */
 template <int HD, bool DIAG>
 __device__ __forceinline__ void fa_scores(float (&s)[FA_TILES][4], const unsigned (&qa)[HD / 8][4], const float *kc,
                                           int n_tiles, int key0, int row_lo, int g, int t)
 {
-    enum { LDB = HD + FA_PAD };
 #pragma unroll
     for (int n = 0; n < FA_TILES; n++) s[n][0] = s[n][1] = s[n][2] = s[n][3] = DIAG && n >= n_tiles ? -INFINITY : 0.0f;
+    const float *k_row = kc + g * HD; /* key 8n + g at k_row + 8n * HD */
+    const int swz = fa_swizzle(0, g);
 #pragma unroll
-    for (int ks = 0; ks < HD / 8; ks++)
+    for (int n = 0; n < FA_TILES; n++)
+        if (!DIAG || n < n_tiles)
 #pragma unroll
-        for (int n = 0; n < FA_TILES; n++)
-            if (!DIAG || n < n_tiles) {
-                const float *kr = kc + (8 * n + g) * LDB + 8 * ks + t;
-                fa_mma(s[n], qa[ks], __float_as_uint(kr[0]), __float_as_uint(kr[4]));
+            for (int i = 0; i < HD / 16; i++) {
+                const float4 f = *(const float4 *)(k_row + 8 * n * HD + 4 * ((4 * i + t) ^ swz));
+                fa_mma(s[n], qa[2 * i], __float_as_uint(f.x), __float_as_uint(f.y));
+                fa_mma(s[n], qa[2 * i + 1], __float_as_uint(f.z), __float_as_uint(f.w));
             }
     if (DIAG)
 #pragma unroll
@@ -147,15 +157,18 @@ __device__ __forceinline__ void fa_observe(const float (&s)[FA_TILES][4], float 
 
 /* The second walk: the final probabilities (m: the row's maximum, l: 1 /
  * its sum) kept at p_lo / p_hi (NULL: not kept; aligned: rows start 8-byte
- * aligned) and multiplied with v into o. As the product's a operand, keys
- * 2t and 2t+1 of a tile stand for its k = t and t+4, and v's rows are taken
- * in the same order. */
+ * aligned) and multiplied with v. The product is taken transposed, o^T +=
+ * v^T p^T, so that the probabilities, as they sit in the scores' registers,
+ * are its b operand: keys 2t and 2t+1 of a tile stand for its k = t and
+ * t + 4, and v's rows are read in that order. o[dt][r]: output dimensions
+ * 16 dt + 2g (m = g) and + 1 (m = g + 8) of rows 2t and 2t+1 of the
+ * warp's row group r (lo: rows 0-7, hi: 8-15). */
 template <int HD, bool DIAG>
-__device__ __forceinline__ void fa_emit(float (&o)[HD / 8][4], const float (&s)[FA_TILES][4], const float (&m)[2],
+__device__ __forceinline__ void fa_emit(float (&o)[HD / 16][2][4], const float (&s)[FA_TILES][4], const float (&m)[2],
                                         const float (&l)[2], const float *vc, float *p_lo, float *p_hi, int aligned,
                                         int n_tiles, int key0, int row_lo, int g, int t)
 {
-    enum { LDB = HD + FA_PAD };
+    const int swz = fa_swizzle(1, 2 * t); /* rows 8n + 2t and + 1 share it */
 #pragma unroll
     for (int n = 0; n < FA_TILES; n++) {
         if (DIAG && n >= n_tiles) continue;
@@ -173,11 +186,16 @@ __device__ __forceinline__ void fa_emit(float (&o)[HD / 8][4], const float (&s)[
             if (p_lo) p_lo[col] = p[0], p_lo[col + 1] = p[1];
             if (p_hi) p_hi[col] = p[2], p_hi[col + 1] = p[3];
         }
-        const unsigned pa[4] = {fa_tf32(p[0]), fa_tf32(p[2]), fa_tf32(p[1]), fa_tf32(p[3])};
+        const unsigned pb_lo0 = fa_tf32(p[0]), pb_lo1 = fa_tf32(p[1]), pb_hi0 = fa_tf32(p[2]), pb_hi1 = fa_tf32(p[3]);
+        const float *v0 = vc + (8 * n + 2 * t) * HD, *v1 = v0 + HD;
 #pragma unroll
-        for (int nd = 0; nd < HD / 8; nd++) {
-            const float *vr = vc + (8 * n + 2 * t) * LDB + 8 * nd + g;
-            fa_mma(o[nd], pa, __float_as_uint(vr[0]), __float_as_uint(vr[LDB]));
+        for (int dt = 0; dt < HD / 16; dt++) {
+            const int at = 4 * ((4 * dt + g / 2) ^ swz) + 2 * (g & 1); /* dimensions 16 dt + 2g, + 1 */
+            const float2 a01 = *(const float2 *)(v0 + at), a23 = *(const float2 *)(v1 + at);
+            const unsigned va[4] = {__float_as_uint(a01.x), __float_as_uint(a01.y), __float_as_uint(a23.x),
+                                    __float_as_uint(a23.y)};
+            fa_mma(o[dt][0], va, pb_lo0, pb_lo1);
+            fa_mma(o[dt][1], va, pb_hi0, pb_hi1);
         }
     }
 }
@@ -188,12 +206,12 @@ __device__ __forceinline__ void fa_emit(float (&o)[HD / 8][4], const float (&s)[
  * probs + b * probs_stride; entries past the diagonal are not written (the
  * caller keeps them zero). Grid (ceil(T / 64), H, B), FA_WARPS warps. */
 template <int HD>
-__global__ void __launch_bounds__(FA_WARPS * 32)
+__global__ void __launch_bounds__(FA_WARPS * 32, 3) /* three blocks an SM */
     fused_attention_kernel(const float *qkv, float *att, float *probs, long long probs_stride, int T, int H, int C,
                            float scale)
 {
     extern __shared__ __align__(128) float fa_smem[];
-    enum { LDB = HD + FA_PAD, KSTEPS = HD / 8 };
+    enum { LDB = HD, KSTEPS = HD / 8 };
     const int n_blocks = gridDim.x, rb = n_blocks - 1 - blockIdx.x; /* longest rows first */
     const int h = blockIdx.y, b = blockIdx.z, r0 = rb * FA_ROWS, n_chunks = rb + 1;
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
@@ -208,16 +226,19 @@ __global__ void __launch_bounds__(FA_WARPS * 32)
         const float scale_log2 = scale * 1.4426950408889634f;
         const float *q_lo = qkv + ((size_t)b * T + row_lo) * row_stride + (size_t)h * HD, *q_hi = q_lo + 8 * row_stride;
 #pragma unroll
-        for (int ks = 0; ks < KSTEPS; ks++) {
-            qa[ks][0] = fa_tf32(q_lo[8 * ks + t] * scale_log2);
-            qa[ks][1] = fa_tf32(q_hi[8 * ks + t] * scale_log2);
-            qa[ks][2] = fa_tf32(q_lo[8 * ks + t + 4] * scale_log2);
-            qa[ks][3] = fa_tf32(q_hi[8 * ks + t + 4] * scale_log2);
+        for (int i = 0; i < HD / 16; i++) { /* k-steps 2i, 2i + 1: see fa_scores */
+            const float4 lo = *(const float4 *)(q_lo + 16 * i + 4 * t), hi = *(const float4 *)(q_hi + 16 * i + 4 * t);
+            qa[2 * i][0] = fa_tf32(lo.x * scale_log2), qa[2 * i][1] = fa_tf32(hi.x * scale_log2);
+            qa[2 * i][2] = fa_tf32(lo.y * scale_log2), qa[2 * i][3] = fa_tf32(hi.y * scale_log2);
+            qa[2 * i + 1][0] = fa_tf32(lo.z * scale_log2), qa[2 * i + 1][1] = fa_tf32(hi.z * scale_log2);
+            qa[2 * i + 1][2] = fa_tf32(lo.w * scale_log2), qa[2 * i + 1][3] = fa_tf32(hi.w * scale_log2);
         }
     }
-    float o[HD / 8][4];
+    float o[HD / 16][2][4];
 #pragma unroll
-    for (int n = 0; n < HD / 8; n++) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.0f;
+    for (int dt = 0; dt < HD / 16; dt++)
+#pragma unroll
+        for (int r = 0; r < 2; r++) o[dt][r][0] = o[dt][r][1] = o[dt][r][2] = o[dt][r][3] = 0.0f;
     /* per row (lo, hi): the running maximum and sum over this thread's
      * columns; after the first walk the row's maximum and 1 / sum */
     float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};
@@ -231,21 +252,21 @@ __global__ void __launch_bounds__(FA_WARPS * 32)
     /* job j < n_chunks: the first walk over key chunk j; then the second over
      * chunk j - n_chunks, which needs its values too */
     const int n_jobs = 2 * n_chunks;
-    fa_load_chunk<HD>(FA_STAGE(0), k, row_stride);
+    fa_load_chunk<HD>(FA_STAGE(0), k, row_stride, 0);
     __pipeline_commit();
     for (int j = 0; j < n_jobs; j++) {
         const int second = j >= n_chunks, c = second ? j - n_chunks : j;
         if (j + 1 < n_jobs) {
             const int nc = j + 1 >= n_chunks ? j + 1 - n_chunks : j + 1;
-            fa_load_chunk<HD>(FA_STAGE(j + 1), k + (size_t)nc * FA_CHUNK * row_stride, row_stride);
+            fa_load_chunk<HD>(FA_STAGE(j + 1), k + (size_t)nc * FA_CHUNK * row_stride, row_stride, 0);
             if (j + 1 >= n_chunks)
                 fa_load_chunk<HD>(FA_STAGE(j + 1) + FA_CHUNK * LDB, v + (size_t)nc * FA_CHUNK * row_stride,
-                                  row_stride);
+                                  row_stride, 1);
         }
         __pipeline_commit();
         __pipeline_wait_prior(1);
-        fa_round_chunk<HD>(FA_STAGE(j));
-        if (second) fa_round_chunk<HD>(FA_STAGE(j) + FA_CHUNK * LDB);
+        fa_round_chunk<HD>(FA_STAGE(j), 0);
+        if (second) fa_round_chunk<HD>(FA_STAGE(j) + FA_CHUNK * LDB, 1);
         __syncthreads();
         const float *kc = FA_STAGE(j), *vc = kc + FA_CHUNK * LDB;
         const int key0 = c * FA_CHUNK, diag = c == n_chunks - 1;
@@ -278,11 +299,16 @@ __global__ void __launch_bounds__(FA_WARPS * 32)
         __syncthreads(); /* FA_STAGE(j) is loaded next */
     }
 #undef FA_STAGE
+    /* o[dt][r]: rows 2t and 2t+1 of row group r, dimensions 16 dt + 2g and + 1 (fa_emit) */
 #pragma unroll
-    for (int nd = 0; nd < HD / 8; nd++) {
-        const size_t col = (size_t)h * HD + 8 * nd + 2 * t;
-        if (row_lo < T) *(float2 *)(att + ((size_t)b * T + row_lo) * C + col) = make_float2(o[nd][0], o[nd][1]);
-        if (row_hi < T) *(float2 *)(att + ((size_t)b * T + row_hi) * C + col) = make_float2(o[nd][2], o[nd][3]);
+    for (int r = 0; r < 2; r++) {
+        const int row = r0 + 16 * warp + 8 * r + 2 * t;
+        float *out = att + ((size_t)b * T + row) * C + (size_t)h * HD + 2 * g;
+#pragma unroll
+        for (int dt = 0; dt < HD / 16; dt++) {
+            if (row < T) *(float2 *)(out + 16 * dt) = make_float2(o[dt][r][0], o[dt][r][2]);
+            if (row + 1 < T) *(float2 *)(out + C + 16 * dt) = make_float2(o[dt][r][1], o[dt][r][3]);
+        }
     }
 }
 
