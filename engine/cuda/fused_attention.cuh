@@ -48,7 +48,7 @@ __device__ static inline unsigned fa_tf32(float x)
  * d: (g, 2t) (g, 2t+1) (g+8, 2t) (g+8, 2t+1). */
 __device__ static inline void fa_mma(float *d, const unsigned *a, unsigned b0, unsigned b1)
 {
-    asm volatile("mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+    asm("mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
                  "{%0,%1,%2,%3};"
                  : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
                  : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
@@ -119,15 +119,20 @@ __device__ __forceinline__ void fa_scores(float (&s)[FA_TILES][4], const unsigne
     for (int n = 0; n < FA_TILES; n++) s[n][0] = s[n][1] = s[n][2] = s[n][3] = DIAG && n >= n_tiles ? -INFINITY : 0.0f;
     const float *k_row = kc + g * HD; /* key 8n + g at k_row + 8n * HD */
     const int swz = fa_swizzle(0, g);
+    /* the tiles' products side by side: one accumulator's are a chain */
 #pragma unroll
-    for (int n = 0; n < FA_TILES; n++)
-        if (!DIAG || n < n_tiles)
+    for (int i = 0; i < HD / 16; i++) {
+        float4 f[FA_TILES];
 #pragma unroll
-            for (int i = 0; i < HD / 16; i++) {
-                const float4 f = *(const float4 *)(k_row + 8 * n * HD + 4 * ((4 * i + t) ^ swz));
-                fa_mma(s[n], qa[2 * i], __float_as_uint(f.x), __float_as_uint(f.y));
-                fa_mma(s[n], qa[2 * i + 1], __float_as_uint(f.z), __float_as_uint(f.w));
-            }
+        for (int n = 0; n < FA_TILES; n++)
+            if (!DIAG || n < n_tiles) f[n] = *(const float4 *)(k_row + 8 * n * HD + 4 * ((4 * i + t) ^ swz));
+#pragma unroll
+        for (int n = 0; n < FA_TILES; n++)
+            if (!DIAG || n < n_tiles) fa_mma(s[n], qa[2 * i], __float_as_uint(f[n].x), __float_as_uint(f[n].y));
+#pragma unroll
+        for (int n = 0; n < FA_TILES; n++)
+            if (!DIAG || n < n_tiles) fa_mma(s[n], qa[2 * i + 1], __float_as_uint(f[n].z), __float_as_uint(f[n].w));
+    }
     if (DIAG)
 #pragma unroll
         for (int n = 0; n < FA_TILES; n++)
