@@ -67,16 +67,23 @@ __device__ static inline void fa_keep_pair(float *p, int key, int row, float a, 
         p[0] = a;
 }
 
+/* A thread's share of a chunk: piece tid % VEC of rows tid / VEC + i * STEP;
+ * the rows' swizzle is then the same for every i (STEP is a multiple of 8),
+ * so the addresses are two bases and constant offsets. */
+template <int HD> struct fa_share {
+    enum { VEC = HD / 4, STEP = FA_WARPS * 32 / VEC, N = FA_CHUNK / STEP };
+};
+
 /* Starts copying FA_CHUNK rows of one head's k or v (src: the first, rows
  * row_stride apart) into the swizzled buf. */
 template <int HD> __device__ static inline void fa_load_chunk(float *buf, const float *src, size_t row_stride, int is_v)
 {
-    enum { VEC = HD / 4 };
-    for (int x = threadIdx.x; x < FA_CHUNK * VEC; x += FA_WARPS * 32) {
-        const int r = x / VEC, c = x % VEC;
-        __pipeline_memcpy_async(buf + r * HD + 4 * (c ^ fa_swizzle(is_v, r)), src + (size_t)r * row_stride + 4 * c,
-                                16);
-    }
+    typedef fa_share<HD> sh;
+    const int r = threadIdx.x / sh::VEC, c = threadIdx.x % sh::VEC;
+    float *dst = buf + r * HD + 4 * (c ^ fa_swizzle(is_v, r));
+    src += (size_t)r * row_stride + 4 * c;
+#pragma unroll
+    for (int i = 0; i < sh::N; i++) __pipeline_memcpy_async(dst + i * sh::STEP * HD, src + i * sh::STEP * row_stride, 16);
 }
 
 /* The pieces this thread copied with fa_load_chunk, rounded to TF32 in place
@@ -84,10 +91,12 @@ template <int HD> __device__ static inline void fa_load_chunk(float *buf, const 
  * otherwise each round every element). */
 template <int HD> __device__ static inline void fa_round_chunk(float *buf, int is_v)
 {
-    enum { VEC = HD / 4 };
-    for (int x = threadIdx.x; x < FA_CHUNK * VEC; x += FA_WARPS * 32) {
-        const int r = x / VEC, c = x % VEC;
-        float4 *p = (float4 *)(buf + r * HD + 4 * (c ^ fa_swizzle(is_v, r)));
+    typedef fa_share<HD> sh;
+    const int r = threadIdx.x / sh::VEC, c = threadIdx.x % sh::VEC;
+    float *at = buf + r * HD + 4 * (c ^ fa_swizzle(is_v, r));
+#pragma unroll
+    for (int i = 0; i < sh::N; i++) {
+        float4 *p = (float4 *)(at + i * sh::STEP * HD);
         float4 f = *p;
         f.x = __uint_as_float(fa_tf32(f.x)), f.y = __uint_as_float(fa_tf32(f.y));
         f.z = __uint_as_float(fa_tf32(f.z)), f.w = __uint_as_float(fa_tf32(f.w));
@@ -117,15 +126,17 @@ __device__ __forceinline__ void fa_scores(float (&s)[FA_TILES][4], const unsigne
 {
 #pragma unroll
     for (int n = 0; n < FA_TILES; n++) s[n][0] = s[n][1] = s[n][2] = s[n][3] = DIAG && n >= n_tiles ? -INFINITY : 0.0f;
-    const float *k_row = kc + g * HD; /* key 8n + g at k_row + 8n * HD */
-    const int swz = fa_swizzle(0, g);
+    /* key 8n + g, piece 4i + t at piece (4i + t) ^ 4 (g & 1): i's lowest
+     * bit flips for odd g, so even and odd i have their own base */
+    const int flip = 16 * (g & 1);
+    const float *k_even = kc + g * HD + 4 * t + flip, *k_odd = kc + g * HD + 4 * t - flip;
     /* the tiles' products side by side: one accumulator's are a chain */
 #pragma unroll
     for (int i = 0; i < HD / 16; i++) {
         float4 f[FA_TILES];
 #pragma unroll
         for (int n = 0; n < FA_TILES; n++)
-            if (!DIAG || n < n_tiles) f[n] = *(const float4 *)(k_row + 8 * n * HD + 4 * ((4 * i + t) ^ swz));
+            if (!DIAG || n < n_tiles) f[n] = *(const float4 *)((i & 1 ? k_odd : k_even) + 8 * n * HD + 16 * i);
 #pragma unroll
         for (int n = 0; n < FA_TILES; n++)
             if (!DIAG || n < n_tiles) fa_mma(s[n], qa[2 * i], __float_as_uint(f[n].x), __float_as_uint(f[n].y));
@@ -173,7 +184,12 @@ __device__ __forceinline__ void fa_emit(float (&o)[HD / 16][2][4], const float (
                                         const float (&l)[2], const float *vc, float *p_lo, float *p_hi, int aligned,
                                         int n_tiles, int key0, int row_lo, int g, int t)
 {
-    const int swz = fa_swizzle(1, 2 * t); /* rows 8n + 2t and + 1 share it */
+    /* rows 8n + 2t and + 1 share the swizzle 2t: dimensions 16 dt + 2g, + 1
+     * sit in piece (4 dt + g / 2) ^ 2t, where dt's lowest bit flips when
+     * t & 2, so even and odd dt have their own base */
+    const int swz = fa_swizzle(1, 2 * t), flip = 16 * ((swz >> 2) & 1);
+    const float *v_base = vc + 2 * t * HD + 4 * ((g / 2) ^ (swz & 3)) + 2 * (g & 1);
+    const float *v_even = v_base + flip, *v_odd = v_base - flip;
 #pragma unroll
     for (int n = 0; n < FA_TILES; n++) {
         if (DIAG && n >= n_tiles) continue;
@@ -192,11 +208,10 @@ __device__ __forceinline__ void fa_emit(float (&o)[HD / 16][2][4], const float (
             if (p_hi) p_hi[col] = p[2], p_hi[col + 1] = p[3];
         }
         const unsigned pb_lo0 = fa_tf32(p[0]), pb_lo1 = fa_tf32(p[1]), pb_hi0 = fa_tf32(p[2]), pb_hi1 = fa_tf32(p[3]);
-        const float *v0 = vc + (8 * n + 2 * t) * HD, *v1 = v0 + HD;
 #pragma unroll
         for (int dt = 0; dt < HD / 16; dt++) {
-            const int at = 4 * ((4 * dt + g / 2) ^ swz) + 2 * (g & 1); /* dimensions 16 dt + 2g, + 1 */
-            const float2 a01 = *(const float2 *)(v0 + at), a23 = *(const float2 *)(v1 + at);
+            const float *v0 = (dt & 1 ? v_odd : v_even) + 8 * n * HD + 16 * dt, *v1 = v0 + HD;
+            const float2 a01 = *(const float2 *)v0, a23 = *(const float2 *)v1;
             const unsigned va[4] = {__float_as_uint(a01.x), __float_as_uint(a01.y), __float_as_uint(a23.x),
                                     __float_as_uint(a23.y)};
             fa_mma(o[dt][0], va, pb_lo0, pb_lo1);
