@@ -36,12 +36,12 @@ __host__ __device__ static inline size_t fa_smem_bytes(int hd) { return (size_t)
  * 8 bytes a lane with rows 8n + 2t and + 1. */
 __device__ static inline int fa_swizzle(int is_v, int r) { return is_v ? 2 * ((r >> 1) & 3) : 4 * (r & 1); }
 
-__device__ static inline unsigned fa_tf32(float x)
-{
-    unsigned r;
-    asm("cvt.rna.tf32.f32 %0, %1;" : "=r"(r) : "f"(x));
-    return r;
-}
+/* x rounded to TF32 (to nearest, ties away from zero, as cvt.rna.tf32.f32):
+ * half a TF32 ulp added to the bits; the tensor cores ignore the 13 bits
+ * below TF32's mantissa (they truncate), so masking them is not needed.
+ * One integer add where cvt.rna takes four instructions on sm_90
+ * (CUTLASS's round_half_ulp_truncate). */
+__device__ static inline unsigned fa_tf32(float x) { return __float_as_uint(x) + 0x1000u; }
 
 /* d[16x8] += a[16x8] b[8x8] in TF32 with fp32 accumulation. Lane = 4g + t
  * holds a: (g, t) (g+8, t) (g, t+4) (g+8, t+4); b: (t, g) (t+4, g);
