@@ -409,23 +409,15 @@ enum { CAUSAL_CHUNK = 256 }; /* 128 measured slower: bench/RESULTS.md */
 
 static int causal_chunks(int T) { return (T + CAUSAL_CHUNK - 1) / CAUSAL_CHUNK; }
 
-/* For B sequences of T tokens back to back (qkv: rows [B * T, 3C]):
- * att[B * T, C] = softmax(q k^T / sqrt(hd)) v for every head, leaving
- * sequence b's probabilities [H, T, T] at probs + b * probs_stride. Rows go
- * in chunks of CAUSAL_CHUNK: chunk [r0, r1) needs keys 0..r1-1 only, so the
- * products skip most of the masked upper triangle. Each chunk's product is
- * one cuBLAS call batched over (sequence, head) through pointer tables that a
- * kernel writes on the device: a head's product alone is too small to fill
- * the GPU (12 heads of one 256-row chunk are a few dozen tiles). */
 /* Whether fused_attention_kernel runs the prefill: tf32 and bf16, heads of
- * 32 or 64 (every GPT-2 size has 64), rows of 32-byte multiples (wmma's
- * alignment) and its shared memory available. */
+ * 32 or 64 (every GPT-2 size has 64; rows are 16-byte aligned since the
+ * backend needs n_embd % 4 == 0) and its shared memory available. */
 static int fused_attention_fits(const ap_engine *e)
 {
     const cuda_engine *ce = (const cuda_engine *)e->impl;
     const ap_config *c = &e->model->config;
     const int hd = c->n_embd / c->n_head;
-    return e->precision != AP_PRECISION_FP32 && (hd == 32 || hd == 64) && c->n_embd % 8 == 0 &&
+    return e->precision != AP_PRECISION_FP32 && (hd == 32 || hd == 64) &&
            fa_smem_bytes(hd) <= (size_t)ce->fused_smem_max;
 }
 
@@ -447,6 +439,15 @@ static ap_status fused_attention(ap_engine *e, int B, int T, float *probs, long 
     return AP_OK;
 }
 
+/* For B sequences of T tokens back to back (qkv: rows [B * T, 3C]):
+ * att[B * T, C] = softmax(q k^T / sqrt(hd)) v for every head, leaving
+ * sequence b's probabilities [H, T, T] at probs + b * probs_stride. Rows go
+ * in chunks of CAUSAL_CHUNK: chunk [r0, r1) needs keys 0..r1-1 only, so the
+ * products skip most of the masked upper triangle. Each chunk's product is
+ * one cuBLAS call batched over (sequence, head) through pointer tables that a
+ * kernel writes on the device: a head's product alone is too small to fill
+ * the GPU (12 heads of one 256-row chunk are a few dozen tiles). tf32 and
+ * bf16 with heads of 32 or 64 take fused_attention instead. */
 static ap_status causal_attention(ap_engine *e, int B, int T, float *probs, long long probs_stride, ap_error *err)
 {
     cuda_engine *ce = (cuda_engine *)e->impl;
