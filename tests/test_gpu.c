@@ -181,7 +181,7 @@ static void test_prefill_zeros_past_chunks(void **state)
 }
 
 /* The tf32 and bf16 precisions with heads of 64, GPT-2's (the fixtures'
- * heads are 16 and 32; both sizes run the fused attention), against the CPU:
+ * heads are 12, 16 and 32; 32 and 64 run the fused attention), against the CPU:
  * short and odd lengths, every probability (zeros past the diagonal
  * included); and three sequences of 600 tokens batched against one by one. */
 static void test_reduced_precision_heads_of_64(void **state)
