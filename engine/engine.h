@@ -193,7 +193,10 @@ typedef struct {
  *              positions, at rows[off[i] + x] for x = 0..cnt[i] (the last: t)
  *   q, k       device [n_layer, n_stream, n_embd] of the new position, or NULL
  *   hook       work run inside the step (see ap_step_hook), or NULL
- * Each stream's position then advances by one. */
+ * Each stream's position then advances by one. The call returns once the
+ * step is queued on the engine's stream (a blocking CUDA stream): the host
+ * may prepare the next step meanwhile, and a synchronous copy (cudaMemcpy)
+ * or the next call sees the step's results. */
 typedef struct {
     int n_stream;
     ap_stream *const *streams;

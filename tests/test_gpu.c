@@ -4,7 +4,8 @@
  *   short prefills (1 to 129 tokens) agree with the CPU within the same bounds;
  *   600-token prefills keep every probability (zeros past the chunks) after
  *   a prefill of another capture layout;
- *   tf32 and bf16 with heads of 64 within 2e-3 of the CPU;
+ *   tf32 and bf16 with heads of 64 and 32 (the fused attention) within 2e-3
+ *   of the CPU, up to 600 tokens, batched and one by one;
  *   cascade replay with full equals the reference trace (exactly with the
  *   device policies, which do not decode it; within 1e-5 decoded); for
  *   every policy the retained sets of a cascade replay are identical on the
@@ -180,39 +181,51 @@ static void test_prefill_zeros_past_chunks(void **state)
     close_engines(m, cpu, gpu);
 }
 
-/* The tf32 and bf16 precisions with heads of 64, GPT-2's (the fixtures'
- * heads are 12, 16 and 32; 32 and 64 run the fused attention), against the CPU:
- * short and odd lengths, every probability (zeros past the diagonal
- * included); and three sequences of 600 tokens batched against one by one. */
-static void test_reduced_precision_heads_of_64(void **state)
+/* tf32 and bf16 on a random model with heads of hd (32: the bundled model's,
+ * 64: GPT-2's; both run the fused attention) against the CPU: short and odd
+ * lengths up to 600, every probability (zeros past the diagonal included);
+ * and three sequences of 600 tokens batched against one by one. */
+static void check_reduced_precision(const char *model, int hd)
 {
-    (void)state;
     ap_model *m;
     ap_engine *cpu, *gpu, *fast;
     ap_error err;
     enum { T = 600 };
-    open_engines("random:L=2,H=4,D=256,V=512,T=600,seed=5", &m, &cpu, &gpu);
+    open_engines(model, &m, &cpu, &gpu);
     int ids[T];
     for (int t = 0; t < T; t++) ids[t] = (t * 61 + 9) % m->config.vocab_size;
     for (int prec = AP_PRECISION_TF32; prec <= AP_PRECISION_BF16; prec++) {
+        const char *name = prec == AP_PRECISION_TF32 ? "tf32" : "bf16";
         if (ap_engine_create(m, AP_BACKEND_CUDA, (ap_precision)prec, &fast, &err)) fail_msg("%s", err.msg);
         const double batch_diff = parity_batch_vs_single(fast, 3, T, 1, &err);
         if (batch_diff < 0) fail_msg("%s", err.msg);
-        print_message("%s, heads of 64: 3 x %d tokens batched vs one by one, attention %.3g\n",
-                      prec == AP_PRECISION_TF32 ? "tf32" : "bf16", T, batch_diff);
+        print_message("%s, heads of %d: 3 x %d tokens batched vs one by one, attention %.3g\n", name, hd, T,
+                      batch_diff);
         assert_true(batch_diff <= 2e-3);
         const int lengths[] = {1, 15, 16, 17, 63, 64, 65, 200, 256, 600};
         for (size_t i = 0; i < sizeof lengths / sizeof lengths[0]; i++) {
             double attn_diff, logit_rel;
             prefill_diff(cpu, fast, ids, lengths[i], &attn_diff, &logit_rel);
-            print_message("%s prefill of %3d tokens, heads of 64: attention %.3g, logits %.3g relative\n",
-                          prec == AP_PRECISION_TF32 ? "tf32" : "bf16", lengths[i], attn_diff, logit_rel);
+            print_message("%s prefill of %3d tokens, heads of %d: attention %.3g, logits %.3g relative\n", name,
+                          lengths[i], hd, attn_diff, logit_rel);
             assert_true(attn_diff <= 2e-3);
             assert_true(logit_rel <= 2e-2);
         }
         ap_engine_free(fast);
     }
     close_engines(m, cpu, gpu);
+}
+
+static void test_reduced_precision_heads_of_64(void **state)
+{
+    (void)state;
+    check_reduced_precision("random:L=2,H=4,D=256,V=512,T=600,seed=5", 64);
+}
+
+static void test_reduced_precision_heads_of_32(void **state)
+{
+    (void)state;
+    check_reduced_precision("random:L=2,H=6,D=192,V=512,T=600,seed=7", 32);
 }
 
 /* Records every emitted row's retained mask, its policy row and the largest
@@ -409,6 +422,7 @@ int main(void)
         cmocka_unit_test(test_short_prefills),
         cmocka_unit_test(test_prefill_zeros_past_chunks),
         cmocka_unit_test(test_reduced_precision_heads_of_64),
+        cmocka_unit_test(test_reduced_precision_heads_of_32),
         cmocka_unit_test(test_cascade_cpu_cuda),
         cmocka_unit_test(test_cascade_params),
         cmocka_unit_test(test_cascade_long),

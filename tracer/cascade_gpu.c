@@ -78,11 +78,12 @@ static ap_status hook_enqueue(void *ctx, void *stream, const int *t_of, ap_error
     return ap_policy_gpu_enqueue((ap_policy_gpu *)ctx, stream, t_of, err);
 }
 
-/* kv_bytes and sketch_bytes of each policy from the final retained counts. */
+/* kv_bytes and sketch_bytes of each policy from the final retained counts
+ * (s->cnt, read by ap_policy_gpu_counts). */
 static ap_status fill_costs(cascade_state *s, ap_policy_gpu *g, const ap_policy_params *params,
                             int n_policies, ap_replay_cost *cost, ap_error *err)
 {
-    ap_status st = ap_policy_gpu_counts(g, s->cnt, err);
+    ap_status st = AP_OK;
     for (int p = 0; p < n_policies && !st; p++) {
         ap_policy *host;
         if ((st = ap_policy_create(&params[p], s->H, s->D, &host, err))) break;
@@ -170,6 +171,8 @@ ap_status ap_replay_cascade_gpu(ap_engine *engine, const ap_trace *tr,
             break;
         if (opts->progress) opts->progress(opts->progress_ctx, "cascade", (double)(t + 1) / max_T);
     }
+    /* the decode steps return queued: reading the final counts waits for the last */
+    if (!st) st = ap_policy_gpu_counts(g, s.cnt, err);
     const double dt = replay_now_s() - t0;
     if (!st) st = fill_costs(&s, g, params, n_policies, cost, err);
     for (int p = 0; p < n_policies && !st; p++) {

@@ -103,6 +103,15 @@ typedef struct {
     /* decode tables, grown on demand: device, and pinned host staging */
     void *d_tables, *d_ptrs, *d_compact, *h_tables, *h_ptrs, *h_compact;
     size_t d_tables_cap, d_ptrs_cap, d_compact_cap, h_tables_cap, h_ptrs_cap, h_compact_cap;
+    /* the device decode step's pinned tables, two sets used in turn: the
+     * host fills one while the GPU may still be copying from the other, so
+     * a step is queued without waiting for the one before to finish */
+    struct {
+        void *host; /* [t_of S | max_len S | list_base S | tokens S | pad], then cache pointers [2S] */
+        size_t cap;
+        cudaEvent_t copied; /* recorded after the copies from this set */
+    } step_set[2];
+    int next_set;
     void *d_split; /* chunk partials of the decode attention */
     size_t d_split_cap;
     void *attn_ptrs; /* the prefill attention's pointer tables */
@@ -797,15 +806,14 @@ typedef struct {
     const ap_device_batch *dev; /* device-resident lists and outputs, or NULL */
 } decode_args;
 
-/* A decode step's inputs from the host: table_bytes of the pinned tables, the
- * cache pointers, tokens and positions. */
-static ap_status upload_step(cuda_engine *ce, int S, size_t table_bytes, const int *tokens, const int *t_of,
-                             ap_error *err)
+/* A decode step's inputs from the host: table_bytes of pinned tables, the
+ * pinned cache pointers ptrs [2S], tokens and positions. */
+static ap_status upload_step(cuda_engine *ce, int S, const void *tables, size_t table_bytes, const void *ptrs,
+                             const int *tokens, const int *t_of, ap_error *err)
 {
-    CUDA_TRY(cudaMemcpyAsync(ce->d_tables, ce->h_tables, table_bytes, cudaMemcpyHostToDevice, ce->stream),
+    CUDA_TRY(cudaMemcpyAsync(ce->d_tables, tables, table_bytes, cudaMemcpyHostToDevice, ce->stream),
              "copying the decode tables");
-    CUDA_TRY(cudaMemcpyAsync(ce->d_ptrs, ce->h_ptrs, 2 * (size_t)S * sizeof(float *), cudaMemcpyHostToDevice,
-                             ce->stream),
+    CUDA_TRY(cudaMemcpyAsync(ce->d_ptrs, ptrs, 2 * (size_t)S * sizeof(float *), cudaMemcpyHostToDevice, ce->stream),
              "copying the cache pointers");
     CUDA_TRY(cudaMemcpyAsync(ce->ids, tokens, S * sizeof(int), cudaMemcpyHostToDevice, ce->stream),
              "copying tokens");
@@ -930,7 +938,7 @@ static ap_status cuda_decode_step(ap_engine *e, const ap_decode_batch *b, const 
     if ((st = plan_stage(e, cap, 1, size, slots, 0, err))) return st;
     {
         float *compact = (float *)ce->d_compact, *h_compact = (float *)ce->h_compact;
-        if ((st = upload_step(ce, S, ints * sizeof(int), b->tokens, t_of, err))) return st;
+        if ((st = upload_step(ce, S, ce->h_tables, ints * sizeof(int), ce->h_ptrs, b->tokens, t_of, err))) return st;
         decode_args args = {S, longest, cap, slots, NULL};
         long long key[GRAPH_KEY_MAX] = {2, S, longest, cap && cap->logits, (long long)ce->generation};
         if ((st = run_recorded(e, &ce->decode_graph, key, key_captures(key, 5, cap), enqueue_decode, &args, err)) ||
@@ -971,31 +979,40 @@ static ap_status cuda_decode_step(ap_engine *e, const ap_decode_batch *b, const 
 
 /* The decode step of ap_engine_decode_device: the caller's lists and output
  * buffers are already on the device; only tokens, positions and the cache
- * pointers (a few hundred bytes) go up. */
+ * pointers (a few hundred bytes) go up. Returns once the step is queued: the
+ * host prepares the next step while this one runs (engine.h). */
 static ap_status cuda_decode_device(ap_engine *e, const ap_device_batch *b, ap_error *err)
 {
     cuda_engine *ce = (cuda_engine *)e->impl;
     const int S = b->n_stream;
     ap_status st = ensure_scratch(e, (size_t)S, 0, err);
     if (st) return st;
-    cudaError_t ec = grow_host(&ce->h_tables, &ce->h_tables_cap, 3 * (size_t)S * sizeof(int));
-    if (!ec) ec = grow(ce, &ce->d_tables, &ce->d_tables_cap, 3 * (size_t)S * sizeof(int));
-    if (!ec) ec = grow(ce, &ce->d_ptrs, &ce->d_ptrs_cap, 2 * (size_t)S * sizeof(float *));
-    if (!ec) ec = grow_host(&ce->h_ptrs, &ce->h_ptrs_cap, 2 * (size_t)S * sizeof(float *));
+    /* everything the copies read is pinned: a copy from pageable memory may
+     * wait for the stream */
+    const size_t table_bytes = 3 * (size_t)S * sizeof(int), ptr_at = (4 * (size_t)S * sizeof(int) + 15) / 16 * 16;
     int longest = 0;
     for (int s = 0; s < S; s++) longest = b->streams[s]->max_len > longest ? b->streams[s]->max_len : longest;
+    /* this set's copies (two steps ago) must be done before it is written */
+    const int k = ce->next_set;
+    ce->next_set ^= 1;
+    CUDA_TRY(cudaEventSynchronize(ce->step_set[k].copied), "waiting for the decode tables of two steps ago");
+    cudaError_t ec = grow_host(&ce->step_set[k].host, &ce->step_set[k].cap, ptr_at + 2 * (size_t)S * sizeof(float *));
+    if (!ec) ec = grow(ce, &ce->d_tables, &ce->d_tables_cap, table_bytes);
+    if (!ec) ec = grow(ce, &ce->d_ptrs, &ce->d_ptrs_cap, 2 * (size_t)S * sizeof(float *));
     if (!ec) ec = grow(ce, &ce->d_split, &ce->d_split_cap, split_bytes(e, S, longest));
     if (ec) return ap_error_set(err, AP_ERR_RUNTIME, "allocating decode tables failed (%s)", cudaGetErrorString(ec));
-    int *t_of = (int *)ce->h_tables, *max_len = t_of + S, *base = max_len + S;
-    float **kc = (float **)ce->h_ptrs, **vc = kc + S;
+    int *t_of = (int *)ce->step_set[k].host, *max_len = t_of + S, *base = max_len + S, *tokens = base + S;
+    float **kc = (float **)((char *)ce->step_set[k].host + ptr_at), **vc = kc + S;
     for (int s = 0; s < S; s++) {
         t_of[s] = b->streams[s]->pos;
         max_len[s] = b->streams[s]->max_len;
         base[s] = b->list_base[s];
+        tokens[s] = b->tokens[s];
         kc[s] = ((cuda_stream *)b->streams[s]->impl)->k;
         vc[s] = ((cuda_stream *)b->streams[s]->impl)->v;
     }
-    if ((st = upload_step(ce, S, 3 * (size_t)S * sizeof(int), b->tokens, t_of, err))) return st;
+    if ((st = upload_step(ce, S, t_of, table_bytes, kc, tokens, t_of, err))) return st;
+    CUDA_TRY(cudaEventRecord(ce->step_set[k].copied, ce->stream), "marking the decode tables copied");
     decode_args args = {S, longest, NULL, NULL, b};
     long long key[GRAPH_KEY_MAX] = {3,
                                     S,
@@ -1009,10 +1026,7 @@ static ap_status cuda_decode_device(ap_engine *e, const ap_device_batch *b, ap_e
                                     (long long)(size_t)b->k,
                                     (long long)(size_t)b->hook,
                                     b->hook ? b->hook->key : 0};
-    if ((st = run_recorded(e, &ce->decode_graph, key, 12, enqueue_decode, &args, err))) return st;
-    /* the caller's next launches may run on other streams */
-    CUDA_TRY(cudaStreamSynchronize(ce->stream), "finishing the decode step");
-    return AP_OK;
+    return run_recorded(e, &ce->decode_graph, key, 12, enqueue_decode, &args, err);
 }
 
 /* ---- engine ----------------------------------------------------------------------- */
@@ -1021,6 +1035,7 @@ static void cuda_free(ap_engine *e)
 {
     cuda_engine *ce = (cuda_engine *)e->impl;
     if (!ce) return;
+    if (ce->stream) cudaStreamSynchronize(ce->stream); /* device decode steps return queued */
     graph_cache_clear(&ce->prefill_graph);
     graph_cache_clear(&ce->decode_graph);
     free_scratch(ce);
@@ -1029,6 +1044,10 @@ static void cuda_free(ap_engine *e)
     cudaFree(ce->d_tables), cudaFree(ce->d_ptrs), cudaFree(ce->d_compact), cudaFree(ce->d_split);
     cudaFree(ce->attn_ptrs);
     cudaFreeHost(ce->h_tables), cudaFreeHost(ce->h_ptrs), cudaFreeHost(ce->h_compact);
+    for (int k = 0; k < 2; k++) {
+        if (ce->step_set[k].copied) cudaEventDestroy(ce->step_set[k].copied);
+        cudaFreeHost(ce->step_set[k].host);
+    }
     cudaFree(ce->weights);
     cudaFree(ce->weights_bf16);
     if (ce->blas) cublasDestroy(ce->blas);
@@ -1058,6 +1077,8 @@ extern "C" ap_status ap_cuda_engine_init(ap_engine *e, ap_error *err)
     const ap_model *m = e->model;
     const size_t bytes = m->n_params * sizeof(float);
     CUDA_TRY(cudaStreamCreate(&ce->stream), "creating a CUDA stream");
+    for (int k = 0; k < 2; k++)
+        CUDA_TRY(cudaEventCreateWithFlags(&ce->step_set[k].copied, cudaEventDisableTiming), "creating an event");
     CUBLAS_TRY(cublasCreate(&ce->blas), "creating the cuBLAS handle");
     CUBLAS_TRY(cublasSetStream(ce->blas, ce->stream), "binding cuBLAS to the stream");
     /* a fixed workspace: cuBLAS must not allocate while launches are recorded */
