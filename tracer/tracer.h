@@ -100,7 +100,10 @@ typedef struct {
     /* cascade only, shared by all policies: of `seconds`, the time inside the
      * engine's decode steps and inside the policies' updates (the rest is
      * building the retained sets and emitting rows). With the policies on the
-     * GPU their updates run inside the decode steps: observe_seconds is 0. */
+     * GPU their updates run inside the decode steps: observe_seconds is 0;
+     * the steps then run queued, so decode_seconds is the host's time in the
+     * decode calls and part of the GPU's time shows in the rest (the
+     * synchronous copies of emitted rows wait for it). */
     double decode_seconds, observe_seconds;
 } ap_replay_cost;
 
