@@ -173,7 +173,7 @@ static ap_status ensure_scratch(ap_engine *e, size_t N, size_t scores, ap_error 
         CUDA_TRY(cudaMalloc(&ce->x, n * C * sizeof(float)), "allocating activations");
         CUDA_TRY(cudaMalloc(&ce->h, n * C * sizeof(float)), "allocating activations");
         /* FA_ROWS rows of zeros past the end: fused_attention_kernel reads
-         * whole 16-row tiles */
+         * whole tiles of FA_ROWS query rows and keys */
         CUDA_TRY(cudaMalloc(&ce->qkv, (n + FA_ROWS) * 3 * C * sizeof(float)), "allocating activations");
         CUDA_TRY(cudaMemset(ce->qkv, 0, (n + FA_ROWS) * 3 * C * sizeof(float)), "clearing activations");
         CUDA_TRY(cudaMalloc(&ce->att, n * C * sizeof(float)), "allocating activations");
