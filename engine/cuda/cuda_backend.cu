@@ -723,10 +723,14 @@ static ap_status cuda_prefill_batch(ap_engine *e, int B, const int *const *ids, 
     const ap_config *c = &e->model->config;
     const int C = c->n_embd, H = c->n_head;
     const ap_capture *cap = caps; /* caps[0] says what every sequence captures */
-    ap_status st = ensure_scratch(e, (size_t)B * T, fused_attention_fits(e) ? 0 : (size_t)B * H * T * T, err);
+    /* the fused attention needs neither the score scratch nor the pointer tables */
+    const int fused = fused_attention_fits(e);
+    ap_status st = ensure_scratch(e, (size_t)B * T, fused ? 0 : (size_t)B * H * T * T, err);
     if (st) return st;
-    CUDA_TRY(grow(ce, &ce->attn_ptrs, &ce->attn_ptrs_cap, (size_t)PTR_RULES * causal_chunks(T) * B * H * sizeof(float *)),
-             "allocating the attention's pointer tables");
+    if (!fused)
+        CUDA_TRY(grow(ce, &ce->attn_ptrs, &ce->attn_ptrs_cap,
+                      (size_t)PTR_RULES * causal_chunks(T) * B * H * sizeof(float *)),
+                 "allocating the attention's pointer tables");
     int last = c->n_layer - 1;
     if (!cap || !cap->logits) {
         last = -1;
