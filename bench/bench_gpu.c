@@ -2,6 +2,7 @@
  *
  * usage: bench_gpu [--trace-samples N] [--precision fp32|tf32|bf16] [--batched-only 1] [--cascade-samples N]
  *                  [--cascade-T T] [--host-policies 1]
+ *   --precision P runs (a) and (b) in P alone (b: fp32 or bf16).
  *   (a) trace: random:gpt2-small, T = 1024, every layer's attention computed
  *       (materialised in device memory), in fp32, tf32 and bf16; the same
  *       with all 12 layers' attention copied to host memory; and N samples
@@ -122,7 +123,7 @@ static int run_cascade(ap_engine *e, const ap_model *m, const ap_samples *sample
 int main(int argc, char **argv)
 {
     int trace_samples = 8, cascade_samples = 8, cascade_T = 1024, host_policies = 0, batched_only = 0;
-    const char *only = NULL; /* --precision: the trace in this precision only */
+    const char *only = NULL; /* --precision: the trace and cascade in this precision only */
     for (int i = 1; i + 1 < argc; i += 2) {
         if (!strcmp(argv[i], "--trace-samples")) trace_samples = atoi(argv[i + 1]);
         if (!strcmp(argv[i], "--cascade-samples")) cascade_samples = atoi(argv[i + 1]);
@@ -201,6 +202,7 @@ int main(int argc, char **argv)
     ap_samples samples = {S, lens, sample_ids, S, 0};
     const ap_precision cascade_prec[2] = {AP_PRECISION_FP32, AP_PRECISION_BF16};
     for (int pi = 0; pi < 2 && S > 0; pi++) {
+        if (only && strcmp(only, pnames[cascade_prec[pi]])) continue;
         ap_engine *e;
         if (ap_engine_create(m, AP_BACKEND_CUDA, cascade_prec[pi], &e, &err) ||
             run_cascade(e, m, &samples, CT, host_policies, pnames[cascade_prec[pi]], &err)) {

@@ -2,15 +2,18 @@
 # On the GPU machine, after scripts/gpu-check.sh has built build-gpu: one
 # decode step of the cascade benchmark under Nsight Compute (real clocks, no
 # cache flushes), its kernels summed by name, then the policy launches that
-# follow it. Used for the breakdown in bench/RESULTS.md.
-#   usage: bench/profile-decode.sh [BUILD_DIR] [OUT]
+# follow it. Used for the breakdown in bench/RESULTS.md. SKIP launches are
+# passed over first: ~200 a step, so the default 60000 lands near step 300 of
+# 512, where every list holds the budget's 256 positions.
+#   usage: bench/profile-decode.sh [BUILD_DIR] [OUT] [fp32|bf16] [SKIP]
 set -uo pipefail
-build=${1:-build-gpu} out=${2:-${OUT:-.}}
+build=${1:-build-gpu} out=${2:-${OUT:-.}} prec=${3:-fp32} skip=${4:-60000}
 ncu=${NCU:-/usr/local/cuda/bin/ncu}
-"$ncu" --cache-control none --clock-control none --launch-skip 3000 --launch-count 700 \
+"$ncu" --cache-control none --clock-control none --launch-skip "$skip" --launch-count 700 \
   --metrics gpu__time_duration.sum --csv "$build/bench/bench_gpu" --trace-samples 0 --cascade-T 512 \
-  > "$out/ncu_decode.csv" 2> "$out/ncu_decode.err" || { tail -5 "$out/ncu_decode.err"; exit 1; }
-PYTHONPATH="$(dirname "$0")" python3 - "$out/ncu_decode.csv" <<'PY'
+  --precision "$prec" > "$out/ncu_decode_$prec.csv" 2> "$out/ncu_decode_$prec.err" \
+  || { tail -5 "$out/ncu_decode_$prec.err"; exit 1; }
+PYTHONPATH="$(dirname "$0")" python3 - "$out/ncu_decode_$prec.csv" <<'PY'
 import collections, sys
 from ncu_kernels import kernels
 seq = kernels(sys.argv[1])
