@@ -53,6 +53,7 @@ extern "C" int ap_cuda_device_count(void)
 
 #include "kernels.cuh"
 #include "fused_attention.cuh"
+#include "decode_attention.cuh"
 
 enum { OUT_ATTN, OUT_Q, OUT_K, OUT_V, OUT_O, N_OUT };
 
@@ -844,7 +845,6 @@ static ap_status enqueue_decode(ap_engine *e, const void *arg, ap_error *err)
     if (dev) d_base = d_max + S, d_off = (int *)dev->off, d_cnt = (int *)dev->cnt, d_pos = (int *)dev->pos;
     float *rows_out = dev ? dev->rows : (float *)ce->d_compact;
     float **d_k = (float **)ce->d_ptrs, **d_v = d_k + S;
-    const size_t smem = decode_attention_smem(hd);
     const int chunks = decode_chunks(a->longest);
     float *part_ml = (float *)ce->d_split, *part_o = part_ml + (size_t)S * H * chunks * 2;
     ap_status st;
@@ -861,15 +861,10 @@ static ap_status enqueue_decode(ap_engine *e, const void *arg, ap_error *err)
         KERNEL_TRY("appending to the KV caches");
         const int want_rows = dev ? dev->rows != NULL : at && capture_dst(a->cap, ci, OUT_ATTN);
         float *rows = want_rows ? rows_out : NULL;
-        decode_attention_kernel<<<dim3(S * H, chunks), DECODE_THREADS, smem, ce->stream>>>(
-            ce->att, rows, part_ml, part_o, ce->qkv, d_k, d_v, d_t, d_max, d_base, d_off, d_cnt, d_pos, S, H, hd, C,
-            l, chunks);
+        const decode_view view = {ce->att, rows, part_ml, part_o, ce->qkv, d_k, d_v, d_t, d_max,
+                                  d_base, d_off, d_cnt, d_pos, S, H, hd, C, l, chunks};
+        decode_attention_enqueue(&view, ce->stream);
         KERNEL_TRY("the decode attention");
-        if (chunks > 1) {
-            decode_combine_kernel<<<S * H, 64, 0, ce->stream>>>(ce->att, rows, part_ml, part_o, d_base, d_off, d_cnt,
-                                                                S, H, hd, C, l, chunks);
-            KERNEL_TRY("joining the decode attention's chunks");
-        }
         for (int which = 0; at && which < 3; which++)
             if (at[OUT_Q + which] >= 0)
                 CUDA_TRY(cudaMemcpy2DAsync(ce->stage + at[OUT_Q + which], C * sizeof(float), ce->qkv + which * C,

@@ -69,6 +69,7 @@ struct ap_policy_gpu {
     int n_policy;
     int *h_param;       /* [n_stream] policy of each stream */
     int *stage_words;   /* [n_policy]: shared memory per set (observe_kernel) */
+    int *kind;          /* [n_policy]: which observe_kernel instantiation runs it */
     /* this step's work: active streams grouped by policy, items[first[p] ..
      * first[p] + count[p]) for policy p; key changes when they do */
     int *h_active, *h_items, *first, *count, n_active;
@@ -171,14 +172,19 @@ __device__ static void race_hash(const gpu_policy *P, const float *planes, int d
  * it passes in b[0], b[1]. */
 __device__ static void cms_update(const gpu_policy *P, float *counts, const uint32_t *b, float value, int lane)
 {
+    /* loops over j have constant bounds (the arrays stay in registers) */
     float c[MAX_DEPTH / 32];
     float est = FLT_MAX;
-    for (int j = 0, r = lane; r < P->depth; j++, r += 32) {
-        c[j] = counts[(size_t)r * P->width + b[j]];
-        est = fminf(est, c[j]);
-    }
+#pragma unroll
+    for (int j = 0; j < MAX_DEPTH / 32; j++)
+        if (lane + 32 * j < P->depth) {
+            c[j] = counts[(size_t)(lane + 32 * j) * P->width + b[j]];
+            est = fminf(est, c[j]);
+        }
     if (!P->conservative) {
-        for (int j = 0, r = lane; r < P->depth; j++, r += 32) counts[(size_t)r * P->width + b[j]] = c[j] + value;
+#pragma unroll
+        for (int j = 0; j < MAX_DEPTH / 32; j++)
+            if (lane + 32 * j < P->depth) counts[(size_t)(lane + 32 * j) * P->width + b[j]] = c[j] + value;
         return;
     }
     /* rows sit in lanes 0..depth-1 (and 32.. for depth > 32): the min of
@@ -187,8 +193,9 @@ __device__ static void cms_update(const gpu_policy *P, float *counts, const uint
     while (span < P->depth && span < 32) span <<= 1;
     for (int o = span / 2; o > 0; o >>= 1) est = fminf(est, __shfl_xor_sync(0xffffffffu, est, o));
     const float target = est + value;
-    for (int j = 0, r = lane; r < P->depth; j++, r += 32)
-        if (c[j] < target) counts[(size_t)r * P->width + b[j]] = target;
+#pragma unroll
+    for (int j = 0; j < MAX_DEPTH / 32; j++)
+        if (lane + 32 * j < P->depth && c[j] < target) counts[(size_t)(lane + 32 * j) * P->width + b[j]] = target;
 }
 
 /* counts[r][bucket] += ±row[i] for i = 0..n in order, the buckets of i at
@@ -240,8 +247,9 @@ __device__ static void observe_head(const gpu_policy *P, const step_view *v, int
                 for (int j = 0; j < PREFETCH; j++) {
                     if (i0 + j > n) break;
                     w[j] = row[i0 + j];
-                    for (int x = 0, r = lane; r < P->depth; x++, r += 32)
-                        b[j][x] = slots[(size_t)(i0 + j) * P->depth + r];
+#pragma unroll
+                    for (int x = 0; x < MAX_DEPTH / 32; x++)
+                        if (lane + 32 * x < P->depth) b[j][x] = slots[(size_t)(i0 + j) * P->depth + lane + 32 * x];
                 }
 #pragma unroll
                 for (int j = 0; j < PREFETCH; j++)
@@ -274,6 +282,34 @@ __device__ static void observe_head(const gpu_policy *P, const step_view *v, int
     }
 }
 
+/* The median of a Count Sketch estimate of depth d <= CS_SMALL in registers:
+ * value r lands where the host's (stable) insertion sort puts it, at the
+ * number of smaller values plus the equal ones before it, so the middle
+ * values are the host's. */
+enum { CS_SMALL = 8 };
+__device__ static float cs_median_small(const float *counts, int width, const uint32_t *slot, int d)
+{
+    float x[CS_SMALL];
+#pragma unroll
+    for (int r = 0; r < CS_SMALL; r++)
+        if (r < d) {
+            const float c = counts[(size_t)r * width + (slot[r] & ~CS_NEG)];
+            x[r] = slot[r] & CS_NEG ? -c : c;
+        }
+    float lo = 0, hi = 0; /* sorted values d/2 - 1 and d/2 */
+#pragma unroll
+    for (int r = 0; r < CS_SMALL; r++) {
+        if (r >= d) break;
+        int rank = 0;
+#pragma unroll
+        for (int j = 0; j < CS_SMALL; j++)
+            if (j < d) rank += x[j] < x[r] || (x[j] == x[r] && j < r);
+        if (rank == d / 2 - 1) lo = x[r];
+        if (rank == d / 2) hi = x[r];
+    }
+    return d % 2 ? hi : 0.5f * (lo + hi);
+}
+
 /* Head h's score of retained index i (position pos) (method.h's score). */
 __device__ static double score_head(const gpu_policy *P, const float *row, const uint32_t *slots,
                                     const uint32_t *state, int i, int pos)
@@ -290,6 +326,7 @@ __device__ static double score_head(const gpu_policy *P, const float *row, const
         return est;
     }
     case K_CS: { /* median, by the host's insertion sort */
+        if (P->depth <= CS_SMALL) return cs_median_small(counts, P->width, slot, P->depth);
         float s[MAX_DEPTH];
         for (int r = 0; r < P->depth; r++) {
             const float c = counts[(size_t)r * P->width + (slot[r] & ~CS_NEG)];
@@ -374,13 +411,15 @@ static int staged_words(const gpu_policy *P)
  * (indices into the active streams, all of one policy; t_of: their
  * positions): observe, retain t, evict. A head-granularity set's sketch or
  * generator is worked on in shared memory when it fits stage_words. */
+template <int KIND>
 __global__ void observe_kernel(step_view v, const int *t_of, const int *items, int stage_words)
 {
     extern __shared__ uint32_t staged[];
     const int warp = blockIdx.x, lane = threadIdx.x;
     const int a = items[warp / (v.L * v.H)], l = warp / v.H % v.L, set = warp % v.H, t = t_of[a];
     const int sid = v.active[a];
-    const gpu_policy P = v.policies[v.stream_policy[sid]];
+    gpu_policy P = v.policies[v.stream_policy[sid]];
+    P.kind = KIND; /* a constant: each kind's launch compiles to its own code */
     if (P.layer_sets && set > 0) return;
     const int base = (sid * v.L + l) * v.H, list = base + set;
     const int h0 = P.layer_sets ? 0 : set, h1 = P.layer_sets ? v.H - 1 : set;
@@ -449,6 +488,12 @@ __global__ void observe_kernel(step_view v, const int *t_of, const int *items, i
             if (lane == 0) v.cnt[base + h] = n;
         }
 }
+
+typedef void (*observe_fn)(step_view, const int *, const int *, int);
+static const observe_fn OBSERVE[N_KINDS] = {
+    observe_kernel<K_FULL>, observe_kernel<K_WINDOW>, observe_kernel<K_SINK>, observe_kernel<K_RANDOM>,
+    observe_kernel<K_H2O>,  observe_kernel<K_TOVA>,   observe_kernel<K_CMS>,  observe_kernel<K_CS>,
+    observe_kernel<K_RACE>, observe_kernel<K_RACE_KDE>};
 
 /* Copies layer `layer`'s lists of the active streams as the decode step left
  * them: one block per (active stream, head); positions, then the rows with t
@@ -564,7 +609,7 @@ void ap_policy_gpu_free(ap_policy_gpu *g)
     }
     if (g->fork) cudaEventDestroy(g->fork);
     free(g->policy_stream), free(g->policy_done);
-    free(g->h_param), free(g->stage_words), free(g->h_active), free(g->h_items), free(g->first), free(g->count);
+    free(g->h_param), free(g->stage_words), free(g->kind), free(g->h_active), free(g->h_items), free(g->first), free(g->count);
     free(g->kept_layer), free(g->h_kept_off);
     cudaFree(g->d_kept_off), cudaFree(g->d_cap), cudaFree(g->d_kept_cnt), cudaFree(g->d_kept_pos);
     cudaFree(g->d_kept_rows);
@@ -602,6 +647,7 @@ ap_status ap_policy_gpu_create(const ap_policy_params *params, int n_params, con
     g->n_policy = n_params;
     g->h_param = (int *)malloc((size_t)n_stream * sizeof *g->h_param);
     g->stage_words = (int *)calloc((size_t)n_params, sizeof *g->stage_words);
+    g->kind = (int *)calloc((size_t)n_params, sizeof *g->kind);
     g->policy_stream = (cudaStream_t *)calloc((size_t)n_params, sizeof *g->policy_stream);
     g->policy_done = (cudaEvent_t *)calloc((size_t)n_params, sizeof *g->policy_done);
     g->h_cap = (int *)malloc((size_t)n_stream * sizeof *g->h_cap);
@@ -613,7 +659,7 @@ ap_status ap_policy_gpu_create(const ap_policy_params *params, int n_params, con
     uint32_t *state = NULL;
     ap_status st = AP_OK;
     if (!pols || !init || !slot_off || !state_off || !g->h_off || !g->h_cap || !g->h_keeps_all || !g->h_param ||
-        !g->stage_words ||
+        !g->stage_words || !g->kind ||
         !g->policy_stream || !g->policy_done || !g->h_active || !g->h_items || !g->first || !g->count) {
         st = ap_error_set(err, AP_ERR_RUNTIME, "out of memory");
         goto done;
@@ -679,7 +725,7 @@ ap_status ap_policy_gpu_create(const ap_policy_params *params, int n_params, con
         CUDA_TRY(upload((void **)&v->policies, pols, (size_t)n_params * sizeof *pols), "uploading policies");
         CUDA_TRY(upload((void **)&g->d_active, NULL, (size_t)n_stream * sizeof(int)), "allocating active streams");
         v->active = g->d_active;
-        for (int p = 0; p < n_params; p++) g->stage_words[p] = staged_words(&pols[p]);
+        for (int p = 0; p < n_params; p++) g->stage_words[p] = staged_words(&pols[p]), g->kind[p] = pols[p].kind;
         memcpy(g->h_param, stream_param, (size_t)n_stream * sizeof(int));
         CUDA_TRY(upload((void **)&g->d_items, NULL, (size_t)n_stream * sizeof(int)), "allocating work lists");
         CUDA_TRY(upload((void **)&g->d_cap, g->h_cap, (size_t)n_stream * sizeof(int)), "uploading capacities");
@@ -737,8 +783,9 @@ ap_status ap_policy_gpu_enqueue(ap_policy_gpu *g, void *stream, const int *t_of,
         if (!g->count[p]) continue;
         cudaStream_t ps = g->policy_stream[p];
         CUDA_TRY(cudaStreamWaitEvent(ps, g->fork, 0), "ordering the policy updates");
-        observe_kernel<<<(unsigned)(g->count[p] * g->L * g->H), 32, (size_t)g->stage_words[p] * sizeof(uint32_t),
-                         ps>>>(g->v, t_of, g->d_items + g->first[p], g->stage_words[p]);
+        OBSERVE[g->kind[p]]<<<(unsigned)(g->count[p] * g->L * g->H), 32,
+                              (size_t)g->stage_words[p] * sizeof(uint32_t), ps>>>(g->v, t_of, g->d_items + g->first[p],
+                                                                                 g->stage_words[p]);
         KERNEL_TRY("launching the policy updates");
         CUDA_TRY(cudaEventRecord(g->policy_done[p], ps), "ordering the policy updates");
         CUDA_TRY(cudaStreamWaitEvent(origin, g->policy_done[p], 0), "ordering the policy updates");
