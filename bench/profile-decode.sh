@@ -17,7 +17,7 @@ PYTHONPATH="$(dirname "$0")" python3 - "$out/ncu_decode_$prec.csv" <<'PY'
 import collections, sys
 from ncu_kernels import kernels
 seq = kernels(sys.argv[1])
-is_policy = lambda k: k[0].startswith("observe")
+is_policy = lambda k: "observe_kernel" in k[0]
 first = next(i for i, k in enumerate(seq) if is_policy(k))
 while first < len(seq) and is_policy(seq[first]): first += 1   # a decode step starts after a policy group
 end = first
