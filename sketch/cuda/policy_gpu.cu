@@ -97,29 +97,37 @@ static long long next_key(void) { return __sync_add_and_fetch(&last_key, 1); }
 
 __device__ static inline float as_float(uint32_t u) { return __uint_as_float(u); }
 
-/* GSL's mt19937 (gsl_rng_uniform): the next 32-bit output, tempered. */
-__device__ static uint32_t mt_next(uint32_t *mt)
+/* GSL's mt19937 (gsl_rng_uniform), a warp at a time. The state's words are
+ * rewritten in the host's order 32 at a time: word kk reads kk + 1 (not yet
+ * rewritten) and kk + M (likewise) below N - M, kk + M - N (rewritten, in an
+ * earlier batch: N - M = 227 > 32) above. */
+__device__ static void mt_twist(uint32_t *mt, int lane)
 {
-    if (mt[MT_N] >= MT_N) {
-        int kk;
-        for (kk = 0; kk < MT_N - MT_M; kk++) {
+    for (int k0 = 0; k0 < MT_N - 1; k0 += 32) {
+        const int kk = k0 + lane;
+        uint32_t next = 0;
+        if (kk < MT_N - 1) {
             const uint32_t y = (mt[kk] & 0x80000000u) | (mt[kk + 1] & 0x7fffffffu);
-            mt[kk] = mt[kk + MT_M] ^ (y >> 1) ^ (y & 1 ? 0x9908b0dfu : 0u);
+            next = mt[kk < MT_N - MT_M ? kk + MT_M : kk + MT_M - MT_N] ^ (y >> 1) ^ (y & 1 ? 0x9908b0dfu : 0u);
         }
-        for (; kk < MT_N - 1; kk++) {
-            const uint32_t y = (mt[kk] & 0x80000000u) | (mt[kk + 1] & 0x7fffffffu);
-            mt[kk] = mt[kk + (MT_M - MT_N)] ^ (y >> 1) ^ (y & 1 ? 0x9908b0dfu : 0u);
-        }
+        __syncwarp();
+        if (kk < MT_N - 1) mt[kk] = next;
+        __syncwarp();
+    }
+    if (lane == 0) {
         const uint32_t y = (mt[MT_N - 1] & 0x80000000u) | (mt[0] & 0x7fffffffu);
         mt[MT_N - 1] = mt[MT_M - 1] ^ (y >> 1) ^ (y & 1 ? 0x9908b0dfu : 0u);
-        mt[MT_N] = 0;
     }
-    uint32_t k = mt[mt[MT_N]++];
+    __syncwarp();
+}
+
+__device__ static inline double mt_uniform(uint32_t k)
+{
     k ^= k >> 11;
     k ^= (k << 7) & 0x9d2c5680u;
     k ^= (k << 15) & 0xefc60000u;
     k ^= k >> 18;
-    return k;
+    return k / 4294967296.0;
 }
 
 /* x . plane over dim floats (16-byte aligned when dim % 4 == 0). */
@@ -200,23 +208,43 @@ __device__ static void cms_update(const gpu_policy *P, float *counts, const uint
 
 /* counts[r][bucket] += ±row[i] for i = 0..n in order, the buckets of i at
  * slots + i * n_rows (Count Sketch's sign in bit 31; RACE's buckets never
- * reach it); lane r owns row r, and buckets and weights are loaded a chunk
- * ahead so that the loads overlap. */
+ * reach it); lane r owns row r. The sketch may sit in global memory, so the
+ * positions go ADD_GROUP at a time: their buckets and weights, then their
+ * counters, are loaded together, and a counter that an earlier position of
+ * the group updates is taken from that update (the same sums, in the same
+ * order, as one position after the other). */
+enum { ADD_GROUP = 16 };
 __device__ static void add_in_order(float *counts, int row_len, const uint32_t *slots, int n_rows, const float *row,
                                     int n, int lane)
 {
     for (int r0 = 0; r0 < n_rows; r0 += 32) {
         const int r = r0 + lane;
-        for (int i0 = 0; i0 <= n; i0 += PREFETCH) {
-            uint32_t b[PREFETCH];
-            float w[PREFETCH];
+        if (r >= n_rows) break;
+        float *line = counts + (size_t)r * row_len;
+        for (int i0 = 0; i0 <= n; i0 += ADD_GROUP) {
+            uint32_t b[ADD_GROUP] = {0};
+            float w[ADD_GROUP] = {0}, c[ADD_GROUP] = {0};
 #pragma unroll
-            for (int j = 0; j < PREFETCH; j++)
-                if (i0 + j <= n && r < n_rows) b[j] = slots[(size_t)(i0 + j) * n_rows + r], w[j] = row[i0 + j];
+            for (int j = 0; j < ADD_GROUP; j++)
+                if (i0 + j <= n) {
+                    b[j] = slots[(size_t)(i0 + j) * n_rows + r];
+                    w[j] = row[i0 + j];
+                    if (b[j] & CS_NEG) w[j] = -w[j];
+                    b[j] &= ~CS_NEG;
+                }
 #pragma unroll
-            for (int j = 0; j < PREFETCH; j++)
-                if (i0 + j <= n && r < n_rows)
-                    counts[(size_t)r * row_len + (b[j] & ~CS_NEG)] += b[j] & CS_NEG ? -w[j] : w[j];
+            for (int j = 0; j < ADD_GROUP; j++)
+                if (i0 + j <= n) c[j] = line[b[j]];
+#pragma unroll
+            for (int j = 0; j < ADD_GROUP; j++) {
+#pragma unroll
+                for (int x = 0; x < j; x++)
+                    if (b[x] == b[j]) c[j] = c[x]; /* the latest earlier update of this counter */
+                c[j] += w[j];
+            }
+#pragma unroll
+            for (int j = 0; j < ADD_GROUP; j++)
+                if (i0 + j <= n) line[b[j]] = c[j];
         }
     }
 }
@@ -357,11 +385,40 @@ __device__ static int evictable(const gpu_policy *P, int pos, int t)
     return !P->protects || (pos >= P->sink && pos <= t - P->recent);
 }
 
+/* score[i] += the next draw of generator mt for each evictable position i
+ * in order, as one mt19937 draw after the other: a position's draw is the
+ * state word at the generator's index plus its rank among the evictable
+ * positions, past the end of the state from the next state. */
+__device__ static void draw_evictable(const gpu_policy *P, uint32_t *mt, double *score, const int *kp, int n, int t,
+                                      int lane)
+{
+    const int index = (int)mt[MT_N], left = MT_N - index; /* draws the state has left */
+    int total = 0;
+    for (int pass = 0; pass < 2; pass++) {
+        int rank = 0;
+        for (int i0 = 0; i0 < n; i0 += 32) {
+            const int i = i0 + lane, e = i < n && evictable(P, kp[i], t);
+            const unsigned mask = __ballot_sync(0xffffffffu, e);
+            const int r = rank + __popc(mask & ((1u << lane) - 1));
+            if (e && pass == 0 && r < left) score[i] += mt_uniform(mt[index + r]);
+            if (e && pass == 1 && r >= left) score[i] += mt_uniform(mt[r - left]);
+            rank += __popc(mask);
+        }
+        total = rank;
+        if (pass == 1 || total <= left) break;
+        __syncwarp();
+        mt_twist(mt, lane);
+    }
+    __syncwarp();
+    if (lane == 0) mt[MT_N] = total <= left ? index + total : total - left;
+    __syncwarp();
+}
+
 /* Removes index x of n from a warp-shared array of `words`-word entries.
  * The shift goes in batches of SHIFT_LOADS words per lane, all loaded before
  * any is stored (a batch's stores land below the next batch's loads), so that
- * a RACE set's 4,000 words of buckets take 16 round trips, not 128. */
-enum { SHIFT_LOADS = 8 };
+ * a RACE set's 4,000 words of buckets take 8 round trips, not 128. */
+enum { SHIFT_LOADS = 16 };
 __device__ static void remove_entry(uint32_t *a, int words, int x, int n, int lane)
 {
     const int end = (n - 1) * words;
@@ -398,12 +455,14 @@ __device__ static void stage_in(uint32_t *staged, const uint32_t *home, long lon
 }
 
 /* Shared memory a set of policy P works in (0: its sketch stays in place).
- * A head's sketch is staged when it fits and the step touches much of it;
- * race_kde's step adds to one bucket a row and reads the retained keys'
- * buckets, so moving its whole sketch in and out would be most of its cost. */
+ * A head's sketch is staged when it fits and the step touches much of it
+ * with dependent updates (Count-Min's conservative update reads the row
+ * minimum before each write). The RACE sketches stay in place: 32 KB a set
+ * would hold seven blocks an SM, and their sums go through add_in_order's
+ * grouped loads; race_kde's step adds to one bucket a row. */
 static int staged_words(const gpu_policy *P)
 {
-    if (P->layer_sets || P->kind == K_RACE_KDE || P->state_words > STAGE_WORDS_MAX) return 0;
+    if (P->layer_sets || P->kind == K_RACE || P->kind == K_RACE_KDE || P->state_words > STAGE_WORDS_MAX) return 0;
     return (int)P->state_words;
 }
 
@@ -445,13 +504,8 @@ __global__ void observe_kernel(step_view v, const int *t_of, const int *items, i
         double *score = v.scratch + v.off[list];
         if (P.kind == K_RANDOM) {
             /* the host draws per evictable position, head after head */
-            if (lane == 0)
-                for (int i = 0; i < n; i++) {
-                    if (!evictable(&P, kp[i], t)) continue;
-                    double s = 0;
-                    for (int h = h0; h <= h1; h++) s += mt_next(STATE_OF(h)) / 4294967296.0;
-                    score[i] = s;
-                }
+            for (int i = lane; i < n; i += 32) score[i] = 0;
+            for (int h = h0; h <= h1; h++) draw_evictable(&P, STATE_OF(h), score, kp, n, t, lane);
             __syncwarp();
         }
         double best = 0;
