@@ -35,6 +35,7 @@ enum { MT_N = 624, MT_M = 397, MT_WORDS = MT_N + 1 }; /* state, then the index *
 enum { CS_NEG = 1u << 31 };
 enum { MAX_DEPTH = 64 }; /* ap_cms_init / ap_cs_init accept depth <= 64 */
 enum { PREFETCH = 8 };    /* sketch updates: buckets loaded this many positions ahead */
+enum { SCORE_BATCH = 4 }; /* eviction: positions a lane estimates at once */
 /* A set's sketch is staged in shared memory when it fits this many words. */
 enum { STAGE_WORDS_MAX = 12 * 1024 };
 
@@ -466,15 +467,19 @@ static int staged_words(const gpu_policy *P)
     return (int)P->state_words;
 }
 
-/* One warp (block) per (active stream, layer, set) of the streams items[]
- * (indices into the active streams, all of one policy; t_of: their
- * positions): observe, retain t, evict. A head-granularity set's sketch or
- * generator is worked on in shared memory when it fits stage_words. */
+/* One warp per (active stream, layer, set) of the streams items[] (indices
+ * into the active streams, all of one policy; t_of: their positions), n_sets
+ * in all: observe, retain t, evict. A head-granularity set's sketch or
+ * generator is worked on in shared memory when it fits stage_words. Blocks of
+ * several warps: an SM holds at most 32 blocks, and the ten policies' sets
+ * run side by side. */
 template <int KIND>
-__global__ void observe_kernel(step_view v, const int *t_of, const int *items, int stage_words)
+__global__ void observe_kernel(step_view v, const int *t_of, const int *items, int stage_words, int n_sets)
 {
-    extern __shared__ uint32_t staged[];
-    const int warp = blockIdx.x, lane = threadIdx.x;
+    extern __shared__ uint32_t staged_all[];
+    const int warp = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32, lane = threadIdx.x % 32;
+    if (warp >= n_sets) return;
+    uint32_t *staged = staged_all + (size_t)(threadIdx.x / 32) * stage_words;
     const int a = items[warp / (v.L * v.H)], l = warp / v.H % v.L, set = warp % v.H, t = t_of[a];
     const int sid = v.active[a];
     gpu_policy P = v.policies[v.stream_policy[sid]];
@@ -508,12 +513,27 @@ __global__ void observe_kernel(step_view v, const int *t_of, const int *items, i
             for (int h = h0; h <= h1; h++) draw_evictable(&P, STATE_OF(h), score, kp, n, t, lane);
             __syncwarp();
         }
+        const int sketch = P.kind == K_CMS || P.kind == K_CS || P.kind == K_RACE || P.kind == K_RACE_KDE;
+        if (sketch) /* estimates read counters SCORE_BATCH positions at a time, their loads together */
+            for (int i0 = lane; i0 < n; i0 += 32 * SCORE_BATCH) {
+                double s[SCORE_BATCH];
+#pragma unroll
+                for (int j = 0; j < SCORE_BATCH; j++) {
+                    const int i = i0 + 32 * j;
+                    s[j] = 0;
+                    for (int h = h0; i < n && h <= h1; h++)
+                        s[j] += score_head(&P, NULL, v.slots + v.slot_off[base + h], STATE_OF(h), i, 0);
+                }
+#pragma unroll
+                for (int j = 0; j < SCORE_BATCH; j++)
+                    if (i0 + 32 * j < n) score[i0 + 32 * j] = s[j];
+            }
         double best = 0;
         int victim = -1;
         for (int i = lane; i < n; i += 32) {
             if (!evictable(&P, kp[i], t)) continue;
             double s = 0;
-            if (P.kind == K_RANDOM) s = score[i];
+            if (P.kind == K_RANDOM || sketch) s = score[i];
             else
                 for (int h = h0; h <= h1; h++)
                     s += score_head(&P, v.rows + v.off[base + h], v.slots + v.slot_off[base + h], STATE_OF(h), i,
@@ -543,11 +563,19 @@ __global__ void observe_kernel(step_view v, const int *t_of, const int *items, i
         }
 }
 
-typedef void (*observe_fn)(step_view, const int *, const int *, int);
+typedef void (*observe_fn)(step_view, const int *, const int *, int, int);
 static const observe_fn OBSERVE[N_KINDS] = {
     observe_kernel<K_FULL>, observe_kernel<K_WINDOW>, observe_kernel<K_SINK>, observe_kernel<K_RANDOM>,
     observe_kernel<K_H2O>,  observe_kernel<K_TOVA>,   observe_kernel<K_CMS>,  observe_kernel<K_CS>,
     observe_kernel<K_RACE>, observe_kernel<K_RACE_KDE>};
+
+/* Warps a block of observe_kernel: up to four, within the default 48 KB of
+ * shared memory for their staged sketches. */
+static int observe_warps(int stage_words)
+{
+    const int fit = stage_words ? STAGE_WORDS_MAX / stage_words : 4;
+    return fit >= 4 ? 4 : fit < 1 ? 1 : fit;
+}
 
 /* Copies layer `layer`'s lists of the active streams as the decode step left
  * them: one block per (active stream, head); positions, then the rows with t
@@ -837,9 +865,10 @@ ap_status ap_policy_gpu_enqueue(ap_policy_gpu *g, void *stream, const int *t_of,
         if (!g->count[p]) continue;
         cudaStream_t ps = g->policy_stream[p];
         CUDA_TRY(cudaStreamWaitEvent(ps, g->fork, 0), "ordering the policy updates");
-        OBSERVE[g->kind[p]]<<<(unsigned)(g->count[p] * g->L * g->H), 32,
-                              (size_t)g->stage_words[p] * sizeof(uint32_t), ps>>>(g->v, t_of, g->d_items + g->first[p],
-                                                                                 g->stage_words[p]);
+        const int sets = g->count[p] * g->L * g->H, warps = observe_warps(g->stage_words[p]);
+        OBSERVE[g->kind[p]]<<<(unsigned)((sets + warps - 1) / warps), 32 * warps,
+                              (size_t)warps * g->stage_words[p] * sizeof(uint32_t), ps>>>(
+            g->v, t_of, g->d_items + g->first[p], g->stage_words[p], sets);
         KERNEL_TRY("launching the policy updates");
         CUDA_TRY(cudaEventRecord(g->policy_done[p], ps), "ordering the policy updates");
         CUDA_TRY(cudaStreamWaitEvent(origin, g->policy_done[p], 0), "ordering the policy updates");
