@@ -43,8 +43,10 @@ static void time_candidates(cublasLtHandle_t lt, int bf16, cublasLtEpilogue_t ep
     cublasLtMatmulPreference_t pref;
     CHECK(cublasLtMatmulDescCreate(&op, compute, CUDA_R_32F));
     CHECK(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_EPILOGUE, &ep, sizeof ep));
-    CHECK(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof bias));
-    CHECK(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &bias_type, sizeof bias_type));
+    if (ep != CUBLASLT_EPILOGUE_DEFAULT) {
+        CHECK(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof bias));
+        CHECK(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &bias_type, sizeof bias_type));
+    }
     CHECK(cublasLtMatrixLayoutCreate(&a, in_type, OC, IC, OC));
     CHECK(cublasLtMatrixLayoutCreate(&b, in_type, IC, N, IC));
     CHECK(cublasLtMatrixLayoutCreate(&d, CUDA_R_32F, OC, N, OC));
