@@ -60,10 +60,10 @@ __device__ static inline void fa_mma(float *d, const unsigned *a, unsigned b0, u
 __device__ static inline void fa_keep_pair(float *p, int key, int row, float a, float b)
 {
     if (key + 1 <= row) {
-        if (((size_t)p & 7) == 0) __stcs((float2 *)p, make_float2(a, b));
-        else __stcs(p, a), __stcs(p + 1, b);
+        if (((size_t)p & 7) == 0) *(float2 *)p = make_float2(a, b);
+        else p[0] = a, p[1] = b;
     } else if (key <= row)
-        __stcs(p, a);
+        p[0] = a;
 }
 
 /* A thread's share of a chunk: piece tid % VEC of rows tid / VEC + i * STEP;
@@ -204,11 +204,11 @@ __device__ __forceinline__ void fa_emit(float (&o)[HD / 16][2][4], const float (
             if (p_lo) fa_keep_pair(p_lo + col, key0 + col, row_lo, p[0], p[1]);
             if (p_hi) fa_keep_pair(p_hi + col, key0 + col, row_lo + 8, p[2], p[3]);
         } else if (aligned) {
-            if (p_lo) __stcs((float2 *)(p_lo + col), make_float2(p[0], p[1]));
-            if (p_hi) __stcs((float2 *)(p_hi + col), make_float2(p[2], p[3]));
+            if (p_lo) *(float2 *)(p_lo + col) = make_float2(p[0], p[1]);
+            if (p_hi) *(float2 *)(p_hi + col) = make_float2(p[2], p[3]);
         } else {
-            if (p_lo) __stcs(p_lo + col, p[0]), __stcs(p_lo + col + 1, p[1]);
-            if (p_hi) __stcs(p_hi + col, p[2]), __stcs(p_hi + col + 1, p[3]);
+            if (p_lo) p_lo[col] = p[0], p_lo[col + 1] = p[1];
+            if (p_hi) p_hi[col] = p[2], p_hi[col + 1] = p[3];
         }
         const unsigned pb_lo0 = fa_tf32(p[0]), pb_lo1 = fa_tf32(p[1]), pb_hi0 = fa_tf32(p[2]), pb_hi1 = fa_tf32(p[3]);
 #pragma unroll
