@@ -192,6 +192,8 @@ typedef struct {
  *   rows       device: the step's probabilities of list i, aligned with its
  *              positions, at rows[off[i] + x] for x = 0..cnt[i] (the last: t)
  *   q, k       device [n_layer, n_stream, n_embd] of the new position, or NULL
+ *   max_cnt    host: no cnt[i] exceeds it (the attention's grid is sized by
+ *              it); 0 when unknown (bounded by the streams' lengths)
  *   hook       work run inside the step (see ap_step_hook), or NULL
  * Each stream's position then advances by one. The call returns once the
  * step is queued on the engine's stream (a blocking CUDA stream): the host
@@ -204,6 +206,7 @@ typedef struct {
     const int *list_base;
     const int *off, *cnt, *pos;
     float *rows, *q, *k;
+    int max_cnt;
     const ap_step_hook *hook;
 } ap_device_batch;
 

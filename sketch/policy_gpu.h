@@ -38,6 +38,8 @@ void ap_policy_gpu_free(ap_policy_gpu *g);
 const ap_policy_gpu_buffers *ap_policy_gpu_buffers_of(const ap_policy_gpu *g);
 /* First list of a stream: its (layer, head) list is that + layer * n_head + head. */
 int ap_policy_gpu_list_base(const ap_policy_gpu *g, int stream);
+/* Entries a list of the stream holds at most: its retained positions plus t. */
+int ap_policy_gpu_capacity(const ap_policy_gpu *g, int stream);
 /* 1 when the stream's policy never evicts within its length (`full`, or a
  * budget of at least the length): its cascade is the reference. */
 int ap_policy_gpu_keeps_all(const ap_policy_gpu *g, int stream);

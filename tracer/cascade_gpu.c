@@ -151,9 +151,11 @@ ap_status ap_replay_cascade_gpu(ap_engine *engine, const ap_trace *tr,
     const double t0 = replay_now_s();
     double decode_s = 0;
     for (int t = 0; t < max_T && !st; t++) {
-        int n_active = 0;
+        int n_active = 0, max_cnt = 0;
         for (int i = 0; i < n; i++) {
             if (t >= s.len_of[i] || !s.streams[i]) continue;
+            const int cap = ap_policy_gpu_capacity(g, i) - 1;
+            max_cnt = cap > max_cnt ? cap : max_cnt;
             s.active[n_active] = s.streams[i];
             s.active_id[n_active] = i;
             s.tokens[n_active] = tr->ids[s.sample_of[i]][t];
@@ -162,7 +164,7 @@ ap_status ap_replay_cascade_gpu(ap_engine *engine, const ap_trace *tr,
         if (n_active) {
             if ((st = ap_policy_gpu_begin_step(g, s.active_id, n_active, &hook.key, err))) break;
             ap_device_batch b = {n_active, s.active, s.tokens, s.list_base, buf->off, buf->cnt,
-                                 buf->pos, buf->rows, buf->q, buf->k, &hook};
+                                 buf->pos, buf->rows, buf->q, buf->k, max_cnt, &hook};
             const double t_decode = replay_now_s();
             if ((st = ap_engine_decode_device(engine, &b, err))) break;
             decode_s += replay_now_s() - t_decode;

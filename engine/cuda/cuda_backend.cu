@@ -796,8 +796,8 @@ static void cuda_stream_free(ap_stream *s)
     free(cs);
 }
 
-/* Bytes of decode_attention_kernel's chunk partials for S streams of up to
- * `longest` positions. */
+/* Bytes of the decode attention's chunk partials for S streams whose lists
+ * hold up to `longest` entries (t included). */
 static size_t split_bytes(const ap_engine *e, int S, int longest)
 {
     const ap_config *c = &e->model->config;
@@ -989,8 +989,10 @@ static ap_status cuda_decode_device(ap_engine *e, const ap_device_batch *b, ap_e
     /* everything the copies read is pinned: a copy from pageable memory may
      * wait for the stream */
     const size_t table_bytes = 3 * (size_t)S * sizeof(int), ptr_at = (4 * (size_t)S * sizeof(int) + 15) / 16 * 16;
-    int longest = 0;
-    for (int s = 0; s < S; s++) longest = b->streams[s]->max_len > longest ? b->streams[s]->max_len : longest;
+    /* the longest list (t included) sizes the attention's grid */
+    int longest = b->max_cnt > 0 ? b->max_cnt + 1 : 0;
+    for (int s = 0; s < S && b->max_cnt <= 0; s++)
+        longest = b->streams[s]->max_len > longest ? b->streams[s]->max_len : longest;
     /* this set's copies (two steps ago) must be done before it is written */
     const int k = ce->next_set;
     ce->next_set ^= 1;

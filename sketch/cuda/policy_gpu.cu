@@ -132,8 +132,22 @@ __device__ static inline double mt_uniform(uint32_t k)
 }
 
 /* x . plane over dim floats (16-byte aligned when dim % 4 == 0). */
+template <int DIM>
+__device__ static float dot_fixed(const float *plane, const float *x)
+{
+    float acc[4] = {0, 0, 0, 0};
+#pragma unroll
+    for (int d = 0; d < DIM; d += 4) { /* every load in flight at once */
+        const float4 p4 = *(const float4 *)(plane + d), x4 = *(const float4 *)(x + d);
+        acc[0] += p4.x * x4.x, acc[1] += p4.y * x4.y, acc[2] += p4.z * x4.z, acc[3] += p4.w * x4.w;
+    }
+    return (acc[0] + acc[1]) + (acc[2] + acc[3]);
+}
+
 __device__ static float dot(const float *plane, const float *x, int dim)
 {
+    if (dim == 64) return dot_fixed<64>(plane, x);
+    if (dim == 32) return dot_fixed<32>(plane, x);
     float acc[4] = {0, 0, 0, 0};
     int d = 0;
     if (dim % 4 == 0)
@@ -373,7 +387,7 @@ __device__ static double score_head(const gpu_policy *P, const float *row, const
     case K_RACE:
     case K_RACE_KDE: {
         double sum = 0;
-#pragma unroll 8
+#pragma unroll 16
         for (int r = 0; r < P->rows; r++) sum += counts[((size_t)r << P->bits) + slot[r]];
         return (float)(sum / P->rows);
     }
@@ -824,6 +838,7 @@ done:
 const ap_policy_gpu_buffers *ap_policy_gpu_buffers_of(const ap_policy_gpu *g) { return &g->buf; }
 int ap_policy_gpu_list_base(const ap_policy_gpu *g, int stream) { return stream * g->L * g->H; }
 int ap_policy_gpu_keeps_all(const ap_policy_gpu *g, int stream) { return g->h_keeps_all[stream]; }
+int ap_policy_gpu_capacity(const ap_policy_gpu *g, int stream) { return g->h_cap[stream]; }
 
 ap_status ap_policy_gpu_begin_step(ap_policy_gpu *g, const int *active, int n_active, long long *key,
                                    ap_error *err)
