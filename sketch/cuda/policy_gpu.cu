@@ -488,7 +488,7 @@ static int staged_words(const gpu_policy *P)
  * several warps: an SM holds at most 32 blocks, and the ten policies' sets
  * run side by side. */
 template <int KIND>
-__global__ void observe_kernel(step_view v, const int *t_of, const int *items, int stage_words, int n_sets)
+__global__ void __launch_bounds__(128, 6) observe_kernel(step_view v, const int *t_of, const int *items, int stage_words, int n_sets)
 {
     extern __shared__ uint32_t staged_all[];
     const int warp = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32, lane = threadIdx.x % 32;
