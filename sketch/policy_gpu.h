@@ -65,8 +65,12 @@ ap_status ap_policy_gpu_enqueue(ap_policy_gpu *g, void *stream, const int *t_of,
 /* Layers whose lists are copied each step as the decode left them, before the
  * policies change them (the sets the step attended to); once, before the first step. */
 ap_status ap_policy_gpu_keep_layers(ap_policy_gpu *g, const int *layers, int n, ap_error *err);
-/* Brings the last step's kept copies to the host. */
+/* Queues the copies of the last queued step's kept sets to the host, on the
+ * decode steps' stream (after that step, before the next one queued), so
+ * that the host can queue the next step before it reads them; they may be
+ * read once ap_policy_gpu_wait_kept returns, until the next fetch. */
 ap_status ap_policy_gpu_fetch_kept(ap_policy_gpu *g, ap_error *err);
+ap_status ap_policy_gpu_wait_kept(ap_policy_gpu *g, ap_error *err);
 /* Kept layer `which` (an index into keep_layers' list) of a stream's head, as
  * fetched: returns its retained count n; *pos holds the n positions and *rows
  * the n + 1 probabilities (t last). */

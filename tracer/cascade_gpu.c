@@ -34,13 +34,13 @@ static void state_free(cascade_state *s)
 
 /* Emits the rows of every stream still running at step t at the trace's
  * layers: from the sets the step attended to (kept by the policies before
- * they observed it) — the row over 0..t from the compact one, the mask from
- * the retained positions — or, for a stream that keeps everything, the
- * reference row itself. */
+ * they observed it, their copies fetched after step t was queued) — the row
+ * over 0..t from the compact one, the mask from the retained positions — or,
+ * for a stream that keeps everything, the reference row itself. */
 static ap_status emit_rows(cascade_state *s, ap_policy_gpu *g, const ap_trace *tr, int n_policies, int t,
                            const ap_replay_opts *opts, ap_error *err)
 {
-    ap_status st = s->n_decoded ? ap_policy_gpu_fetch_kept(g, err) : AP_OK;
+    ap_status st = s->n_decoded ? ap_policy_gpu_wait_kept(g, err) : AP_OK;
     for (int id = 0; id < s->n_streams && !st; id++) {
         const int sample = s->sample_of[id], T = tr->len[sample];
         if (t >= T) continue;
@@ -150,6 +150,7 @@ ap_status ap_replay_cascade_gpu(ap_engine *engine, const ap_trace *tr,
     ap_step_hook hook = {g, hook_enqueue, 0};
     const double t0 = replay_now_s();
     double decode_s = 0;
+    int measured = -1; /* a step whose rows are still to be emitted */
     for (int t = 0; t < max_T && !st; t++) {
         int n_active = 0, max_cnt = 0;
         for (int i = 0; i < n; i++) {
@@ -169,10 +170,17 @@ ap_status ap_replay_cascade_gpu(ap_engine *engine, const ap_trace *tr,
             if ((st = ap_engine_decode_device(engine, &b, err))) break;
             decode_s += replay_now_s() - t_decode;
         }
-        if (opts->sink && replay_measured(opts, t) && (st = emit_rows(&s, g, tr, n_policies, t, opts, err)))
-            break;
+        /* a measured step's rows are emitted once the next step is queued:
+         * the host's work on them overlaps the GPU's */
+        if (measured >= 0 && (st = emit_rows(&s, g, tr, n_policies, measured, opts, err))) break;
+        measured = -1;
+        if (opts->sink && replay_measured(opts, t)) {
+            if (s.n_decoded && (st = ap_policy_gpu_fetch_kept(g, err))) break;
+            measured = t;
+        }
         if (opts->progress) opts->progress(opts->progress_ctx, "cascade", (double)(t + 1) / max_T);
     }
+    if (!st && measured >= 0) st = emit_rows(&s, g, tr, n_policies, measured, opts, err);
     /* the decode steps return queued: reading the final counts waits for the last */
     if (!st) st = ap_policy_gpu_counts(g, s.cnt, err);
     const double dt = replay_now_s() - t0;

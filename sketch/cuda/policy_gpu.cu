@@ -80,6 +80,8 @@ struct ap_policy_gpu {
      * from the decode step's stream at its end and joined back */
     cudaStream_t *policy_stream; /* [n_policy] */
     cudaEvent_t fork, *policy_done;
+    cudaStream_t origin;     /* the decode step's stream (set when a step is recorded) */
+    cudaEvent_t kept_copied; /* the last fetch_kept's copies are done */
     /* copies of some layers' lists as the decode step left them:
      * [n_kept][n_stream * n_head] counts, [n_kept][kept_total] positions and rows */
     int n_kept, *kept_layer;
@@ -703,6 +705,10 @@ void ap_policy_gpu_free(ap_policy_gpu *g)
         if (g->policy_stream && g->policy_stream[p]) cudaStreamDestroy(g->policy_stream[p]);
         if (g->policy_done && g->policy_done[p]) cudaEventDestroy(g->policy_done[p]);
     }
+    if (g->kept_copied) { /* a queued copy may still write the pinned buffers freed below */
+        cudaEventSynchronize(g->kept_copied);
+        cudaEventDestroy(g->kept_copied);
+    }
     if (g->fork) cudaEventDestroy(g->fork);
     free(g->policy_stream), free(g->policy_done);
     free(g->h_param), free(g->stage_words), free(g->kind), free(g->h_active), free(g->h_items), free(g->first), free(g->count);
@@ -798,6 +804,7 @@ ap_status ap_policy_gpu_create(const ap_policy_params *params, int n_params, con
         const size_t C = (size_t)n_head * head_dim;
         v->L = n_layer, v->H = n_head, v->D = head_dim, v->max_T = g->max_T;
         CUDA_TRY(cudaEventCreateWithFlags(&g->fork, cudaEventDisableTiming), "creating an event");
+        CUDA_TRY(cudaEventCreateWithFlags(&g->kept_copied, cudaEventDisableTiming), "creating an event");
         for (int p = 0; p < n_params; p++) {
             CUDA_TRY(cudaStreamCreate(&g->policy_stream[p]), "creating a stream for a policy");
             CUDA_TRY(cudaEventCreateWithFlags(&g->policy_done[p], cudaEventDisableTiming), "creating an event");
@@ -867,6 +874,7 @@ ap_status ap_policy_gpu_begin_step(ap_policy_gpu *g, const int *active, int n_ac
 ap_status ap_policy_gpu_enqueue(ap_policy_gpu *g, void *stream, const int *t_of, ap_error *err)
 {
     cudaStream_t origin = (cudaStream_t)stream;
+    g->origin = origin;
     for (int i = 0; i < g->n_kept; i++) {
         const size_t at = (size_t)i * g->kept_total;
         keep_kernel<<<(unsigned)g->n_active * g->H, 128, 0, origin>>>(g->v, g->kept_layer[i], g->d_cap, g->d_kept_off,
@@ -917,13 +925,22 @@ ap_status ap_policy_gpu_keep_layers(ap_policy_gpu *g, const int *layers, int n, 
 
 ap_status ap_policy_gpu_fetch_kept(ap_policy_gpu *g, ap_error *err)
 {
+    if (!g->origin) return ap_error_set(err, AP_ERR_RUNTIME, "fetch_kept: no decode step has run");
     const size_t counts = (size_t)g->n_kept * g->n_stream * g->H, entries = (size_t)g->n_kept * g->kept_total;
-    CUDA_TRY(cudaMemcpy(g->h_kept_cnt, g->d_kept_cnt, counts * sizeof(int), cudaMemcpyDeviceToHost),
+    CUDA_TRY(cudaMemcpyAsync(g->h_kept_cnt, g->d_kept_cnt, counts * sizeof(int), cudaMemcpyDeviceToHost, g->origin),
              "reading kept counts");
-    CUDA_TRY(cudaMemcpy(g->h_kept_pos, g->d_kept_pos, entries * sizeof(int), cudaMemcpyDeviceToHost),
+    CUDA_TRY(cudaMemcpyAsync(g->h_kept_pos, g->d_kept_pos, entries * sizeof(int), cudaMemcpyDeviceToHost, g->origin),
              "reading kept positions");
-    CUDA_TRY(cudaMemcpy(g->h_kept_rows, g->d_kept_rows, entries * sizeof(float), cudaMemcpyDeviceToHost),
+    CUDA_TRY(cudaMemcpyAsync(g->h_kept_rows, g->d_kept_rows, entries * sizeof(float), cudaMemcpyDeviceToHost,
+                             g->origin),
              "reading kept attention rows");
+    CUDA_TRY(cudaEventRecord(g->kept_copied, g->origin), "marking the kept sets' copies");
+    return AP_OK;
+}
+
+ap_status ap_policy_gpu_wait_kept(ap_policy_gpu *g, ap_error *err)
+{
+    CUDA_TRY(cudaEventSynchronize(g->kept_copied), "waiting for the kept sets' copies");
     return AP_OK;
 }
 
