@@ -1,0 +1,532 @@
+/* observe.cuh — the device side of policy_gpu.cu: what a policy's set does
+ * each decode step (observe_kernel: observe, retain t, evict, one warp a set)
+ * and the copies of the sets the step attended to (keep_kernel), with the
+ * helpers they share. Included once, by policy_gpu.cu, which says why the
+ * arithmetic is the host's. */
+#ifndef AP_SKETCH_OBSERVE_CUH
+#define AP_SKETCH_OBSERVE_CUH
+
+#include <cuda_runtime.h>
+#include <float.h>
+#include <stdint.h>
+
+/* The policies with a device implementation (policy_gpu.cu names them in this order). */
+enum { K_FULL, K_WINDOW, K_SINK, K_RANDOM, K_H2O, K_TOVA, K_CMS, K_CS, K_RACE, K_RACE_KDE };
+enum { MT_N = 624, MT_M = 397, MT_WORDS = MT_N + 1 }; /* state, then the index */
+enum { CS_NEG = 1u << 31 };
+enum { MAX_DEPTH = 64 }; /* ap_cms_init / ap_cs_init accept depth <= 64 */
+enum { PREFETCH = 8 };    /* sketch updates: buckets loaded this many positions ahead */
+enum { SCORE_BATCH = 4 }; /* eviction: positions a lane estimates at once */
+/* A set's sketch is staged in shared memory when it fits this many words. */
+enum { STAGE_WORDS_MAX = 12 * 1024 };
+
+typedef struct {
+    int kind, never_evicts, protects, layer_sets, words;
+    int budget, sink, recent;
+    int depth, width, conservative, rows, bits;
+    long long table;       /* cms/cs: buckets [n_head][max_T][depth]; race: planes [n_head][rows*bits*dim] */
+    long long state_words; /* per head: counters, or the generator */
+} gpu_policy;
+
+/* What the kernel reads; passed by value. */
+typedef struct {
+    int L, H, D, max_T, n_active;
+    const int *off;
+    int *cnt, *pos;
+    const float *rows, *q, *k;
+    const long long *slot_off, *state_off;
+    uint32_t *slots, *state;
+    const uint32_t *tables;
+    double *scratch;
+    const int *stream_policy, *active;
+    const gpu_policy *policies;
+} step_view;
+
+/* ---- device helpers --------------------------------------------------------- */
+
+__device__ static inline float as_float(uint32_t u) { return __uint_as_float(u); }
+
+/* GSL's mt19937 (gsl_rng_uniform), a warp at a time. The state's words are
+ * rewritten in the host's order 32 at a time: word kk reads kk + 1 (not yet
+ * rewritten) and kk + M (likewise) below N - M, kk + M - N (rewritten, in an
+ * earlier batch: N - M = 227 > 32) above. */
+__device__ static void mt_twist(uint32_t *mt, int lane)
+{
+    for (int k0 = 0; k0 < MT_N - 1; k0 += 32) {
+        const int kk = k0 + lane;
+        uint32_t next = 0;
+        if (kk < MT_N - 1) {
+            const uint32_t y = (mt[kk] & 0x80000000u) | (mt[kk + 1] & 0x7fffffffu);
+            next = mt[kk < MT_N - MT_M ? kk + MT_M : kk + MT_M - MT_N] ^ (y >> 1) ^ (y & 1 ? 0x9908b0dfu : 0u);
+        }
+        __syncwarp();
+        if (kk < MT_N - 1) mt[kk] = next;
+        __syncwarp();
+    }
+    if (lane == 0) {
+        const uint32_t y = (mt[MT_N - 1] & 0x80000000u) | (mt[0] & 0x7fffffffu);
+        mt[MT_N - 1] = mt[MT_M - 1] ^ (y >> 1) ^ (y & 1 ? 0x9908b0dfu : 0u);
+    }
+    __syncwarp();
+}
+
+__device__ static inline double mt_uniform(uint32_t k)
+{
+    k ^= k >> 11;
+    k ^= (k << 7) & 0x9d2c5680u;
+    k ^= (k << 15) & 0xefc60000u;
+    k ^= k >> 18;
+    return k / 4294967296.0;
+}
+
+/* x . plane over dim floats (16-byte aligned when dim % 4 == 0). */
+template <int DIM>
+__device__ static float dot_fixed(const float *plane, const float *x)
+{
+    float acc[4] = {0, 0, 0, 0};
+#pragma unroll
+    for (int d = 0; d < DIM; d += 4) { /* every load in flight at once */
+        const float4 p4 = *(const float4 *)(plane + d), x4 = *(const float4 *)(x + d);
+        acc[0] += p4.x * x4.x, acc[1] += p4.y * x4.y, acc[2] += p4.z * x4.z, acc[3] += p4.w * x4.w;
+    }
+    return (acc[0] + acc[1]) + (acc[2] + acc[3]);
+}
+
+__device__ static float dot(const float *plane, const float *x, int dim)
+{
+    if (dim == 64) return dot_fixed<64>(plane, x);
+    if (dim == 32) return dot_fixed<32>(plane, x);
+    float acc[4] = {0, 0, 0, 0};
+    int d = 0;
+    if (dim % 4 == 0)
+        for (; d < dim; d += 4) {
+            const float4 p4 = *(const float4 *)(plane + d), x4 = *(const float4 *)(x + d);
+            acc[0] += p4.x * x4.x, acc[1] += p4.y * x4.y, acc[2] += p4.z * x4.z, acc[3] += p4.w * x4.w;
+        }
+    for (; d < dim; d++) acc[0] += plane[d] * x[d];
+    return (acc[0] + acc[1]) + (acc[2] + acc[3]);
+}
+
+/* RACE buckets of x[dim], the warp together: one lane per hyperplane, the
+ * signs gathered by ballot (up to 32 * HASH_MASKS hyperplanes, else lane r
+ * takes row r's alone); lane r < rows writes row r's bucket. */
+enum { HASH_MASKS = 8 };
+__device__ static void race_hash(const gpu_policy *P, const float *planes, int dim, const float *x,
+                                 uint32_t *buckets, int lane)
+{
+    const int n_planes = P->rows * P->bits;
+    if (n_planes <= 32 * HASH_MASKS) {
+        uint32_t masks[HASH_MASKS];
+        for (int m = 0; m * 32 < n_planes; m++) {
+            const int j = m * 32 + lane;
+            masks[m] = __ballot_sync(0xffffffffu, j < n_planes && dot(planes + (size_t)j * dim, x, dim) >= 0);
+        }
+        for (int r = lane; r < P->rows; r += 32) {
+            uint32_t b = 0;
+            for (int i = 0; i < P->bits; i++) {
+                const int j = r * P->bits + i;
+                b |= (masks[j / 32] >> (j % 32) & 1u) << i;
+            }
+            buckets[r] = b;
+        }
+        return;
+    }
+    for (int r = lane; r < P->rows; r += 32) {
+        uint32_t b = 0;
+        for (int i = 0; i < P->bits; i++)
+            b |= (uint32_t)(dot(planes + ((size_t)r * P->bits + i) * dim, x, dim) >= 0) << i;
+        buckets[r] = b;
+    }
+}
+
+/* Count-Min update; lane r owns sketch rows r and r + 32, whose buckets
+ * it passes in b[0], b[1]. */
+__device__ static void cms_update(const gpu_policy *P, float *counts, const uint32_t *b, float value, int lane)
+{
+    /* loops over j have constant bounds (the arrays stay in registers) */
+    float c[MAX_DEPTH / 32];
+    float est = FLT_MAX;
+#pragma unroll
+    for (int j = 0; j < MAX_DEPTH / 32; j++)
+        if (lane + 32 * j < P->depth) {
+            c[j] = counts[(size_t)(lane + 32 * j) * P->width + b[j]];
+            est = fminf(est, c[j]);
+        }
+    if (!P->conservative) {
+#pragma unroll
+        for (int j = 0; j < MAX_DEPTH / 32; j++)
+            if (lane + 32 * j < P->depth) counts[(size_t)(lane + 32 * j) * P->width + b[j]] = c[j] + value;
+        return;
+    }
+    /* rows sit in lanes 0..depth-1 (and 32.. for depth > 32): the min of
+     * the first power-of-two group of lanes covers them */
+    int span = 1;
+    while (span < P->depth && span < 32) span <<= 1;
+    for (int o = span / 2; o > 0; o >>= 1) est = fminf(est, __shfl_xor_sync(0xffffffffu, est, o));
+    const float target = est + value;
+#pragma unroll
+    for (int j = 0; j < MAX_DEPTH / 32; j++)
+        if (lane + 32 * j < P->depth && c[j] < target) counts[(size_t)(lane + 32 * j) * P->width + b[j]] = target;
+}
+
+/* counts[r][bucket] += ±row[i] for i = 0..n in order, the buckets of i at
+ * slots + i * n_rows (Count Sketch's sign in bit 31; RACE's buckets never
+ * reach it); lane r owns row r. The sketch may sit in global memory, so the
+ * positions go ADD_GROUP at a time: their buckets and weights, then their
+ * counters, are loaded together, and a counter that an earlier position of
+ * the group updates is taken from that update (the same sums, in the same
+ * order, as one position after the other). */
+enum { ADD_GROUP = 16 };
+__device__ static void add_in_order(float *counts, int row_len, const uint32_t *slots, int n_rows, const float *row,
+                                    int n, int lane)
+{
+    for (int r0 = 0; r0 < n_rows; r0 += 32) {
+        const int r = r0 + lane;
+        if (r >= n_rows) break;
+        float *line = counts + (size_t)r * row_len;
+        for (int i0 = 0; i0 <= n; i0 += ADD_GROUP) {
+            uint32_t b[ADD_GROUP] = {0};
+            float w[ADD_GROUP] = {0}, c[ADD_GROUP] = {0};
+#pragma unroll
+            for (int j = 0; j < ADD_GROUP; j++)
+                if (i0 + j <= n) {
+                    b[j] = slots[(size_t)(i0 + j) * n_rows + r];
+                    w[j] = row[i0 + j];
+                    if (b[j] & CS_NEG) w[j] = -w[j];
+                    b[j] &= ~CS_NEG;
+                }
+#pragma unroll
+            for (int j = 0; j < ADD_GROUP; j++)
+                if (i0 + j <= n) c[j] = line[b[j]];
+#pragma unroll
+            for (int j = 0; j < ADD_GROUP; j++) {
+#pragma unroll
+                for (int x = 0; x < j; x++)
+                    if (b[x] == b[j]) c[j] = c[x]; /* the latest earlier update of this counter */
+                c[j] += w[j];
+            }
+#pragma unroll
+            for (int j = 0; j < ADD_GROUP; j++)
+                if (i0 + j <= n) line[b[j]] = c[j];
+        }
+    }
+}
+
+/* One head's ingestion of the step (method.h's observe): kept i has
+ * attention row[i], t has row[n]; the new slot is at slots + n * words. */
+__device__ static void observe_head(const gpu_policy *P, const step_view *v, int t, int h, const float *row,
+                                    uint32_t *slots, uint32_t *state, const float *q, const float *k, int n,
+                                    int lane)
+{
+    uint32_t *fresh = slots + (size_t)n * P->words;
+    float *counts = (float *)state;
+    switch (P->kind) {
+    case K_H2O:
+        for (int i = lane; i < n; i += 32) slots[i] = __float_as_uint(as_float(slots[i]) + row[i]);
+        if (lane == 0) fresh[0] = __float_as_uint(row[n]);
+        break;
+    case K_CMS:
+    case K_CS: {
+        const uint32_t *key = v->tables + P->table + ((size_t)h * v->max_T + t) * P->depth;
+        for (int r = lane; r < P->depth; r += 32) fresh[r] = key[r];
+        __syncwarp();
+        if (P->kind == K_CMS) { /* positions in order (i == n: t's own), buckets loaded ahead */
+            for (int i0 = 0; i0 <= n; i0 += PREFETCH) {
+                uint32_t b[PREFETCH][MAX_DEPTH / 32];
+                float w[PREFETCH];
+#pragma unroll
+                for (int j = 0; j < PREFETCH; j++) {
+                    if (i0 + j > n) break;
+                    w[j] = row[i0 + j];
+#pragma unroll
+                    for (int x = 0; x < MAX_DEPTH / 32; x++)
+                        if (lane + 32 * x < P->depth) b[j][x] = slots[(size_t)(i0 + j) * P->depth + lane + 32 * x];
+                }
+#pragma unroll
+                for (int j = 0; j < PREFETCH; j++)
+                    if (i0 + j <= n) cms_update(P, counts, b[j], w[j], lane);
+            }
+            break;
+        }
+        add_in_order(counts, P->width, slots, P->depth, row, n, lane);
+        break;
+    }
+    case K_RACE:
+    case K_RACE_KDE: {
+        const float *planes = (const float *)(v->tables + P->table) + (size_t)h * P->rows * P->bits * v->D;
+        if (P->kind == K_RACE_KDE) {
+            /* one unit of query mass in each row, at the query's buckets
+             * (hashed into t's slot, which the key's buckets then replace) */
+            race_hash(P, planes, v->D, q, fresh, lane);
+            for (int r = lane; r < P->rows; r += 32) counts[((size_t)r << P->bits) + fresh[r]] += 1.0f;
+            __syncwarp();
+            race_hash(P, planes, v->D, k, fresh, lane);
+            break;
+        }
+        race_hash(P, planes, v->D, k, fresh, lane);
+        __syncwarp();
+        add_in_order(counts, 1 << P->bits, slots, P->rows, row, n, lane);
+        break;
+    }
+    default: /* full, window, sink, random, tova keep no per-step state */
+        break;
+    }
+}
+
+/* The median of a Count Sketch estimate of depth d <= CS_SMALL in registers:
+ * value r lands where the host's (stable) insertion sort puts it, at the
+ * number of smaller values plus the equal ones before it, so the middle
+ * values are the host's. */
+enum { CS_SMALL = 8 };
+__device__ static float cs_median_small(const float *counts, int width, const uint32_t *slot, int d)
+{
+    float x[CS_SMALL];
+#pragma unroll
+    for (int r = 0; r < CS_SMALL; r++)
+        if (r < d) {
+            const float c = counts[(size_t)r * width + (slot[r] & ~CS_NEG)];
+            x[r] = slot[r] & CS_NEG ? -c : c;
+        }
+    float lo = 0, hi = 0; /* sorted values d/2 - 1 and d/2 */
+#pragma unroll
+    for (int r = 0; r < CS_SMALL; r++) {
+        if (r >= d) break;
+        int rank = 0;
+#pragma unroll
+        for (int j = 0; j < CS_SMALL; j++)
+            if (j < d) rank += x[j] < x[r] || (x[j] == x[r] && j < r);
+        if (rank == d / 2 - 1) lo = x[r];
+        if (rank == d / 2) hi = x[r];
+    }
+    return d % 2 ? hi : 0.5f * (lo + hi);
+}
+
+/* Head h's score of retained index i (position pos) (method.h's score). */
+__device__ static double score_head(const gpu_policy *P, const float *row, const uint32_t *slots,
+                                    const uint32_t *state, int i, int pos)
+{
+    const float *counts = (const float *)state;
+    const uint32_t *slot = slots + (size_t)i * P->words;
+    switch (P->kind) {
+    case K_H2O: return as_float(slot[0]);
+    case K_TOVA: return row[i];
+    case K_CMS: {
+        float est = FLT_MAX;
+#pragma unroll 4
+        for (int r = 0; r < P->depth; r++) est = fminf(est, counts[(size_t)r * P->width + slot[r]]);
+        return est;
+    }
+    case K_CS: { /* median, by the host's insertion sort */
+        if (P->depth <= CS_SMALL) return cs_median_small(counts, P->width, slot, P->depth);
+        float s[MAX_DEPTH];
+        for (int r = 0; r < P->depth; r++) {
+            const float c = counts[(size_t)r * P->width + (slot[r] & ~CS_NEG)];
+            const float x = slot[r] & CS_NEG ? -c : c;
+            int j = r;
+            while (j > 0 && s[j - 1] > x) {
+                s[j] = s[j - 1];
+                j--;
+            }
+            s[j] = x;
+        }
+        const int d = P->depth;
+        return d % 2 ? s[d / 2] : 0.5f * (s[d / 2 - 1] + s[d / 2]);
+    }
+    case K_RACE:
+    case K_RACE_KDE: {
+        double sum = 0;
+#pragma unroll 16
+        for (int r = 0; r < P->rows; r++) sum += counts[((size_t)r << P->bits) + slot[r]];
+        return (float)(sum / P->rows);
+    }
+    default: return pos; /* full, window, sink: the oldest goes */
+    }
+}
+
+__device__ static int evictable(const gpu_policy *P, int pos, int t)
+{
+    return !P->protects || (pos >= P->sink && pos <= t - P->recent);
+}
+
+/* score[i] += the next draw of generator mt for each evictable position i
+ * in order, as one mt19937 draw after the other: a position's draw is the
+ * state word at the generator's index plus its rank among the evictable
+ * positions, past the end of the state from the next state. */
+__device__ static void draw_evictable(const gpu_policy *P, uint32_t *mt, double *score, const int *kp, int n, int t,
+                                      int lane)
+{
+    const int index = (int)mt[MT_N], left = MT_N - index; /* draws the state has left */
+    int total = 0;
+    for (int pass = 0; pass < 2; pass++) {
+        int rank = 0;
+        for (int i0 = 0; i0 < n; i0 += 32) {
+            const int i = i0 + lane, e = i < n && evictable(P, kp[i], t);
+            const unsigned mask = __ballot_sync(0xffffffffu, e);
+            const int r = rank + __popc(mask & ((1u << lane) - 1));
+            if (e && pass == 0 && r < left) score[i] += mt_uniform(mt[index + r]);
+            if (e && pass == 1 && r >= left) score[i] += mt_uniform(mt[r - left]);
+            rank += __popc(mask);
+        }
+        total = rank;
+        if (pass == 1 || total <= left) break;
+        __syncwarp();
+        mt_twist(mt, lane);
+    }
+    __syncwarp();
+    if (lane == 0) mt[MT_N] = total <= left ? index + total : total - left;
+    __syncwarp();
+}
+
+/* Removes index x of n from a warp-shared array of `words`-word entries.
+ * The shift goes in batches of SHIFT_LOADS words per lane, all loaded before
+ * any is stored (a batch's stores land below the next batch's loads), so that
+ * a RACE set's 4,000 words of buckets take 8 round trips, not 128. */
+enum { SHIFT_LOADS = 16 };
+__device__ static void remove_entry(uint32_t *a, int words, int x, int n, int lane)
+{
+    const int end = (n - 1) * words;
+    for (int j0 = x * words; j0 < end; j0 += 32 * SHIFT_LOADS) {
+        uint32_t next[SHIFT_LOADS];
+#pragma unroll
+        for (int i = 0; i < SHIFT_LOADS; i++) {
+            const int j = j0 + 32 * i + lane;
+            next[i] = j < end ? a[j + words] : 0;
+        }
+        __syncwarp();
+#pragma unroll
+        for (int i = 0; i < SHIFT_LOADS; i++) {
+            const int j = j0 + 32 * i + lane;
+            if (j < end) a[j] = next[i];
+        }
+        __syncwarp();
+    }
+}
+
+/* Copies a sketch into shared memory with STAGE_LOADS loads in flight per
+ * lane: a 32 KB RACE sketch in 16 round trips, not 256. */
+enum { STAGE_LOADS = 16 };
+__device__ static void stage_in(uint32_t *staged, const uint32_t *home, long long words, int lane)
+{
+    for (long long w0 = lane; w0 < words; w0 += 32 * STAGE_LOADS) {
+        uint32_t r[STAGE_LOADS];
+#pragma unroll
+        for (int j = 0; j < STAGE_LOADS; j++) r[j] = w0 + 32 * j < words ? home[w0 + 32 * j] : 0;
+#pragma unroll
+        for (int j = 0; j < STAGE_LOADS; j++)
+            if (w0 + 32 * j < words) staged[w0 + 32 * j] = r[j];
+    }
+}
+
+/* One warp per (active stream, layer, set) of the streams items[] (indices
+ * into the active streams, all of one policy; t_of: their positions), n_sets
+ * in all: observe, retain t, evict. A head-granularity set's sketch or
+ * generator is worked on in shared memory when it fits stage_words. Blocks of
+ * several warps: an SM holds at most 32 blocks, and the ten policies' sets
+ * run side by side. */
+template <int KIND>
+__global__ void __launch_bounds__(128, 6) observe_kernel(step_view v, const int *t_of, const int *items, int stage_words, int n_sets)
+{
+    extern __shared__ uint32_t staged_all[];
+    const int warp = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32, lane = threadIdx.x % 32;
+    if (warp >= n_sets) return;
+    uint32_t *staged = staged_all + (size_t)(threadIdx.x / 32) * stage_words;
+    const int a = items[warp / (v.L * v.H)], l = warp / v.H % v.L, set = warp % v.H, t = t_of[a];
+    const int sid = v.active[a];
+    gpu_policy P = v.policies[v.stream_policy[sid]];
+    P.kind = KIND; /* a constant: each kind's launch compiles to its own code */
+    if (P.layer_sets && set > 0) return;
+    const int base = (sid * v.L + l) * v.H, list = base + set;
+    const int h0 = P.layer_sets ? 0 : set, h1 = P.layer_sets ? v.H - 1 : set;
+    const int C = v.H * v.D;
+    int *kp = v.pos + v.off[list];
+    int n = v.cnt[list];
+    /* head h's state: staged (a single head whose state fits) or in place */
+    const int stage = !P.layer_sets && P.state_words > 0 && P.state_words <= stage_words;
+    uint32_t *home = v.state + v.state_off[list];
+    if (stage) stage_in(staged, home, P.state_words, lane);
+    __syncwarp();
+#define STATE_OF(h) (stage ? staged : v.state + v.state_off[base + (h)])
+    for (int h = h0; h <= h1; h++) {
+        const size_t qk = ((size_t)l * v.n_active + a) * C + (size_t)h * v.D;
+        observe_head(&P, &v, t, h, v.rows + v.off[base + h], v.slots + v.slot_off[base + h], STATE_OF(h),
+                     v.q + qk, v.k + qk, n, lane);
+        __syncwarp();
+    }
+    if (lane == 0) kp[n] = t;
+    n++;
+    __syncwarp();
+    if (!P.never_evicts && n > P.budget) {
+        double *score = v.scratch + v.off[list];
+        if (P.kind == K_RANDOM) {
+            /* the host draws per evictable position, head after head */
+            for (int i = lane; i < n; i += 32) score[i] = 0;
+            for (int h = h0; h <= h1; h++) draw_evictable(&P, STATE_OF(h), score, kp, n, t, lane);
+            __syncwarp();
+        }
+        const int sketch = P.kind == K_CMS || P.kind == K_CS || P.kind == K_RACE || P.kind == K_RACE_KDE;
+        if (sketch) /* estimates read counters SCORE_BATCH positions at a time, their loads together */
+            for (int i0 = lane; i0 < n; i0 += 32 * SCORE_BATCH) {
+                double s[SCORE_BATCH];
+#pragma unroll
+                for (int j = 0; j < SCORE_BATCH; j++) {
+                    const int i = i0 + 32 * j;
+                    s[j] = 0;
+                    for (int h = h0; i < n && h <= h1; h++)
+                        s[j] += score_head(&P, NULL, v.slots + v.slot_off[base + h], STATE_OF(h), i, 0);
+                }
+#pragma unroll
+                for (int j = 0; j < SCORE_BATCH; j++)
+                    if (i0 + 32 * j < n) score[i0 + 32 * j] = s[j];
+            }
+        double best = 0;
+        int victim = -1;
+        for (int i = lane; i < n; i += 32) {
+            if (!evictable(&P, kp[i], t)) continue;
+            double s = 0;
+            if (P.kind == K_RANDOM || sketch) s = score[i];
+            else
+                for (int h = h0; h <= h1; h++)
+                    s += score_head(&P, v.rows + v.off[base + h], v.slots + v.slot_off[base + h], STATE_OF(h), i,
+                                    kp[i]);
+            if (victim < 0 || s < best) victim = i, best = s;
+        }
+        for (int o = 16; o > 0; o >>= 1) {
+            const double b2 = __shfl_xor_sync(0xffffffffu, best, o);
+            const int v2 = __shfl_xor_sync(0xffffffffu, victim, o);
+            if (v2 >= 0 && (victim < 0 || b2 < best || (b2 == best && v2 < victim))) victim = v2, best = b2;
+        }
+        /* budget >= sink + recent (ap_policy_create): there is a victim */
+        remove_entry((uint32_t *)kp, 1, victim, n, lane);
+        for (int h = h0; P.words && h <= h1; h++)
+            remove_entry(v.slots + v.slot_off[base + h], P.words, victim, n, lane);
+        n--;
+    }
+#undef STATE_OF
+    __syncwarp();
+    for (long long w = lane; stage && w < P.state_words; w += 32) home[w] = staged[w];
+    if (lane == 0) v.cnt[list] = n;
+    if (P.layer_sets)
+        for (int h = 1; h < v.H; h++) {
+            int *dst = v.pos + v.off[base + h];
+            for (int i = lane; i < n; i += 32) dst[i] = kp[i];
+            if (lane == 0) v.cnt[base + h] = n;
+        }
+}
+
+/* Copies layer `layer`'s lists of the active streams as the decode step left
+ * them: one block per (active stream, head); positions, then the rows with t
+ * last. (A stream that has ended holds no row of t: its list may be full.) */
+__global__ void keep_kernel(step_view v, int layer, const int *cap, const long long *kept_off, int *kept_cnt,
+                            int *kept_pos, float *kept_rows)
+{
+    const int s = v.active[blockIdx.x / v.H], h = blockIdx.x % v.H, list = (s * v.L + layer) * v.H + h;
+    const int n = v.cnt[list];
+    const size_t src = (size_t)v.off[list], dst = (size_t)kept_off[s] + (size_t)h * cap[s];
+    for (int i = threadIdx.x; i <= n; i += blockDim.x) {
+        if (i < n) kept_pos[dst + i] = v.pos[src + i];
+        kept_rows[dst + i] = v.rows[src + i];
+    }
+    if (threadIdx.x == 0) kept_cnt[s * v.H + h] = n;
+}
+
+#endif
