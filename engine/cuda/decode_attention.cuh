@@ -48,6 +48,16 @@ __host__ __device__ static inline int decode_chunks(int n)
     return n - 1 > DECODE_CHUNK ? (n - 1 + DECODE_CHUNK - 1) / DECODE_CHUNK : 1;
 }
 
+/* List of (stream s, head h) at the view's layer, and where its row starts:
+ * layer-major host tables (rows after each list's entries) or the caller's
+ * stream-major lists. */
+__device__ static inline int decode_list(const decode_view *v, int s, int h, int *row_at)
+{
+    const int list = v->list_base ? v->list_base[s] + v->layer * v->H + h : (v->layer * v->S + s) * v->H + h;
+    *row_at = v->list_base ? v->pos_off[list] : v->pos_off[list] + list;
+    return list;
+}
+
 /* One block's share of its list. */
 typedef struct {
     int s, h, t, row_at; /* stream, head, position; where the list's row starts */
@@ -62,8 +72,7 @@ typedef struct {
 __device__ static int decode_share_of(const decode_view *v, decode_share *d)
 {
     d->s = blockIdx.x / v->H, d->h = blockIdx.x % v->H, d->t = v->t_of[d->s];
-    const int list = v->list_base ? v->list_base[d->s] + v->layer * v->H + d->h : (v->layer * v->S + d->s) * v->H + d->h;
-    d->row_at = v->list_base ? v->pos_off[list] : v->pos_off[list] + list;
+    const int list = decode_list(v, d->s, d->h, &d->row_at);
     d->n = v->n_kept[list] + 1;
     const int chunks = decode_chunks(d->n);
     if ((int)blockIdx.y >= chunks) return 0;
@@ -263,8 +272,8 @@ __global__ void __launch_bounds__(DECODE_THREADS, 4) decode_attention_vec_kernel
 __global__ void decode_combine_kernel(decode_view v)
 {
     const int s = blockIdx.x / v.H, h = blockIdx.x % v.H, hd = v.hd;
-    const int list = v.list_base ? v.list_base[s] + v.layer * v.H + h : (v.layer * v.S + s) * v.H + h;
-    const int row_at = v.list_base ? v.pos_off[list] : v.pos_off[list] + list;
+    int row_at;
+    const int list = decode_list(&v, s, h, &row_at);
     const int n = v.n_kept[list] + 1, used = decode_chunks(n);
     if (used <= 1) return;
     const float *ml = v.part_ml + (size_t)blockIdx.x * v.chunks * 2;
