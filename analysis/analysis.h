@@ -46,25 +46,73 @@ int ap_metric_from_name(const char *name);
 void ap_metrics_row(const float *p, const float *q, const unsigned char *kept, int n,
                     const float *v, const float *o_p, int hd, double *out);
 
-/* Values of one metric with the sample each came from. */
-typedef struct {
-    double *value;
-    int *sample;
-    size_t n, cap;
-} ap_series;
-
-ap_status ap_series_add(ap_series *s, double value, int sample, ap_error *err);
-void ap_series_free(ap_series *s);
-
 typedef struct {
     size_t n;
     double mean, sd, median, p05, p95, min, max;
     double ci_lo, ci_hi; /* bootstrap 95% CI of the mean, resampling samples */
 } ap_stats;
 
-/* Statistics of a series (NaN values are skipped). Bootstrap: `resamples`
- * resamples of the n_samples samples, GSL mt19937 seeded with seed. */
-ap_status ap_stats_compute(const ap_series *s, int n_samples, int resamples, uint64_t seed,
-                           ap_stats *out, ap_error *err);
+/* ---- streaming statistics (docs/statistics.md) ------------------------------
+ *
+ * A study folds each sample's values of a metric into an ap_moments (in the
+ * order the rows come), then folds the samples' moments into an
+ * ap_metric_acc in sample order; quantiles go to the accumulator's sketch
+ * directly (counts add, so the order does not matter there). The statistics
+ * are then the same, to the last bit, however the samples were batched. */
+
+/* Exact running moments of one sample's values (NaN skipped). */
+typedef struct {
+    double n, sum, mean, m2, min, max;
+} ap_moments;
+
+void ap_moments_add(ap_moments *m, double x);
+/* Chan et al.'s parallel update: into becomes the moments of both streams. */
+void ap_moments_merge(ap_moments *into, const ap_moments *from);
+
+/* Values of |x| below this are counted as 0 by the quantile sketch. */
+#define AP_QSKETCH_ZERO 1e-12
+/* The sketch's relative accuracy: every quantile it gives lies within this
+ * relative distance of a value of the stream at that rank. */
+#define AP_QSKETCH_ALPHA 0.005
+
+typedef struct {
+    int64_t offset; /* key of bins[0] */
+    uint64_t *bins;
+    size_t n;
+} ap_qstore;
+
+/* Log-bucketed histogram (DDSketch): mergeable quantiles, relative accuracy alpha. */
+typedef struct {
+    double alpha, gamma, log_gamma;
+    ap_qstore store[2]; /* [0] positive values, [1] negative (by magnitude) */
+    uint64_t zero, count;
+} ap_qsketch;
+
+void ap_qsketch_init(ap_qsketch *q, double alpha);
+void ap_qsketch_free(ap_qsketch *q);
+ap_status ap_qsketch_add(ap_qsketch *q, double x, ap_error *err);
+ap_status ap_qsketch_merge(ap_qsketch *into, const ap_qsketch *from, ap_error *err);
+/* Quantile p in [0, 1] (ranks interpolated as gsl_stats_quantile does); NaN when empty. */
+double ap_qsketch_quantile(const ap_qsketch *q, double p);
+
+/* One metric of one run over a whole study. */
+typedef struct {
+    ap_moments all;
+    ap_qsketch q;
+    int n_samples;               /* samples folded (grows) */
+    int cap;
+    double *sample_sum, *sample_n; /* [n_samples]: for the bootstrap */
+} ap_metric_acc;
+
+void ap_metric_acc_init(ap_metric_acc *a);
+void ap_metric_acc_free(ap_metric_acc *a);
+/* Folds sample `sample`'s moments (samples folded in increasing order; a
+ * sample may be folded in several parts, in order). */
+ap_status ap_metric_acc_fold(ap_metric_acc *a, int sample, const ap_moments *part, ap_error *err);
+/* Statistics: n, mean, sd, min, max exact; median, p05, p95 from the sketch;
+ * bootstrap: `resamples` resamples of the n_samples samples' (sum, n), GSL
+ * mt19937 seeded with seed. */
+ap_status ap_metric_acc_stats(const ap_metric_acc *a, int n_samples, int resamples, uint64_t seed,
+                              ap_stats *out, ap_error *err);
 
 #endif

@@ -1,5 +1,6 @@
-/* stats.c — summary statistics of a metric with GSL, and a bootstrap CI of
- * the mean that resamples whole samples (steps of one sample are not
+/* stats.c — streaming statistics of a metric: exact moments folded sample by
+ * sample, quantiles from a mergeable sketch (qsketch.c), and a bootstrap CI
+ * of the mean that resamples whole samples (steps of one sample are not
  * independent, samples are). */
 #include <gsl/gsl_rng.h>
 #include <gsl/gsl_sort.h>
@@ -10,94 +11,138 @@
 
 #include "analysis.h"
 
-ap_status ap_series_add(ap_series *s, double value, int sample, ap_error *err)
+void ap_moments_add(ap_moments *m, double x)
 {
-    if (s->n == s->cap) {
-        size_t cap = s->cap ? s->cap * 2 : 256;
-        double *v = realloc(s->value, cap * sizeof *v);
-        if (v) s->value = v;
-        int *smp = v ? realloc(s->sample, cap * sizeof *smp) : NULL;
-        if (smp) s->sample = smp;
-        if (!v || !smp) return ap_error_set(err, AP_ERR_RUNTIME, "out of memory for metric values");
-        s->cap = cap;
+    if (isnan(x)) return;
+    if (m->n == 0) {
+        m->min = m->max = x;
+    } else {
+        if (x < m->min) m->min = x;
+        if (x > m->max) m->max = x;
     }
-    s->value[s->n] = value;
-    s->sample[s->n] = sample;
-    s->n++;
+    m->n += 1;
+    m->sum += x;
+    /* Welford: mean and the sum of squared deviations, stable for long streams */
+    const double d = x - m->mean;
+    m->mean += d / m->n;
+    m->m2 += d * (x - m->mean);
+}
+
+void ap_moments_merge(ap_moments *into, const ap_moments *from)
+{
+    if (from->n == 0) return;
+    if (into->n == 0) {
+        *into = *from;
+        return;
+    }
+    const double n = into->n + from->n, d = from->mean - into->mean;
+    into->m2 += from->m2 + d * d * into->n * from->n / n;
+    into->mean += d * from->n / n;
+    into->sum += from->sum;
+    into->n = n;
+    if (from->min < into->min) into->min = from->min;
+    if (from->max > into->max) into->max = from->max;
+}
+
+void ap_metric_acc_init(ap_metric_acc *a)
+{
+    memset(a, 0, sizeof *a);
+    ap_qsketch_init(&a->q, AP_QSKETCH_ALPHA);
+}
+
+void ap_metric_acc_free(ap_metric_acc *a)
+{
+    ap_qsketch_free(&a->q);
+    free(a->sample_sum);
+    free(a->sample_n);
+    memset(a, 0, sizeof *a);
+}
+
+ap_status ap_metric_acc_fold(ap_metric_acc *a, int sample, const ap_moments *part, ap_error *err)
+{
+    if (sample < 0 || sample < a->n_samples - 1)
+        return ap_error_set(err, AP_ERR_RUNTIME, "statistics: sample %d folded after sample %d",
+                            sample, a->n_samples - 1);
+    if (sample >= a->cap) {
+        int cap = a->cap ? a->cap : 64;
+        while (cap <= sample) cap *= 2;
+        double *sum = realloc(a->sample_sum, (size_t)cap * sizeof *sum);
+        if (sum) a->sample_sum = sum;
+        double *n = sum ? realloc(a->sample_n, (size_t)cap * sizeof *n) : NULL;
+        if (n) a->sample_n = n;
+        if (!sum || !n) return ap_error_set(err, AP_ERR_RUNTIME, "out of memory for statistics");
+        a->cap = cap;
+    }
+    for (int s = a->n_samples; s <= sample; s++) a->sample_sum[s] = a->sample_n[s] = 0;
+    if (sample >= a->n_samples) a->n_samples = sample + 1;
+    a->sample_sum[sample] += part->sum;
+    a->sample_n[sample] += part->n;
+    ap_moments_merge(&a->all, part);
     return AP_OK;
 }
 
-void ap_series_free(ap_series *s)
+/* Bootstrap 95% CI of the mean: resample samples with replacement. */
+static ap_status bootstrap_ci(const ap_metric_acc *a, int n_samples, int resamples, uint64_t seed,
+                              ap_stats *out, ap_error *err)
 {
-    free(s->value);
-    free(s->sample);
-    memset(s, 0, sizeof *s);
-}
-
-ap_status ap_stats_compute(const ap_series *s, int n_samples, int resamples, uint64_t seed,
-                           ap_stats *out, ap_error *err)
-{
-    memset(out, 0, sizeof *out);
-    size_t n = 0;
-    double *x = malloc((s->n ? s->n : 1) * sizeof *x);
-    double *sum = calloc((size_t)(n_samples > 0 ? n_samples : 1), sizeof *sum);
-    double *cnt = calloc((size_t)(n_samples > 0 ? n_samples : 1), sizeof *cnt);
-    if (!x || !sum || !cnt) {
-        free(x), free(sum), free(cnt);
-        return ap_error_set(err, AP_ERR_RUNTIME, "out of memory for statistics");
-    }
-    for (size_t i = 0; i < s->n; i++) {
-        if (isnan(s->value[i])) continue;
-        x[n++] = s->value[i];
-        if (s->sample[i] >= 0 && s->sample[i] < n_samples) {
-            sum[s->sample[i]] += s->value[i];
-            cnt[s->sample[i]] += 1;
-        }
-    }
-    out->n = n;
-    if (n == 0) {
-        out->mean = out->sd = out->median = out->p05 = out->p95 = out->min = out->max = NAN;
-        out->ci_lo = out->ci_hi = NAN;
-        free(x), free(sum), free(cnt);
-        return AP_OK;
-    }
-    out->mean = gsl_stats_mean(x, 1, n);
-    out->sd = n > 1 ? gsl_stats_sd_m(x, 1, n, out->mean) : 0.0;
-    gsl_sort(x, 1, n);
-    out->min = x[0];
-    out->max = x[n - 1];
-    out->median = gsl_stats_median_from_sorted_data(x, 1, n);
-    out->p05 = gsl_stats_quantile_from_sorted_data(x, 1, n, 0.05);
-    out->p95 = gsl_stats_quantile_from_sorted_data(x, 1, n, 0.95);
-    out->ci_lo = out->ci_hi = out->mean;
-    if (n_samples > 1 && resamples > 0) {
-        double *means = malloc((size_t)resamples * sizeof *means);
-        gsl_rng *rng = gsl_rng_alloc(gsl_rng_mt19937);
-        if (!means || !rng) {
-            free(means);
-            gsl_rng_free(rng);
-            free(x), free(sum), free(cnt);
-            return ap_error_set(err, AP_ERR_RUNTIME, "out of memory for the bootstrap");
-        }
-        gsl_rng_set(rng, (unsigned long)seed);
-        int m = 0;
-        for (int b = 0; b < resamples; b++) {
-            double tot = 0, c = 0;
-            for (int k = 0; k < n_samples; k++) {
-                int pick = (int)gsl_rng_uniform_int(rng, (unsigned long)n_samples);
-                tot += sum[pick];
-                c += cnt[pick];
-            }
-            if (c > 0) means[m++] = tot / c;
-        }
-        if (m > 0) {
-            gsl_sort(means, 1, (size_t)m);
-            out->ci_lo = gsl_stats_quantile_from_sorted_data(means, 1, (size_t)m, 0.025);
-            out->ci_hi = gsl_stats_quantile_from_sorted_data(means, 1, (size_t)m, 0.975);
-        }
+    double *means = malloc((size_t)resamples * sizeof *means);
+    gsl_rng *rng = gsl_rng_alloc(gsl_rng_mt19937);
+    if (!means || !rng) {
         free(means);
         gsl_rng_free(rng);
+        return ap_error_set(err, AP_ERR_RUNTIME, "out of memory for the bootstrap");
     }
-    free(x), free(sum), free(cnt);
+    gsl_rng_set(rng, (unsigned long)seed);
+    int m = 0;
+    for (int b = 0; b < resamples; b++) {
+        double tot = 0, c = 0;
+        for (int k = 0; k < n_samples; k++) {
+            const int pick = (int)gsl_rng_uniform_int(rng, (unsigned long)n_samples);
+            if (pick < a->n_samples) {
+                tot += a->sample_sum[pick];
+                c += a->sample_n[pick];
+            }
+        }
+        if (c > 0) means[m++] = tot / c;
+    }
+    if (m > 0) {
+        gsl_sort(means, 1, (size_t)m);
+        out->ci_lo = gsl_stats_quantile_from_sorted_data(means, 1, (size_t)m, 0.025);
+        out->ci_hi = gsl_stats_quantile_from_sorted_data(means, 1, (size_t)m, 0.975);
+    }
+    free(means);
+    gsl_rng_free(rng);
+    return AP_OK;
+}
+
+ap_status ap_metric_acc_stats(const ap_metric_acc *a, int n_samples, int resamples, uint64_t seed,
+                              ap_stats *out, ap_error *err)
+{
+    memset(out, 0, sizeof *out);
+    const ap_moments *m = &a->all;
+    out->n = (size_t)m->n;
+    if (m->n == 0) {
+        out->mean = out->sd = out->median = out->p05 = out->p95 = out->min = out->max = NAN;
+        out->ci_lo = out->ci_hi = NAN;
+        return AP_OK;
+    }
+    /* the sum over samples in sample order: the same whatever the batching */
+    double sum = 0;
+    for (int s = 0; s < a->n_samples; s++) sum += a->sample_sum[s];
+    out->mean = sum / m->n;
+    out->sd = m->n > 1 ? sqrt(m->m2 / (m->n - 1)) : 0.0;
+    out->min = m->min;
+    out->max = m->max;
+    out->median = ap_qsketch_quantile(&a->q, 0.5);
+    out->p05 = ap_qsketch_quantile(&a->q, 0.05);
+    out->p95 = ap_qsketch_quantile(&a->q, 0.95);
+    /* the sketch's estimates are within alpha of a stream value: keep them in [min, max] */
+    double *qs[3] = {&out->median, &out->p05, &out->p95};
+    for (int i = 0; i < 3; i++) {
+        if (*qs[i] < out->min) *qs[i] = out->min;
+        if (*qs[i] > out->max) *qs[i] = out->max;
+    }
+    out->ci_lo = out->ci_hi = out->mean;
+    if (n_samples > 1 && resamples > 0) return bootstrap_ci(a, n_samples, resamples, seed, out, err);
     return AP_OK;
 }

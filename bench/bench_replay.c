@@ -70,7 +70,7 @@ int main(int argc, char **argv)
                 ap_replay_opts o = {64, 16, with ? metrics_sink : NULL, &sum, NULL, NULL, 0};
                 ap_replay_cost cost;
                 double t0 = now_s();
-                if (ap_replay_isolated(&tr, 0, &p, &o, &cost, &err)) {
+                if (ap_replay_isolated(&tr, 0, 0, &p, &o, &cost, &err)) {
                     fprintf(stderr, "bench_replay: %s\n", err.msg);
                     return 1;
                 }

@@ -1,5 +1,7 @@
-/* cmd_run.c — the main job: run (trace + replay + report), trace (save a
- * reference trace) and replay (a saved trace). */
+/* cmd_run.c — the main job's command line: run (trace + replay + report),
+ * trace (save a reference trace) and replay (a saved trace). It parses the
+ * flags, loads the model and the text, hands a study (study/study.h) its
+ * config, and prints; the pipeline is the study's. */
 #include <cjson/cJSON.h>
 #include <errno.h>
 #include <getopt.h>
@@ -10,10 +12,10 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "analysis/analysis.h"
+#include <signal.h>
+
 #include "cli.h"
-#include "reports/reports.h"
-#include "tracer/tracer.h"
+#include "study/study.h"
 
 #define DEFAULT_TYPES "full,window,sink,random,h2o,tova,cms,count_sketch,race,race_kde"
 
@@ -21,7 +23,7 @@ typedef struct {
     const char *model, *tokenizer, *input, *layers, *heads, *types, *mode, *device, *precision;
     const char *out, *format, *align, *save, *granularity;
     int samples, max_length, warmup, stride, budget, sink, recent, width, depth, race_rows,
-        race_bits, bootstrap, quiet, help, plain_update, threads;
+        race_bits, bootstrap, quiet, help, plain_update, threads, batch_size;
     unsigned long seed;
 } run_opts;
 
@@ -29,7 +31,7 @@ enum {
     O_MODEL = 1000, O_TOKENIZER, O_INPUT, O_LAYERS, O_HEADS, O_TYPES, O_MODE, O_DEVICE,
     O_PRECISION, O_OUT, O_FORMAT, O_ALIGN, O_SAVE, O_GRAN, O_SAMPLES, O_MAXLEN, O_WARMUP,
     O_STRIDE, O_BUDGET, O_SINK, O_RECENT, O_WIDTH, O_DEPTH, O_RROWS, O_RBITS, O_BOOT, O_SEED,
-    O_QUIET, O_HELP, O_PLAIN, O_THREADS
+    O_QUIET, O_HELP, O_PLAIN, O_THREADS, O_BATCH
 };
 
 static const struct option LONGOPTS[] = {
@@ -48,7 +50,7 @@ static const struct option LONGOPTS[] = {
     {"race-rows", required_argument, 0, O_RROWS}, {"race-bits", required_argument, 0, O_RBITS},
     {"bootstrap", required_argument, 0, O_BOOT}, {"seed", required_argument, 0, O_SEED},
     {"plain-update", no_argument, 0, O_PLAIN}, {"quiet", no_argument, 0, O_QUIET},
-    {"threads", required_argument, 0, O_THREADS},
+    {"threads", required_argument, 0, O_THREADS}, {"batch-size", required_argument, 0, O_BATCH},
     {"help", no_argument, 0, O_HELP}, {0, 0, 0, 0},
 };
 
@@ -68,6 +70,8 @@ static const char USAGE[] =
     "  --race-rows R (16)  --race-bits B (9)  --seed N (1)\n"
     "  --mode isolated|cascade (isolated)  --warmup W (64)  --stride S (16)\n"
     "  --threads N (0: one per core) isolated replays run in parallel; same results for any N\n"
+    "  --batch-size N (0: from free memory) samples traced and replayed at a time; the\n"
+    "                 numbers are the same for any N, memory grows with it\n"
     "  --device cpu|cuda|auto (cpu)  --precision fp32|tf32|bf16 (fp32)\n"
     "output:\n"
     "  --out DIR (attnprobe-out): writes DIR/summary.json  --format text,json (both)\n"
@@ -120,7 +124,8 @@ static ap_status parse_run_opts(int argc, char **argv, run_opts *o, ap_error *er
             break;
         }
         case O_PLAIN: o->plain_update = 1; break;
-        case O_THREADS: st = cli_parse_int("--threads", optarg, 0, 256, &o->threads, err); break;
+        case O_THREADS: st = cli_parse_int("--threads", optarg, 0, 4096, &o->threads, err); break;
+        case O_BATCH: st = cli_parse_int("--batch-size", optarg, 0, 1000000, &o->batch_size, err); break;
         case O_QUIET: o->quiet = 1; break;
         case O_HELP: o->help = 1; break;
         default:
@@ -135,20 +140,27 @@ static ap_status parse_run_opts(int argc, char **argv, run_opts *o, ap_error *er
         {"--granularity", o->granularity, "head layer"},
     };
     for (size_t i = 0; i < sizeof choices / sizeof choices[0]; i++) {
-        char padded[64];
-        snprintf(padded, sizeof padded, " %s ", choices[i].value);
-        char accepted[64];
-        snprintf(accepted, sizeof accepted, " %s ", choices[i].accepted);
-        if (!*choices[i].value || strchr(choices[i].value, ' ') || !strstr(accepted, padded))
-            return ap_error_set(err, AP_ERR_USAGE, "%s %s: accepted: %s", choices[i].flag,
-                                choices[i].value, choices[i].accepted);
+        const char *v = choices[i].value, *hit = strstr(choices[i].accepted, v);
+        const size_t n = strlen(v);
+        /* a whole word of the accepted list */
+        if (!n || strchr(v, ' ') || !hit || (hit != choices[i].accepted && hit[-1] != ' ') ||
+            (hit[n] != ' ' && hit[n] != '\0'))
+            return ap_error_set(err, AP_ERR_USAGE, "%s %s: accepted: %s", choices[i].flag, v,
+                                choices[i].accepted);
     }
-    char fmt[128];
-    snprintf(fmt, sizeof fmt, "%s", o->format);
-    for (char *save = NULL, *f = strtok_r(fmt, ",", &save); f; f = strtok_r(NULL, ",", &save))
-        if (strcmp(f, "text") != 0 && strcmp(f, "json") != 0)
-            return ap_error_set(err, AP_ERR_USAGE, "--format %s: \"%s\" is not available (accepted: "
-                                "text, json)", o->format, f);
+    /* every format named must be known, and at least one named */
+    int n_fmt = 0;
+    for (const char *f = o->format; *f;) {
+        const size_t len = strcspn(f, ",");
+        if (!((len == 4 && !strncmp(f, "text", 4)) || (len == 4 && !strncmp(f, "json", 4))))
+            return ap_error_set(err, AP_ERR_USAGE, "--format %s: \"%.*s\" is not available (accepted: "
+                                "text, json, comma-separated)", o->format, (int)len, f);
+        n_fmt++;
+        f += len + (f[len] == ',');
+    }
+    if (n_fmt == 0)
+        return ap_error_set(err, AP_ERR_USAGE, "--format is empty (accepted: text, json, "
+                            "comma-separated)");
     return AP_OK;
 }
 
@@ -158,164 +170,131 @@ typedef struct {
     int enabled;
 } progress_state;
 
-static void progress(void *ctx, const char *what, double fraction)
+/* stage [#####     ] 12/64 samples · 35.2k tok/s · ETA 3 s, on one line of stderr */
+static void progress(void *ctx, const ap_study_progress *p)
 {
-    progress_state *p = ctx;
-    if (!p->enabled) return;
-    int width = 30, filled = (int)(fraction * width + 0.5);
-    fprintf(stderr, "\r%-14s [", what);
-    for (int i = 0; i < width; i++) fputc(i < filled ? '#' : ' ', stderr);
-    fprintf(stderr, "] %3.0f%%", fraction * 100);
-    if (fraction >= 1.0) fprintf(stderr, "\r%*s\r", 60, "");
+    const progress_state *ps = ctx;
+    if (!ps->enabled) return;
+    const double fraction = p->samples_total ? p->samples_done / p->samples_total : 1.0;
+    const int width = 24, filled = (int)(fraction * width + 0.5);
+    char bar[32];
+    for (int i = 0; i < width; i++) bar[i] = i < filled ? '#' : ' ';
+    bar[width] = '\0';
+    const double rate = p->elapsed_s > 0 ? p->tokens_done / p->elapsed_s : 0;
+    const double eta = rate > 0 ? (p->tokens_total - p->tokens_done) / rate : 0;
+    fprintf(stderr, "\r%-8s [%s] %d/%d samples  %7.1fk tok/s  ETA %4.0f s ", p->stage, bar,
+            (int)p->samples_done, p->samples_total, rate / 1000, eta);
+    if (fraction >= 1.0) fprintf(stderr, "\r%*s\r", 78, "");
     fflush(stderr);
 }
 
-/* ---- accumulation of metrics (the row sink) -------------------------------- */
+/* ---- interrupts --------------------------------------------------------------- */
 
-typedef struct {
-    int n_layers, n_head;
-    const int *trace_layers;
-    const unsigned char *head_on;  /* [n_head] */
-    ap_series *series;             /* [n_series] = [n_runs * AP_M_COUNT] */
-    int n_series;
-    double *head_sum, *head_cnt;   /* [n_runs * n_head * AP_M_COUNT] */
-} accum;
-
-/* The sink context of one replay: its rows' events say policy 0 in isolated
- * replays, so run_base places them (each run has its own series, so replays
- * of different runs may add rows concurrently). */
-typedef struct {
-    accum *a;
-    int run_base; /* run index of (policy 0, layer 0) for this replay */
-} run_sink;
-
-static ap_status on_row(void *ctx, const ap_row_event *ev, ap_error *err)
+/* SIGINT/SIGTERM/SIGHUP while a trace file is written: remove it (the
+ * summary is written by a rename at the very end), then die of the signal's
+ * usual exit code 128 + n. */
+static void on_signal(int sig)
 {
-    const run_sink *rs = ctx;
-    accum *a = rs->a;
-    if (!a->head_on[ev->head]) return AP_OK;
-    int li = 0;
-    while (li < a->n_layers && a->trace_layers[li] != ev->layer) li++;
-    const int run = rs->run_base + ev->policy * a->n_layers + li;
-    double m[AP_M_COUNT];
-    ap_metrics_row(ev->p, ev->q, ev->kept, ev->n, ev->v, ev->o_p, ev->head_dim, m);
-    for (int k = 0; k < AP_M_COUNT; k++) {
-        ap_status st = ap_series_add(&a->series[(size_t)run * AP_M_COUNT + k], m[k], ev->sample, err);
-        if (st) return st;
-        if (!isnan(m[k])) {
-            const size_t i = ((size_t)run * a->n_head + ev->head) * AP_M_COUNT + k;
-            a->head_sum[i] += m[k];
-            a->head_cnt[i] += 1;
-        }
-    }
-    return AP_OK;
+    const char *tmp = ap_study_temp_file();
+    if (tmp) unlink(tmp);
+    _exit(128 + sig);
 }
 
-/* ---- helpers ---------------------------------------------------------------- */
-
-static ap_status parse_types(const char *types, char names[][32], int *n, ap_error *err)
+static void catch_signals(void)
 {
-    char buf[512];
-    snprintf(buf, sizeof buf, "%s", types);
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_signal;
+    sigemptyset(&sa.sa_mask);
+    const int sigs[3] = {SIGINT, SIGTERM, SIGHUP};
+    for (int i = 0; i < 3; i++) sigaction(sigs[i], &sa, NULL);
+}
+
+/* ---- the study's config ------------------------------------------------------- */
+
+/* --types: known, distinct policies (malloc'ed names into params). */
+static ap_status parse_types(const run_opts *o, ap_policy_params **params, int *n, ap_error *err)
+{
+    *params = NULL;
     *n = 0;
-    for (char *save = NULL, *t = strtok_r(buf, ",", &save); t; t = strtok_r(NULL, ",", &save)) {
-        if (!ap_policy_known(t))
-            return ap_error_set(err, AP_ERR_USAGE, "--types %s: unknown policy '%s' (accepted: %s)",
-                                types, t, ap_policy_names());
-        if (*n == 16) return ap_error_set(err, AP_ERR_USAGE, "--types: at most 16 policies");
-        snprintf(names[(*n)++], 32, "%s", t);
+    const size_t len = strlen(o->types);
+    ap_policy_params *p = calloc(len / 2 + 1, sizeof *p); /* at most one name per 2 bytes */
+    if (!p) return ap_error_set(err, AP_ERR_RUNTIME, "out of memory");
+    for (const char *t = o->types; *t;) {
+        const size_t w = strcspn(t, ",");
+        char name[32];
+        snprintf(name, sizeof name, "%.*s", (int)(w < 31 ? w : 31), t);
+        if (w >= 32 || !ap_policy_known(name)) {
+            free(p);
+            return ap_error_set(err, AP_ERR_USAGE, "--types: unknown policy '%.*s' (accepted: %s)",
+                                (int)(w < 64 ? w : 64), t, ap_policy_names());
+        }
+        for (int i = 0; i < *n; i++)
+            if (!strcmp(p[i].name, name)) {
+                free(p);
+                return ap_error_set(err, AP_ERR_USAGE, "--types: %s is listed twice", name);
+            }
+        ap_policy_params *q = &p[(*n)++];
+        ap_policy_params_default(q, name);
+        q->budget = o->budget;
+        q->sink = o->sink;
+        q->recent = o->recent;
+        q->width = o->width;
+        q->depth = o->depth;
+        q->conservative = !o->plain_update;
+        q->race_rows = o->race_rows;
+        q->race_bits = o->race_bits;
+        q->granularity = strcmp(o->granularity, "layer") == 0 ? AP_GRAN_LAYER : AP_GRAN_HEAD;
+        q->seed = o->seed;
+        t += w + (t[w] == ',');
     }
-    if (*n == 0) return ap_error_set(err, AP_ERR_USAGE, "--types: empty list (accepted: %s)", ap_policy_names());
+    if (*n == 0) {
+        free(p);
+        return ap_error_set(err, AP_ERR_USAGE, "--types: empty list (accepted: %s)", ap_policy_names());
+    }
+    for (int i = 0; i < *n; i++) { /* validate parameters before any work */
+        ap_policy *probe;
+        ap_status st = ap_policy_create(&p[i], 1, 1, &probe, err);
+        if (st) {
+            free(p);
+            return st;
+        }
+        ap_policy_free(probe);
+    }
+    *params = p;
     return AP_OK;
 }
 
-static void policy_params(const run_opts *o, const char *name, ap_policy_params *p)
+/* --heads: NULL for all, else the list (checked against n_head). */
+static ap_status parse_heads(const char *heads, int n_head, int **out, int *n, ap_error *err)
 {
-    ap_policy_params_default(p, name);
-    p->budget = o->budget;
-    p->sink = o->sink;
-    p->recent = o->recent;
-    p->width = o->width;
-    p->depth = o->depth;
-    p->conservative = !o->plain_update;
-    p->race_rows = o->race_rows;
-    p->race_bits = o->race_bits;
-    p->granularity = strcmp(o->granularity, "layer") == 0 ? AP_GRAN_LAYER : AP_GRAN_HEAD;
-    p->seed = o->seed;
-}
-
-/* The parameters that shape a policy's numbers, for the summary. */
-static void run_params(const ap_policy_params *p, ap_report_run *r)
-{
-    const char *name = p->name;
-    int sketch = !strcmp(name, "cms") || !strcmp(name, "count_sketch");
-    int race = !strcmp(name, "race") || !strcmp(name, "race_kde");
-    int n = 0;
-#define PARAM(key, value) (snprintf(r->param_name[n], sizeof r->param_name[n], "%s", key), r->param_value[n++] = (value))
-    if (strcmp(name, "full") != 0) PARAM("budget", p->budget);
-    if (strcmp(name, "full") != 0 && strcmp(name, "window") != 0) {
-        PARAM("sink", p->sink);
-        PARAM("recent", p->recent);
-    }
-    if (sketch) {
-        PARAM("width", p->width);
-        PARAM("depth", p->depth);
-    }
-    if (!strcmp(name, "cms")) PARAM("conservative", p->conservative);
-    if (race) {
-        PARAM("race_rows", p->race_rows);
-        PARAM("race_bits", p->race_bits);
-    }
-    if (sketch || race || !strcmp(name, "random")) PARAM("seed", (double)p->seed);
-#undef PARAM
-    r->n_params = n;
-    snprintf(r->granularity, sizeof r->granularity, "%s", p->granularity == AP_GRAN_LAYER ? "layer" : "head");
-}
-
-static char *config_json(const run_opts *o, const int *layers, int n_layers)
-{
-    cJSON *c = cJSON_CreateObject();
-    cJSON_AddStringToObject(c, "mode", o->mode);
-    cJSON_AddNumberToObject(c, "samples", o->samples);
-    cJSON_AddNumberToObject(c, "max_length", o->max_length);
-    cJSON_AddNumberToObject(c, "warmup", o->warmup);
-    cJSON_AddNumberToObject(c, "stride", o->stride);
-    cJSON *l = cJSON_AddArrayToObject(c, "layers");
-    for (int i = 0; i < n_layers; i++) cJSON_AddItemToArray(l, cJSON_CreateNumber(layers[i]));
-    cJSON_AddStringToObject(c, "heads", o->heads ? o->heads : "all");
-    cJSON_AddStringToObject(c, "types", o->types);
-    cJSON_AddNumberToObject(c, "budget", o->budget);
-    cJSON_AddNumberToObject(c, "sink", o->sink);
-    cJSON_AddNumberToObject(c, "recent", o->recent);
-    cJSON_AddNumberToObject(c, "width", o->width);
-    cJSON_AddNumberToObject(c, "depth", o->depth);
-    cJSON_AddBoolToObject(c, "conservative_update", !o->plain_update);
-    cJSON_AddNumberToObject(c, "race_rows", o->race_rows);
-    cJSON_AddNumberToObject(c, "race_bits", o->race_bits);
-    cJSON_AddStringToObject(c, "granularity", o->granularity);
-    cJSON_AddStringToObject(c, "align", o->align);
-    cJSON_AddNumberToObject(c, "seed", (double)o->seed);
-    cJSON_AddNumberToObject(c, "bootstrap", o->bootstrap);
-    cJSON_AddNumberToObject(c, "kl_epsilon", AP_KL_EPS);
-    char *s = cJSON_PrintUnformatted(c);
-    cJSON_Delete(c);
-    return s;
+    *out = NULL;
+    *n = 0;
+    if (!heads || strcmp(heads, "all") == 0) return AP_OK;
+    if (cli_parse_layers(heads, n_head, out, n, err))
+        return ap_error_set(err, AP_ERR_USAGE, "--heads %s: accepted: all, or heads 0..%d separated by "
+                            "commas", heads, n_head - 1);
+    return AP_OK;
 }
 
 static ap_status make_dir(const char *dir, ap_error *err)
 {
-    char path[1024];
-    snprintf(path, sizeof path, "%s", dir);
-    for (char *p = path + 1; *p; p++) {
+    char *path = strdup(dir);
+    if (!path) return ap_error_set(err, AP_ERR_RUNTIME, "out of memory");
+    ap_status st = AP_OK;
+    for (char *p = path + 1; *p && !st; p++) {
         if (*p != '/') continue;
         *p = '\0';
         if (mkdir(path, 0755) != 0 && errno != EEXIST)
-            return ap_error_set(err, AP_ERR_RUNTIME, "--out %s: cannot create %s: %s", dir, path, strerror(errno));
+            st = ap_error_set(err, AP_ERR_RUNTIME, "--out %s: cannot create %s: %s", dir, path, strerror(errno));
         *p = '/';
     }
-    if (mkdir(path, 0755) != 0 && errno != EEXIST)
-        return ap_error_set(err, AP_ERR_RUNTIME, "--out %s: cannot create: %s", dir, strerror(errno));
-    return AP_OK;
+    if (!st && mkdir(path, 0755) != 0 && errno != EEXIST)
+        st = ap_error_set(err, AP_ERR_RUNTIME, "--out %s: cannot create: %s", dir, strerror(errno));
+    if (!st && access(path, W_OK) != 0)
+        st = ap_error_set(err, AP_ERR_RUNTIME, "--out %s: not writable: %s", dir, strerror(errno));
+    free(path);
+    return st;
 }
 
 static ap_backend pick_backend(const char *device)
@@ -330,9 +309,65 @@ static ap_precision pick_precision(const char *p)
     return strcmp(p, "tf32") == 0 ? AP_PRECISION_TF32 : strcmp(p, "bf16") == 0 ? AP_PRECISION_BF16 : AP_PRECISION_FP32;
 }
 
+/* ---- output --------------------------------------------------------------------- */
+
+static ap_status write_outputs(const run_opts *o, const ap_summary *summary, ap_error *err)
+{
+    if (strstr(o->format, "json")) {
+        const size_t n = strlen(o->out) + sizeof "/summary.json";
+        char *path = malloc(n);
+        if (!path) return ap_error_set(err, AP_ERR_RUNTIME, "out of memory");
+        snprintf(path, n, "%s/summary.json", o->out);
+        ap_status st = ap_summary_write_json(summary, path, err);
+        if (!st && !o->quiet) fprintf(stderr, "attnprobe: wrote %s\n", path);
+        free(path);
+        if (st) return st;
+    }
+    if (strstr(o->format, "text") && !o->quiet) {
+        ap_summary_print_table(summary, stdout);
+        if (strcmp(o->align, "index") == 0) {
+            printf("\n--align index: the seed study's comparison (compacted cache by slot index, zero-padded)\n");
+            printf("%-13s %5s %12s %12s   (aligned by position: %s)\n", "policy", "layer", "index_l1", "index_rms", "l1 / l2");
+            for (int r = 0; r < summary->n_runs; r++) {
+                const ap_report_run *run = &summary->runs[r];
+                printf("%-13s %5d %12.6f %12.6f   %.6f / %.6f\n", run->policy, run->layer,
+                       run->stats[AP_M_INDEX_L1].mean, run->stats[AP_M_INDEX_RMS].mean,
+                       run->stats[AP_M_L1].mean, run->stats[AP_M_L2].mean);
+            }
+        }
+    }
+    return AP_OK;
+}
+
 /* ---- the job ---------------------------------------------------------------- */
 
 typedef enum { JOB_RUN, JOB_TRACE, JOB_REPLAY } job_kind;
+
+/* The samples of the input text, as the flags ask. */
+static ap_status make_samples(const run_opts *o, const ap_model *model, ap_tokenizer *tok,
+                              const char *input_source, const char *text, size_t n_text,
+                              ap_samples *samples, ap_error *err)
+{
+    const ap_config *c = &model->config;
+    if (o->max_length > c->n_ctx)
+        return ap_error_set(err, AP_ERR_USAGE, "--max-length %d: the model %s has %d positions "
+                            "(accepted: 2..%d)", o->max_length, model->source, c->n_ctx, c->n_ctx);
+    const int first = o->warmup % o->stride ? (o->warmup / o->stride + 1) * o->stride : o->warmup;
+    if (first + 1 > o->max_length)
+        return ap_error_set(err, AP_ERR_USAGE, "--warmup %d and --stride %d measure no step of a "
+                            "%d-token sample (the first measured step is %d)",
+                            o->warmup, o->stride, o->max_length, first);
+    ap_status st = ap_samples_make(tok, text, n_text, o->samples, o->max_length, first + 1, samples, err);
+    if (st) return st;
+    if (samples->n == 0)
+        return ap_error_set(err, AP_ERR_INPUT, "--input %s: no sample of at least %d tokens "
+                            "(%d documents read); lower --warmup or give a longer text",
+                            input_source, first + 1, samples->documents);
+    if (!o->quiet && samples->n < o->samples)
+        fprintf(stderr, "attnprobe: %s gives %d of the %d samples asked for\n", input_source,
+                samples->n, o->samples);
+    return AP_OK;
+}
 
 static int job(job_kind kind, int argc, char **argv)
 {
@@ -364,257 +399,105 @@ static int job(job_kind kind, int argc, char **argv)
         ap_error_set(&err, AP_ERR_USAGE, "--mode cascade needs the model: use attnprobe run");
         return cli_fail(AP_ERR_USAGE, &err);
     }
-    char names[16][32];
+    ap_policy_params *params = NULL;
     int n_policies = 0;
-    if ((st = parse_types(o.types, names, &n_policies, &err))) return cli_fail(st, &err);
-    ap_policy_params params[16];
-    for (int i = 0; i < n_policies; i++) {
-        policy_params(&o, names[i], &params[i]);
-        ap_policy *probe; /* validate parameters before any work */
-        if ((st = ap_policy_create(&params[i], 1, 1, &probe, &err))) return cli_fail(st, &err);
-        ap_policy_free(probe);
+    if ((st = parse_types(&o, &params, &n_policies, &err))) return cli_fail(st, &err);
+    if (kind != JOB_TRACE && strstr(o.format, "json") && (st = make_dir(o.out, &err))) {
+        free(params);
+        return cli_fail(st, &err);
     }
+    catch_signals();
 
     progress_state prog = {!o.quiet && isatty(2)};
     ap_model *model = NULL;
     ap_tokenizer *tok = NULL;
-    ap_engine *engine = NULL;
     ap_samples samples = {0};
-    ap_trace trace = {0};
-    char *text = NULL, *cfg = NULL;
-    size_t n_text = 0;
-    int *layers = NULL, n_layers = 0;
-    unsigned char *head_on = NULL;
-    accum acc = {0};
     ap_summary summary = {0};
-    ap_replay_cost cost[16];
-    char input_source[1100] = "", input_sha[65] = "";
-    int need_model = kind != JOB_REPLAY;
+    char *text = NULL, *input_source = NULL;
+    char input_sha[65] = "";
+    size_t n_text = 0;
+    int *layers = NULL, n_layers = 0, *heads = NULL, n_heads = 0;
+    ap_study_config cfg = {
+        .policies = params, .n_policies = n_policies,
+        .mode = strcmp(o.mode, "cascade") == 0 ? AP_STUDY_CASCADE : AP_STUDY_ISOLATED,
+        .warmup = o.warmup, .stride = o.stride, .bootstrap = o.bootstrap, .seed = o.seed,
+        .backend = pick_backend(o.device), .precision = pick_precision(o.precision),
+        .batch_size = o.batch_size, .threads = o.threads, .max_length = o.max_length,
+        .align_index = strcmp(o.align, "index") == 0, .save_trace = kind == JOB_TRACE ? o.save : NULL,
+    };
 
-    if (need_model) {
-        if ((st = cli_load_model(o.model, o.tokenizer, &model, &tok, &err))) goto out;
-        const ap_config *c = &model->config;
-        if (!tok) {
-            st = ap_error_set(&err, AP_ERR_USAGE, "--model %s has no tokenizer; pass --tokenizer DIR", model->source);
-            goto out;
-        }
-        if (o.input) {
-            snprintf(input_source, sizeof input_source, "%s", o.input);
-        } else if (model->dir[0]) {
-            snprintf(input_source, sizeof input_source, "%s/sample.txt", model->dir);
-        } else {
-            st = ap_error_set(&err, AP_ERR_USAGE, "--model %s has no sample.txt; pass --input FILE", model->source);
-            goto out;
-        }
-        if ((st = cli_read_input(input_source, &text, &n_text, &err))) goto out;
-        ap_sha256_hex(text, n_text, input_sha);
-        char mid[16];
-        snprintf(mid, sizeof mid, "%d", c->n_layer / 2);
-        if ((st = cli_parse_layers(o.layers ? o.layers : mid, c->n_layer, &layers, &n_layers, &err))) goto out;
-        int max_len = o.max_length < c->n_ctx ? o.max_length : c->n_ctx;
-        int first = o.warmup % o.stride ? (o.warmup / o.stride + 1) * o.stride : o.warmup;
-        if (first + 1 > max_len) {
-            st = ap_error_set(&err, AP_ERR_USAGE, "--warmup %d and --stride %d measure no step of a "
-                              "%d-token sample (the first measured step is %d)",
-                              o.warmup, o.stride, max_len, first);
-            goto out;
-        }
-        if ((st = ap_samples_make(tok, text, n_text, o.samples, max_len, first + 1, &samples, &err))) goto out;
-        if (samples.n == 0) {
-            st = ap_error_set(&err, AP_ERR_INPUT, "--input %s: no sample of at least %d tokens "
-                              "(%d documents read); lower --warmup or give a longer text",
-                              input_source, first + 1, samples.documents);
-            goto out;
-        }
-        if (!o.quiet && samples.n < o.samples)
-            fprintf(stderr, "attnprobe: %s gives %d of the %d samples asked for\n", input_source,
-                    samples.n, o.samples);
-        if ((st = ap_engine_create(model, pick_backend(o.device), pick_precision(o.precision), &engine, &err)))
-            goto out;
-        if ((st = ap_trace_run(engine, model, &samples, layers, n_layers, &trace, progress, &prog, &err)))
-            goto out;
-        cfg = config_json(&o, layers, n_layers);
-        snprintf(trace.config_json, sizeof trace.config_json, "%s", cfg ? cfg : "{}");
-    } else {
-        if ((st = ap_trace_load(trace_file, &trace, &err))) goto out;
-        snprintf(input_source, sizeof input_source, "%s", trace_file);
-        snprintf(input_sha, sizeof input_sha, "%s", trace.file_sha256);
-        /* --layers selects among the trace's layers */
-        layers = malloc((size_t)trace.n_layers * sizeof *layers);
-        if (!layers) {
-            st = ap_error_set(&err, AP_ERR_RUNTIME, "out of memory");
-            goto out;
-        }
+    if (kind == JOB_REPLAY) {
+        ap_trace_reader *r;
+        if ((st = ap_trace_reader_open(trace_file, &r, &err))) goto out;
+        const ap_trace *info = ap_trace_reader_info(r);
+        const int n_head = info->n_head, trace_layers = info->n_layers;
+        /* --layers selects among the trace's layers (all by default) */
         if (o.layers) {
-            int *sel, n_sel;
-            if ((st = cli_parse_layers(o.layers, 256, &sel, &n_sel, &err))) goto out;
-            for (int i = 0; i < n_sel; i++) {
-                if (ap_trace_layer_index(&trace, sel[i]) < 0) {
-                    st = ap_error_set(&err, AP_ERR_USAGE, "--layers: the trace %s has no layer %d",
-                                      trace_file, sel[i]);
-                    free(sel);
-                    goto out;
-                }
-                layers[n_layers++] = sel[i];
-            }
-            free(sel);
+            st = cli_parse_layers(o.layers, 1 << 20, &layers, &n_layers, &err);
+        } else if ((layers = malloc((size_t)trace_layers * sizeof *layers))) {
+            memcpy(layers, info->layers, (size_t)trace_layers * sizeof *layers);
+            n_layers = trace_layers;
         } else {
-            for (int i = 0; i < trace.n_layers; i++) layers[n_layers++] = trace.layers[i];
+            st = ap_error_set(&err, AP_ERR_RUNTIME, "out of memory");
         }
-        cfg = config_json(&o, layers, n_layers);
-    }
-    if (kind == JOB_TRACE) {
-        if ((st = ap_trace_save(&trace, o.save, &err))) goto out;
-        if (!o.quiet)
-            printf("trace of %d samples, layers %s: %.2f s → %s\n", trace.n_samples,
-                   o.layers ? o.layers : "(middle)", trace.seconds, o.save);
-        goto out;
+        ap_trace_reader_close(r);
+        if (st || (st = parse_heads(o.heads, n_head, &heads, &n_heads, &err))) goto out;
+        input_source = strdup(trace_file);
+        cfg.layers = layers, cfg.n_layers = n_layers, cfg.heads = heads, cfg.n_heads = n_heads;
+        cfg.input_source = input_source;
+        st = ap_study_replay(&cfg, trace_file, progress, &prog, &summary, &err);
+        if (!st) cfg.input_sha256 = summary.input_sha256;
+        goto report;
     }
 
-    /* ---- replay ---- */
-    const int H = trace.n_head;
-    head_on = malloc((size_t)H);
-    if (!head_on) {
-        st = ap_error_set(&err, AP_ERR_RUNTIME, "out of memory");
+    if ((st = cli_load_model(o.model, o.tokenizer, &model, &tok, &err))) goto out;
+    if (!tok) {
+        st = ap_error_set(&err, AP_ERR_USAGE, "--model %s has no tokenizer; pass --tokenizer DIR", model->source);
         goto out;
     }
-    memset(head_on, o.heads ? 0 : 1, (size_t)H);
-    if (o.heads && strcmp(o.heads, "all") == 0) memset(head_on, 1, (size_t)H);
-    else if (o.heads) {
-        int *hs, n_hs;
-        if ((st = cli_parse_layers(o.heads, H, &hs, &n_hs, &err))) {
-            st = ap_error_set(&err, AP_ERR_USAGE, "--heads %s: accepted: all, or heads 0..%d "
-                              "separated by commas", o.heads, H - 1);
-            goto out;
-        }
-        for (int i = 0; i < n_hs; i++) head_on[hs[i]] = 1;
-        free(hs);
-    }
-    const int n_runs = n_policies * n_layers;
-    acc = (accum){n_layers, H, layers, head_on,
-                  calloc((size_t)n_runs * AP_M_COUNT, sizeof(ap_series)), n_runs * AP_M_COUNT,
-                  calloc((size_t)n_runs * H * AP_M_COUNT, sizeof(double)),
-                  calloc((size_t)n_runs * H * AP_M_COUNT, sizeof(double))};
-    summary.runs = calloc((size_t)n_runs, sizeof *summary.runs);
-    if (!acc.series || !acc.head_sum || !acc.head_cnt || !summary.runs) {
-        st = ap_error_set(&err, AP_ERR_RUNTIME, "out of memory");
-        goto out;
-    }
-    run_sink all_runs = {&acc, 0};
-    ap_replay_opts ro = {o.warmup, o.stride, on_row, &all_runs, progress, &prog, 0};
-    double replay_s[16 * 256] = {0};
-    double kv[16 * 256] = {0}, sk[16 * 256] = {0};
-    if (strcmp(o.mode, "cascade") == 0) {
-        /* the trace's layers are all measured in cascade: restrict to --layers */
-        if ((st = ap_replay_cascade(engine, &trace, params, n_policies, &ro, cost, &err))) goto out;
-        for (int p = 0; p < n_policies; p++)
-            for (int l = 0; l < n_layers; l++) {
-                replay_s[p * n_layers + l] = cost[p].seconds;
-                kv[p * n_layers + l] = cost[p].kv_bytes;
-                sk[p * n_layers + l] = cost[p].sketch_bytes;
-            }
+    if (o.input) {
+        input_source = strdup(o.input);
+    } else if (model->dir[0]) {
+        const size_t n = strlen(model->dir) + sizeof "/sample.txt";
+        if ((input_source = malloc(n))) snprintf(input_source, n, "%s/sample.txt", model->dir);
     } else {
-        /* one job per (policy, layer), in parallel (--threads) */
-        ap_isolated_job *jobs = calloc((size_t)n_runs, sizeof *jobs);
-        run_sink *sinks = calloc((size_t)n_runs, sizeof *sinks);
-        if (!jobs || !sinks) {
-            free(jobs), free(sinks);
-            st = ap_error_set(&err, AP_ERR_RUNTIME, "out of memory");
-            goto out;
-        }
-        for (int p = 0; p < n_policies; p++)
-            for (int l = 0; l < n_layers; l++) {
-                const int run = p * n_layers + l;
-                sinks[run] = (run_sink){&acc, p * n_layers}; /* on_row adds the layer */
-                jobs[run] = (ap_isolated_job){.li = ap_trace_layer_index(&trace, layers[l]), .params = &params[p],
-                                              .sink_ctx = &sinks[run]};
-            }
-        st = ap_replay_isolated_jobs(&trace, jobs, n_runs, &ro, o.threads, &err);
-        for (int run = 0; run < n_runs && !st; run++) {
-            replay_s[run] = jobs[run].cost.seconds;
-            kv[run] = jobs[run].cost.kv_bytes;
-            sk[run] = jobs[run].cost.sketch_bytes;
-        }
-        free(jobs), free(sinks);
-        if (st) goto out;
+        st = ap_error_set(&err, AP_ERR_USAGE, "--model %s has no sample.txt; pass --input FILE", model->source);
+        goto out;
     }
-    int tokens = 0;
-    for (int s = 0; s < trace.n_samples; s++) tokens += trace.len[s];
-    for (int p = 0; p < n_policies; p++)
-        for (int l = 0; l < n_layers; l++) {
-            const int run = p * n_layers + l;
-            ap_report_run *r = &summary.runs[summary.n_runs++];
-            snprintf(r->policy, sizeof r->policy, "%.31s", params[p].name);
-            run_params(&params[p], r);
-            r->layer = layers[l];
-            for (int m = 0; m < AP_M_COUNT; m++)
-                if ((st = ap_stats_compute(&acc.series[(size_t)run * AP_M_COUNT + m], trace.n_samples,
-                                           o.bootstrap, o.seed + (uint64_t)m, &r->stats[m], &err)))
-                    goto out;
-            r->n_head = H;
-            if (!(r->head_mean = malloc((size_t)H * AP_M_COUNT * sizeof *r->head_mean))) {
-                st = ap_error_set(&err, AP_ERR_RUNTIME, "out of memory");
-                goto out;
-            }
-            for (int i = 0; i < H * AP_M_COUNT; i++) {
-                const size_t k = (size_t)run * H * AP_M_COUNT + i;
-                r->head_mean[i] = acc.head_cnt[k] > 0 ? acc.head_sum[k] / acc.head_cnt[k] : NAN;
-            }
-            r->kv_bytes = kv[run];
-            r->sketch_bytes = sk[run];
-            r->replay_s = replay_s[run];
-            r->tokens_per_s = replay_s[run] > 0 ? tokens / replay_s[run] : 0;
-        }
-    snprintf(summary.tool_version, sizeof summary.tool_version, "%s", AP_VERSION);
-    snprintf(summary.model_source, sizeof summary.model_source, "%s", trace.model_source);
-    snprintf(summary.model_sha256, sizeof summary.model_sha256, "%s", trace.model_sha256);
-    summary.n_layer = trace.model_n_layer;
-    summary.n_embd = trace.n_head * trace.head_dim;
-    summary.vocab = trace.model_vocab;
-    summary.n_head = H;
-    snprintf(summary.input_source, sizeof summary.input_source, "%s", input_source);
-    snprintf(summary.input_sha256, sizeof summary.input_sha256, "%s", input_sha);
-    summary.samples = trace.n_samples;
-    summary.tokens = tokens;
-    summary.config_json = cfg;
-    cfg = NULL;
-    snprintf(summary.backend, sizeof summary.backend, "%s", engine && pick_backend(o.device) == AP_BACKEND_CUDA ? "cuda" : "cpu");
-    snprintf(summary.device_name, sizeof summary.device_name, "%s", engine ? ap_engine_device_name(engine) : "(replay of a saved trace)");
-    snprintf(summary.precision, sizeof summary.precision, "%s", o.precision);
-    summary.trace_s = trace.seconds;
-    if (strstr(o.format, "json")) {
-        char path[1100];
-        if ((st = make_dir(o.out, &err))) goto out;
-        snprintf(path, sizeof path, "%s/summary.json", o.out);
-        if ((st = ap_summary_write_json(&summary, path, &err))) goto out;
-        if (!o.quiet) fprintf(stderr, "attnprobe: wrote %s\n", path);
+    if (!input_source) {
+        st = ap_error_set(&err, AP_ERR_RUNTIME, "out of memory");
+        goto out;
     }
-    if (strstr(o.format, "text") && !o.quiet) {
-        ap_summary_print_table(&summary, stdout);
-        if (strcmp(o.align, "index") == 0) {
-            printf("\n--align index: the seed study's comparison (compacted cache by slot index, zero-padded)\n");
-            printf("%-13s %5s %12s %12s   (aligned by position: %s)\n", "policy", "layer", "index_l1", "index_rms", "l1 / l2");
-            for (int r = 0; r < summary.n_runs; r++) {
-                const ap_report_run *run = &summary.runs[r];
-                printf("%-13s %5d %12.6f %12.6f   %.6f / %.6f\n", run->policy, run->layer,
-                       run->stats[AP_M_INDEX_L1].mean, run->stats[AP_M_INDEX_RMS].mean,
-                       run->stats[AP_M_L1].mean, run->stats[AP_M_L2].mean);
-            }
-        }
+    if ((st = cli_read_input(input_source, &text, &n_text, &err))) goto out;
+    ap_sha256_hex(text, n_text, input_sha);
+    char mid[16];
+    snprintf(mid, sizeof mid, "%d", model->config.n_layer / 2);
+    if ((st = cli_parse_layers(o.layers ? o.layers : mid, model->config.n_layer, &layers, &n_layers, &err)) ||
+        (st = parse_heads(o.heads, model->config.n_head, &heads, &n_heads, &err)) ||
+        (st = make_samples(&o, model, tok, input_source, text, n_text, &samples, &err)))
+        goto out;
+    cfg.layers = layers, cfg.n_layers = n_layers, cfg.heads = heads, cfg.n_heads = n_heads;
+    cfg.input_source = input_source;
+    cfg.input_sha256 = input_sha;
+    if (kind == JOB_TRACE) {
+        double seconds = 0;
+        if ((st = ap_study_trace(&cfg, model, &samples, progress, &prog, &seconds, &err))) goto out;
+        if (!o.quiet)
+            printf("trace of %d samples, layers %s: %.2f s → %s\n", samples.n,
+                   o.layers ? o.layers : mid, seconds, o.save);
+        goto out;
     }
+    st = ap_study_run(&cfg, model, &samples, progress, &prog, &summary, &err);
+report:
+    if (!st) st = write_outputs(&o, &summary, &err);
 out:
-    for (int i = 0; acc.series && i < acc.n_series; i++) ap_series_free(&acc.series[i]);
-    free(acc.series);
-    free(acc.head_sum);
-    free(acc.head_cnt);
-    free(head_on);
     ap_summary_free(&summary);
-    free(cfg);
+    free(params);
     free(layers);
+    free(heads);
     free(text);
-    ap_trace_free(&trace);
+    free(input_source);
     ap_samples_free(&samples);
-    ap_engine_free(engine);
     ap_tokenizer_free(tok);
     ap_model_free(model);
     return st ? cli_fail(st, &err) : 0;

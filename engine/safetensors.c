@@ -1,5 +1,6 @@
 /* safetensors.c — see safetensors.h. Nothing in a file is trusted before it
  * is checked against the file size. */
+#define _DEFAULT_SOURCE /* madvise */
 #include "safetensors.h"
 
 #include <cjson/cJSON.h>
@@ -8,6 +9,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <fcntl.h>
 #include <unistd.h>
 
 #include "../common/atomic_file.h"
@@ -16,14 +20,37 @@
 enum { MAX_HEADER = 100 << 20 };
 
 struct ap_st_file {
-    char *data;          /* whole file */
+    char *data;          /* whole file: mapped (mapped = 1) or read */
     size_t size;
+    int mapped;
+    size_t header_bytes; /* 8 + the header's length */
     cJSON *header;
     ap_st_tensor *tensors;
     int n;
-    char sha256[65];
+    char sha256[65];     /* "" until ap_st_sha256 is first asked */
     char path[1024];
 };
+
+/* Maps a regular file read-only, so that a file larger than memory can be
+ * read tensor by tensor (pages come in as they are read and can be released,
+ * ap_st_release); anything else (a pipe, an empty file) is read whole. */
+static ap_status map_file(ap_st_file *f, const char *path, ap_error *err)
+{
+    int fd = open(path, O_RDONLY);
+    struct stat sb;
+    if (fd >= 0 && fstat(fd, &sb) == 0 && S_ISREG(sb.st_mode) && sb.st_size > 0) {
+        void *p = mmap(NULL, (size_t)sb.st_size, PROT_READ, MAP_PRIVATE, fd, 0);
+        close(fd);
+        if (p == MAP_FAILED)
+            return ap_error_set(err, AP_ERR_INPUT, "%s: cannot map: %s", path, strerror(errno));
+        f->data = p;
+        f->size = (size_t)sb.st_size;
+        f->mapped = 1;
+        return AP_OK;
+    }
+    if (fd >= 0) close(fd);
+    return ap_read_file(path, &f->data, &f->size, err);
+}
 
 static const struct { const char *name; ap_dtype d; size_t size; } DTYPES[] = {
     {"F32", AP_DT_F32, 4}, {"F16", AP_DT_F16, 2}, {"BF16", AP_DT_BF16, 2},
@@ -49,7 +76,10 @@ void ap_st_close(ap_st_file *f)
     if (!f) return;
     cJSON_Delete(f->header);
     free(f->tensors);
-    free(f->data);
+    if (f->mapped)
+        munmap(f->data, f->size);
+    else
+        free(f->data);
     free(f);
 }
 
@@ -112,7 +142,7 @@ ap_status ap_st_open(const char *path, ap_st_file **out, ap_error *err)
     ap_st_file *f = calloc(1, sizeof *f);
     if (!f) return ap_error_set(err, AP_ERR_RUNTIME, "out of memory");
     snprintf(f->path, sizeof f->path, "%s", path);
-    ap_status st = ap_read_file(path, &f->data, &f->size, err);
+    ap_status st = map_file(f, path, err);
     if (st) goto fail;
     const unsigned char *bytes = (const unsigned char *)f->data;
     if (f->size < 8) {
@@ -157,7 +187,7 @@ ap_status ap_st_open(const char *path, ap_st_file **out, ap_error *err)
             }
         f->n++;
     }
-    ap_sha256_hex(f->data, f->size, f->sha256);
+    f->header_bytes = 8 + (size_t)hlen;
     *out = f;
     return AP_OK;
 fail:
@@ -167,7 +197,24 @@ fail:
 
 int ap_st_count(const ap_st_file *f) { return f->n; }
 const ap_st_tensor *ap_st_at(const ap_st_file *f, int i) { return &f->tensors[i]; }
-const char *ap_st_sha256(const ap_st_file *f) { return f->sha256; }
+const char *ap_st_sha256(const ap_st_file *f)
+{
+    ap_st_file *mut = (ap_st_file *)f; /* a cache: hashing a large file costs a full read */
+    if (!f->sha256[0]) ap_sha256_hex(f->data, f->size, mut->sha256);
+    return f->sha256;
+}
+
+void ap_st_header_sha256(const ap_st_file *f, char out[65]) { ap_sha256_hex(f->data, f->header_bytes, out); }
+
+const void *ap_st_bytes(const ap_st_file *f, const ap_st_tensor *t) { return f->data + t->offset; }
+
+void ap_st_release(const ap_st_file *f, const ap_st_tensor *t)
+{
+    if (!f->mapped) return;
+    const size_t page = (size_t)sysconf(_SC_PAGESIZE);
+    size_t lo = (t->offset + page - 1) / page * page, hi = (t->offset + t->nbytes) / page * page;
+    if (hi > lo) madvise(f->data + lo, hi - lo, MADV_DONTNEED);
+}
 const char *ap_st_path(const ap_st_file *f) { return f->path; }
 
 const ap_st_tensor *ap_st_find(const ap_st_file *f, const char *name)
@@ -236,12 +283,12 @@ static size_t tensor_bytes(const ap_st_out *t)
     return n;
 }
 
-ap_status ap_st_write(const char *path, const ap_st_out *tensors, int n,
-                      const char *const *meta_keys, const char *const *meta_values, int n_meta,
-                      ap_error *err)
+/* The header: tensors' names, dtypes, shapes and offsets, and the metadata. */
+static char *header_json(const ap_st_out *tensors, int n, const char *const *meta_keys,
+                         const char *const *meta_values, int n_meta)
 {
     cJSON *header = cJSON_CreateObject();
-    if (!header) return ap_error_set(err, AP_ERR_RUNTIME, "out of memory");
+    if (!header) return NULL;
     if (n_meta > 0) {
         cJSON *meta = cJSON_AddObjectToObject(header, "__metadata__");
         for (int i = 0; meta && i < n_meta; i++) cJSON_AddStringToObject(meta, meta_keys[i], meta_values[i]);
@@ -255,7 +302,7 @@ ap_status ap_st_write(const char *path, const ap_st_out *tensors, int n,
             cJSON_Delete(shape);
             cJSON_Delete(offs);
             cJSON_Delete(header);
-            return ap_error_set(err, AP_ERR_RUNTIME, "out of memory");
+            return NULL;
         }
         cJSON_AddStringToObject(e, "dtype", ap_dtype_name(tensors[i].dtype));
         for (int d = 0; d < tensors[i].ndim; d++)
@@ -269,23 +316,117 @@ ap_status ap_st_write(const char *path, const ap_st_out *tensors, int n,
     }
     char *json = cJSON_PrintUnformatted(header);
     cJSON_Delete(header);
-    if (!json) return ap_error_set(err, AP_ERR_RUNTIME, "out of memory");
-    size_t hlen = strlen(json), padded = (hlen + 7) / 8 * 8; /* 8-byte aligned data */
-    char tmp[1100];
-    FILE *out = ap_atomic_begin(path, tmp, sizeof tmp, err);
-    if (!out) {
-        free(json);
-        return AP_ERR_RUNTIME;
-    }
+    return json;
+}
+
+struct ap_st_writer {
+    FILE *out;
+    char *tmp;
+    char *path;
+    ap_st_out *tensors; /* names copied */
+    int n, next;
+    const char **meta_keys;
+    int n_meta;
+    size_t header_len; /* JSON bytes, before padding */
+    int ok;
+};
+
+static void writer_free(ap_st_writer *w)
+{
+    for (int i = 0; w->tensors && i < w->n; i++) free((char *)w->tensors[i].name);
+    for (int i = 0; w->meta_keys && i < w->n_meta; i++) free((char *)w->meta_keys[i]);
+    free(w->tensors);
+    free(w->meta_keys);
+    free(w->tmp);
+    free(w->path);
+    free(w);
+}
+
+/* Writes the 8-byte length and the header padded to 8 bytes. */
+static int put_header(FILE *out, const char *json, size_t padded)
+{
+    const size_t hlen = strlen(json);
     unsigned char len[8];
     for (int i = 0; i < 8; i++) len[i] = (unsigned char)((uint64_t)padded >> (8 * i));
     int ok = fwrite(len, 1, 8, out) == 8 && fwrite(json, 1, hlen, out) == hlen;
     for (size_t i = hlen; ok && i < padded; i++) ok = fputc(' ', out) != EOF;
-    free(json);
-    /* Data are written in the host's byte order; attnprobe targets little-endian hosts. */
+    return ok;
+}
+
+ap_status ap_st_writer_open(const char *path, const ap_st_out *tensors, int n,
+                            const char *const *meta_keys, const char *const *meta_values, int n_meta,
+                            ap_st_writer **out, ap_error *err)
+{
+    *out = NULL;
+    ap_st_writer *w = calloc(1, sizeof *w);
+    if (!w) return ap_error_set(err, AP_ERR_RUNTIME, "out of memory");
+    w->n = n;
+    w->n_meta = n_meta;
+    w->tensors = calloc((size_t)(n > 0 ? n : 1), sizeof *w->tensors);
+    w->meta_keys = calloc((size_t)(n_meta > 0 ? n_meta : 1), sizeof *w->meta_keys);
+    w->path = strdup(path);
+    w->tmp = malloc(strlen(path) + 32);
+    int ok = w->tensors && w->meta_keys && w->path && w->tmp;
     for (int i = 0; ok && i < n; i++) {
-        size_t nb = tensor_bytes(&tensors[i]);
-        ok = fwrite(tensors[i].data, 1, nb, out) == nb;
+        w->tensors[i] = tensors[i];
+        ok = (w->tensors[i].name = strdup(tensors[i].name)) != NULL;
     }
-    return ap_atomic_end(out, tmp, path, ok, err);
+    for (int i = 0; ok && i < n_meta; i++) ok = (w->meta_keys[i] = strdup(meta_keys[i])) != NULL;
+    char *json = ok ? header_json(tensors, n, meta_keys, meta_values, n_meta) : NULL;
+    if (!json) {
+        writer_free(w);
+        return ap_error_set(err, AP_ERR_RUNTIME, "out of memory");
+    }
+    w->header_len = strlen(json);
+    if (!(w->out = ap_atomic_begin(path, w->tmp, strlen(path) + 32, err))) {
+        free(json);
+        writer_free(w);
+        return AP_ERR_RUNTIME;
+    }
+    w->ok = put_header(w->out, json, (w->header_len + 7) / 8 * 8); /* 8-byte aligned data */
+    free(json);
+    *out = w;
+    return AP_OK;
+}
+
+ap_status ap_st_writer_put(ap_st_writer *w, const void *data, ap_error *err)
+{
+    if (w->next >= w->n)
+        return ap_error_set(err, AP_ERR_RUNTIME, "%s: more tensors than announced (%d)", w->path, w->n);
+    /* Data are written in the host's byte order; attnprobe targets little-endian hosts. */
+    const size_t nb = tensor_bytes(&w->tensors[w->next++]);
+    if (w->ok) w->ok = fwrite(data, 1, nb, w->out) == nb;
+    if (!w->ok) return ap_error_set(err, AP_ERR_RUNTIME, "%s: write failed: %s", w->tmp, strerror(errno));
+    return AP_OK;
+}
+
+const char *ap_st_writer_temp_path(const ap_st_writer *w) { return w->tmp; }
+
+ap_status ap_st_writer_close(ap_st_writer *w, const char *const *meta_values, int ok, ap_error *err)
+{
+    if (!w) return AP_OK;
+    ok = ok && w->ok && w->next == w->n;
+    if (ok && meta_values) { /* the final metadata, in the space the first took */
+        char *json = header_json(w->tensors, w->n, w->meta_keys, meta_values, w->n_meta);
+        ok = json && strlen(json) == w->header_len && fseek(w->out, 0, SEEK_SET) == 0 &&
+             put_header(w->out, json, (w->header_len + 7) / 8 * 8);
+        free(json);
+    }
+    ap_status st = ap_atomic_end(w->out, w->tmp, w->path, ok, err);
+    writer_free(w);
+    return st;
+}
+
+ap_status ap_st_write(const char *path, const ap_st_out *tensors, int n,
+                      const char *const *meta_keys, const char *const *meta_values, int n_meta,
+                      ap_error *err)
+{
+    ap_st_writer *w;
+    ap_status st = ap_st_writer_open(path, tensors, n, meta_keys, meta_values, n_meta, &w, err);
+    for (int i = 0; !st && i < n; i++) st = ap_st_writer_put(w, tensors[i].data, err);
+    if (st) {
+        ap_st_writer_close(w, NULL, 0, NULL);
+        return st;
+    }
+    return ap_st_writer_close(w, NULL, 1, err);
 }

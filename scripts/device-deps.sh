@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 mkdir -p .device/debs
 pkgs=(libopenblas-dev libopenblas-pthread-dev libopenblas0-pthread libgfortran5 libquadmath0
       libgsl-dev libgsl27 libgslcblas0 libcjson-dev libcjson1
-      libpcre2-dev libpcre2-8-0 libcmocka-dev libcmocka0)
+      libpcre2-dev libpcre2-8-0 libcmocka-dev libcmocka0 libxxhash-dev libxxhash0)
 if [ -z "$(ls .device/debs/*.deb 2>/dev/null)" ]; then
   (cd .device/debs && apt-get download "${pkgs[@]}" >/dev/null)
 fi

@@ -5,7 +5,7 @@ set -euo pipefail
 
 packages=(
   build-essential cmake pkg-config
-  libopenblas-dev libgsl-dev libcjson-dev libpcre2-dev libcmocka-dev
+  libopenblas-dev libgsl-dev libcjson-dev libpcre2-dev libcmocka-dev libxxhash-dev
 )
 
 missing=()

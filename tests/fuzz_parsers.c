@@ -77,7 +77,7 @@ static int write_trace_and_summary(const ap_model *m)
     snprintf(path, sizeof path, "%s/trace.safetensors", work);
     int rc = ap_trace_run(e, m, &samples, &layer, 1, &tr, NULL, NULL, &err) != AP_OK;
     if (!rc) {
-        snprintf(tr.config_json, sizeof tr.config_json, "{\"mode\":\"isolated\"}");
+        tr.config_json = strdup("{\"mode\":\"isolated\"}");
         rc = ap_trace_save(&tr, path, &err) != AP_OK;
         ap_trace_free(&tr);
     }

@@ -8,6 +8,9 @@
 #include <string.h>
 
 #include <cmocka.h>
+#include <gsl/gsl_randist.h>
+#include <gsl/gsl_rng.h>
+#include <gsl/gsl_statistics_double.h>
 
 #include "analysis/analysis.h"
 
@@ -122,26 +125,129 @@ static void test_against_reference_implementation(void **state)
     }
 }
 
+/* Folds values 1..100 (sample = i % 4) as a study does: per-sample moments in
+ * sample order, every value into the sketch. */
+static void fold_1_to_100(ap_metric_acc *acc, ap_error *err)
+{
+    ap_metric_acc_init(acc);
+    for (int smp = 0; smp < 4; smp++) {
+        ap_moments m = {0};
+        for (int i = 1; i <= 100; i++)
+            if (i % 4 == smp) {
+                ap_moments_add(&m, i);
+                assert_int_equal(ap_qsketch_add(&acc->q, i, err), AP_OK);
+            }
+        ap_moments_add(&m, NAN); /* skipped */
+        assert_int_equal(ap_metric_acc_fold(acc, smp, &m, err), AP_OK);
+    }
+}
+
 static void test_stats(void **state)
 {
     (void)state;
-    ap_series s = {0};
     ap_error err;
-    for (int i = 1; i <= 100; i++) ap_series_add(&s, i, i % 4, &err);
-    ap_series_add(&s, NAN, 0, &err);
+    ap_metric_acc acc;
+    fold_1_to_100(&acc, &err);
     ap_stats st;
-    assert_int_equal(ap_stats_compute(&s, 4, 500, 1, &st, &err), AP_OK);
+    assert_int_equal(ap_metric_acc_stats(&acc, 4, 500, 1, &st, &err), AP_OK);
     assert_int_equal(st.n, 100);
     CLOSE(st.mean, 50.5, 1e-12);
-    CLOSE(st.median, 50.5, 1e-12);
     assert_true(st.min == 1 && st.max == 100);
     CLOSE(st.sd, sqrt(100.0 * 101 / 12), 1e-9); /* sample sd of 1..100 */
-    CLOSE(st.p05, 5.95, 1e-9);
+    /* quantiles from the sketch: within its relative accuracy of the exact ones */
+    CLOSE(st.median, 50.5, 50.5 * AP_QSKETCH_ALPHA);
+    CLOSE(st.p05, 5.95, 5.95 * AP_QSKETCH_ALPHA);
+    CLOSE(st.p95, 95.05, 95.05 * AP_QSKETCH_ALPHA);
     assert_true(st.ci_lo <= st.mean && st.mean <= st.ci_hi);
-    ap_stats again;
-    ap_stats_compute(&s, 4, 500, 1, &again, &err);
-    assert_memory_equal(&st, &again, sizeof st); /* seeded */
-    ap_series_free(&s);
+    ap_metric_acc again;
+    fold_1_to_100(&again, &err);
+    ap_stats st2;
+    ap_metric_acc_stats(&again, 4, 500, 1, &st2, &err);
+    assert_memory_equal(&st, &st2, sizeof st); /* seeded */
+    /* folding a sample before an earlier one is refused */
+    ap_moments m = {0};
+    ap_moments_add(&m, 1);
+    assert_int_equal(ap_metric_acc_fold(&again, 1, &m, &err), AP_ERR_RUNTIME);
+    ap_metric_acc_free(&acc);
+    ap_metric_acc_free(&again);
+}
+
+static int cmp_double(const void *a, const void *b)
+{
+    const double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+/* The sketch on known distributions: every quantile from 1% to 99% within
+ * the stated relative accuracy of the exact one (same rank rule). */
+static void test_qsketch_accuracy(void **state)
+{
+    (void)state;
+    enum { N = 100000 };
+    double *x = malloc(N * sizeof *x);
+    gsl_rng *rng = gsl_rng_alloc(gsl_rng_mt19937);
+    gsl_rng_set(rng, 7);
+    for (int dist = 0; dist < 3; dist++) {
+        ap_qsketch q;
+        ap_error err;
+        ap_qsketch_init(&q, AP_QSKETCH_ALPHA);
+        for (int i = 0; i < N; i++) {
+            /* log-normal over 8 decades; exponential; mixed signs with exact zeros */
+            x[i] = dist == 0 ? gsl_ran_lognormal(rng, -3, 3)
+                 : dist == 1 ? gsl_ran_exponential(rng, 0.7)
+                             : (i % 10 == 0 ? 0.0 : gsl_ran_gaussian(rng, 2.0));
+            assert_int_equal(ap_qsketch_add(&q, x[i], &err), AP_OK);
+        }
+        qsort(x, N, sizeof *x, cmp_double);
+        double worst = 0;
+        for (int pc = 1; pc <= 99; pc++) {
+            const double exact = gsl_stats_quantile_from_sorted_data(x, 1, N, pc / 100.0);
+            const double est = ap_qsketch_quantile(&q, pc / 100.0);
+            const double rel = exact == 0 ? fabs(est) : fabs(est - exact) / fabs(exact);
+            if (rel > worst) worst = rel;
+        }
+        print_message("distribution %d: worst relative error of 99 quantiles %.5f (alpha %.3f)\n",
+                      dist, worst, AP_QSKETCH_ALPHA);
+        assert_true(worst <= AP_QSKETCH_ALPHA * 1.0001);
+        ap_qsketch_free(&q);
+    }
+    gsl_rng_free(rng);
+    free(x);
+}
+
+/* Merging is exact: a stream split into parts, merged in any order, gives
+ * the sketch of the whole stream, bin for bin. */
+static void test_qsketch_merge(void **state)
+{
+    (void)state;
+    enum { N = 20000 };
+    gsl_rng *rng = gsl_rng_alloc(gsl_rng_mt19937);
+    gsl_rng_set(rng, 11);
+    double *x = malloc(N * sizeof *x);
+    for (int i = 0; i < N; i++) x[i] = i % 7 == 0 ? -gsl_ran_exponential(rng, 3) : gsl_ran_lognormal(rng, 0, 4);
+    ap_error err;
+    ap_qsketch whole;
+    ap_qsketch_init(&whole, AP_QSKETCH_ALPHA);
+    for (int i = 0; i < N; i++) ap_qsketch_add(&whole, x[i], &err);
+    const int splits[3] = {1, 3, 17};
+    for (int k = 0; k < 3; k++) {
+        ap_qsketch merged;
+        ap_qsketch_init(&merged, AP_QSKETCH_ALPHA);
+        for (int part = splits[k] - 1; part >= 0; part--) { /* last part first */
+            ap_qsketch q;
+            ap_qsketch_init(&q, AP_QSKETCH_ALPHA);
+            for (int i = part; i < N; i += splits[k]) ap_qsketch_add(&q, x[i], &err);
+            assert_int_equal(ap_qsketch_merge(&merged, &q, &err), AP_OK);
+            ap_qsketch_free(&q);
+        }
+        assert_true(merged.count == whole.count && merged.zero == whole.zero);
+        for (double p = 0; p <= 1.0; p += 0.01)
+            assert_true(ap_qsketch_quantile(&merged, p) == ap_qsketch_quantile(&whole, p));
+        ap_qsketch_free(&merged);
+    }
+    ap_qsketch_free(&whole);
+    gsl_rng_free(rng);
+    free(x);
 }
 
 int main(void)
@@ -152,6 +258,8 @@ int main(void)
         cmocka_unit_test(test_peak_shift_and_recall),
         cmocka_unit_test(test_against_reference_implementation),
         cmocka_unit_test(test_stats),
+        cmocka_unit_test(test_qsketch_accuracy),
+        cmocka_unit_test(test_qsketch_merge),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -19,6 +19,18 @@ static inline int replay_measured(const ap_replay_opts *o, int t)
     return t >= o->warmup && t % o->stride == 0;
 }
 
+/* Bytes of the keys and values a policy retains, all heads, fp32. */
+static inline double replay_kv_bytes(const ap_policy *pol, int n_head, int head_dim)
+{
+    double positions = 0;
+    for (int h = 0; h < n_head; h++) {
+        int n;
+        ap_policy_kept(pol, ap_policy_set_of(pol, h), &n);
+        positions += n;
+    }
+    return positions * 2.0 * head_dim * sizeof(float);
+}
+
 #ifdef AP_HAVE_CUDA
 /* ap_replay_cascade with the policies on the device (sketch/policy_gpu.h);
  * the engine must be a CUDA engine. */

@@ -1,6 +1,6 @@
 /* trace.c — the reference trace: one full-cache prefill per sample (samples
- * of one length batched through ap_engine_prefill_batch), and its file
- * (safetensors), so a trace can be replayed later without the model. */
+ * of one length batched through ap_engine_prefill_batch). Its file is
+ * trace_file.c. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -28,6 +28,7 @@ void ap_trace_free(ap_trace *tr)
     for (int s = 0; tr->ids && s < tr->n_samples; s++) free(tr->ids[s]);
     free(tr->attn), free(tr->q), free(tr->k), free(tr->v), free(tr->o);
     free(tr->ids), free(tr->len), free(tr->layers);
+    free(tr->config_json);
     memset(tr, 0, sizeof *tr);
 }
 
@@ -38,8 +39,7 @@ int ap_trace_layer_index(const ap_trace *tr, int layer)
     return -1;
 }
 
-/* Allocates the arrays of a trace of these shapes (buffers left NULL). */
-static ap_status trace_alloc(ap_trace *tr, int n_samples, int n_layers, ap_error *err)
+ap_status ap_trace_alloc(ap_trace *tr, int n_samples, int n_layers, ap_error *err)
 {
     size_t n = (size_t)n_samples * n_layers;
     tr->n_samples = n_samples;
@@ -68,7 +68,7 @@ ap_status ap_trace_run(ap_engine *engine, const ap_model *model, const ap_sample
 {
     memset(tr, 0, sizeof *tr);
     const ap_config *c = &model->config;
-    ap_status st = trace_alloc(tr, samples->n, n_layers, err);
+    ap_status st = ap_trace_alloc(tr, samples->n, n_layers, err);
     if (st) goto fail;
     tr->n_head = c->n_head;
     tr->head_dim = c->n_embd / c->n_head;
@@ -123,131 +123,3 @@ fail:
     return st;
 }
 
-ap_status ap_trace_save(const ap_trace *tr, const char *path, ap_error *err)
-{
-    const int S = tr->n_samples, L = tr->n_layers, H = tr->n_head, D = tr->head_dim;
-    const int n_tensors = S * (1 + 5 * L);
-    ap_st_out *out = calloc((size_t)n_tensors, sizeof *out);
-    char (*names)[48] = calloc((size_t)n_tensors, sizeof *names);
-    if (!out || !names) {
-        free(out), free(names);
-        return ap_error_set(err, AP_ERR_RUNTIME, "out of memory");
-    }
-    int n = 0;
-    for (int s = 0; s < S; s++) {
-        const int T = tr->len[s];
-        snprintf(names[n], sizeof names[n], "ids.%d", s);
-        out[n] = (ap_st_out){names[n], AP_DT_I32, 1, {T}, tr->ids[s]};
-        n++;
-        for (int l = 0; l < L; l++) {
-            const size_t i = (size_t)s * L + l;
-            const char *kinds[5] = {"attn", "q", "k", "v", "o"};
-            const float *data[5] = {tr->attn[i], tr->q[i], tr->k[i], tr->v[i], tr->o[i]};
-            for (int kind = 0; kind < 5; kind++) {
-                snprintf(names[n], sizeof names[n], "%s.%d.%d", kinds[kind], s, tr->layers[l]);
-                out[n] = (ap_st_out){names[n], AP_DT_F32, 3, {H, T, kind ? D : T}, data[kind]};
-                n++;
-            }
-        }
-    }
-    char layers[1024] = "", shape[64], model_shape[64];
-    snprintf(model_shape, sizeof model_shape, "%d,%d", tr->model_n_layer, tr->model_vocab);
-    for (int l = 0; l < L; l++) {
-        size_t used = strlen(layers);
-        snprintf(layers + used, sizeof layers - used, l ? ",%d" : "%d", tr->layers[l]);
-    }
-    snprintf(shape, sizeof shape, "%d,%d,%d,%d", S, L, H, D);
-    const char *keys[] = {"format", "model", "model_sha256", "model_layers_vocab", "layers",
-                          "samples_layers_heads_dim", "config"};
-    const char *vals[] = {"attnprobe.trace/1", tr->model_source, tr->model_sha256, model_shape,
-                          layers, shape, tr->config_json};
-    ap_status st = ap_st_write(path, out, n, keys, vals, 7, err);
-    free(out);
-    free(names);
-    return st;
-}
-
-/* Reads one float tensor of the expected element count into a new buffer. */
-static ap_status read_floats(const ap_st_file *f, const char *name, size_t count, float **dst,
-                             ap_error *err)
-{
-    const ap_st_tensor *t = ap_st_find(f, name);
-    if (!t || t->count != count)
-        return ap_error_set(err, AP_ERR_INPUT, "%s: tensor %s is missing or has %zu elements (want %zu)",
-                            ap_st_path(f), name, t ? t->count : 0, count);
-    if (!(*dst = malloc(count * sizeof **dst))) return ap_error_set(err, AP_ERR_RUNTIME, "out of memory");
-    return ap_st_read_f32(f, t, *dst, err);
-}
-
-ap_status ap_trace_load(const char *path, ap_trace *tr, ap_error *err)
-{
-    memset(tr, 0, sizeof *tr);
-    ap_st_file *f;
-    ap_status st = ap_st_open(path, &f, err);
-    if (st) return st;
-    const char *format = ap_st_metadata(f, "format"), *shape = ap_st_metadata(f, "samples_layers_heads_dim");
-    const char *layers = ap_st_metadata(f, "layers");
-    int S, L, H, D;
-    if (!format || strcmp(format, "attnprobe.trace/1") != 0 || !shape || !layers ||
-        sscanf(shape, "%d,%d,%d,%d", &S, &L, &H, &D) != 4 || S < 1 || L < 1 || H < 1 || D < 1 ||
-        S > 100000 || L > 256 || H > 256 || D > 65536) {
-        ap_st_close(f);
-        return ap_error_set(err, AP_ERR_INPUT, "%s: not an attnprobe trace (metadata format "
-                            "attnprobe.trace/1 with shapes expected; write one with attnprobe trace "
-                            "--save)", path);
-    }
-    if ((st = trace_alloc(tr, S, L, err))) goto fail;
-    tr->n_head = H;
-    tr->head_dim = D;
-    const char *ms = ap_st_metadata(f, "model_layers_vocab");
-    if (!ms || sscanf(ms, "%d,%d", &tr->model_n_layer, &tr->model_vocab) != 2) {
-        st = ap_error_set(err, AP_ERR_INPUT, "%s: metadata model_layers_vocab missing", path);
-        goto fail;
-    }
-    const char *p = layers;
-    for (int l = 0; l < L; l++) {
-        char *end;
-        long v = strtol(p, &end, 10);
-        if (end == p || v < 0 || v > 255) {
-            st = ap_error_set(err, AP_ERR_INPUT, "%s: bad layers metadata \"%s\"", path, layers);
-            goto fail;
-        }
-        tr->layers[l] = (int)v;
-        p = *end == ',' ? end + 1 : end;
-    }
-    snprintf(tr->model_source, sizeof tr->model_source, "%s", ap_st_metadata(f, "model") ? ap_st_metadata(f, "model") : "");
-    snprintf(tr->model_sha256, sizeof tr->model_sha256, "%s", ap_st_metadata(f, "model_sha256") ? ap_st_metadata(f, "model_sha256") : "");
-    snprintf(tr->file_sha256, sizeof tr->file_sha256, "%s", ap_st_sha256(f)); /* hashed once, on open */
-    snprintf(tr->config_json, sizeof tr->config_json, "%s", ap_st_metadata(f, "config") ? ap_st_metadata(f, "config") : "");
-    for (int s = 0; s < S; s++) {
-        char name[48];
-        snprintf(name, sizeof name, "ids.%d", s);
-        const ap_st_tensor *t = ap_st_find(f, name);
-        if (!t || t->ndim != 1 || t->count < 1 || t->count > (1u << 20)) {
-            st = ap_error_set(err, AP_ERR_INPUT, "%s: tensor %s missing or not a 1-D list of ids", path, name);
-            goto fail;
-        }
-        const int T = (int)t->count;
-        tr->len[s] = T;
-        if (!(tr->ids[s] = malloc((size_t)T * sizeof(int)))) goto oom;
-        if ((st = ap_st_read_i32(f, t, tr->ids[s], err))) goto fail;
-        for (int l = 0; l < L; l++) {
-            const size_t i = (size_t)s * L + l;
-            const size_t a = (size_t)H * T * T, qk = (size_t)H * T * D;
-            float **dst[5] = {&tr->attn[i], &tr->q[i], &tr->k[i], &tr->v[i], &tr->o[i]};
-            const char *kinds[5] = {"attn", "q", "k", "v", "o"};
-            for (int kind = 0; kind < 5; kind++) {
-                snprintf(name, sizeof name, "%s.%d.%d", kinds[kind], s, tr->layers[l]);
-                if ((st = read_floats(f, name, kind ? qk : a, dst[kind], err))) goto fail;
-            }
-        }
-    }
-    ap_st_close(f);
-    return AP_OK;
-oom:
-    st = ap_error_set(err, AP_ERR_RUNTIME, "out of memory");
-fail:
-    ap_st_close(f);
-    ap_trace_free(tr);
-    return st;
-}

@@ -1,10 +1,12 @@
-/* tracer.h — drives the engine over token streams (DESIGN.md §1, §5):
+/* tracer.h — drives the engine over token streams (docs/architecture.md):
  * samples, the reference trace (and its file), and the isolated and cascade
  * replays of eviction policies.
  *
  * The tracer does not compute metrics: each replayed row is handed, with the
- * reference row and the retained set, to a caller's ap_row_sink (cli/ feeds
- * it to analysis/), so the folder depends on engine/ and sketch/ only. */
+ * reference row and the retained set, to a caller's ap_row_sink (study/
+ * feeds it to analysis/), so the folder depends on engine/ and sketch/ only.
+ * A trace holds a batch of samples: a study traces, replays and frees one
+ * batch at a time. */
 #ifndef AP_TRACER_H
 #define AP_TRACER_H
 
@@ -44,11 +46,14 @@ typedef struct {
     float **o;               /* [n_samples * n_layers]: [H, T, head_dim] attention outputs */
     char model_source[1024];
     char model_sha256[65];
-    char file_sha256[65];   /* of the file ap_trace_load read ("" for a fresh trace) */
+    char file_sha256[65];   /* of the header of the file it was read from ("" for a fresh trace) */
     int model_n_layer, model_vocab;
-    char config_json[4096];  /* what shaped the trace, as saved in its file */
+    char *config_json;      /* what shaped the trace, as saved in its file (owned; may be NULL) */
     double seconds;
 } ap_trace;
+
+/* Allocates the arrays of a trace of these shapes (buffers left NULL). */
+ap_status ap_trace_alloc(ap_trace *trace, int n_samples, int n_layers, ap_error *err);
 
 typedef void (*ap_progress_fn)(void *ctx, const char *what, double fraction);
 
@@ -56,13 +61,42 @@ typedef void (*ap_progress_fn)(void *ctx, const char *what, double fraction);
 ap_status ap_trace_run(ap_engine *engine, const ap_model *model, const ap_samples *samples,
                        const int *layers, int n_layers, ap_trace *out, ap_progress_fn progress,
                        void *progress_ctx, ap_error *err);
-/* Trace file: safetensors with ids.<s>, attn.<s>.<l>, q/k/v/o.<s>.<l> and
- * metadata (model, sha256, shapes, config_json). Written atomically. */
-ap_status ap_trace_save(const ap_trace *trace, const char *path, ap_error *err);
-ap_status ap_trace_load(const char *path, ap_trace *out, ap_error *err);
 void ap_trace_free(ap_trace *trace);
 /* Index of layer in trace->layers, or -1. */
 int ap_trace_layer_index(const ap_trace *trace, int layer);
+
+/* ---- trace files (trace_file.c) -----------------------------------------------
+ * Safetensors with ids.<s>, attn.<s>.<l>, q/k/v/o.<s>.<l>, the model, the
+ * shapes, the config and a checksum of every sample. Written and read one
+ * batch of samples at a time, so that a trace larger than memory streams. */
+
+typedef struct ap_trace_writer ap_trace_writer;
+/* A file for n_samples samples of lengths len[], with like's layers, heads,
+ * model and config_json; written through a temporary file renamed by close. */
+ap_status ap_trace_writer_open(const char *path, const ap_trace *like, const int *len, int n_samples,
+                               ap_trace_writer **out, ap_error *err);
+/* Appends the batch's samples (the next ones in order). */
+ap_status ap_trace_writer_add(ap_trace_writer *w, const ap_trace *batch, ap_error *err);
+/* ok and every sample written: renames into place; else removes the temporary. */
+ap_status ap_trace_writer_close(ap_trace_writer *w, int ok, ap_error *err);
+/* The temporary file being written (for removal on a signal), or NULL. */
+const char *ap_trace_writer_temp_path(const ap_trace_writer *w);
+
+typedef struct ap_trace_reader ap_trace_reader;
+ap_status ap_trace_reader_open(const char *path, ap_trace_reader **out, ap_error *err);
+void ap_trace_reader_close(ap_trace_reader *r);
+/* The file's shapes: n_samples, layers, heads, len[] of every sample, model
+ * and config_json; no tensors. */
+const ap_trace *ap_trace_reader_info(const ap_trace_reader *r);
+/* Samples s0..s0+n-1 into a new batch (ap_trace_free), each checked: its
+ * checksum, probability rows in [0, 1] summing to 1 within 1e-4 (zero past
+ * the diagonal), finite vectors; AP_ERR_INPUT names the tensor, sample,
+ * layer and row otherwise. */
+ap_status ap_trace_reader_read(ap_trace_reader *r, int s0, int n, ap_trace *batch, ap_error *err);
+
+/* Whole-trace conveniences on the above. */
+ap_status ap_trace_save(const ap_trace *trace, const char *path, ap_error *err);
+ap_status ap_trace_load(const char *path, ap_trace *out, ap_error *err);
 
 /* ---- replay ----------------------------------------------------------------- */
 
@@ -107,26 +141,13 @@ typedef struct {
     double decode_seconds, observe_seconds;
 } ap_replay_cost;
 
-/* Isolated replay (DESIGN.md §5): only layer trace->layers[li] is capped;
- * the policy's row at t is the reference row restricted to kept ∪ {t} and
- * renormalised. Needs the trace only. */
-ap_status ap_replay_isolated(const ap_trace *trace, int li, const ap_policy_params *params,
+/* Isolated replay of sample s (docs/architecture.md): only layer
+ * trace->layers[li] is capped; the policy's row at t is the reference row
+ * restricted to kept ∪ {t} and renormalised. Needs the trace only; replays
+ * of different (sample, layer, policy) may run at the same time. Events say
+ * policy 0 and the sample's index in the trace. */
+ap_status ap_replay_isolated(const ap_trace *trace, int s, int li, const ap_policy_params *params,
                              const ap_replay_opts *opts, ap_replay_cost *cost, ap_error *err);
-
-/* Several isolated replays, run on up to n_threads threads (0: one per core).
- * Each job's rows go to opts->sink with the job's own sink_ctx; the sink is
- * called from several threads at once, for different jobs. opts->progress
- * (if any) sees the fraction of jobs done, from one thread at a time. The
- * results do not depend on n_threads. On failure the first error is kept. */
-typedef struct {
-    int li;                         /* layer index in the trace */
-    const ap_policy_params *params;
-    void *sink_ctx;
-    ap_replay_cost cost;            /* out */
-} ap_isolated_job;
-
-ap_status ap_replay_isolated_jobs(const ap_trace *trace, ap_isolated_job *jobs, int n_jobs,
-                                  const ap_replay_opts *opts, int n_threads, ap_error *err);
 
 /* Cascade replay: every layer's cache capped by its own instance of the
  * policy; all (sample, policy) streams decode together, one batched step per

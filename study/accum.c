@@ -1,0 +1,109 @@
+/* accum.c — a study's accumulators: each replayed row's metrics go to its
+ * sample's part (exact moments, per-head sums) and to its run's quantile
+ * sketches; after a batch the parts are folded into the runs in sample
+ * order, so the statistics do not depend on the batch size or on which
+ * thread replayed what (docs/statistics.md). */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "study_internal.h"
+
+ap_status study_acc_init(study_acc *a, const ap_study_config *cfg, int n_head, int batch_cap,
+                         ap_error *err)
+{
+    memset(a, 0, sizeof *a);
+    a->cfg = cfg;
+    a->n_head = n_head;
+    a->n_runs = cfg->n_policies * cfg->n_layers;
+    a->batch_cap = batch_cap;
+    const size_t per_head = (size_t)n_head * AP_M_COUNT, n_parts = (size_t)batch_cap * a->n_runs;
+    a->head_on = calloc((size_t)n_head, 1);
+    a->runs = calloc((size_t)a->n_runs, sizeof *a->runs);
+    a->parts = calloc(n_parts, sizeof *a->parts);
+    a->part_heads = calloc(n_parts * per_head * 2, sizeof *a->part_heads);
+    if (!a->head_on || !a->runs || !a->parts || !a->part_heads) goto oom;
+    if (!cfg->heads) memset(a->head_on, 1, (size_t)n_head);
+    for (int i = 0; i < cfg->n_heads && cfg->heads; i++) a->head_on[cfg->heads[i]] = 1;
+    for (int r = 0; r < a->n_runs; r++) {
+        study_run *run = &a->runs[r];
+        for (int m = 0; m < AP_M_COUNT; m++) ap_metric_acc_init(&run->m[m]);
+        pthread_mutex_init(&run->lock, NULL);
+        run->head_sum = calloc(per_head, sizeof *run->head_sum);
+        run->head_cnt = calloc(per_head, sizeof *run->head_cnt);
+        if (!run->head_sum || !run->head_cnt) goto oom;
+    }
+    for (size_t i = 0; i < n_parts; i++) {
+        a->parts[i].head_sum = a->part_heads + i * per_head * 2;
+        a->parts[i].head_cnt = a->parts[i].head_sum + per_head;
+    }
+    return AP_OK;
+oom:
+    study_acc_free(a);
+    return ap_error_set(err, AP_ERR_RUNTIME, "out of memory for the study's accumulators");
+}
+
+void study_acc_free(study_acc *a)
+{
+    for (int r = 0; a->runs && r < a->n_runs; r++) {
+        study_run *run = &a->runs[r];
+        for (int m = 0; m < AP_M_COUNT; m++) ap_metric_acc_free(&run->m[m]);
+        pthread_mutex_destroy(&run->lock);
+        free(run->head_sum);
+        free(run->head_cnt);
+    }
+    free(a->runs);
+    free(a->parts);
+    free(a->part_heads);
+    free(a->head_on);
+    memset(a, 0, sizeof *a);
+}
+
+void study_acc_begin_batch(study_acc *a, int first)
+{
+    a->batch_first = first;
+    const size_t n_parts = (size_t)a->batch_cap * a->n_runs;
+    for (size_t i = 0; i < n_parts; i++) memset(a->parts[i].m, 0, sizeof a->parts[i].m);
+    memset(a->part_heads, 0, n_parts * (size_t)a->n_head * AP_M_COUNT * 2 * sizeof *a->part_heads);
+}
+
+ap_status study_acc_row(study_acc *a, int b, int run, const ap_row_event *ev, ap_error *err)
+{
+    if (!a->head_on[ev->head]) return AP_OK;
+    double m[AP_M_COUNT];
+    ap_metrics_row(ev->p, ev->q, ev->kept, ev->n, ev->v, ev->o_p, ev->head_dim, m);
+    study_part *part = &a->parts[(size_t)b * a->n_runs + run];
+    for (int k = 0; k < AP_M_COUNT; k++) {
+        ap_moments_add(&part->m[k], m[k]);
+        if (!isnan(m[k])) {
+            const size_t i = (size_t)ev->head * AP_M_COUNT + k;
+            part->head_sum[i] += m[k];
+            part->head_cnt[i] += 1;
+        }
+    }
+    study_run *r = &a->runs[run];
+    ap_status st = AP_OK;
+    pthread_mutex_lock(&r->lock);
+    for (int k = 0; k < AP_M_COUNT && !st; k++) st = ap_qsketch_add(&r->m[k].q, m[k], err);
+    pthread_mutex_unlock(&r->lock);
+    return st;
+}
+
+ap_status study_acc_end_batch(study_acc *a, int n, ap_error *err)
+{
+    const size_t per_head = (size_t)a->n_head * AP_M_COUNT;
+    for (int b = 0; b < n; b++)
+        for (int r = 0; r < a->n_runs; r++) {
+            const study_part *part = &a->parts[(size_t)b * a->n_runs + r];
+            study_run *run = &a->runs[r];
+            for (int k = 0; k < AP_M_COUNT; k++) {
+                ap_status st = ap_metric_acc_fold(&run->m[k], a->batch_first + b, &part->m[k], err);
+                if (st) return st;
+            }
+            for (size_t i = 0; i < per_head; i++) {
+                run->head_sum[i] += part->head_sum[i];
+                run->head_cnt[i] += part->head_cnt[i];
+            }
+        }
+    return AP_OK;
+}

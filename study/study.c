@@ -1,0 +1,366 @@
+/* study.c — a study batch by batch: trace (or read) a batch of samples,
+ * replay every policy on it, fold its metrics, free it (study.h). */
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "../common/pool.h"
+#include "study_internal.h"
+
+#define BATCH_BYTES ((size_t)1 << 30)
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+/* The trace file being written, for a signal handler (study.h). */
+static char *volatile temp_file;
+const char *ap_study_temp_file(void) { return temp_file; }
+
+static void set_temp_file(const char *path)
+{
+    char *old = temp_file;
+    temp_file = path ? strdup(path) : NULL;
+    free(old);
+}
+
+/* Bytes of one sample's trace at these shapes. */
+static size_t sample_bytes(int n_layers, int n_head, int head_dim, int T)
+{
+    return (size_t)n_layers * ((size_t)n_head * T * T + 4 * (size_t)n_head * T * head_dim) * sizeof(float);
+}
+
+/* Samples a batch: as asked, or as many as BATCH_BYTES of trace hold (a
+ * quarter of the free memory when that is less), at least one. */
+static int batch_size(const ap_study_config *cfg, size_t per_sample, int n_samples)
+{
+    int n = cfg->batch_size;
+    if (n <= 0) {
+        size_t budget = BATCH_BYTES;
+        const long pages = sysconf(_SC_AVPHYS_PAGES), page = sysconf(_SC_PAGESIZE);
+        if (pages > 0 && page > 0 && (size_t)pages * (size_t)page / 4 < budget)
+            budget = (size_t)pages * (size_t)page / 4;
+        n = per_sample ? (int)(budget / per_sample) : n_samples;
+        if (n < 1) n = 1;
+    }
+    return n < n_samples ? n : n_samples;
+}
+
+/* ---- progress ------------------------------------------------------------- */
+
+typedef struct {
+    ap_study_progress_fn fn;
+    void *ctx;
+    ap_study_progress p;
+    const int *len; /* [samples_total] */
+    double t0;
+    int batch_first, batch_n;
+} progress_state;
+
+static void report(progress_state *ps, const char *stage, double done_in_batch)
+{
+    if (!ps->fn) return;
+    ps->p.stage = stage;
+    ps->p.samples_done = ps->batch_first + done_in_batch * ps->batch_n;
+    double tokens = 0;
+    const int whole = (int)ps->p.samples_done;
+    for (int s = 0; s < whole; s++) tokens += ps->len[s];
+    if (whole < ps->p.samples_total) tokens += (ps->p.samples_done - whole) * ps->len[whole];
+    ps->p.tokens_done = tokens;
+    ps->p.elapsed_s = now_s() - ps->t0;
+    ps->fn(ps->ctx, &ps->p);
+}
+
+/* The trace's progress within a batch: the first half of the batch's work. */
+static void trace_progress(void *ctx, const char *what, double fraction)
+{
+    (void)what;
+    report(ctx, "trace", 0.5 * fraction);
+}
+
+/* ---- isolated replay of a batch ---------------------------------------------- */
+
+typedef struct {
+    study_acc *acc;
+    const ap_trace *tr;
+    const int *li;     /* [n_layers]: each probed layer's index in the trace */
+    ap_pool *pool;
+    pthread_mutex_t lock;
+    int done;
+    progress_state *ps;
+} isolated_batch;
+
+typedef struct {
+    study_acc *acc;
+    int b, run;
+} item_sink;
+
+static ap_status sink_item(void *ctx, const ap_row_event *ev, ap_error *err)
+{
+    const item_sink *is = ctx;
+    return study_acc_row(is->acc, is->b, is->run, ev, err);
+}
+
+/* Item = (sample of the batch, run): samples outer, so that the items
+ * running together are different runs and rarely wait for a run's lock. */
+static ap_status isolated_item(void *ctx, int item, ap_error *err)
+{
+    isolated_batch *ib = ctx;
+    study_acc *acc = ib->acc;
+    const ap_study_config *cfg = acc->cfg;
+    const int b = item / acc->n_runs, run = item % acc->n_runs;
+    const int p = run / cfg->n_layers, l = run % cfg->n_layers;
+    item_sink is = {acc, b, run};
+    ap_replay_opts o = {cfg->warmup, cfg->stride, sink_item, &is, NULL, NULL, 0};
+    ap_replay_cost cost;
+    ap_status st = ap_replay_isolated(ib->tr, b, ib->li[l], &cfg->policies[p], &o, &cost, err);
+    if (st) return st;
+    study_run *r = &acc->runs[run];
+    pthread_mutex_lock(&r->lock);
+    r->replay_s += cost.seconds;
+    if (cost.kv_bytes > r->kv_bytes) r->kv_bytes = cost.kv_bytes;
+    if (cost.sketch_bytes > r->sketch_bytes) r->sketch_bytes = cost.sketch_bytes;
+    pthread_mutex_unlock(&r->lock);
+    pthread_mutex_lock(&ib->lock);
+    const int done = ++ib->done;
+    /* one thread reports at a time; the first half of the batch was the trace */
+    if (ib->ps->fn) report(ib->ps, "replay", 0.5 + 0.5 * done / ((double)ib->tr->n_samples * acc->n_runs));
+    pthread_mutex_unlock(&ib->lock);
+    return AP_OK;
+}
+
+static ap_status replay_isolated_batch(study_acc *acc, const ap_trace *tr, const int *li, ap_pool *pool,
+                                       progress_state *ps, ap_error *err)
+{
+    isolated_batch ib = {acc, tr, li, pool, PTHREAD_MUTEX_INITIALIZER, 0, ps};
+    ap_status st = ap_pool_run(pool, tr->n_samples * acc->n_runs, isolated_item, &ib, err);
+    pthread_mutex_destroy(&ib.lock);
+    return st;
+}
+
+/* ---- cascade replay of a batch ---------------------------------------------- */
+
+typedef struct {
+    study_acc *acc;
+    const int *li_of_layer; /* model layer -> index in cfg->layers, or -1 */
+} cascade_sink;
+
+static ap_status sink_cascade(void *ctx, const ap_row_event *ev, ap_error *err)
+{
+    const cascade_sink *cs = ctx;
+    const int l = cs->li_of_layer[ev->layer];
+    if (l < 0) return AP_OK;
+    return study_acc_row(cs->acc, ev->sample, ev->policy * cs->acc->cfg->n_layers + l, ev, err);
+}
+
+static void cascade_progress(void *ctx, const char *what, double fraction)
+{
+    (void)what;
+    report(ctx, "cascade", 0.5 + 0.5 * fraction);
+}
+
+static ap_status replay_cascade_batch(study_acc *acc, ap_engine *engine, const ap_trace *tr,
+                                      progress_state *ps, ap_error *err)
+{
+    const ap_study_config *cfg = acc->cfg;
+    const int L = ap_engine_config(engine)->n_layer;
+    int *li_of_layer = malloc((size_t)L * sizeof *li_of_layer);
+    ap_replay_cost *cost = calloc((size_t)cfg->n_policies, sizeof *cost);
+    if (!li_of_layer || !cost) {
+        free(li_of_layer), free(cost);
+        return ap_error_set(err, AP_ERR_RUNTIME, "out of memory");
+    }
+    for (int l = 0; l < L; l++) li_of_layer[l] = -1;
+    for (int l = 0; l < cfg->n_layers; l++) li_of_layer[cfg->layers[l]] = l;
+    cascade_sink cs = {acc, li_of_layer};
+    ap_replay_opts o = {cfg->warmup, cfg->stride, sink_cascade, &cs, cascade_progress, ps, 0};
+    ap_status st = ap_replay_cascade(engine, tr, cfg->policies, cfg->n_policies, &o, cost, err);
+    for (int p = 0; p < cfg->n_policies && !st; p++)
+        for (int l = 0; l < cfg->n_layers; l++) {
+            study_run *r = &acc->runs[p * cfg->n_layers + l];
+            r->replay_s += cost[p].seconds;
+            if (cost[p].kv_bytes > r->kv_bytes) r->kv_bytes = cost[p].kv_bytes;
+            if (cost[p].sketch_bytes > r->sketch_bytes) r->sketch_bytes = cost[p].sketch_bytes;
+        }
+    free(li_of_layer);
+    free(cost);
+    return st;
+}
+
+/* ---- the study ---------------------------------------------------------------- */
+
+/* Where a study's batches come from: the model (trace) or a trace file. */
+typedef struct {
+    ap_engine *engine;
+    const ap_model *model;
+    const ap_samples *samples;
+    ap_trace_reader *reader;
+    ap_trace_writer *writer;
+} batch_source;
+
+static ap_status next_batch(batch_source *src, const ap_study_config *cfg, int first, int n,
+                            progress_state *ps, ap_trace *tr, double *trace_s, ap_error *err)
+{
+    ap_status st;
+    if (src->reader) {
+        st = ap_trace_reader_read(src->reader, first, n, tr, err);
+        report(ps, "read", 0.5);
+        return st;
+    }
+    ap_samples view = {n, src->samples->len + first, src->samples->ids + first, 0, 0};
+    st = ap_trace_run(src->engine, src->model, &view, cfg->layers, cfg->n_layers, tr, trace_progress, ps, err);
+    if (st) return st;
+    *trace_s += tr->seconds;
+    if (src->writer) st = ap_trace_writer_add(src->writer, tr, err);
+    return st;
+}
+
+/* Runs the batches; `info` gives the shapes (a trace without tensors). */
+static ap_status run_batches(const ap_study_config *cfg, batch_source *src, const ap_trace *info,
+                             const int *li, int replay, ap_study_progress_fn progress, void *ctx,
+                             study_acc *acc, double *trace_s, ap_error *err)
+{
+    const int S = info->n_samples;
+    int max_T = 0;
+    for (int s = 0; s < S; s++) max_T = info->len[s] > max_T ? info->len[s] : max_T;
+    const int B = batch_size(cfg, sample_bytes(info->n_layers, info->n_head, info->head_dim, max_T), S);
+    progress_state ps = {progress, ctx, {"trace", 0, S, 0, 0, 0}, info->len, now_s(), 0, 0};
+    for (int s = 0; s < S; s++) ps.p.tokens_total += info->len[s];
+    ap_pool *pool = NULL;
+    ap_status st = AP_OK;
+    if (replay && (st = study_acc_init(acc, cfg, info->n_head, B, err))) return st;
+    if (replay && cfg->mode == AP_STUDY_ISOLATED && (st = ap_pool_create(cfg->threads, &pool, err))) return st;
+    for (int first = 0; first < S && !st; first += B) {
+        const int n = first + B <= S ? B : S - first;
+        ps.batch_first = first;
+        ps.batch_n = n;
+        ap_trace tr = {0};
+        if ((st = next_batch(src, cfg, first, n, &ps, &tr, trace_s, err))) break;
+        if (replay) {
+            study_acc_begin_batch(acc, first);
+            st = cfg->mode == AP_STUDY_CASCADE ? replay_cascade_batch(acc, src->engine, &tr, &ps, err)
+                                               : replay_isolated_batch(acc, &tr, li, pool, &ps, err);
+            if (!st) st = study_acc_end_batch(acc, n, err);
+            for (int b = 0; b < n; b++) acc->tokens += tr.len[b];
+        }
+        ap_trace_free(&tr);
+        report(&ps, replay ? (cfg->mode == AP_STUDY_CASCADE ? "cascade" : "replay") : "trace", 1.0);
+    }
+    ap_pool_free(pool);
+    return st;
+}
+
+/* A trace without tensors holding the model's shapes and the samples' lengths. */
+static ap_status model_info(const ap_study_config *cfg, const ap_model *model, const ap_samples *samples,
+                            ap_trace *info, ap_error *err)
+{
+    const ap_config *c = &model->config;
+    memset(info, 0, sizeof *info);
+    info->n_samples = samples->n;
+    info->n_layers = cfg->n_layers;
+    info->n_head = c->n_head;
+    info->head_dim = c->n_embd / c->n_head;
+    info->layers = malloc((size_t)cfg->n_layers * sizeof *info->layers);
+    info->len = malloc((size_t)(samples->n > 0 ? samples->n : 1) * sizeof *info->len);
+    if (!info->layers || !info->len) return ap_error_set(err, AP_ERR_RUNTIME, "out of memory");
+    memcpy(info->layers, cfg->layers, (size_t)cfg->n_layers * sizeof *info->layers);
+    memcpy(info->len, samples->len, (size_t)samples->n * sizeof *info->len);
+    snprintf(info->model_source, sizeof info->model_source, "%s", model->source);
+    snprintf(info->model_sha256, sizeof info->model_sha256, "%s", model->sha256);
+    info->model_n_layer = c->n_layer;
+    info->model_vocab = c->vocab_size;
+    return AP_OK;
+}
+
+/* The engine, the trace file's writer (when asked) and the batches. */
+static ap_status study_model(const ap_study_config *cfg, const ap_model *model, const ap_samples *samples,
+                             int replay, ap_study_progress_fn progress, void *ctx, ap_summary *out,
+                             double *trace_s, ap_error *err)
+{
+    ap_trace info;
+    study_acc acc = {0};
+    batch_source src = {NULL, model, samples, NULL, NULL};
+    const int *li = NULL;
+    int *li_buf = NULL;
+    *trace_s = 0;
+    ap_status st = model_info(cfg, model, samples, &info, err);
+    if (!st && samples->n < 1) st = ap_error_set(err, AP_ERR_INPUT, "the study has no sample");
+    if (!st) st = ap_engine_create(model, cfg->backend, cfg->precision, &src.engine, err);
+    if (!st && cfg->save_trace) {
+        if (!(info.config_json = study_config_json(cfg, samples->n)))
+            st = ap_error_set(err, AP_ERR_RUNTIME, "out of memory");
+        if (!st) st = ap_trace_writer_open(cfg->save_trace, &info, samples->len, samples->n, &src.writer, err);
+        if (!st) set_temp_file(ap_trace_writer_temp_path(src.writer));
+    }
+    if (!st && (li_buf = malloc((size_t)cfg->n_layers * sizeof *li_buf)) == NULL)
+        st = ap_error_set(err, AP_ERR_RUNTIME, "out of memory");
+    for (int l = 0; !st && l < cfg->n_layers; l++) li_buf[l] = l; /* the trace holds cfg's layers */
+    li = li_buf;
+    if (!st) st = run_batches(cfg, &src, &info, li, replay, progress, ctx, &acc, trace_s, err);
+    if (src.writer) {
+        ap_status close_st = ap_trace_writer_close(src.writer, !st, st ? NULL : err);
+        set_temp_file(NULL);
+        if (!st) st = close_st;
+    }
+    if (!st && replay)
+        st = study_summary(&acc, cfg, &info, samples->n, ap_engine_backend(src.engine) == AP_BACKEND_CUDA ? "cuda" : "cpu",
+                           ap_engine_device_name(src.engine), *trace_s, out, err);
+    study_acc_free(&acc);
+    free(li_buf);
+    ap_trace_free(&info);
+    ap_engine_free(src.engine);
+    return st;
+}
+
+ap_status ap_study_run(const ap_study_config *cfg, const ap_model *model, const ap_samples *samples,
+                       ap_study_progress_fn progress, void *progress_ctx, ap_summary *out, ap_error *err)
+{
+    double trace_s;
+    memset(out, 0, sizeof *out);
+    ap_status st = study_model(cfg, model, samples, 1, progress, progress_ctx, out, &trace_s, err);
+    if (st) ap_summary_free(out);
+    return st;
+}
+
+ap_status ap_study_trace(const ap_study_config *cfg, const ap_model *model, const ap_samples *samples,
+                         ap_study_progress_fn progress, void *progress_ctx, double *seconds, ap_error *err)
+{
+    if (!cfg->save_trace) return ap_error_set(err, AP_ERR_USAGE, "a trace needs a file to be written to");
+    return study_model(cfg, model, samples, 0, progress, progress_ctx, NULL, seconds, err);
+}
+
+ap_status ap_study_replay(const ap_study_config *cfg, const char *trace_path, ap_study_progress_fn progress,
+                          void *progress_ctx, ap_summary *out, ap_error *err)
+{
+    memset(out, 0, sizeof *out);
+    if (cfg->mode == AP_STUDY_CASCADE)
+        return ap_error_set(err, AP_ERR_USAGE, "a cascade needs the model: a saved trace replays isolated only");
+    batch_source src = {0};
+    ap_status st = ap_trace_reader_open(trace_path, &src.reader, err);
+    if (st) return st;
+    const ap_trace *info = ap_trace_reader_info(src.reader);
+    int *li = malloc((size_t)cfg->n_layers * sizeof *li);
+    if (!li) st = ap_error_set(err, AP_ERR_RUNTIME, "out of memory");
+    for (int l = 0; !st && l < cfg->n_layers; l++)
+        if ((li[l] = ap_trace_layer_index(info, cfg->layers[l])) < 0)
+            st = ap_error_set(err, AP_ERR_USAGE, "layer %d: the trace %s has layers %d..%d (%d of them); "
+                              "pick among them", cfg->layers[l], trace_path, info->layers[0],
+                              info->layers[info->n_layers - 1], info->n_layers);
+    for (int h = 0; !st && cfg->heads && h < cfg->n_heads; h++)
+        if (cfg->heads[h] < 0 || cfg->heads[h] >= info->n_head)
+            st = ap_error_set(err, AP_ERR_USAGE, "head %d: the trace %s has heads 0..%d", cfg->heads[h],
+                              trace_path, info->n_head - 1);
+    study_acc acc = {0};
+    double trace_s = 0;
+    if (!st) st = run_batches(cfg, &src, info, li, 1, progress, progress_ctx, &acc, &trace_s, err);
+    if (!st) st = study_summary(&acc, cfg, info, info->n_samples, "cpu", "(replay of a saved trace)", 0, out, err);
+    if (st) ap_summary_free(out);
+    study_acc_free(&acc);
+    free(li);
+    ap_trace_reader_close(src.reader);
+    return st;
+}

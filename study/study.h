@@ -1,0 +1,79 @@
+/* study.h — one study end to end as a library call (docs/architecture.md):
+ * samples in batches, the reference trace, the isolated or cascade replay
+ * of every policy, the metrics folded into streaming accumulators, the
+ * statistics and the summary. The CLI, the benchmarks and the tests call
+ * this; nothing else runs a pipeline.
+ *
+ * A study streams: a batch of samples is traced, replayed, folded into
+ * per-sample accumulators and freed before the next, so memory does not grow
+ * with the number of samples, and every statistic is the same, to the last
+ * bit, whatever the batch size (docs/statistics.md). */
+#ifndef AP_STUDY_H
+#define AP_STUDY_H
+
+#include <stdint.h>
+
+#include "../reports/reports.h"
+#include "../tracer/tracer.h"
+
+typedef enum { AP_STUDY_ISOLATED = 0, AP_STUDY_CASCADE = 1 } ap_study_mode;
+
+typedef struct {
+    /* what is measured */
+    const int *layers;            /* [n_layers] probed layers (the model's indices) */
+    int n_layers;
+    const int *heads;             /* [n_heads] heads whose rows count; NULL: all */
+    int n_heads;
+    const ap_policy_params *policies; /* [n_policies], distinct */
+    int n_policies;
+    ap_study_mode mode;
+    int warmup, stride;           /* rows at t >= warmup with t % stride == 0 are measured */
+    /* statistics */
+    int bootstrap;                /* resamples for the CI of the mean (0: none) */
+    uint64_t seed;
+    /* how it runs */
+    ap_backend backend;
+    ap_precision precision;
+    int batch_size;               /* samples a batch; 0: as many as 1 GiB of trace (or a
+                                     quarter of the free memory) holds */
+    int threads;                  /* isolated replays side by side; 0: one per core */
+    /* recorded in the summary */
+    const char *input_source, *input_sha256;
+    int max_length;               /* the window length asked for */
+    int align_index;              /* the seed study's slot-index comparison was asked for */
+    /* the reference trace is also written here, sample by sample (NULL: not) */
+    const char *save_trace;
+} ap_study_config;
+
+/* What the study is doing, for a progress bar. */
+typedef struct {
+    const char *stage;            /* "trace", "replay", "cascade" */
+    double samples_done;          /* may be fractional within a batch */
+    int samples_total;
+    double tokens_done;
+    long long tokens_total;
+    double elapsed_s;
+} ap_study_progress;
+
+typedef void (*ap_study_progress_fn)(void *ctx, const ap_study_progress *p);
+
+/* The whole study of a model on tokenized samples: a summary (caller frees
+ * with ap_summary_free). The engine is created on cfg->backend. */
+ap_status ap_study_run(const ap_study_config *cfg, const ap_model *model, const ap_samples *samples,
+                       ap_study_progress_fn progress, void *progress_ctx, ap_summary *out,
+                       ap_error *err);
+
+/* An isolated study of a saved trace: cfg->layers must be among its layers. */
+ap_status ap_study_replay(const ap_study_config *cfg, const char *trace_path,
+                          ap_study_progress_fn progress, void *progress_ctx, ap_summary *out,
+                          ap_error *err);
+
+/* The reference trace only, written to cfg->save_trace; *seconds: the trace's time. */
+ap_status ap_study_trace(const ap_study_config *cfg, const ap_model *model, const ap_samples *samples,
+                         ap_study_progress_fn progress, void *progress_ctx, double *seconds,
+                         ap_error *err);
+
+/* The trace file being written right now, or NULL: a signal handler removes it. */
+const char *ap_study_temp_file(void);
+
+#endif

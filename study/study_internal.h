@@ -1,0 +1,54 @@
+/* study_internal.h — what the study's files share; not public. */
+#ifndef AP_STUDY_INTERNAL_H
+#define AP_STUDY_INTERNAL_H
+
+#include <pthread.h>
+
+#include "../analysis/analysis.h"
+#include "study.h"
+
+/* One run (policy × layer) over the whole study. */
+typedef struct {
+    ap_metric_acc m[AP_M_COUNT];
+    double *head_sum, *head_cnt;  /* [n_head * AP_M_COUNT] */
+    pthread_mutex_t lock;         /* guards the sketches and the costs */
+    double replay_s, kv_bytes, sketch_bytes;
+} study_run;
+
+/* One sample's share of a run, folded into the run in sample order. */
+typedef struct {
+    ap_moments m[AP_M_COUNT];
+    double *head_sum, *head_cnt;  /* [n_head * AP_M_COUNT] */
+} study_part;
+
+typedef struct {
+    const ap_study_config *cfg;
+    int n_head, n_runs;           /* run = policy * n_layers + layer index */
+    unsigned char *head_on;       /* [n_head] */
+    study_run *runs;              /* [n_runs] */
+    /* the batch being replayed */
+    int batch_first, batch_cap;
+    study_part *parts;            /* [batch_cap * n_runs]: part of (b, run) at b * n_runs + run */
+    double *part_heads;           /* storage of the parts' head arrays */
+    long long tokens;             /* tokens of the samples folded */
+} study_acc;
+
+ap_status study_acc_init(study_acc *a, const ap_study_config *cfg, int n_head, int batch_cap,
+                         ap_error *err);
+void study_acc_free(study_acc *a);
+/* Clears the parts for a batch starting at sample `first`. */
+void study_acc_begin_batch(study_acc *a, int first);
+/* Adds one replayed row's metrics to part (b, run) and the run's sketches. */
+ap_status study_acc_row(study_acc *a, int b, int run, const ap_row_event *ev, ap_error *err);
+/* Folds the batch's n parts into the runs, in sample order. */
+ap_status study_acc_end_batch(study_acc *a, int n, ap_error *err);
+
+/* Every option that shaped the numbers, as a JSON object (malloc'ed). */
+char *study_config_json(const ap_study_config *cfg, int n_samples);
+
+/* The summary of the accumulated study. */
+ap_status study_summary(const study_acc *a, const ap_study_config *cfg, const ap_trace *info,
+                        int n_samples, const char *backend, const char *device_name,
+                        double trace_s, ap_summary *out, ap_error *err);
+
+#endif

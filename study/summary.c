@@ -1,0 +1,138 @@
+/* summary.c — a study's accumulators as a summary (reports.h): statistics
+ * per run, per-head means, memory, time, and the config that shaped them. */
+#include <cjson/cJSON.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "study_internal.h"
+
+/* The parameters that shape a policy's numbers, for the summary. */
+static void run_params(const ap_policy_params *p, ap_report_run *r)
+{
+    const char *name = p->name;
+    const int sketch = !strcmp(name, "cms") || !strcmp(name, "count_sketch");
+    const int race = !strcmp(name, "race") || !strcmp(name, "race_kde");
+    int n = 0;
+#define PARAM(key, value) (snprintf(r->param_name[n], sizeof r->param_name[n], "%s", key), r->param_value[n++] = (value))
+    if (strcmp(name, "full") != 0) PARAM("budget", p->budget);
+    if (strcmp(name, "full") != 0 && strcmp(name, "window") != 0) {
+        PARAM("sink", p->sink);
+        PARAM("recent", p->recent);
+    }
+    if (sketch) {
+        PARAM("width", p->width);
+        PARAM("depth", p->depth);
+    }
+    if (!strcmp(name, "cms")) PARAM("conservative", p->conservative);
+    if (race) {
+        PARAM("race_rows", p->race_rows);
+        PARAM("race_bits", p->race_bits);
+    }
+    if (sketch || race || !strcmp(name, "random")) PARAM("seed", (double)p->seed);
+#undef PARAM
+    r->n_params = n;
+    snprintf(r->granularity, sizeof r->granularity, "%s", p->granularity == AP_GRAN_LAYER ? "layer" : "head");
+}
+
+/* Every option that shaped the numbers, as a JSON object. */
+char *study_config_json(const ap_study_config *cfg, int n_samples)
+{
+    cJSON *c = cJSON_CreateObject();
+    if (!c) return NULL;
+    const ap_policy_params *p0 = &cfg->policies[0];
+    cJSON_AddStringToObject(c, "mode", cfg->mode == AP_STUDY_CASCADE ? "cascade" : "isolated");
+    cJSON_AddNumberToObject(c, "samples", n_samples);
+    cJSON_AddNumberToObject(c, "max_length", cfg->max_length);
+    cJSON_AddNumberToObject(c, "warmup", cfg->warmup);
+    cJSON_AddNumberToObject(c, "stride", cfg->stride);
+    cJSON *l = cJSON_AddArrayToObject(c, "layers");
+    for (int i = 0; i < cfg->n_layers; i++) cJSON_AddItemToArray(l, cJSON_CreateNumber(cfg->layers[i]));
+    if (cfg->heads) {
+        cJSON *h = cJSON_AddArrayToObject(c, "heads");
+        for (int i = 0; i < cfg->n_heads; i++) cJSON_AddItemToArray(h, cJSON_CreateNumber(cfg->heads[i]));
+    } else {
+        cJSON_AddStringToObject(c, "heads", "all");
+    }
+    cJSON *types = cJSON_AddArrayToObject(c, "types");
+    for (int i = 0; i < cfg->n_policies; i++) cJSON_AddItemToArray(types, cJSON_CreateString(cfg->policies[i].name));
+    cJSON_AddNumberToObject(c, "budget", p0->budget);
+    cJSON_AddNumberToObject(c, "sink", p0->sink);
+    cJSON_AddNumberToObject(c, "recent", p0->recent);
+    cJSON_AddNumberToObject(c, "width", p0->width);
+    cJSON_AddNumberToObject(c, "depth", p0->depth);
+    cJSON_AddBoolToObject(c, "conservative_update", p0->conservative);
+    cJSON_AddNumberToObject(c, "race_rows", p0->race_rows);
+    cJSON_AddNumberToObject(c, "race_bits", p0->race_bits);
+    cJSON_AddStringToObject(c, "granularity", p0->granularity == AP_GRAN_LAYER ? "layer" : "head");
+    cJSON_AddStringToObject(c, "align", cfg->align_index ? "index" : "position");
+    cJSON_AddNumberToObject(c, "seed", (double)cfg->seed);
+    cJSON_AddNumberToObject(c, "bootstrap", cfg->bootstrap);
+    cJSON_AddNumberToObject(c, "kl_epsilon", AP_KL_EPS);
+    cJSON_AddNumberToObject(c, "quantile_accuracy", AP_QSKETCH_ALPHA);
+    char *s = cJSON_PrintUnformatted(c);
+    cJSON_Delete(c);
+    return s;
+}
+
+static ap_status fill_run(const study_acc *a, const ap_study_config *cfg, int p, int l, int n_samples,
+                          ap_report_run *r, ap_error *err)
+{
+    const int run = p * cfg->n_layers + l, H = a->n_head;
+    const study_run *acc = &a->runs[run];
+    snprintf(r->policy, sizeof r->policy, "%.31s", cfg->policies[p].name);
+    run_params(&cfg->policies[p], r);
+    r->layer = cfg->layers[l];
+    for (int m = 0; m < AP_M_COUNT; m++) {
+        ap_status st = ap_metric_acc_stats(&acc->m[m], n_samples, cfg->bootstrap, cfg->seed + (uint64_t)m,
+                                           &r->stats[m], err);
+        if (st) return st;
+        const ap_stats *s = &r->stats[m];
+        if (s->n && (!isfinite(s->mean) || !isfinite(s->sd)) && m != AP_M_KL_REV)
+            return ap_error_set(err, AP_ERR_RUNTIME, "policy %s, layer %d: metric %s came out %g "
+                                "(non-finite); the trace holds values that are not probabilities",
+                                r->policy, r->layer, ap_metric_name((ap_metric)m), s->mean);
+    }
+    r->n_head = H;
+    if (!(r->head_mean = malloc((size_t)H * AP_M_COUNT * sizeof *r->head_mean)))
+        return ap_error_set(err, AP_ERR_RUNTIME, "out of memory");
+    for (int i = 0; i < H * AP_M_COUNT; i++)
+        r->head_mean[i] = acc->head_cnt[i] > 0 ? acc->head_sum[i] / acc->head_cnt[i] : NAN;
+    r->kv_bytes = acc->kv_bytes;
+    r->sketch_bytes = acc->sketch_bytes;
+    r->replay_s = acc->replay_s;
+    r->tokens_per_s = acc->replay_s > 0 ? (double)a->tokens / acc->replay_s : 0;
+    return AP_OK;
+}
+
+ap_status study_summary(const study_acc *a, const ap_study_config *cfg, const ap_trace *info,
+                        int n_samples, const char *backend, const char *device_name,
+                        double trace_s, ap_summary *out, ap_error *err)
+{
+    memset(out, 0, sizeof *out);
+    out->runs = calloc((size_t)a->n_runs, sizeof *out->runs);
+    out->config_json = study_config_json(cfg, n_samples);
+    if (!out->runs || !out->config_json) return ap_error_set(err, AP_ERR_RUNTIME, "out of memory");
+    for (int p = 0; p < cfg->n_policies; p++)
+        for (int l = 0; l < cfg->n_layers; l++) {
+            ap_status st = fill_run(a, cfg, p, l, n_samples, &out->runs[out->n_runs++], err);
+            if (st) return st;
+        }
+    snprintf(out->tool_version, sizeof out->tool_version, "%s", AP_VERSION);
+    snprintf(out->model_source, sizeof out->model_source, "%s", info->model_source);
+    snprintf(out->model_sha256, sizeof out->model_sha256, "%s", info->model_sha256);
+    out->n_layer = info->model_n_layer;
+    out->n_embd = info->n_head * info->head_dim;
+    out->vocab = info->model_vocab;
+    out->n_head = info->n_head;
+    snprintf(out->input_source, sizeof out->input_source, "%s", cfg->input_source ? cfg->input_source : "");
+    snprintf(out->input_sha256, sizeof out->input_sha256, "%s", cfg->input_sha256 ? cfg->input_sha256 : "");
+    out->samples = n_samples;
+    out->tokens = (int)a->tokens;
+    snprintf(out->backend, sizeof out->backend, "%s", backend);
+    snprintf(out->device_name, sizeof out->device_name, "%s", device_name);
+    const char *prec = cfg->precision == AP_PRECISION_TF32 ? "tf32" : cfg->precision == AP_PRECISION_BF16 ? "bf16" : "fp32";
+    snprintf(out->precision, sizeof out->precision, "%s", prec);
+    out->trace_s = trace_s;
+    return AP_OK;
+}
