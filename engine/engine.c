@@ -48,6 +48,20 @@ void ap_engine_free(ap_engine *e)
 }
 
 const char *ap_engine_device_name(const ap_engine *e) { return e->device_name; }
+
+ap_status ap_engine_device_alloc(ap_engine *e, size_t bytes, void **out, ap_error *err)
+{
+    *out = NULL;
+    if (!e->ops->device_alloc)
+        return ap_error_set(err, AP_ERR_USAGE, "device memory asked of an engine without a device (%s)",
+                            e->device_name);
+    return e->ops->device_alloc(e, bytes, out, err);
+}
+
+void ap_engine_device_free(ap_engine *e, void *p)
+{
+    if (p && e->ops->device_free) e->ops->device_free(e, p);
+}
 const ap_config *ap_engine_config(const ap_engine *e) { return &e->model->config; }
 
 int ap_capture_index(const ap_capture *cap, int layer)

@@ -125,6 +125,12 @@ typedef struct {
     int logits_last_only;
 } ap_capture;
 
+/* Memory on a CUDA engine's device, so that a prefill's captures can stay
+ * there (an ap_capture's buffers may be such memory: the engine then copies
+ * device to device). AP_ERR_USAGE on a CPU engine. */
+ap_status ap_engine_device_alloc(ap_engine *engine, size_t bytes, void **out, ap_error *err);
+void ap_engine_device_free(ap_engine *engine, void *p);
+
 /* One causal pass over ids[0..T-1] (T <= n_ctx). */
 ap_status ap_engine_prefill(ap_engine *engine, const int *ids, int T, const ap_capture *cap,
                             ap_error *err);

@@ -19,6 +19,9 @@ typedef struct {
                                const ap_capture *caps, ap_error *err);
     /* optional (CUDA): decode with device-resident lists */
     ap_status (*decode_device)(ap_engine *e, const ap_device_batch *b, ap_error *err);
+    /* optional (CUDA): device memory for captures */
+    ap_status (*device_alloc)(ap_engine *e, size_t bytes, void **out, ap_error *err);
+    void (*device_free)(ap_engine *e, void *p);
 } ap_backend_ops;
 
 struct ap_engine {

@@ -72,11 +72,17 @@ ap_status study_acc_row(study_acc *a, int b, int run, const ap_row_event *ev, ap
     if (!a->head_on[ev->head]) return AP_OK;
     double m[AP_M_COUNT];
     ap_metrics_row(ev->p, ev->q, ev->kept, ev->n, ev->v, ev->o_p, ev->head_dim, m);
+    return study_acc_values(a, b, run, ev->head, m, err);
+}
+
+ap_status study_acc_values(study_acc *a, int b, int run, int head, const double *m, ap_error *err)
+{
+    if (!a->head_on[head]) return AP_OK;
     study_part *part = &a->parts[(size_t)b * a->n_runs + run];
     for (int k = 0; k < AP_M_COUNT; k++) {
         ap_moments_add(&part->m[k], m[k]);
         if (!isnan(m[k])) {
-            const size_t i = (size_t)ev->head * AP_M_COUNT + k;
+            const size_t i = (size_t)head * AP_M_COUNT + k;
             part->head_sum[i] += m[k];
             part->head_cnt[i] += 1;
         }

@@ -8,7 +8,7 @@
 #include "../common/pool.h"
 #include "study_internal.h"
 
-#define BATCH_BYTES ((size_t)1 << 30)
+#define BATCH_BYTES ((size_t)256 << 20)
 
 static double now_s(void)
 {
@@ -35,8 +35,9 @@ static size_t sample_bytes(int n_layers, int n_head, int head_dim, int T)
 }
 
 /* Samples a batch: as asked, or as many as BATCH_BYTES of trace hold (a
- * quarter of the free memory when that is less), at least one. */
-static int batch_size(const ap_study_config *cfg, size_t per_sample, int n_samples)
+ * quarter of the free memory when that is less) — a third of the free
+ * device memory when the trace stays there — at least one. */
+static int batch_size(const ap_study_config *cfg, size_t per_sample, int n_samples, int on_device)
 {
     int n = cfg->batch_size;
     if (n <= 0) {
@@ -44,6 +45,11 @@ static int batch_size(const ap_study_config *cfg, size_t per_sample, int n_sampl
         const long pages = sysconf(_SC_AVPHYS_PAGES), page = sysconf(_SC_PAGESIZE);
         if (pages > 0 && page > 0 && (size_t)pages * (size_t)page / 4 < budget)
             budget = (size_t)pages * (size_t)page / 4;
+#ifdef AP_HAVE_CUDA
+        if (on_device) budget = study_gpu_free_bytes() / 3;
+#else
+        (void)on_device;
+#endif
         n = per_sample ? (int)(budget / per_sample) : n_samples;
         if (n < 1) n = 1;
     }
@@ -142,6 +148,62 @@ static ap_status replay_isolated_batch(study_acc *acc, const ap_trace *tr, const
     return st;
 }
 
+/* ---- isolated replay of a batch on the device ---------------------------------- */
+
+#ifdef AP_HAVE_CUDA
+typedef struct {
+    study_acc *acc;
+    const ap_trace *tr;
+    const double *values;
+    int n_steps;
+} device_fold;
+
+/* Folds item (sample, run)'s rows in the host replay's order: steps, then heads. */
+static ap_status fold_item(void *ctx, int item, ap_error *err)
+{
+    const device_fold *f = ctx;
+    study_acc *acc = f->acc;
+    const ap_study_config *cfg = acc->cfg;
+    const int b = item / acc->n_runs, run = item % acc->n_runs, H = acc->n_head;
+    int step = 0;
+    for (int t = 0; t < f->tr->len[b]; t++) {
+        if (t < cfg->warmup || t % cfg->stride) continue;
+        const double *m = f->values + (((size_t)b * acc->n_runs + run) * f->n_steps + step++) * H * AP_M_COUNT;
+        for (int h = 0; h < H; h++) {
+            ap_status st = study_acc_values(acc, b, run, h, m + (size_t)h * AP_M_COUNT, err);
+            if (st) return st;
+        }
+    }
+    return AP_OK;
+}
+
+static ap_status replay_device_batch(study_acc *acc, const ap_trace *tr, ap_pool *pool, progress_state *ps,
+                                     ap_error *err)
+{
+    const ap_study_config *cfg = acc->cfg;
+    int max_T = 0, n_steps = 0;
+    for (int b = 0; b < tr->n_samples; b++) max_T = tr->len[b] > max_T ? tr->len[b] : max_T;
+    for (int t = cfg->warmup; t < max_T; t++) n_steps += t % cfg->stride == 0;
+    const size_t n_values = (size_t)tr->n_samples * acc->n_runs * n_steps * acc->n_head * AP_M_COUNT;
+    double *values = malloc(n_values * sizeof *values + 1);
+    double *kv = calloc((size_t)acc->n_runs, sizeof *kv);
+    double seconds = 0;
+    ap_status st = !values || !kv ? ap_error_set(err, AP_ERR_RUNTIME, "out of memory for the rows' metrics")
+                                  : study_isolated_gpu(cfg, tr, n_steps, values, kv, &seconds, err);
+    report(ps, "replay", 0.9);
+    device_fold f = {acc, tr, values, n_steps};
+    if (!st) st = ap_pool_run(pool, tr->n_samples * acc->n_runs, fold_item, &f, err);
+    for (int r = 0; r < acc->n_runs && !st; r++) {
+        study_run *run = &acc->runs[r];
+        run->replay_s += seconds; /* the runs replay together */
+        if (kv[r] > run->kv_bytes) run->kv_bytes = kv[r];
+    }
+    free(values);
+    free(kv);
+    return st;
+}
+#endif
+
 /* ---- cascade replay of a batch ---------------------------------------------- */
 
 typedef struct {
@@ -200,6 +262,7 @@ typedef struct {
     const ap_samples *samples;
     ap_trace_reader *reader;
     ap_trace_writer *writer;
+    int on_device; /* the trace stays on the engine's device and is replayed there */
 } batch_source;
 
 static ap_status next_batch(batch_source *src, const ap_study_config *cfg, int first, int n,
@@ -212,7 +275,9 @@ static ap_status next_batch(batch_source *src, const ap_study_config *cfg, int f
         return st;
     }
     ap_samples view = {n, src->samples->len + first, src->samples->ids + first, 0, 0};
-    st = ap_trace_run(src->engine, src->model, &view, cfg->layers, cfg->n_layers, tr, trace_progress, ps, err);
+    st = src->on_device
+             ? ap_trace_run_device(src->engine, src->model, &view, cfg->layers, cfg->n_layers, tr, trace_progress, ps, err)
+             : ap_trace_run(src->engine, src->model, &view, cfg->layers, cfg->n_layers, tr, trace_progress, ps, err);
     if (st) return st;
     *trace_s += tr->seconds;
     if (src->writer) st = ap_trace_writer_add(src->writer, tr, err);
@@ -227,7 +292,7 @@ static ap_status run_batches(const ap_study_config *cfg, batch_source *src, cons
     const int S = info->n_samples;
     int max_T = 0;
     for (int s = 0; s < S; s++) max_T = info->len[s] > max_T ? info->len[s] : max_T;
-    const int B = batch_size(cfg, sample_bytes(info->n_layers, info->n_head, info->head_dim, max_T), S);
+    const int B = batch_size(cfg, sample_bytes(info->n_layers, info->n_head, info->head_dim, max_T), S, src->on_device);
     progress_state ps = {progress, ctx, {"trace", 0, S, 0, 0, 0}, info->len, now_s(), 0, 0};
     for (int s = 0; s < S; s++) ps.p.tokens_total += info->len[s];
     ap_pool *pool = NULL;
@@ -242,8 +307,14 @@ static ap_status run_batches(const ap_study_config *cfg, batch_source *src, cons
         if ((st = next_batch(src, cfg, first, n, &ps, &tr, trace_s, err))) break;
         if (replay) {
             study_acc_begin_batch(acc, first);
-            st = cfg->mode == AP_STUDY_CASCADE ? replay_cascade_batch(acc, src->engine, &tr, &ps, err)
-                                               : replay_isolated_batch(acc, &tr, li, pool, &ps, err);
+            if (cfg->mode == AP_STUDY_CASCADE)
+                st = replay_cascade_batch(acc, src->engine, &tr, &ps, err);
+#ifdef AP_HAVE_CUDA
+            else if (src->on_device)
+                st = replay_device_batch(acc, &tr, pool, &ps, err);
+#endif
+            else
+                st = replay_isolated_batch(acc, &tr, li, pool, &ps, err);
             if (!st) st = study_acc_end_batch(acc, n, err);
             for (int b = 0; b < n; b++) acc->tokens += tr.len[b];
         }
@@ -283,13 +354,18 @@ static ap_status study_model(const ap_study_config *cfg, const ap_model *model, 
 {
     ap_trace info;
     study_acc acc = {0};
-    batch_source src = {NULL, model, samples, NULL, NULL};
+    batch_source src = {.model = model, .samples = samples};
     const int *li = NULL;
     int *li_buf = NULL;
     *trace_s = 0;
     ap_status st = model_info(cfg, model, samples, &info, err);
     if (!st && samples->n < 1) st = ap_error_set(err, AP_ERR_INPUT, "the study has no sample");
     if (!st) st = ap_engine_create(model, cfg->backend, cfg->precision, &src.engine, err);
+#ifdef AP_HAVE_CUDA
+    /* an isolated replay on a CUDA engine runs where the trace is */
+    src.on_device = !st && replay && cfg->mode == AP_STUDY_ISOLATED && !cfg->host_replay &&
+                    ap_engine_backend(src.engine) == AP_BACKEND_CUDA;
+#endif
     if (!st && cfg->save_trace) {
         if (!(info.config_json = study_config_json(cfg, samples->n)))
             st = ap_error_set(err, AP_ERR_RUNTIME, "out of memory");

@@ -34,9 +34,12 @@ typedef struct {
     /* how it runs */
     ap_backend backend;
     ap_precision precision;
-    int batch_size;               /* samples a batch; 0: as many as 1 GiB of trace (or a
-                                     quarter of the free memory) holds */
+    int batch_size;               /* samples a batch; 0: as many as 256 MiB of trace in host
+                                     memory (a quarter of the free memory when less), or a
+                                     third of the free device memory for a device replay */
     int threads;                  /* isolated replays side by side; 0: one per core */
+    int host_replay;              /* on a CUDA engine, replay isolated on the host anyway (the
+                                     device replay keeps the same sets; for comparison) */
     /* recorded in the summary */
     const char *input_source, *input_sha256;
     int max_length;               /* the window length asked for */

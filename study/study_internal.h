@@ -40,6 +40,8 @@ void study_acc_free(study_acc *a);
 void study_acc_begin_batch(study_acc *a, int first);
 /* Adds one replayed row's metrics to part (b, run) and the run's sketches. */
 ap_status study_acc_row(study_acc *a, int b, int run, const ap_row_event *ev, ap_error *err);
+/* The same from the row's metric values m[AP_M_COUNT] (computed on a device). */
+ap_status study_acc_values(study_acc *a, int b, int run, int head, const double *m, ap_error *err);
 /* Folds the batch's n parts into the runs, in sample order. */
 ap_status study_acc_end_batch(study_acc *a, int n, ap_error *err);
 
@@ -50,5 +52,17 @@ char *study_config_json(const ap_study_config *cfg, int n_samples);
 ap_status study_summary(const study_acc *a, const ap_study_config *cfg, const ap_trace *info,
                         int n_samples, const char *backend, const char *device_name,
                         double trace_s, ap_summary *out, ap_error *err);
+
+#ifdef AP_HAVE_CUDA
+/* The isolated replay of a batch whose trace is on the CUDA device
+ * (ap_trace_run_device): every row's metrics, values[b][run][step][head][m]
+ * for the n_steps measured steps (those of the longest sample; a shorter
+ * sample's later entries are unset); kv_bytes[run] raised to the most any
+ * sample keeps; seconds: the replay's wall time. */
+ap_status study_isolated_gpu(const ap_study_config *cfg, const ap_trace *trace, int n_steps, double *values,
+                             double *kv_bytes, double *seconds, ap_error *err);
+/* Free memory on the current CUDA device (0 when unknown). */
+size_t study_gpu_free_bytes(void);
+#endif
 
 #endif

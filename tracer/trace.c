@@ -15,15 +15,31 @@ static double now_s(void)
     return ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 
+/* A trace's buffer: host memory, or the device's of tr->device. */
+static void *buffer_alloc(ap_trace *tr, size_t bytes)
+{
+    if (!tr->device) return malloc(bytes);
+    void *p;
+    return ap_engine_device_alloc(tr->device, bytes, &p, NULL) ? NULL : p;
+}
+
+static void buffer_free(ap_trace *tr, void *p)
+{
+    if (tr->device)
+        ap_engine_device_free(tr->device, p);
+    else
+        free(p);
+}
+
 void ap_trace_free(ap_trace *tr)
 {
     size_t n = (size_t)tr->n_samples * tr->n_layers;
     for (size_t i = 0; i < n; i++) {
-        if (tr->attn) free(tr->attn[i]);
-        if (tr->q) free(tr->q[i]);
-        if (tr->k) free(tr->k[i]);
-        if (tr->v) free(tr->v[i]);
-        if (tr->o) free(tr->o[i]);
+        if (tr->attn) buffer_free(tr, tr->attn[i]);
+        if (tr->q) buffer_free(tr, tr->q[i]);
+        if (tr->k) buffer_free(tr, tr->k[i]);
+        if (tr->v) buffer_free(tr, tr->v[i]);
+        if (tr->o) buffer_free(tr, tr->o[i]);
     }
     for (int s = 0; tr->ids && s < tr->n_samples; s++) free(tr->ids[s]);
     free(tr->attn), free(tr->q), free(tr->k), free(tr->v), free(tr->o);
@@ -62,11 +78,12 @@ ap_status ap_trace_alloc(ap_trace *tr, int n_samples, int n_layers, ap_error *er
 enum { TRACE_BATCH = 8 };
 #define TRACE_BATCH_BYTES ((size_t)2 << 30)
 
-ap_status ap_trace_run(ap_engine *engine, const ap_model *model, const ap_samples *samples,
-                       const int *layers, int n_layers, ap_trace *tr, ap_progress_fn progress,
-                       void *progress_ctx, ap_error *err)
+static ap_status trace_run(ap_engine *engine, const ap_model *model, const ap_samples *samples,
+                           const int *layers, int n_layers, ap_trace *tr, ap_engine *device,
+                           ap_progress_fn progress, void *progress_ctx, ap_error *err)
 {
     memset(tr, 0, sizeof *tr);
+    tr->device = device;
     const ap_config *c = &model->config;
     ap_status st = ap_trace_alloc(tr, samples->n, n_layers, err);
     if (st) goto fail;
@@ -99,11 +116,11 @@ ap_status ap_trace_run(ap_engine *engine, const ap_model *model, const ap_sample
                   **k = tr->k + (size_t)s * n_layers, **v = tr->v + (size_t)s * n_layers,
                   **o = tr->o + (size_t)s * n_layers;
             for (int l = 0; l < n_layers; l++) {
-                attn[l] = malloc(a * sizeof(float));
-                q[l] = malloc(qk * sizeof(float));
-                k[l] = malloc(qk * sizeof(float));
-                v[l] = malloc(qk * sizeof(float));
-                o[l] = malloc(qk * sizeof(float));
+                attn[l] = buffer_alloc(tr, a * sizeof(float));
+                q[l] = buffer_alloc(tr, qk * sizeof(float));
+                k[l] = buffer_alloc(tr, qk * sizeof(float));
+                v[l] = buffer_alloc(tr, qk * sizeof(float));
+                o[l] = buffer_alloc(tr, qk * sizeof(float));
                 if (!attn[l] || !q[l] || !k[l] || !v[l] || !o[l]) goto oom;
             }
             caps[b] = (ap_capture){.n_capture = n_layers, .layers = layers, .attn = attn, .q = q, .k = k,
@@ -117,9 +134,25 @@ ap_status ap_trace_run(ap_engine *engine, const ap_model *model, const ap_sample
     tr->seconds = now_s() - t0;
     return AP_OK;
 oom:
-    st = ap_error_set(err, AP_ERR_RUNTIME, "out of memory for the trace");
+    st = ap_error_set(err, AP_ERR_RUNTIME, "out of %s memory for the trace", device ? "device" : "host");
 fail:
     ap_trace_free(tr);
     return st;
+}
+
+ap_status ap_trace_run(ap_engine *engine, const ap_model *model, const ap_samples *samples,
+                       const int *layers, int n_layers, ap_trace *out, ap_progress_fn progress,
+                       void *progress_ctx, ap_error *err)
+{
+    return trace_run(engine, model, samples, layers, n_layers, out, NULL, progress, progress_ctx, err);
+}
+
+ap_status ap_trace_run_device(ap_engine *engine, const ap_model *model, const ap_samples *samples,
+                              const int *layers, int n_layers, ap_trace *out, ap_progress_fn progress,
+                              void *progress_ctx, ap_error *err)
+{
+    if (ap_engine_backend(engine) != AP_BACKEND_CUDA)
+        return ap_error_set(err, AP_ERR_USAGE, "a trace kept on the device needs a CUDA engine");
+    return trace_run(engine, model, samples, layers, n_layers, out, engine, progress, progress_ctx, err);
 }
 

@@ -50,6 +50,7 @@ typedef struct {
     int model_n_layer, model_vocab;
     char *config_json;      /* what shaped the trace, as saved in its file (owned; may be NULL) */
     double seconds;
+    ap_engine *device;      /* non-NULL: attn, q, k, v, o are buffers on this engine's device */
 } ap_trace;
 
 /* Allocates the arrays of a trace of these shapes (buffers left NULL). */
@@ -61,6 +62,11 @@ typedef void (*ap_progress_fn)(void *ctx, const char *what, double fraction);
 ap_status ap_trace_run(ap_engine *engine, const ap_model *model, const ap_samples *samples,
                        const int *layers, int n_layers, ap_trace *out, ap_progress_fn progress,
                        void *progress_ctx, ap_error *err);
+/* The same with attn, q, k, v and o left on a CUDA engine's device (for a
+ * replay there; the trace must be freed before the engine). */
+ap_status ap_trace_run_device(ap_engine *engine, const ap_model *model, const ap_samples *samples,
+                              const int *layers, int n_layers, ap_trace *out, ap_progress_fn progress,
+                              void *progress_ctx, ap_error *err);
 void ap_trace_free(ap_trace *trace);
 /* Index of layer in trace->layers, or -1. */
 int ap_trace_layer_index(const ap_trace *trace, int layer);

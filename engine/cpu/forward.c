@@ -370,7 +370,7 @@ static void cpu_free(ap_engine *e)
 }
 
 static const ap_backend_ops cpu_ops = {cpu_prefill, cpu_stream_init, cpu_stream_free,
-                                       cpu_decode_step, cpu_free, NULL, NULL};
+                                       cpu_decode_step, cpu_free, NULL, NULL, NULL, NULL};
 
 ap_status ap_cpu_engine_init(ap_engine *e, ap_error *err)
 {

@@ -603,9 +603,10 @@ static ap_status copy_out(ap_engine *e, const ap_capture *caps, int B, const siz
             const stage_slots *sl = &slots[(size_t)b * caps[b].n_capture + i];
             for (int k = 0; k < N_OUT; k++)
                 if (sl->at[k] >= 0)
+                    /* cudaMemcpyDefault: to the host, or to device buffers (ap_engine_device_alloc) */
                     CUDA_TRY(cudaMemcpyAsync(capture_dst(&caps[b], i, k), ce->stage + sl->at[k],
-                                             size[k] * sizeof(float), cudaMemcpyDeviceToHost, ce->stream),
-                             "copying captured attention, q/k/v or output to the host");
+                                             size[k] * sizeof(float), cudaMemcpyDefault, ce->stream),
+                             "copying captured attention, q/k/v or output");
         }
     return AP_OK;
 }
@@ -1057,8 +1058,22 @@ static void cuda_free(ap_engine *e)
     free(ce);
 }
 
-static const ap_backend_ops cuda_ops = {cuda_prefill, cuda_stream_init, cuda_stream_free,
-                                        cuda_decode_step, cuda_free, cuda_prefill_batch, cuda_decode_device};
+static ap_status cuda_device_alloc(ap_engine *e, size_t bytes, void **out, ap_error *err)
+{
+    (void)e;
+    CUDA_TRY(cudaMalloc(out, bytes ? bytes : 1), "allocating device memory for a capture");
+    return AP_OK;
+}
+
+static void cuda_device_free(ap_engine *e, void *p)
+{
+    (void)e;
+    cudaFree(p);
+}
+
+static const ap_backend_ops cuda_ops = {cuda_prefill,      cuda_stream_init,   cuda_stream_free,
+                                        cuda_decode_step,  cuda_free,          cuda_prefill_batch,
+                                        cuda_decode_device, cuda_device_alloc, cuda_device_free};
 
 extern "C" ap_status ap_cuda_engine_init(ap_engine *e, ap_error *err)
 {

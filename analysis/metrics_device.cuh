@@ -1,0 +1,156 @@
+/* metrics_device.cuh — ap_metrics_row (metrics.c) on a CUDA device, one warp
+ * per row, for replays whose reference rows never leave the GPU. Same
+ * definitions, same arithmetic per position; sums over positions are split
+ * among the lanes, so a value can differ from the host's in its last bits
+ * (a row with nothing evicted still gives KL exactly 0: every term is
+ * x log 1). Include from a .cu file. */
+#ifndef AP_METRICS_DEVICE_CUH
+#define AP_METRICS_DEVICE_CUH
+
+#include "analysis.h"
+
+/* The policy's retained set of one row: all of 0..t (all_kept), or the
+ * cnt ascending positions pos[] (all < t) and t itself. */
+typedef struct {
+    int t, cnt, all_kept;
+    const int *pos;
+} ap_row_set;
+
+__device__ static inline double ap_warp_sum(double x)
+{
+    for (int o = 16; o > 0; o >>= 1) x += __shfl_xor_sync(0xffffffffu, x, o);
+    return x;
+}
+
+/* Warp argmax of (value, position): the larger value, the earlier position on ties. */
+__device__ static inline void ap_warp_argmax(float *value, int *pos)
+{
+    for (int o = 16; o > 0; o >>= 1) {
+        const float v2 = __shfl_xor_sync(0xffffffffu, *value, o);
+        const int p2 = __shfl_xor_sync(0xffffffffu, *pos, o);
+        if (p2 >= 0 && (*pos < 0 || v2 > *value || (v2 == *value && p2 < *pos))) *value = v2, *pos = p2;
+    }
+}
+
+/* The j-th retained position, ascending (-1 past the last). */
+__device__ static inline int ap_row_set_at(const ap_row_set *k, int j)
+{
+    if (k->all_kept) return j <= k->t ? j : -1;
+    return j < k->cnt ? k->pos[j] : j == k->cnt ? k->t : -1;
+}
+
+/* Metrics of reference row p[0..t] against the policy row that is p
+ * restricted to the set and renormalised (the isolated replay's row).
+ * q, kept: the warp's scratch of t + 1 floats and bytes. v: [t + 1, hd]
+ * reference values, o_p: [hd] reference output. out[AP_M_COUNT] on lane 0. */
+__device__ static void ap_metrics_row_warp(const float *p, const ap_row_set *set, const float *v,
+                                           const float *o_p, int hd, float *q, unsigned char *kept,
+                                           double *out)
+{
+    const int lane = threadIdx.x % 32, t = set->t, n = t + 1;
+    /* the policy's row: p itself when nothing was evicted, else renormalised
+     * on the set with the host's double sum in the host's order */
+    const int nothing_evicted = set->all_kept || set->cnt == t;
+    double mass = 0;
+    if (!nothing_evicted && lane == 0) {
+        mass = p[t];
+        for (int x = 0; x < set->cnt; x++) mass += p[set->pos[x]];
+    }
+    mass = __shfl_sync(0xffffffffu, mass, 0);
+    for (int j = lane; j < n; j += 32) {
+        q[j] = nothing_evicted ? p[j] : 0.0f;
+        kept[j] = (unsigned char)nothing_evicted;
+    }
+    __syncwarp();
+    if (!nothing_evicted) {
+        for (int x = lane; x <= set->cnt; x += 32) {
+            const int j = x < set->cnt ? set->pos[x] : t;
+            q[j] = mass > 0 ? (float)(p[j] / mass) : 0.0f;
+            kept[j] = 1;
+        }
+    }
+    __syncwarp();
+    double sp = 0, sq = 0;
+    for (int j = lane; j < n; j += 32) sp += p[j], sq += q[j];
+    sp = ap_warp_sum(sp);
+    sq = ap_warp_sum(sq);
+    const double zp = sp + n * AP_KL_EPS, zq = sq + n * AP_KL_EPS, ln2 = 0.69314718055994530942;
+    double kl = 0, kl_rev = 0, js = 0, l1 = 0, l2 = 0, dot = 0, np2 = 0, nq2 = 0, mk = 0, il1 = 0, il2 = 0;
+    float best_p = -1.0f, best_q = -1.0f;
+    int arg_p = -1, arg_q = -1;
+    for (int j = lane; j < n; j += 32) {
+        const double a = p[j], b = q[j];
+        const double as = (a + AP_KL_EPS) / zp, bs = (b + AP_KL_EPS) / zq;
+        kl += as * log(as / bs);
+        if (b > 0) kl_rev += a > 0 ? b * log(b / a) : INFINITY;
+        if (a > 0 && b > 0) {
+            const double m = 0.5 * (a + b);
+            js += 0.5 * (a * log(a / m) + b * log(b / m));
+        } else {
+            js += 0.5 * (a + b) * ln2;
+        }
+        l1 += fabs(a - b);
+        l2 += (a - b) * (a - b);
+        dot += a * b;
+        np2 += a * a;
+        nq2 += b * b;
+        if (kept[j]) mk += a;
+        if (p[j] > best_p) best_p = p[j], arg_p = j;
+        if (q[j] > best_q) best_q = q[j], arg_q = j;
+        /* the seed study's slot-index comparison: the j-th retained entry against p_j */
+        const int slot = ap_row_set_at(set, j);
+        const double c = slot >= 0 ? (double)q[slot] : 0.0;
+        il1 += fabs(a - c);
+        il2 += (a - c) * (a - c);
+    }
+    kl = ap_warp_sum(kl), kl_rev = ap_warp_sum(kl_rev), js = ap_warp_sum(js), l1 = ap_warp_sum(l1);
+    l2 = ap_warp_sum(l2), dot = ap_warp_sum(dot), np2 = ap_warp_sum(np2), nq2 = ap_warp_sum(nq2);
+    mk = ap_warp_sum(mk), il1 = ap_warp_sum(il1), il2 = ap_warp_sum(il2);
+    ap_warp_argmax(&best_p, &arg_p);
+    ap_warp_argmax(&best_q, &arg_q);
+    /* top-32 of p (ties to the earlier position), one selection a round;
+     * kept[j] bit 1 marks a selected position */
+    const int kmax = n < 32 ? n : 32;
+    int hits[3] = {0, 0, 0};
+    for (int r = 0; r < kmax; r++) {
+        float bv = -1.0f;
+        int bj = -1;
+        for (int j = lane; j < n; j += 32)
+            if (!(kept[j] & 2) && (bj < 0 || p[j] > bv)) bv = p[j], bj = j;
+        ap_warp_argmax(&bv, &bj);
+        if (lane == 0) kept[bj] |= 2;
+        __syncwarp();
+        const int hit = kept[bj] & 1;
+        hits[0] += r < 1 && hit, hits[1] += r < 8 && hit, hits[2] += r < 32 && hit;
+    }
+    /* the attention output over the policy's row, each dimension's sum in
+     * the host's position order */
+    double num = 0, den = 0;
+    for (int d = lane; d < hd; d += 32) {
+        double oq = 0;
+        for (int j = 0; j < n; j++)
+            if (q[j] != 0) oq += (double)q[j] * v[(size_t)j * hd + d];
+        const double op = o_p[d];
+        num += (oq - op) * (oq - op);
+        den += op * op;
+    }
+    num = ap_warp_sum(num), den = ap_warp_sum(den);
+    if (lane == 0) {
+        out[AP_M_KL] = kl > 0 ? kl : 0.0;
+        out[AP_M_KL_REV] = kl_rev;
+        out[AP_M_JS] = js > 0 ? js : 0.0;
+        out[AP_M_TV] = 0.5 * l1;
+        out[AP_M_COSINE] = np2 > 0 && nq2 > 0 ? dot / sqrt(np2 * nq2) : 0.0;
+        out[AP_M_L1] = l1;
+        out[AP_M_L2] = sqrt(l2);
+        out[AP_M_PEAK_SHIFT] = abs(arg_p - arg_q);
+        out[AP_M_MASS] = sp > 0 ? mk / sp : 0.0;
+        const int ks[3] = {1, 8, 32};
+        for (int r = 0; r < 3; r++) out[AP_M_TOP1 + r] = (double)hits[r] / (ks[r] < n ? ks[r] : n);
+        out[AP_M_OUT_ERR] = hd <= 512 ? (den > 0 ? sqrt(num / den) : 0.0) : NAN;
+        out[AP_M_INDEX_L1] = il1 / n;
+        out[AP_M_INDEX_RMS] = sqrt(il2 / n);
+    }
+}
+
+#endif
