@@ -16,5 +16,6 @@ import json, sys
 s = json.load(open(sys.argv[1]))
 print(f"wall_s={float(sys.argv[2]):.2f} peak_rss_mb={int(sys.argv[3]) / 1024:.0f} "
       f"trace_s={s.get('trace_s', 'n/a')} "
+      f"replay_s={s['runs'][0]['timing']['replay_s'] if 'timing' in s['runs'][0] else 'n/a'} "
       f"samples={s['input']['samples']} tokens={s['input']['tokens']} runs={len(s['runs'])}")
 PY

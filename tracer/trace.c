@@ -34,7 +34,9 @@ static void buffer_free(ap_trace *tr, void *p)
 void ap_trace_free(ap_trace *tr)
 {
     size_t n = (size_t)tr->n_samples * tr->n_layers;
-    for (size_t i = 0; i < n; i++) {
+    /* on a device, a sample's tensors are one allocation: the first's */
+    for (size_t i = 0; tr->device && tr->attn && i < n; i += (size_t)tr->n_layers) buffer_free(tr, tr->attn[i]);
+    for (size_t i = 0; !tr->device && i < n; i++) {
         if (tr->attn) buffer_free(tr, tr->attn[i]);
         if (tr->q) buffer_free(tr, tr->q[i]);
         if (tr->k) buffer_free(tr, tr->k[i]);
@@ -115,7 +117,13 @@ static ap_status trace_run(ap_engine *engine, const ap_model *model, const ap_sa
             float **attn = tr->attn + (size_t)s * n_layers, **q = tr->q + (size_t)s * n_layers,
                   **k = tr->k + (size_t)s * n_layers, **v = tr->v + (size_t)s * n_layers,
                   **o = tr->o + (size_t)s * n_layers;
-            for (int l = 0; l < n_layers; l++) {
+            if (device) { /* one device allocation a sample: cudaMalloc is slow */
+                float *block = buffer_alloc(tr, sample_bytes);
+                if (!block) goto oom;
+                for (int l = 0; l < n_layers; l++, block += a + 4 * qk)
+                    attn[l] = block, q[l] = block + a, k[l] = q[l] + qk, v[l] = k[l] + qk, o[l] = v[l] + qk;
+            }
+            for (int l = 0; !device && l < n_layers; l++) {
                 attn[l] = buffer_alloc(tr, a * sizeof(float));
                 q[l] = buffer_alloc(tr, qk * sizeof(float));
                 k[l] = buffer_alloc(tr, qk * sizeof(float));

@@ -38,6 +38,13 @@ typedef struct {
 
 enum { WARPS = 4 };
 
+/* A metrics warp's scratch: the policy row (floats), then the kept flags;
+ * 16-byte multiples so that every warp's floats stay aligned. */
+__host__ __device__ static inline size_t warp_scratch_bytes(int max_T)
+{
+    return ((size_t)max_T * (sizeof(float) + 1) + 15) / 16 * 16;
+}
+
 /* One warp a row (stream, layer, head) of every stream still running at t. */
 __global__ void metrics_kernel(batch_view bv, int t, int step, int n_rows)
 {
@@ -47,8 +54,7 @@ __global__ void metrics_kernel(batch_view bv, int t, int step, int n_rows)
     const int h = warp % bv.H, l = warp / bv.H % bv.L, sid = warp / (bv.H * bv.L);
     const int b = sid / bv.n_policies, p = sid % bv.n_policies, T = bv.len[b];
     if (t >= T) return;
-    const size_t stride = (size_t)bv.max_T * (sizeof(float) + 1);
-    float *q = (float *)(scratch + (threadIdx.x / 32) * stride);
+    float *q = (float *)(scratch + (threadIdx.x / 32) * warp_scratch_bytes(bv.max_T));
     unsigned char *kept = (unsigned char *)(q + bv.max_T);
     const int list = warp; /* (sid * L + l) * H + h */
     ap_row_set set = {t, bv.cnt[list], bv.keeps_all[sid], bv.pos + bv.off[list]};
@@ -152,7 +158,7 @@ static ap_status replay_steps(const ap_study_config *cfg, const ap_trace *tr, ap
         return ap_error_set(err, AP_ERR_RUNTIME, "out of memory");
     }
     const int rows_all = n_streams * bv->L * bv->H;
-    const size_t shared = WARPS * (size_t)bv->max_T * (sizeof(float) + 1);
+    const size_t shared = WARPS * warp_scratch_bytes(bv->max_T);
     ap_status st = AP_OK;
     int n_last = -1, step = 0;
     for (int t = 0; t < bv->max_T && !st; t++) {
@@ -207,7 +213,7 @@ static ap_status run_batch(const ap_study_config *cfg, const ap_trace *tr, int n
     CUDA_TRY(cudaMalloc(&d->t_of, (size_t)n_streams * sizeof(int)), "allocating the steps' positions");
     CUDA_TRY(cudaMalloc(&d->values, n_values * sizeof(double) + 1), "allocating the rows' metrics");
     bv.values = d->values;
-    const size_t shared = WARPS * (size_t)max_T * (sizeof(float) + 1);
+    const size_t shared = WARPS * warp_scratch_bytes(max_T);
     if (shared > 48 * 1024)
         CUDA_TRY(cudaFuncSetAttribute(metrics_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)shared),
                  "sizing the metrics' shared memory");
