@@ -4,13 +4,16 @@
 # layers, the 10 default policies; isolated (the replay on the device) at
 # 32 and 256 samples, cascade at 8 samples. Wall time and peak RSS from GNU
 # time (bench/study.sh), the model's load included.
-#   usage: bench/study-gpu.sh BUILD_DIR TEXT [PRECISION]
+#   usage: bench/study-gpu.sh BUILD_DIR TEXT [PRECISION] [SAMPLES...]
 set -uo pipefail
 build=$1 text=$2 prec=${3:-fp32}
+shift 3 2>/dev/null || shift $#
+sizes=("${@:-32 256}")
+[ $# -eq 0 ] && sizes=(32 256)
 here=$(dirname "$0")
 common=(--model random:gpt2-small --tokenizer "$here/../tests/fixtures/gpt2-tokenizer" --input "$text"
         --max-length 1024 --layers all --device cuda --precision "$prec")
-for n in 32 256; do
+for n in "${sizes[@]}"; do
   echo "isolated $prec, $n samples: $(bash "$here/study.sh" "$build/attnprobe" "${common[@]}" --samples $n)"
 done
 echo "cascade $prec, 8 samples: $(bash "$here/study.sh" "$build/attnprobe" "${common[@]}" --samples 8 --mode cascade)"
