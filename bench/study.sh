@@ -15,7 +15,7 @@ python3 - "$out/summary.json" "$wall" "$rss" <<'PY'
 import json, sys
 s = json.load(open(sys.argv[1]))
 print(f"wall_s={float(sys.argv[2]):.2f} peak_rss_mb={int(sys.argv[3]) / 1024:.0f} "
-      f"trace_s={s.get('trace_s', 'n/a')} "
-      f"replay_s={s['runs'][0]['timing']['replay_s'] if 'timing' in s['runs'][0] else 'n/a'} "
+      f"study_s={s.get('study_s', 0):.2f} trace_s={s.get('trace_s', 0):.2f} statistics_s={s.get('statistics_s', 0):.2f} "
+      f"replay_s={s['runs'][0]['timing']['replay_s']:.2f} "
       f"samples={s['input']['samples']} tokens={s['input']['tokens']} runs={len(s['runs'])}")
 PY

@@ -33,6 +33,8 @@ typedef struct {
     char *config_json;   /* a JSON object: every option that shaped the numbers */
     char backend[16], device_name[128], precision[16];
     double trace_s;
+    double study_s;       /* the whole study after the model's load: trace, replay, statistics */
+    double statistics_s;  /* of which the statistics (bootstrap CIs) */
     int n_runs;
     ap_report_run *runs;
 } ap_summary;

@@ -102,6 +102,8 @@ ap_status ap_summary_write_json(const ap_summary *s, const char *path, ap_error 
     cJSON_AddStringToObject(device, "name", s->device_name);
     cJSON_AddStringToObject(device, "precision", s->precision);
     cJSON_AddNumberToObject(root, "trace_s", s->trace_s);
+    cJSON_AddNumberToObject(root, "study_s", s->study_s);
+    cJSON_AddNumberToObject(root, "statistics_s", s->statistics_s);
     cJSON *runs = cJSON_AddArrayToObject(root, "runs");
     for (int i = 0; i < s->n_runs; i++) cJSON_AddItemToArray(runs, run_json(&s->runs[i]));
     char *text = cJSON_Print(root);
@@ -238,6 +240,8 @@ ap_status ap_summary_read_json(const char *path, ap_summary *s, ap_error *err)
     get_str(device, "name", s->device_name, sizeof s->device_name);
     get_str(device, "precision", s->precision, sizeof s->precision);
     s->trace_s = get_num(root, "trace_s");
+    s->study_s = get_num(root, "study_s");
+    s->statistics_s = get_num(root, "statistics_s");
     const cJSON *config = cJSON_GetObjectItemCaseSensitive(root, "config");
     s->config_json = cJSON_IsObject(config) ? cJSON_PrintUnformatted(config) : NULL;
     const cJSON *runs = cJSON_GetObjectItemCaseSensitive(root, "runs");

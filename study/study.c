@@ -355,6 +355,7 @@ static ap_status study_model(const ap_study_config *cfg, const ap_model *model, 
     ap_trace info;
     study_acc acc = {0};
     batch_source src = {.model = model, .samples = samples};
+    const double t0 = now_s();
     const int *li = NULL;
     int *li_buf = NULL;
     *trace_s = 0;
@@ -385,6 +386,7 @@ static ap_status study_model(const ap_study_config *cfg, const ap_model *model, 
     if (!st && replay)
         st = study_summary(&acc, cfg, &info, samples->n, ap_engine_backend(src.engine) == AP_BACKEND_CUDA ? "cuda" : "cpu",
                            ap_engine_device_name(src.engine), *trace_s, out, err);
+    if (!st && replay) out->study_s = now_s() - t0; /* the engine's creation included */
     study_acc_free(&acc);
     free(li_buf);
     ap_trace_free(&info);
@@ -432,8 +434,10 @@ ap_status ap_study_replay(const ap_study_config *cfg, const char *trace_path, ap
                               trace_path, info->n_head - 1);
     study_acc acc = {0};
     double trace_s = 0;
+    const double t0 = now_s();
     if (!st) st = run_batches(cfg, &src, info, li, 1, progress, progress_ctx, &acc, &trace_s, err);
     if (!st) st = study_summary(&acc, cfg, info, info->n_samples, "cpu", "(replay of a saved trace)", 0, out, err);
+    if (!st) out->study_s = now_s() - t0;
     if (st) ap_summary_free(out);
     study_acc_free(&acc);
     free(li);

@@ -4,7 +4,9 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
+#include "../common/pool.h"
 #include "study_internal.h"
 
 /* The parameters that shape a policy's numbers, for the summary. */
@@ -105,6 +107,21 @@ static ap_status fill_run(const study_acc *a, const ap_study_config *cfg, int p,
     return AP_OK;
 }
 
+typedef struct {
+    const study_acc *a;
+    const ap_study_config *cfg;
+    int n_samples;
+    ap_summary *out;
+} fill_job;
+
+/* One run's statistics (the bootstrap's resamples are most of the work). */
+static ap_status fill_item(void *ctx, int run, ap_error *err)
+{
+    const fill_job *j = ctx;
+    return fill_run(j->a, j->cfg, run / j->cfg->n_layers, run % j->cfg->n_layers, j->n_samples,
+                    &j->out->runs[run], err);
+}
+
 ap_status study_summary(const study_acc *a, const ap_study_config *cfg, const ap_trace *info,
                         int n_samples, const char *backend, const char *device_name,
                         double trace_s, ap_summary *out, ap_error *err)
@@ -113,11 +130,18 @@ ap_status study_summary(const study_acc *a, const ap_study_config *cfg, const ap
     out->runs = calloc((size_t)a->n_runs, sizeof *out->runs);
     out->config_json = study_config_json(cfg, n_samples);
     if (!out->runs || !out->config_json) return ap_error_set(err, AP_ERR_RUNTIME, "out of memory");
-    for (int p = 0; p < cfg->n_policies; p++)
-        for (int l = 0; l < cfg->n_layers; l++) {
-            ap_status st = fill_run(a, cfg, p, l, n_samples, &out->runs[out->n_runs++], err);
-            if (st) return st;
-        }
+    out->n_runs = a->n_runs;
+    ap_pool *pool;
+    ap_status st = ap_pool_create(cfg->threads, &pool, err);
+    if (st) return st;
+    fill_job job = {a, cfg, n_samples, out};
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    st = ap_pool_run(pool, a->n_runs, fill_item, &job, err);
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    out->statistics_s = (double)(t1.tv_sec - t0.tv_sec) + (t1.tv_nsec - t0.tv_nsec) * 1e-9;
+    ap_pool_free(pool);
+    if (st) return st;
     snprintf(out->tool_version, sizeof out->tool_version, "%s", AP_VERSION);
     snprintf(out->model_source, sizeof out->model_source, "%s", info->model_source);
     snprintf(out->model_sha256, sizeof out->model_sha256, "%s", info->model_sha256);

@@ -237,18 +237,27 @@ typedef struct {
     double max_diff;
 } recorder;
 
-static ap_status record(void *ctx, const ap_row_event *ev, ap_error *err)
+static void append(recorder *r, const unsigned char *masks, const float *rows, size_t n)
 {
-    (void)err;
-    recorder *r = ctx;
-    if (r->used + (size_t)ev->n > r->cap) {
-        r->cap = (r->cap + (size_t)ev->n) * 2;
+    if (r->used + n > r->cap) {
+        r->cap = (r->cap + n) * 2;
         r->masks = realloc(r->masks, r->cap);
         r->rows = realloc(r->rows, r->cap * sizeof *r->rows);
     }
-    memcpy(r->masks + r->used, ev->kept, (size_t)ev->n);
-    memcpy(r->rows + r->used, ev->q, (size_t)ev->n * sizeof *r->rows);
-    r->used += (size_t)ev->n;
+    memcpy(r->masks + r->used, masks, n);
+    memcpy(r->rows + r->used, rows, n * sizeof *r->rows);
+    r->used += n;
+}
+
+/* The cascade on the device emits different streams' rows from several
+ * threads: one recorder a sample, joined in sample order afterwards. */
+enum { MAX_SAMPLES = 8 };
+
+static ap_status record(void *ctx, const ap_row_event *ev, ap_error *err)
+{
+    (void)err;
+    recorder *r = (recorder *)ctx + ev->sample;
+    append(r, ev->kept, ev->q, (size_t)ev->n);
     for (int j = 0; j < ev->n; j++) r->max_diff = fmax(r->max_diff, fabs(ev->p[j] - ev->q[j]));
     return AP_OK;
 }
@@ -256,10 +265,17 @@ static ap_status record(void *ctx, const ap_row_event *ev, ap_error *err)
 static void cascade_params(ap_engine *e, const ap_trace *tr, const ap_policy_params *p, int host_policies,
                            recorder *r)
 {
-    ap_replay_opts o = {0, 1, record, r, NULL, NULL, host_policies};
+    recorder parts[MAX_SAMPLES] = {{0}};
+    assert_true(tr->n_samples <= MAX_SAMPLES);
+    ap_replay_opts o = {0, 1, record, parts, NULL, NULL, host_policies};
     ap_replay_cost cost;
     ap_error err;
     if (ap_replay_cascade(e, tr, p, 1, &o, &cost, &err)) fail_msg("%s", err.msg);
+    for (int s = 0; s < MAX_SAMPLES; s++) {
+        if (parts[s].used) append(r, parts[s].masks, parts[s].rows, parts[s].used);
+        r->max_diff = fmax(r->max_diff, parts[s].max_diff);
+        free(parts[s].masks), free(parts[s].rows);
+    }
 }
 
 static void cascade(ap_engine *e, const ap_trace *tr, const char *policy, ap_granularity gran,

@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "../common/pool.h"
 #include "../sketch/policy_gpu.h"
 #include "replay_internal.h"
 
@@ -20,8 +21,10 @@ typedef struct {
     ap_stream **active;                 /* [n_streams]: this step's */
     int *active_id, *tokens, *list_base;
     int *cnt;                           /* [n_streams * L * H] */
-    float *dense;                       /* [max_T] */
-    unsigned char *mask;                /* [max_T] */
+    int max_T;
+    float *dense;                       /* [n_streams * max_T]: each stream's row scratch */
+    unsigned char *mask;                /* [n_streams * max_T] */
+    ap_pool *pool;                      /* emits the streams' rows side by side */
 } cascade_state;
 
 static void state_free(cascade_state *s)
@@ -30,46 +33,67 @@ static void state_free(cascade_state *s)
     free(s->param_of), free(s->len_of), free(s->sample_of), free(s->streams), free(s->active);
     free(s->active_id), free(s->tokens), free(s->list_base), free(s->cnt);
     free(s->dense), free(s->mask);
+    ap_pool_free(s->pool);
 }
 
-/* Emits the rows of every stream still running at step t at the trace's
- * layers: from the sets the step attended to (kept by the policies before
- * they observed it, their copies fetched after step t was queued) — the row
- * over 0..t from the compact one, the mask from the retained positions — or,
- * for a stream that keeps everything, the reference row itself. */
+/* One measured step's emission, shared by the pool's threads. */
+typedef struct {
+    cascade_state *s;
+    ap_policy_gpu *g;
+    const ap_trace *tr;
+    int n_policies, t;
+    const ap_replay_opts *opts;
+} emit_job;
+
+/* Emits stream id's rows at the trace's layers: from the set the step
+ * attended to (kept by the policies before they observed it, fetched after
+ * step t was queued) — the row over 0..t from the compact one, the mask from
+ * the retained positions — or, for a stream that keeps everything, the
+ * reference row itself. Streams run side by side: each has its scratch, and
+ * the sink takes rows of different streams at once. */
+static ap_status emit_stream(void *ctx, int id, ap_error *err)
+{
+    const emit_job *j = ctx;
+    cascade_state *s = j->s;
+    const ap_trace *tr = j->tr;
+    const int t = j->t, sample = s->sample_of[id], T = tr->len[sample];
+    if (t >= T) return AP_OK;
+    float *dense = s->dense + (size_t)id * s->max_T;
+    unsigned char *mask = s->mask + (size_t)id * s->max_T;
+    const int keeps_all = ap_policy_gpu_keeps_all(j->g, id);
+    ap_status st = AP_OK;
+    for (int li = 0; li < tr->n_layers && !st; li++) {
+        const int l = tr->layers[li];
+        const size_t ti = (size_t)sample * tr->n_layers + li;
+        for (int h = 0; h < s->H && !st; h++) {
+            const float *ref = tr->attn[ti] + ((size_t)h * T + t) * T, *q_row = ref;
+            if (keeps_all)
+                memset(mask, 1, (size_t)t + 1);
+            else {
+                const int *pos;
+                const float *row;
+                const int n = ap_policy_gpu_kept(j->g, id, li, h, &pos, &row);
+                memset(dense, 0, (size_t)(t + 1) * sizeof *dense);
+                memset(mask, 0, (size_t)t + 1);
+                for (int x = 0; x < n; x++) dense[pos[x]] = row[x], mask[pos[x]] = 1;
+                dense[t] = row[n];
+                mask[t] = 1;
+                q_row = dense;
+            }
+            ap_row_event ev = {id % j->n_policies, sample, l, h, t, t + 1, ref, q_row, mask,
+                               tr->v[ti] + (size_t)h * T * s->D, tr->o[ti] + ((size_t)h * T + t) * s->D, s->D};
+            st = j->opts->sink(j->opts->sink_ctx, &ev, err);
+        }
+    }
+    return st;
+}
+
 static ap_status emit_rows(cascade_state *s, ap_policy_gpu *g, const ap_trace *tr, int n_policies, int t,
                            const ap_replay_opts *opts, ap_error *err)
 {
     ap_status st = s->n_decoded ? ap_policy_gpu_wait_kept(g, err) : AP_OK;
-    for (int id = 0; id < s->n_streams && !st; id++) {
-        const int sample = s->sample_of[id], T = tr->len[sample];
-        if (t >= T) continue;
-        const int keeps_all = ap_policy_gpu_keeps_all(g, id);
-        for (int li = 0; li < tr->n_layers && !st; li++) {
-            const int l = tr->layers[li];
-            const size_t ti = (size_t)sample * tr->n_layers + li;
-            for (int h = 0; h < s->H && !st; h++) {
-                const float *ref = tr->attn[ti] + ((size_t)h * T + t) * T, *q_row = ref;
-                if (keeps_all)
-                    memset(s->mask, 1, (size_t)t + 1);
-                else {
-                    const int *pos;
-                    const float *row;
-                    const int n = ap_policy_gpu_kept(g, id, li, h, &pos, &row);
-                    memset(s->dense, 0, (size_t)(t + 1) * sizeof *s->dense);
-                    memset(s->mask, 0, (size_t)t + 1);
-                    for (int x = 0; x < n; x++) s->dense[pos[x]] = row[x], s->mask[pos[x]] = 1;
-                    s->dense[t] = row[n];
-                    s->mask[t] = 1;
-                    q_row = s->dense;
-                }
-                ap_row_event ev = {id % n_policies, sample, l, h, t, t + 1, ref, q_row, s->mask,
-                                   tr->v[ti] + (size_t)h * T * s->D, tr->o[ti] + ((size_t)h * T + t) * s->D, s->D};
-                st = opts->sink(opts->sink_ctx, &ev, err);
-            }
-        }
-    }
-    return st;
+    emit_job job = {s, g, tr, n_policies, t, opts};
+    return st ? st : ap_pool_run(s->pool, s->n_streams, emit_stream, &job, err);
 }
 
 /* The decode step's hook: the policies' updates at its end. */
@@ -119,8 +143,9 @@ ap_status ap_replay_cascade_gpu(ap_engine *engine, const ap_trace *tr,
     s.tokens = malloc((size_t)n * sizeof(int));
     s.list_base = malloc((size_t)n * sizeof(int));
     s.cnt = malloc((size_t)n * s.L * s.H * sizeof(int));
-    s.dense = malloc((size_t)max_T * sizeof(float));
-    s.mask = malloc((size_t)max_T);
+    s.max_T = max_T;
+    s.dense = malloc((size_t)n * max_T * sizeof(float));
+    s.mask = malloc((size_t)n * max_T);
     ap_policy_gpu *g = NULL;
     ap_status st = AP_OK;
     memset(cost, 0, (size_t)n_policies * sizeof *cost);
@@ -135,7 +160,8 @@ ap_status ap_replay_cascade_gpu(ap_engine *engine, const ap_trace *tr,
         s.param_of[i] = i % n_policies;
         s.len_of[i] = tr->len[s.sample_of[i]];
     }
-    if ((st = ap_policy_gpu_create(params, n_policies, s.param_of, s.len_of, n, s.L, s.H, s.D, &g, err)))
+    if ((st = ap_pool_create(0, &s.pool, err)) ||
+        (st = ap_policy_gpu_create(params, n_policies, s.param_of, s.len_of, n, s.L, s.H, s.D, &g, err)))
         goto done;
     /* A stream whose policy keeps everything is not decoded: its cascade is
      * the reference by definition, so its rows are the trace's (`full` then

@@ -157,7 +157,9 @@ ap_status ap_replay_isolated(const ap_trace *trace, int s, int li, const ap_poli
 
 /* Cascade replay: every layer's cache capped by its own instance of the
  * policy; all (sample, policy) streams decode together, one batched step per
- * token. Rows of the trace's layers are emitted. cost: [n_policies]. */
+ * token. Rows of the trace's layers are emitted; with the policies on a
+ * device, rows of different (sample, policy) streams reach the sink from
+ * several threads at once. cost: [n_policies]. */
 ap_status ap_replay_cascade(ap_engine *engine, const ap_trace *trace,
                             const ap_policy_params *params, int n_policies,
                             const ap_replay_opts *opts, ap_replay_cost *cost, ap_error *err);
