@@ -82,17 +82,21 @@ __global__ void feed_kernel(batch_view bv, const int *active, int n_active, int 
     const int *pos = bv.pos + bv.off[list];
     const size_t tl = (size_t)b * bv.L + l;
     const float *ref = bv.attn[tl] + ((size_t)h * T + t) * T;
+    /* the retained entries of the row, gathered by the whole warp into the
+     * policies' row (unscaled) so that the sum below reads them nearby */
+    float *row = bv.rows + bv.off[list];
+    for (int x = lane; x <= n; x += 32) row[x] = ref[x < n ? pos[x] : t];
+    __syncwarp();
     /* ap_replay_isolated's scale: 1 / the retained mass, summed in its order */
     double mass = 0;
-    if (lane == 0) {
-        mass = ref[t];
-        if (n < t)
-            for (int x = 0; x < n; x++) mass += ref[pos[x]];
+    if (lane == 0 && n < t) {
+        mass = row[n];
+        for (int x = 0; x < n; x++) mass += row[x];
     }
     mass = __shfl_sync(0xffffffffu, mass, 0);
     const float scale = n == t || !(mass > 0) ? 1.0f : (float)(1.0 / mass);
-    float *row = bv.rows + bv.off[list];
-    for (int x = lane; x <= n; x += 32) row[x] = ref[x < n ? pos[x] : t] * scale;
+    if (scale != 1.0f)
+        for (int x = lane; x <= n; x += 32) row[x] *= scale;
     const size_t C = (size_t)bv.H * bv.D, src = ((size_t)h * T + t) * bv.D;
     const size_t dst = ((size_t)l * n_active + a) * C + (size_t)h * bv.D;
     for (int d = lane; d < bv.D; d += 32) {
