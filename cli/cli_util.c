@@ -36,13 +36,18 @@ ap_status cli_parse_layers(const char *value, int n_layer, int **layers, int *n,
         for (int l = 0; l < n_layer; l++) (*layers)[(*n)++] = l;
         return AP_OK;
     }
-    char buf[1024];
-    snprintf(buf, sizeof buf, "%s", value);
+    char *buf = strdup(value); /* a list of any length */
+    if (!buf) {
+        free(*layers);
+        *layers = NULL;
+        return ap_error_set(err, AP_ERR_RUNTIME, "out of memory");
+    }
     for (char *save = NULL, *tok = strtok_r(buf, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
         int l = -1;
         ap_status st = cli_parse_int("--layers", tok, 0, n_layer - 1, &l, err);
         if (st) {
             free(*layers);
+            free(buf);
             *layers = NULL;
             return ap_error_set(err, AP_ERR_USAGE,
                                 "--layers %s: \"%s\" is not a layer (accepted: all, or indices "
@@ -53,6 +58,7 @@ ap_status cli_parse_layers(const char *value, int n_layer, int **layers, int *n,
         for (int i = 0; i < *n; i++) dup |= (*layers)[i] == l;
         if (!dup) (*layers)[(*n)++] = l;
     }
+    free(buf);
     if (*n == 0) {
         free(*layers);
         *layers = NULL;

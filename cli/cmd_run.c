@@ -17,6 +17,9 @@
 #include "cli.h"
 #include "study/study.h"
 
+/* Longest path accepted: the summary and the trace record paths in 1 KiB fields. */
+#define AP_PATH_LIMIT 1000
+
 #define DEFAULT_TYPES "full,window,sink,random,h2o,tova,cms,count_sketch,race,race_kde"
 
 typedef struct {
@@ -134,6 +137,15 @@ static ap_status parse_run_opts(int argc, char **argv, run_opts *o, ap_error *er
         }
     }
     if (st) return st;
+    /* paths are recorded in the summary and the trace file in fixed fields */
+    const struct { const char *flag, *value; } paths[] = {
+        {"--model", o->model}, {"--tokenizer", o->tokenizer}, {"--input", o->input},
+        {"--out", o->out},     {"--save", o->save},
+    };
+    for (size_t i = 0; i < sizeof paths / sizeof paths[0]; i++)
+        if (paths[i].value && strlen(paths[i].value) > AP_PATH_LIMIT)
+            return ap_error_set(err, AP_ERR_USAGE, "%s: a path of %zu bytes (at most %d accepted)",
+                                paths[i].flag, strlen(paths[i].value), AP_PATH_LIMIT);
     const struct { const char *flag, *value, *accepted; } choices[] = {
         {"--mode", o->mode, "isolated cascade"}, {"--device", o->device, "cpu cuda auto"},
         {"--precision", o->precision, "fp32 tf32 bf16"}, {"--align", o->align, "position index"},

@@ -81,5 +81,43 @@ expect_exit 0 "cascade mode" "$bin" --mode cascade --types full,h2o --max-length
 expect_exit 0 "layer granularity, index alignment" "$bin" --granularity layer --align index --types h2o,cms
 grep -q "index_l1" out.txt && ok "index alignment shown" || bad "no index table"
 
+# streaming: the same numbers whatever the batch size
+expect_exit 0 "--batch-size 1" "$bin" --samples 3 --max-length 256 --layers 6,10 --types h2o,cms --batch-size 1 --quiet --out b1
+expect_exit 0 "--batch-size 2" "$bin" --samples 3 --max-length 256 --layers 6,10 --types h2o,cms --batch-size 2 --quiet --out b2
+if [ -n "$(strip b1/summary.json)" ] && diff <(strip b1/summary.json) <(strip b2/summary.json) > /dev/null; then
+  ok "--batch-size 1 and 2 give identical summaries"
+else
+  bad "--batch-size changes the numbers"
+fi
+# a corrupted trace file is refused, nothing is written
+cp t.safetensors flipped.safetensors
+size=$(stat -c %s flipped.safetensors)
+printf '\x7f' | dd of=flipped.safetensors bs=1 seek=$((size - 4096)) conv=notrunc status=none
+expect_exit 3 "replay of a corrupted trace" "$bin" replay flipped.safetensors --types h2o --quiet --out corrupt
+grep -q "checksum" err.txt && ok "names the checksum" || bad "error text: $(cat err.txt)"
+[ -e corrupt/summary.json ] && bad "summary written from a corrupt trace" || ok "no summary from a corrupt trace"
+# input checked before any work
+expect_exit 2 "empty --format" "$bin" --format ""
+expect_exit 2 "--types listed twice" "$bin" --types cms,cms
+expect_exit 2 "--max-length beyond the model" "$bin" --max-length 4096
+expect_exit 2 "--heads out of range" "$bin" --heads 9
+expect_exit 2 "a path longer than accepted" "$bin" --out "$(printf 'd/%.0s' $(seq 600))"
+# an interrupted trace leaves no temporary file
+"$bin" trace --save big.safetensors --layers all --samples 5 --max-length 1024 --quiet 2> /dev/null &
+pid=$!
+sleep 1
+kill -TERM $pid 2> /dev/null
+wait $pid
+code=$?
+left=$(ls | grep -c 'big.safetensors')
+if [ "$code" = 143 ] && [ "$left" = 0 ]; then
+  ok "SIGTERM during trace --save: exit 143, no file left"
+elif [ "$code" = 0 ]; then
+  ok "trace finished before the signal (nothing to check)"
+  rm -f big.safetensors
+else
+  bad "SIGTERM during trace --save: exit $code, files left: $(ls | grep big)"
+fi
+
 echo "$passed passed, $failed failed"
 [ "$failed" = 0 ]
