@@ -46,13 +46,14 @@ ap_status cli_parse_layers(const char *value, int n_layer, int **layers, int *n,
         int l = -1;
         ap_status st = cli_parse_int("--layers", tok, 0, n_layer - 1, &l, err);
         if (st) {
+            ap_error_set(err, AP_ERR_USAGE,
+                         "--layers %s: \"%s\" is not a layer (accepted: all, or indices 0..%d "
+                         "separated by commas)",
+                         value, tok, n_layer - 1);
             free(*layers);
-            free(buf);
+            free(buf); /* tok points into it: freed after the message */
             *layers = NULL;
-            return ap_error_set(err, AP_ERR_USAGE,
-                                "--layers %s: \"%s\" is not a layer (accepted: all, or indices "
-                                "0..%d separated by commas)",
-                                value, tok, n_layer - 1);
+            return AP_ERR_USAGE;
         }
         int dup = 0;
         for (int i = 0; i < *n; i++) dup |= (*layers)[i] == l;

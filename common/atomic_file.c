@@ -2,14 +2,21 @@
 
 #include <errno.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
-FILE *ap_atomic_begin(const char *path, char *tmp, size_t tmp_size, ap_error *err)
+ap_status ap_atomic_begin(const char *path, char *tmp, size_t tmp_size, FILE **out, ap_error *err)
 {
-    snprintf(tmp, tmp_size, "%s.tmp.%ld", path, (long)getpid());
-    FILE *f = fopen(tmp, "wb");
-    if (!f) ap_error_set(err, AP_ERR_RUNTIME, "%s: cannot write: %s", tmp, strerror(errno));
-    return f;
+    *out = NULL;
+    struct stat sb;
+    if (stat(path, &sb) == 0 && !S_ISREG(sb.st_mode))
+        return ap_error_set(err, AP_ERR_INPUT, "%s exists and is not a regular file: not replacing it "
+                            "(name a file)", path);
+    if ((size_t)snprintf(tmp, tmp_size, "%s.tmp.%ld", path, (long)getpid()) >= tmp_size)
+        return ap_error_set(err, AP_ERR_USAGE, "%s: path too long", path);
+    if (!(*out = fopen(tmp, "wb")))
+        return ap_error_set(err, AP_ERR_RUNTIME, "%s: cannot write: %s", tmp, strerror(errno));
+    return AP_OK;
 }
 
 ap_status ap_atomic_end(FILE *f, const char *tmp, const char *path, int ok, ap_error *err)

@@ -7,8 +7,10 @@
 
 #include "status.h"
 
-/* Opens the temporary file beside path; tmp receives its name. */
-FILE *ap_atomic_begin(const char *path, char *tmp, size_t tmp_size, ap_error *err);
+/* Opens the temporary file beside path; tmp receives its name. An existing
+ * path that is not a regular file (a device, a pipe, a folder) is refused
+ * (AP_ERR_INPUT): a rename would replace it. */
+ap_status ap_atomic_begin(const char *path, char *tmp, size_t tmp_size, FILE **out, ap_error *err);
 /* Closes f and renames tmp to path when ok (all writes succeeded); removes
  * tmp otherwise. Returns AP_ERR_RUNTIME naming path on any failure. */
 ap_status ap_atomic_end(FILE *f, const char *tmp, const char *path, int ok, ap_error *err);

@@ -378,10 +378,11 @@ ap_status ap_st_writer_open(const char *path, const ap_st_out *tensors, int n,
         return ap_error_set(err, AP_ERR_RUNTIME, "out of memory");
     }
     w->header_len = strlen(json);
-    if (!(w->out = ap_atomic_begin(path, w->tmp, strlen(path) + 32, err))) {
+    ap_status st = ap_atomic_begin(path, w->tmp, strlen(path) + 32, &w->out, err);
+    if (st) {
         free(json);
         writer_free(w);
-        return AP_ERR_RUNTIME;
+        return st;
     }
     w->ok = put_header(w->out, json, (w->header_len + 7) / 8 * 8); /* 8-byte aligned data */
     free(json);

@@ -110,10 +110,11 @@ ap_status ap_summary_write_json(const ap_summary *s, const char *path, ap_error 
     cJSON_Delete(root);
     if (!text) return ap_error_set(err, AP_ERR_RUNTIME, "out of memory writing %s", path);
     char tmp[1100];
-    FILE *f = ap_atomic_begin(path, tmp, sizeof tmp, err);
-    if (!f) {
+    FILE *f;
+    ap_status st = ap_atomic_begin(path, tmp, sizeof tmp, &f, err);
+    if (st) {
         free(text);
-        return AP_ERR_RUNTIME;
+        return st;
     }
     int ok = fputs(text, f) >= 0 && fputc('\n', f) != EOF;
     free(text);
@@ -167,9 +168,16 @@ static ap_status read_run(const cJSON *jr, ap_report_run *r, const char *path, i
     for (int m = 0; m < AP_M_COUNT; m++) {
         const cJSON *st = cJSON_GetObjectItemCaseSensitive(metrics, ap_metric_name(m));
         ap_stats *o = &r->stats[m];
-        if (!cJSON_IsObject(st)) continue;
+        /* every metric is written; one missing, or rows without a mean, is a
+         * malformed file (a regression gate must not skip what it cannot read) */
+        if (!cJSON_IsObject(st))
+            return ap_error_set(err, AP_ERR_INPUT, "%s: runs[%d] (%s) has no metric %s", path, index,
+                                r->policy, ap_metric_name(m));
         o->n = (size_t)(get_int(st, "n") > 0 ? get_int(st, "n") : 0);
         o->mean = get_num(st, "mean");
+        if (o->n > 0 && isnan(o->mean))
+            return ap_error_set(err, AP_ERR_INPUT, "%s: runs[%d] (%s) metric %s: %zu rows but no mean "
+                                "(a number is needed)", path, index, r->policy, ap_metric_name(m), o->n);
         o->sd = get_num(st, "sd");
         o->median = get_num(st, "median");
         o->p05 = get_num(st, "p05");

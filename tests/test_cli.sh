@@ -102,6 +102,26 @@ expect_exit 2 "--types listed twice" "$bin" --types cms,cms
 expect_exit 2 "--max-length beyond the model" "$bin" --max-length 4096
 expect_exit 2 "--heads out of range" "$bin" --heads 9
 expect_exit 2 "a path longer than accepted" "$bin" --out "$(printf 'd/%.0s' $(seq 600))"
+# a target that is not a regular file is not replaced
+mkfifo pipe
+expect_exit 3 "--save onto a FIFO" "$bin" trace --save pipe --quiet
+[ -p pipe ] && ok "the FIFO is still a FIFO" || bad "the FIFO was replaced"
+# a malformed baseline is an error, not a pass
+python3 - base/summary.json <<'PY' > nullmean.json
+import json, sys
+s = json.load(open(sys.argv[1]))
+s["runs"][0]["metrics"]["kl"]["mean"] = None
+print(json.dumps(s))
+PY
+expect_exit 3 "check: baseline metric without a mean" "$bin" check --baseline nullmean.json --current worse/summary.json
+python3 - base/summary.json <<'PY' > nometric.json
+import json, sys
+s = json.load(open(sys.argv[1]))
+del s["runs"][1]["metrics"]["kl"]
+print(json.dumps(s))
+PY
+expect_exit 3 "check: baseline run missing a metric" "$bin" check --baseline nometric.json --current worse/summary.json
+grep -q "no metric kl" err.txt && ok "names the missing metric" || bad "error text: $(cat err.txt)"
 # an interrupted trace leaves no temporary file
 "$bin" trace --save big.safetensors --layers all --samples 5 --max-length 1024 --quiet 2> /dev/null &
 pid=$!
