@@ -230,6 +230,16 @@ ap_status ap_model_load_hf(const char *path, ap_model *m, ap_error *err)
     snprintf(m->dir, sizeof m->dir, "%s", dir);
     ap_status st = parse_config(config, &m->config, err);
     if (st) return st;
+    /* Before allocating what config.json implies: the weights file must be
+     * able to hold it (2 bytes a parameter at the least, F16/BF16), so a
+     * config that does not belong to the file fails at once. */
+    struct stat st_weights;
+    const size_t count = ap_model_param_count(&m->config);
+    if (stat(weights, &st_weights) == 0 && S_ISREG(st_weights.st_mode) &&
+        (size_t)st_weights.st_size / 2 < count)
+        return ap_error_set(err, AP_ERR_INPUT, "%s: %lld bytes cannot hold the %zu parameters %s implies "
+                            "(at least %zu bytes in F16)", weights, (long long)st_weights.st_size, count,
+                            config, 2 * count);
     if ((st = ap_model_alloc(m, err))) return st;
     return load_safetensors(weights, m, err);
 }

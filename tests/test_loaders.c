@@ -94,8 +94,8 @@ static void write_st(const char *bytes, size_t n) { assert_int_equal(testutil_wr
 static void test_truncated(void **state)
 {
     (void)state;
-    write_st(st_bytes, 5);
-    expect_error(AP_ERR_INPUT, "model.safetensors", "truncated");
+    write_st(st_bytes, 5); /* too small for what config.json implies: refused before any allocation */
+    expect_error(AP_ERR_INPUT, "model.safetensors", "cannot hold");
     write_st(st_bytes, st_size - 100); /* data cut short: offsets past the end */
     expect_error(AP_ERR_INPUT, "model.safetensors", "outside");
 }
@@ -195,6 +195,9 @@ static void test_bad_config(void **state)
     write_cfg("{\"n_layer\": 2, \"n_head\": 2, \"n_embd\": 16, \"n_positions\": 24, \"vocab_size\": 40,"
               " \"scale_attn_by_inverse_layer_idx\": true}");
     expect_error(AP_ERR_INPUT, "scale_attn_by_inverse_layer_idx", "not supported");
+    /* a config far larger than the weights file: refused before allocating it */
+    write_cfg("{\"n_layer\": 12, \"n_head\": 12, \"n_embd\": 1968, \"n_positions\": 1024, \"vocab_size\": 50257}");
+    expect_error(AP_ERR_INPUT, "model.safetensors", "cannot hold");
     write_cfg("{\"model_type\": \"llama\", \"n_layer\": 2}");
     expect_error(AP_ERR_INPUT, "model_type llama", "gpt2");
     remove(cfg_path);
