@@ -1,5 +1,5 @@
 /* analysis.h — fidelity metrics of one attention row and their statistics
- * (DESIGN.md §6). Independent of engine/: rows are plain arrays. */
+ * (docs/metrics.md, docs/statistics.md). Independent of engine/: rows are plain arrays. */
 #ifndef AP_ANALYSIS_H
 #define AP_ANALYSIS_H
 

@@ -1,5 +1,5 @@
 /* bench_replay — isolated replay of the ten policies over one 1024-token
- * trace with 12 heads (DESIGN.md §10 goal: under 50 ms on one CPU core).
+ * trace with 12 heads (goal: under 50 ms on one CPU core).
  *
  * usage: bench_replay [MODEL] [T]   (default random:L=1,H=12,D=768,V=1024,T=1024, T=1024)
  * The trace is taken once (not timed); then each policy replays layer 0 with

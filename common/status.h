@@ -3,7 +3,7 @@
  * Functions that can fail return an ap_status and, when given a non-NULL
  * ap_error, write one line saying what failed and why (file, tensor, flag,
  * value, what would be accepted). The numeric values are the CLI's exit codes
- * (DESIGN.md §7), so cli/ can return a status unchanged. */
+ * (README: exit codes), so cli/ can return a status unchanged. */
 #ifndef AP_STATUS_H
 #define AP_STATUS_H
 

@@ -1,4 +1,4 @@
-/* engine.h — GPT-2 model, tokenizer and forward passes (DESIGN.md §3).
+/* engine.h — GPT-2 model, tokenizer and forward passes (docs/architecture.md).
  *
  * The only header other folders include from engine/. Everything crosses it
  * as plain arrays with their shapes in comments; no backend type leaks out.
@@ -7,6 +7,10 @@
  *   ap_tokenizer  GPT-2 byte-level BPE
  *   ap_engine     a backend (cpu, cuda) bound to a model: prefill, decode
  *   ap_stream     one decoding stream's KV cache, for decode_step
+ *
+ * What works on device memory directly (device buffers for captures, the
+ * decode step over device-resident retained lists) is in engine_device.h,
+ * for the code that keeps its own state on the GPU.
  */
 #ifndef AP_ENGINE_H
 #define AP_ENGINE_H
@@ -125,12 +129,6 @@ typedef struct {
     int logits_last_only;
 } ap_capture;
 
-/* Memory on a CUDA engine's device, so that a prefill's captures can stay
- * there (an ap_capture's buffers may be such memory: the engine then copies
- * device to device). AP_ERR_USAGE on a CPU engine. */
-ap_status ap_engine_device_alloc(ap_engine *engine, size_t bytes, void **out, ap_error *err);
-void ap_engine_device_free(ap_engine *engine, void *p);
-
 /* One causal pass over ids[0..T-1] (T <= n_ctx). */
 ap_status ap_engine_prefill(ap_engine *engine, const int *ids, int T, const ap_capture *cap,
                             ap_error *err);
@@ -174,48 +172,5 @@ typedef struct {
 
 ap_status ap_engine_decode_step(ap_engine *engine, const ap_decode_batch *batch,
                                 const ap_capture *cap, ap_error *err);
-
-/* Work a caller adds at the end of a device decode step, after every
- * layer: enqueue(ctx, stream, t_of) enqueues it on `stream` (a cudaStream_t)
- * or on streams forked from it and joined back; t_of is device [n_stream],
- * each stream's position this step. The step's launches are recorded once
- * and replayed while `key` stays the same, so the work must read anything
- * that changes from step to step from the device. */
-typedef struct {
-    void *ctx;
-    ap_status (*enqueue)(void *ctx, void *stream, const int *t_of, ap_error *err);
-    long long key;
-} ap_step_hook;
-
-/* The same step with the retained lists and the outputs on the device (CUDA
- * engines only), so that a caller whose eviction state lives on the device
- * (sketch/policy_gpu.h) moves nothing through the host but the tokens.
- *
- *   list_base  host [n_stream]: stream s's list of (layer l, head h) is
- *              list_base[s] + l * n_head + h
- *   off, cnt   device [lists]: list i attends to the cnt[i] positions (< t)
- *              pos[off[i] ..] besides t itself; the caller keeps them valid
- *   rows       device: the step's probabilities of list i, aligned with its
- *              positions, at rows[off[i] + x] for x = 0..cnt[i] (the last: t)
- *   q, k       device [n_layer, n_stream, n_embd] of the new position, or NULL
- *   max_cnt    host: no cnt[i] exceeds it (the attention's grid is sized by
- *              it); 0 when unknown (bounded by the streams' lengths)
- *   hook       work run inside the step (see ap_step_hook), or NULL
- * Each stream's position then advances by one. The call returns once the
- * step is queued on the engine's stream (a blocking CUDA stream): the host
- * may prepare the next step meanwhile, and a synchronous copy (cudaMemcpy)
- * or the next call sees the step's results. */
-typedef struct {
-    int n_stream;
-    ap_stream *const *streams;
-    const int *tokens;
-    const int *list_base;
-    const int *off, *cnt, *pos;
-    float *rows, *q, *k;
-    int max_cnt;
-    const ap_step_hook *hook;
-} ap_device_batch;
-
-ap_status ap_engine_decode_device(ap_engine *engine, const ap_device_batch *batch, ap_error *err);
 
 #endif

@@ -5,7 +5,7 @@
 #ifndef AP_ENGINE_INTERNAL_H
 #define AP_ENGINE_INTERNAL_H
 
-#include "engine.h"
+#include "engine_device.h"
 
 typedef struct {
     ap_status (*prefill)(ap_engine *e, const int *ids, int T, const ap_capture *cap, ap_error *err);

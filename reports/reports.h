@@ -1,4 +1,4 @@
-/* reports.h — the JSON summary (schema "attnprobe.summary/1", DESIGN.md §9),
+/* reports.h — the JSON summary (schema "attnprobe.summary/1"),
  * the text table, and the regression check between two summaries. */
 #ifndef AP_REPORTS_H
 #define AP_REPORTS_H

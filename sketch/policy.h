@@ -1,4 +1,4 @@
-/* policy.h — KV-cache eviction policies (DESIGN.md §4), the public header of
+/* policy.h — KV-cache eviction policies (docs/policies.md), the public header of
  * sketch/. Independent of engine/: policies see plain arrays only, so the
  * isolated replay (reference rows) and the cascade replay (the engine's own
  * rows) drive them the same way.
@@ -34,7 +34,7 @@ typedef struct {
     uint64_t seed;
 } ap_policy_params;
 
-/* Fills the defaults of DESIGN.md §4 for policy `name`. */
+/* Fills the defaults (docs/policies.md) for policy `name`. */
 void ap_policy_params_default(ap_policy_params *p, const char *name);
 
 /* Comma-separated list of the policy names. */

@@ -3,7 +3,7 @@
  * instances of one policy. Built only with the CUDA backend (AP_HAVE_CUDA).
  *
  * The retained sets live on the device in the layout the decode step reads
- * (engine.h, ap_engine_decode_device): one list per (stream, layer, head),
+ * (engine_device.h, ap_engine_decode_device): one list per (stream, layer, head),
  * list = (stream * n_layer + layer) * n_head + head, positions ascending. The
  * decode step writes its probabilities next to them; the policies' updates,
  * enqueued at the end of that step, then update every set with the host
@@ -44,7 +44,7 @@ int ap_policy_gpu_capacity(const ap_policy_gpu *g, int stream);
  * budget of at least the length): its cascade is the reference. */
 int ap_policy_gpu_keeps_all(const ap_policy_gpu *g, int stream);
 
-/* Each decode step (engine.h, ap_engine_decode_device) runs the policies'
+/* Each decode step (engine_device.h, ap_engine_decode_device) runs the policies'
  * updates at its end, through an ap_step_hook, so that a step is one
  * recorded launch and nothing waits for the host in between.
  *

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Trains attnprobe-mini, the bundled default model (DESIGN.md §8).
+"""Trains attnprobe-mini, the bundled default model (models/attnprobe-mini/README.md).
 
 GPT-2 architecture (transformers GPT2LMHeadModel): 12 layers, 6 heads, width 192,
 1024 positions, and a byte-level BPE vocabulary of 8192 tokens trained here on the

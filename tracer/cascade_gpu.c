@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "../common/pool.h"
+#include "../engine/engine_device.h"
 #include "../sketch/policy_gpu.h"
 #include "replay_internal.h"
 

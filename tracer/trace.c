@@ -6,6 +6,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "../engine/engine_device.h"
 #include "tracer.h"
 
 static double now_s(void)

@@ -980,7 +980,7 @@ static ap_status cuda_decode_step(ap_engine *e, const ap_decode_batch *b, const 
 /* The decode step of ap_engine_decode_device: the caller's lists and output
  * buffers are already on the device; only tokens, positions and the cache
  * pointers (a few hundred bytes) go up. Returns once the step is queued: the
- * host prepares the next step while this one runs (engine.h). */
+ * host prepares the next step while this one runs (engine_device.h). */
 static ap_status cuda_decode_device(ap_engine *e, const ap_device_batch *b, ap_error *err)
 {
     cuda_engine *ce = (cuda_engine *)e->impl;
