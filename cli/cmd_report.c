@@ -66,7 +66,7 @@ int cmd_check(int argc, char **argv)
     double tol[AP_M_COUNT];
     ap_check_default_tolerances(tol);
     ap_status st = tol_spec ? ap_check_parse_tolerances(tol_spec, tol, &err) : AP_OK;
-    if (st) return cli_fail(st, &err);
+    if (st) return cli_fail(ap_error_wrap(&err, st, "--tol"), &err);
     ap_summary base = {0}, cur = {0};
     int regressions = 0;
     if (!(st = ap_summary_read_json(base_path, &base, &err)) &&

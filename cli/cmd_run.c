@@ -269,7 +269,9 @@ static ap_status parse_types(const run_opts *o, ap_policy_params **params, int *
         ap_status st = ap_policy_create(&p[i], 1, 1, &probe, err);
         if (st) {
             free(p);
-            return st;
+            return ap_error_wrap(err, st, "--budget %d --sink %d --recent %d --width %d --depth %d "
+                                 "--race-rows %d --race-bits %d", o->budget, o->sink, o->recent,
+                                 o->width, o->depth, o->race_rows, o->race_bits);
         }
         ap_policy_free(probe);
     }
@@ -405,6 +407,16 @@ static int job(job_kind kind, int argc, char **argv)
     }
     if (kind == JOB_TRACE && !o.save) {
         ap_error_set(&err, AP_ERR_USAGE, "trace needs --save FILE");
+        return cli_fail(AP_ERR_USAGE, &err);
+    }
+    if (strcmp(o.device, "cpu") == 0 && strcmp(o.precision, "fp32") != 0) {
+        ap_error_set(&err, AP_ERR_USAGE, "--precision %s needs --device cuda (the cpu backend computes "
+                     "in fp32)", o.precision);
+        return cli_fail(AP_ERR_USAGE, &err);
+    }
+    if (strcmp(o.device, "cuda") == 0 && !ap_cuda_available()) {
+        ap_error_set(&err, AP_ERR_USAGE, "--device cuda: no CUDA device is visible, or this build has no "
+                     "CUDA backend (accepted here: --device cpu or auto)");
         return cli_fail(AP_ERR_USAGE, &err);
     }
     if (kind == JOB_REPLAY && strcmp(o.mode, "cascade") == 0) {

@@ -18,8 +18,8 @@ ap_status ap_engine_create(const ap_model *model, ap_backend backend, ap_precisi
         if (precision != AP_PRECISION_FP32) {
             free(e);
             return ap_error_set(err, AP_ERR_USAGE,
-                                "--precision: the cpu backend computes in fp32 only (tf32 and bf16 "
-                                "need --device cuda)");
+                                "precision %s: the cpu backend computes in fp32 only (tf32 and bf16 "
+                                "need a CUDA engine)", precision == AP_PRECISION_TF32 ? "tf32" : "bf16");
         }
         st = ap_cpu_engine_init(e, err);
     } else {
@@ -27,8 +27,8 @@ ap_status ap_engine_create(const ap_model *model, ap_backend backend, ap_precisi
         st = ap_cuda_engine_init(e, err);
 #else
         st = ap_error_set(err, AP_ERR_USAGE,
-                          "--device cuda: this build has no CUDA backend (rebuild where nvcc is "
-                          "installed, or use --device cpu)");
+                          "a CUDA engine: this build has no CUDA backend (rebuild where nvcc is "
+                          "installed, or use the cpu backend)");
 #endif
     }
     if (st) {

@@ -213,7 +213,7 @@ ap_status ap_model_load_hf(const char *path, ap_model *m, ap_error *err)
     struct stat st_path;
     if (stat(path, &st_path) != 0)
         return ap_error_set(err, AP_ERR_INPUT,
-                            "--model %s: %s (accepted: a model folder, a .safetensors file, an llm.c "
+                            "model %s: %s (accepted: a model folder, a .safetensors file, an llm.c "
                             ".bin, random:SPEC)",
                             path, strerror(errno));
     char dir[1024], config[1100], weights[1100];

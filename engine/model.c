@@ -190,7 +190,7 @@ static int has_suffix(const char *s, const char *suffix)
 ap_status ap_model_load(const char *spec, ap_model **out, ap_error *err)
 {
     *out = NULL;
-    if (!spec || !*spec) return ap_error_set(err, AP_ERR_USAGE, "--model: empty model path");
+    if (!spec || !*spec) return ap_error_set(err, AP_ERR_USAGE, "model: empty path (accepted: a model folder, a .safetensors file, an llm.c .bin, random:SPEC)");
     ap_model *m = calloc(1, sizeof *m);
     if (!m) return ap_error_set(err, AP_ERR_RUNTIME, "out of memory");
     snprintf(m->source, sizeof m->source, "%s", spec);

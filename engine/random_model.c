@@ -23,7 +23,7 @@ static ap_status parse_spec(const char *spec, ap_config *c, unsigned long *seed,
     }
     char buf[256];
     if (strlen(spec) >= sizeof buf)
-        return ap_error_set(err, AP_ERR_USAGE, "--model random:%s: spec too long", spec);
+        return ap_error_set(err, AP_ERR_USAGE, "model random:%s: spec too long", spec);
     snprintf(buf, sizeof buf, "%s", spec);
     for (char *save = NULL, *tok = strtok_r(buf, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
         char *eq = strchr(tok, '=');
@@ -31,7 +31,7 @@ static ap_status parse_spec(const char *spec, ap_config *c, unsigned long *seed,
         long val = eq ? strtol(eq + 1, &end, 10) : 0;
         if (!eq || end == eq + 1 || *end != '\0' || val < 0 || val > (1L << 24))
             return ap_error_set(err, AP_ERR_USAGE,
-                                "--model random:%s: bad item \"%s\" (accepted: gpt2-small or "
+                                "model random:%s: bad item \"%s\" (accepted: gpt2-small or "
                                 "L=,H=,D=,V=,T=,seed= with integer values)",
                                 spec, tok);
         *eq = '\0';
@@ -43,7 +43,7 @@ static ap_status parse_spec(const char *spec, ap_config *c, unsigned long *seed,
         else if (strcmp(tok, "seed") == 0) *seed = (unsigned long)val;
         else
             return ap_error_set(err, AP_ERR_USAGE,
-                                "--model random:%s: unknown key \"%s\" (accepted: L, H, D, V, T, seed)",
+                                "model random:%s: unknown key \"%s\" (accepted: L, H, D, V, T, seed)",
                                 spec, tok);
     }
     c->padded_vocab = c->vocab_size;

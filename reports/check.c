@@ -31,7 +31,7 @@ ap_status ap_check_parse_tolerances(const char *spec, double tol[AP_M_COUNT], ap
         int m = ap_metric_from_name(item);
         if (!eq || m < 0 || end == eq + 1 || *end != '\0' || !(v >= 0))
             return ap_error_set(err, AP_ERR_USAGE,
-                                "--tol %s: \"%s\" is not METRIC=VALUE with a known metric and a "
+                                "tolerances %s: \"%s\" is not METRIC=VALUE with a known metric and a "
                                 "value >= 0 (metrics: kl, kl_rev, js, tv, cosine, l1, l2, "
                                 "peak_shift, mass_retained, topk_recall@1, topk_recall@8, "
                                 "topk_recall@32, out_err, index_l1, index_rms)",

@@ -111,18 +111,18 @@ ap_status ap_policy_create(const ap_policy_params *params, int n_head, int head_
     *out = NULL;
     const ap_policy_method *m = find_method(params->name);
     if (!m)
-        return ap_error_set(err, AP_ERR_USAGE, "--types: unknown policy '%s' (accepted: %s)",
+        return ap_error_set(err, AP_ERR_USAGE, "unknown policy '%s' (accepted: %s)",
                             params->name, ap_policy_names());
     if (n_head < 1 || head_dim < 1)
         return ap_error_set(err, AP_ERR_USAGE, "policy %s: n_head %d and head_dim %d must be >= 1",
                             params->name, n_head, head_dim);
     if (params->budget < 1 || params->sink < 0 || params->recent < 0)
         return ap_error_set(err, AP_ERR_USAGE,
-                            "policy %s: --budget %d must be >= 1, --sink %d and --recent %d >= 0",
+                            "policy %s: budget %d must be >= 1, sink %d and recent %d >= 0",
                             params->name, params->budget, params->sink, params->recent);
     if (m->protects && !m->never_evicts && params->budget < params->sink + params->recent)
         return ap_error_set(err, AP_ERR_USAGE,
-                            "policy %s: --budget %d must be at least --sink + --recent (%d + %d), "
+                            "policy %s: budget %d must be at least sink + recent (%d + %d), "
                             "or nothing would be evictable",
                             params->name, params->budget, params->sink, params->recent);
     ap_policy *p = calloc(1, sizeof *p);

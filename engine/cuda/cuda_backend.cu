@@ -250,11 +250,11 @@ static const ap_backend_ops cuda_ops = {cuda_prefill,      cuda_stream_init,   c
 extern "C" ap_status ap_cuda_engine_init(ap_engine *e, ap_error *err)
 {
     if (ap_cuda_device_count() == 0)
-        return ap_error_set(err, AP_ERR_RUNTIME, "--device cuda: no CUDA device is visible");
+        return ap_error_set(err, AP_ERR_RUNTIME, "a CUDA engine: no CUDA device is visible");
     const int n_embd = e->model->config.n_embd;
     if (n_embd % 4 || n_embd > LN_MAX_EMBD)
         return ap_error_set(err, AP_ERR_INPUT,
-                            "--device cuda: n_embd %d is not supported (the CUDA backend needs a multiple of 4, at most "
+                            "a CUDA engine: n_embd %d is not supported (the CUDA backend needs a multiple of 4, at most "
                             "%d)",
                             n_embd, LN_MAX_EMBD);
     cuda_engine *ce = (cuda_engine *)calloc(1, sizeof *ce);
