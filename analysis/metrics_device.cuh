@@ -32,6 +32,25 @@ __device__ static inline void ap_warp_argmax(float *value, int *pos)
     }
 }
 
+/* top[0..min(32, n)): the positions of the largest p[0..n), best first, the
+ * earlier position first among equal values (metrics.c's order), one
+ * selection a round; a lane keeps its positions' selected flags (j = lane +
+ * 32 i, bit i), so n <= 1024. Written by lane 0. */
+__device__ static void ap_topk_warp(const float *p, int n, int *top)
+{
+    const int lane = threadIdx.x % 32, kmax = n < 32 ? n : 32;
+    unsigned taken = 0;
+    for (int r = 0; r < kmax; r++) {
+        float bv = -1.0f;
+        int bj = -1;
+        for (int i = 0, j = lane; j < n; i++, j += 32)
+            if (!(taken >> i & 1u) && (bj < 0 || p[j] > bv)) bv = p[j], bj = j;
+        ap_warp_argmax(&bv, &bj);
+        if (bj % 32 == lane) taken |= 1u << (bj / 32);
+        if (lane == 0) top[r] = bj;
+    }
+}
+
 /* The j-th retained position, ascending (-1 past the last). */
 __device__ static inline int ap_row_set_at(const ap_row_set *k, int j)
 {
@@ -41,9 +60,11 @@ __device__ static inline int ap_row_set_at(const ap_row_set *k, int j)
 
 /* Metrics of reference row p[0..t] against the policy row that is p
  * restricted to the set and renormalised (the isolated replay's row).
+ * top: p's min(32, t + 1) largest positions, best first, ties to the earlier
+ * position (ap_topk_warp; the same for every policy, so found once a row).
  * q, kept: the warp's scratch of t + 1 floats and bytes. v: [t + 1, hd]
  * reference values, o_p: [hd] reference output. out[AP_M_COUNT] on lane 0. */
-__device__ static void ap_metrics_row_warp(const float *p, const ap_row_set *set, const float *v,
+__device__ static void ap_metrics_row_warp(const float *p, const ap_row_set *set, const int *top, const float *v,
                                            const float *o_p, int hd, float *q, unsigned char *kept,
                                            double *out)
 {
@@ -108,28 +129,20 @@ __device__ static void ap_metrics_row_warp(const float *p, const ap_row_set *set
     mk = ap_warp_sum(mk), il1 = ap_warp_sum(il1), il2 = ap_warp_sum(il2);
     ap_warp_argmax(&best_p, &arg_p);
     ap_warp_argmax(&best_q, &arg_q);
-    /* top-32 of p (ties to the earlier position), one selection a round;
-     * kept[j] bit 1 marks a selected position */
+    /* recall of p's top positions (given, best first) among the kept ones */
     const int kmax = n < 32 ? n : 32;
-    int hits[3] = {0, 0, 0};
-    for (int r = 0; r < kmax; r++) {
-        float bv = -1.0f;
-        int bj = -1;
-        for (int j = lane; j < n; j += 32)
-            if (!(kept[j] & 2) && (bj < 0 || p[j] > bv)) bv = p[j], bj = j;
-        ap_warp_argmax(&bv, &bj);
-        if (lane == 0) kept[bj] |= 2;
-        __syncwarp();
-        const int hit = kept[bj] & 1;
-        hits[0] += r < 1 && hit, hits[1] += r < 8 && hit, hits[2] += r < 32 && hit;
-    }
+    const unsigned hit = __ballot_sync(0xffffffffu, lane < kmax && (kept[top[lane < kmax ? lane : 0]] & 1));
+    const int hits[3] = {(int)(hit & 1u), __popc(hit & 0xffu), __popc(hit)};
     /* the attention output over the policy's row, each dimension's sum in
      * the host's position order */
     double num = 0, den = 0;
+    const int n_set = nothing_evicted ? n : set->cnt + 1; /* the positions q may be non-zero at */
     for (int d = lane; d < hd; d += 32) {
         double oq = 0;
-        for (int j = 0; j < n; j++)
+        for (int x = 0; x < n_set; x++) {
+            const int j = nothing_evicted ? x : ap_row_set_at(set, x);
             if (q[j] != 0) oq += (double)q[j] * v[(size_t)j * hd + d];
+        }
         const double op = o_p[d];
         num += (oq - op) * (oq - op);
         den += op * op;

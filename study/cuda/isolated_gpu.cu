@@ -34,6 +34,7 @@ typedef struct {
     const int *off, *cnt, *pos;     /* the policies' lists */
     float *rows, *q_step, *k_step;  /* where the policies read step t */
     double *values;                 /* [B][n_policies * L][n_steps][H][AP_M_COUNT] */
+    int *top;                       /* [B * L * H][32]: each reference row's top positions at t */
 } batch_view;
 
 enum { WARPS = 4 };
@@ -43,6 +44,18 @@ enum { WARPS = 4 };
 __host__ __device__ static inline size_t warp_scratch_bytes(int max_T)
 {
     return ((size_t)max_T * (sizeof(float) + 1) + 15) / 16 * 16;
+}
+
+/* One warp a reference row (sample, layer, head) at t: its top positions,
+ * which every policy's recall reads. */
+__global__ void topk_kernel(batch_view bv, int t, int n_rows)
+{
+    const int warp = blockIdx.x * WARPS + threadIdx.x / 32;
+    if (warp >= n_rows) return;
+    const int h = warp % bv.H, l = warp / bv.H % bv.L, b = warp / (bv.H * bv.L), T = bv.len[b];
+    if (t >= T) return;
+    const float *ref = bv.attn[(size_t)b * bv.L + l] + ((size_t)h * T + t) * T;
+    ap_topk_warp(ref, t + 1, bv.top + (size_t)warp * 32);
 }
 
 /* One warp a row (stream, layer, head) of every stream still running at t. */
@@ -61,8 +74,9 @@ __global__ void metrics_kernel(batch_view bv, int t, int step, int n_rows)
     const size_t tl = (size_t)b * bv.L + l;
     const float *ref = bv.attn[tl] + ((size_t)h * T + t) * T;
     double out[AP_M_COUNT];
-    ap_metrics_row_warp(ref, &set, bv.v[tl] + (size_t)h * T * bv.D, bv.o[tl] + ((size_t)h * T + t) * bv.D, bv.D, q,
-                        kept, out);
+    const int *top = bv.top + (((size_t)b * bv.L + l) * bv.H + h) * 32;
+    ap_metrics_row_warp(ref, &set, top, bv.v[tl] + (size_t)h * T * bv.D, bv.o[tl] + ((size_t)h * T + t) * bv.D, bv.D,
+                        q, kept, out);
     if (threadIdx.x % 32 == 0) {
         const int run = p * bv.L + l;
         double *dst = bv.values + ((((size_t)b * bv.n_policies * bv.L + run) * bv.n_steps + step) * bv.H + h) * AP_M_COUNT;
@@ -110,14 +124,14 @@ __global__ void feed_kernel(batch_view bv, const int *active, int n_active, int 
 typedef struct {
     cudaStream_t stream;
     void *tables;    /* attn, q, k, v, o pointers; len; keeps_all */
-    int *active, *t_of;
+    int *active, *t_of, *top;
     double *values;
 } batch_device;
 
 static void batch_device_free(batch_device *d)
 {
     if (d->stream) cudaStreamDestroy(d->stream);
-    cudaFree(d->tables), cudaFree(d->active), cudaFree(d->t_of), cudaFree(d->values);
+    cudaFree(d->tables), cudaFree(d->active), cudaFree(d->t_of), cudaFree(d->top), cudaFree(d->values);
 }
 
 static double now_s(void)
@@ -167,6 +181,8 @@ static ap_status replay_steps(const ap_study_config *cfg, const ap_trace *tr, ap
     int n_last = -1, step = 0;
     for (int t = 0; t < bv->max_T && !st; t++) {
         if (t >= cfg->warmup && t % cfg->stride == 0) {
+            const int ref_rows = tr->n_samples * bv->L * bv->H;
+            topk_kernel<<<(unsigned)((ref_rows + WARPS - 1) / WARPS), 32 * WARPS, 0, d->stream>>>(*bv, t, ref_rows);
             metrics_kernel<<<(unsigned)((rows_all + WARPS - 1) / WARPS), 32 * WARPS, shared, d->stream>>>(*bv, t, step++,
                                                                                                          rows_all);
             if (cudaGetLastError() != cudaSuccess) {
@@ -215,6 +231,8 @@ static ap_status run_batch(const ap_study_config *cfg, const ap_trace *tr, int n
     CUDA_TRY(cudaStreamCreate(&d->stream), "creating a stream for the replay");
     CUDA_TRY(cudaMalloc(&d->active, (size_t)n_streams * sizeof(int)), "allocating the active streams");
     CUDA_TRY(cudaMalloc(&d->t_of, (size_t)n_streams * sizeof(int)), "allocating the steps' positions");
+    CUDA_TRY(cudaMalloc(&d->top, (size_t)tr->n_samples * L * H * 32 * sizeof(int)), "allocating the rows' top positions");
+    bv.top = d->top;
     CUDA_TRY(cudaMalloc(&d->values, n_values * sizeof(double) + 1), "allocating the rows' metrics");
     bv.values = d->values;
     const size_t shared = WARPS * warp_scratch_bytes(max_T);
