@@ -136,6 +136,30 @@ static ap_status parse_entry(const ap_st_file *f, const cJSON *e, size_t data_st
     return AP_OK;
 }
 
+static int by_offset(const void *a, const void *b)
+{
+    const ap_st_tensor *x = *(const ap_st_tensor *const *)a, *y = *(const ap_st_tensor *const *)b;
+    return x->offset < y->offset ? -1 : x->offset > y->offset;
+}
+
+/* No two tensors share a byte: a file whose offsets overlap would make two
+ * tensors read each other's data. */
+static ap_status check_disjoint(const ap_st_file *f, ap_error *err)
+{
+    if (f->n < 2) return AP_OK;
+    const ap_st_tensor **order = malloc((size_t)f->n * sizeof *order);
+    if (!order) return ap_error_set(err, AP_ERR_RUNTIME, "out of memory");
+    for (int i = 0; i < f->n; i++) order[i] = &f->tensors[i];
+    qsort(order, (size_t)f->n, sizeof *order, by_offset);
+    ap_status st = AP_OK;
+    for (int i = 1; i < f->n && !st; i++)
+        if (order[i - 1]->offset + order[i - 1]->nbytes > order[i]->offset && order[i]->nbytes > 0)
+            st = ap_error_set(err, AP_ERR_INPUT, "%s: tensors %s and %s overlap (data_offsets)", f->path,
+                              order[i - 1]->name, order[i]->name);
+    free(order);
+    return st;
+}
+
 ap_status ap_st_open(const char *path, ap_st_file **out, ap_error *err)
 {
     *out = NULL;
@@ -187,6 +211,7 @@ ap_status ap_st_open(const char *path, ap_st_file **out, ap_error *err)
             }
         f->n++;
     }
+    if ((st = check_disjoint(f, err))) goto fail;
     f->header_bytes = 8 + (size_t)hlen;
     *out = f;
     return AP_OK;

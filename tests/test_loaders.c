@@ -158,6 +158,28 @@ static void test_offsets_outside(void **state)
     expect_error(AP_ERR_INPUT, "data_offsets", "outside");
 }
 
+/* Two tensors whose data_offsets share bytes: refused, naming both. */
+static void test_overlapping_tensors(void **state)
+{
+    (void)state;
+    const char *header = "{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]},"
+                         "\"b\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[4,12]}}";
+    const size_t hlen = strlen(header);
+    char file[256];
+    memset(file, 0, sizeof file);
+    for (int i = 0; i < 8; i++) file[i] = (char)((uint64_t)hlen >> (8 * i));
+    memcpy(file + 8, header, hlen);
+    char path[300];
+    snprintf(path, sizeof path, "%s/overlap.safetensors", dir);
+    assert_int_equal(testutil_write_file(path, file, 8 + hlen + 12), 0);
+    ap_st_file *f;
+    ap_error err;
+    assert_int_equal(ap_st_open(path, &f, &err), AP_ERR_INPUT);
+    assert_non_null(strstr(err.msg, "overlap"));
+    print_message("  ok: %s\n", err.msg);
+    remove(path);
+}
+
 static void test_header_not_json(void **state)
 {
     (void)state;
@@ -270,6 +292,7 @@ int main(void)
         cmocka_unit_test_setup(test_integer_weights_rejected, restore),
         cmocka_unit_test_setup(test_offsets_outside, restore),
         cmocka_unit_test_setup(test_header_not_json, restore),
+        cmocka_unit_test(test_overlapping_tensors),
         cmocka_unit_test_setup(test_shape_mismatch, restore),
         cmocka_unit_test_setup(test_bad_config, restore),
         cmocka_unit_test_setup(test_missing_model, restore),
