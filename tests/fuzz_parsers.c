@@ -263,9 +263,34 @@ static int write_seeds(const char *dir)
     return 0;
 }
 
+/* Replays saved inputs (kind byte first, as libFuzzer's corpus): the
+ * regression corpus of inputs that once broke a contract. */
+static int replay_files(int n, char **paths)
+{
+    if (setup()) return 1;
+    int failures = 0;
+    for (int i = 0; i < n; i++) {
+        size_t size;
+        uint8_t *data = (uint8_t *)testutil_read_file(paths[i], &size);
+        if (!data || size < 1) {
+            fprintf(stderr, "fuzz_parsers: cannot read %s\n", paths[i]);
+            failures++;
+        } else if (fuzz_one(data[0] % K_COUNT, data + 1, size - 1)) {
+            fprintf(stderr, "fuzz_parsers: %s broke a contract\n", paths[i]);
+            failures++;
+        }
+        free(data);
+    }
+    for (int k = 0; k < K_COUNT; k++) free(seed_data[k]);
+    ap_tokenizer_free(text_tok);
+    printf("%d passed, %d failed\n", n - failures, failures);
+    return failures ? 1 : 0;
+}
+
 int main(int argc, char **argv)
 {
     if (argc == 3 && strcmp(argv[1], "--write-seeds") == 0) return setup() || write_seeds(argv[2]);
+    if (argc >= 3 && strcmp(argv[1], "--replay") == 0) return replay_files(argc - 2, argv + 2);
     int rounds = argc > 1 ? atoi(argv[1]) : 400;
     rng_state = argc > 2 ? strtoull(argv[2], NULL, 10) : 0x9e3779b97f4a7c15ull;
     if (setup()) {
