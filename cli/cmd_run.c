@@ -63,8 +63,8 @@ static const char USAGE[] =
     "       attnprobe replay FILE [options]       isolated replay of a saved trace\n\n"
     "input and model:\n"
     "  --model DIR|FILE|random:SPEC   default: the bundled attnprobe-mini\n"
-    "  --input FILE|-                 default: the model folder's sample.txt\n"
-    "  --samples N (2)  --max-length T (256)  --layers 6|0,6,11|all (middle layer)\n"
+    "  --input FILE|-                 default: the model folder's eval.txt (held-out text), else sample.txt\n"
+    "  --samples N (16)  --max-length T (512)  --layers 6|0,6,11|all (middle layer)\n"
     "  --heads all|0,3 (all)\n"
     "replay:\n"
     "  --types LIST (" DEFAULT_TYPES ")\n"
@@ -85,7 +85,7 @@ static ap_status parse_run_opts(int argc, char **argv, run_opts *o, ap_error *er
 {
     *o = (run_opts){.types = DEFAULT_TYPES, .mode = "isolated", .device = "cpu",
                     .precision = "fp32", .out = "attnprobe-out", .format = "text,json",
-                    .align = "position", .granularity = "head", .samples = 2, .max_length = 256,
+                    .align = "position", .granularity = "head", .samples = 16, .max_length = 512,
                     .warmup = 64, .stride = 16, .budget = 64, .sink = 4, .recent = 16, .width = 512,
                     .depth = 4, .race_rows = 16, .race_bits = 9, .bootstrap = 1000, .seed = 1};
     optind = 1;
@@ -327,6 +327,9 @@ static ap_precision pick_precision(const char *p)
 
 static ap_status write_outputs(const run_opts *o, const ap_summary *summary, ap_error *err)
 {
+    if (!o->quiet && summary->samples < AP_CI_MIN_SAMPLES)
+        fprintf(stderr, "attnprobe: warning: %d sample%s: the 95%% CIs are unreliable (at least %d needed)\n",
+                summary->samples, summary->samples == 1 ? "" : "s", AP_CI_MIN_SAMPLES);
     if (strstr(o->format, "json")) {
         const size_t n = strlen(o->out) + sizeof "/summary.json";
         char *path = malloc(n);
@@ -482,8 +485,12 @@ static int job(job_kind kind, int argc, char **argv)
     if (o.input) {
         input_source = strdup(o.input);
     } else if (model->dir[0]) {
+        /* the model's held-out evaluation text when it ships one */
         const size_t n = strlen(model->dir) + sizeof "/sample.txt";
-        if ((input_source = malloc(n))) snprintf(input_source, n, "%s/sample.txt", model->dir);
+        if ((input_source = malloc(n))) {
+            snprintf(input_source, n, "%s/eval.txt", model->dir);
+            if (access(input_source, R_OK) != 0) snprintf(input_source, n, "%s/sample.txt", model->dir);
+        }
     } else {
         st = ap_error_set(&err, AP_ERR_USAGE, "--model %s has no sample.txt; pass --input FILE", model->source);
         goto out;
@@ -503,6 +510,7 @@ static int job(job_kind kind, int argc, char **argv)
     cfg.layers = layers, cfg.n_layers = n_layers, cfg.heads = heads, cfg.n_heads = n_heads;
     cfg.input_source = input_source;
     cfg.input_sha256 = input_sha;
+    cfg.model_dtype = model->dtype;
     if (kind == JOB_TRACE) {
         double seconds = 0;
         if ((st = ap_study_trace(&cfg, model, &samples, progress, &prog, &seconds, &err))) goto out;

@@ -8,6 +8,8 @@
 #include "../analysis/analysis.h"
 
 #define AP_SUMMARY_SCHEMA "attnprobe.summary/1"
+/* Fewer samples than this: the bootstrap CI is marked unreliable. */
+#define AP_CI_MIN_SAMPLES 5
 enum { AP_MAX_PARAMS = 16 };
 
 typedef struct {
@@ -20,9 +22,24 @@ typedef struct {
     ap_stats stats[AP_M_COUNT];
     int n_head;
     double *head_mean;                     /* [n_head * AP_M_COUNT], NaN where none */
-    double kv_bytes, sketch_bytes;
+    double kv_bytes, sketch_bytes;         /* as measured: fp32 k and v (isolated: the probed
+                                              layer; cascade: every layer), policy state */
+    double kv_positions;                   /* retained positions at the end, summed over heads,
+                                              one layer (the most over samples) */
     double replay_s, tokens_per_s;
 } ap_report_run;
+
+/* A run's KV cache in the field's units (docs/metrics.md): the retained
+ * positions' keys and values of one layer and of the whole model, in fp16
+ * (KV-cache papers' convention) and in the model's stored precision. */
+typedef struct {
+    double per_layer_fp16, model_fp16;
+    double per_layer_stored, model_stored;
+    double state_bytes;
+} ap_report_memory;
+
+void ap_report_memory_of(const ap_report_run *r, int n_layer, int n_embd, int n_head,
+                         const char *stored_dtype, ap_report_memory *out);
 
 typedef struct {
     char tool_version[32];
@@ -32,6 +49,7 @@ typedef struct {
     int samples, tokens;
     char *config_json;   /* a JSON object: every option that shaped the numbers */
     char backend[16], device_name[128], precision[16];
+    char model_dtype[8];   /* as the weights are stored: F32, F16, BF16 ("" unknown) */
     double trace_s;
     double study_s;       /* the whole study after the model's load: trace, replay, statistics */
     double statistics_s;  /* of which the statistics (bootstrap CIs) */

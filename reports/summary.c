@@ -45,7 +45,7 @@ static cJSON *stats_json(const ap_stats *st)
     return o;
 }
 
-static cJSON *run_json(const ap_report_run *r)
+static cJSON *run_json(const ap_summary *s, const ap_report_run *r)
 {
     cJSON *o = cJSON_CreateObject();
     cJSON_AddStringToObject(o, "policy", r->policy);
@@ -55,8 +55,8 @@ static cJSON *run_json(const ap_report_run *r)
     cJSON_AddStringToObject(params, "granularity", r->granularity);
     cJSON_AddNumberToObject(o, "layer", r->layer);
     cJSON *metrics = cJSON_AddObjectToObject(o, "metrics");
-    for (int m = 0; m < AP_M_COUNT; m++)
-        if (r->stats[m].n > 0) cJSON_AddItemToObject(metrics, ap_metric_name(m), stats_json(&r->stats[m]));
+    for (int m = 0; m < AP_M_COUNT; m++) /* every metric, n 0 and null values when none was measured */
+        cJSON_AddItemToObject(metrics, ap_metric_name(m), stats_json(&r->stats[m]));
     cJSON *heads = cJSON_AddArrayToObject(o, "per_head");
     for (int h = 0; h < r->n_head; h++) {
         cJSON *ho = cJSON_CreateObject();
@@ -68,8 +68,19 @@ static cJSON *run_json(const ap_report_run *r)
         cJSON_AddItemToArray(heads, ho);
     }
     cJSON *mem = cJSON_AddObjectToObject(o, "memory");
-    cJSON_AddNumberToObject(mem, "kv_bytes", r->kv_bytes);
-    cJSON_AddNumberToObject(mem, "sketch_bytes", r->sketch_bytes);
+    ap_report_memory m;
+    ap_report_memory_of(r, s->n_layer, s->n_embd, s->n_head, s->model_dtype, &m);
+    cJSON_AddNumberToObject(mem, "kv_positions_per_layer", r->kv_positions);
+    cJSON_AddNumberToObject(mem, "kv_bytes_per_layer_fp16", m.per_layer_fp16);
+    cJSON_AddNumberToObject(mem, "kv_bytes_model_fp16", m.model_fp16);
+    if (!isnan(m.per_layer_stored)) {
+        cJSON_AddStringToObject(mem, "stored_dtype", s->model_dtype);
+        cJSON_AddNumberToObject(mem, "kv_bytes_per_layer", m.per_layer_stored);
+        cJSON_AddNumberToObject(mem, "kv_bytes_model", m.model_stored);
+    }
+    cJSON_AddNumberToObject(mem, "state_bytes", m.state_bytes);
+    cJSON_AddNumberToObject(mem, "kv_bytes", r->kv_bytes);         /* as measured, fp32 */
+    cJSON_AddNumberToObject(mem, "sketch_bytes", r->sketch_bytes); /* = state_bytes */
     cJSON *timing = cJSON_AddObjectToObject(o, "timing");
     cJSON_AddNumberToObject(timing, "replay_s", r->replay_s);
     cJSON_AddNumberToObject(timing, "tokens_per_s", r->tokens_per_s);
@@ -90,11 +101,14 @@ ap_status ap_summary_write_json(const ap_summary *s, const char *path, ap_error 
     cJSON_AddNumberToObject(model, "n_head", s->n_head);
     cJSON_AddNumberToObject(model, "n_embd", s->n_embd);
     cJSON_AddNumberToObject(model, "vocab", s->vocab);
+    if (s->model_dtype[0]) cJSON_AddStringToObject(model, "dtype", s->model_dtype);
     cJSON *input = cJSON_AddObjectToObject(root, "input");
     cJSON_AddStringToObject(input, "source", s->input_source);
     cJSON_AddStringToObject(input, "sha256", s->input_sha256);
     cJSON_AddNumberToObject(input, "samples", s->samples);
     cJSON_AddNumberToObject(input, "tokens", s->tokens);
+    /* a bootstrap over fewer samples gives intervals that mean little */
+    cJSON_AddBoolToObject(root, "ci_reliable", s->samples >= AP_CI_MIN_SAMPLES);
     cJSON *config = s->config_json ? cJSON_Parse(s->config_json) : NULL;
     cJSON_AddItemToObject(root, "config", config ? config : cJSON_CreateObject());
     cJSON *device = cJSON_AddObjectToObject(root, "device");
@@ -105,7 +119,7 @@ ap_status ap_summary_write_json(const ap_summary *s, const char *path, ap_error 
     cJSON_AddNumberToObject(root, "study_s", s->study_s);
     cJSON_AddNumberToObject(root, "statistics_s", s->statistics_s);
     cJSON *runs = cJSON_AddArrayToObject(root, "runs");
-    for (int i = 0; i < s->n_runs; i++) cJSON_AddItemToArray(runs, run_json(&s->runs[i]));
+    for (int i = 0; i < s->n_runs; i++) cJSON_AddItemToArray(runs, run_json(s, &s->runs[i]));
     char *text = cJSON_Print(root);
     cJSON_Delete(root);
     if (!text) return ap_error_set(err, AP_ERR_RUNTIME, "out of memory writing %s", path);
@@ -199,6 +213,7 @@ static ap_status read_run(const cJSON *jr, ap_report_run *r, const char *path, i
     const cJSON *mem = cJSON_GetObjectItemCaseSensitive(jr, "memory");
     const cJSON *timing = cJSON_GetObjectItemCaseSensitive(jr, "timing");
     r->kv_bytes = get_num(mem, "kv_bytes");
+    r->kv_positions = get_num(mem, "kv_positions_per_layer");
     r->sketch_bytes = get_num(mem, "sketch_bytes");
     r->replay_s = get_num(timing, "replay_s");
     r->tokens_per_s = get_num(timing, "tokens_per_s");
@@ -240,6 +255,7 @@ ap_status ap_summary_read_json(const char *path, ap_summary *s, ap_error *err)
     s->n_head = get_int(model, "n_head");
     s->n_embd = get_int(model, "n_embd");
     s->vocab = get_int(model, "vocab");
+    get_str(model, "dtype", s->model_dtype, sizeof s->model_dtype);
     get_str(input, "source", s->input_source, sizeof s->input_source);
     get_str(input, "sha256", s->input_sha256, sizeof s->input_sha256);
     s->samples = get_int(input, "samples");
@@ -299,4 +315,24 @@ void ap_summary_print_table(const ap_summary *s, FILE *f)
     }
     fprintf(f, "mean ± sd over %zu measured rows per run (samples × steps × heads); JSON has "
             "median, p05, p95, 95%% CI\n", s->n_runs ? s->runs[0].stats[AP_M_KL].n : (size_t)0);
+    if (s->samples < AP_CI_MIN_SAMPLES)
+        fprintf(f, "warning: %d sample%s: the 95%% CIs are unreliable (at least %d needed; --samples)\n",
+                s->samples, s->samples == 1 ? "" : "s", AP_CI_MIN_SAMPLES);
+}
+
+static double dtype_bytes(const char *dtype)
+{
+    return !strcmp(dtype, "F32") ? 4 : !strcmp(dtype, "F16") || !strcmp(dtype, "BF16") ? 2 : NAN;
+}
+
+void ap_report_memory_of(const ap_report_run *r, int n_layer, int n_embd, int n_head,
+                         const char *stored_dtype, ap_report_memory *out)
+{
+    /* keys and values: 2 vectors of head_dim per retained position and head */
+    const double per_layer_values = r->kv_positions * 2.0 * (n_head > 0 ? (double)n_embd / n_head : 0);
+    out->per_layer_fp16 = per_layer_values * 2;
+    out->model_fp16 = out->per_layer_fp16 * n_layer;
+    out->per_layer_stored = per_layer_values * dtype_bytes(stored_dtype ? stored_dtype : "");
+    out->model_stored = out->per_layer_stored * n_layer;
+    out->state_bytes = r->sketch_bytes;
 }

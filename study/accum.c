@@ -9,12 +9,15 @@
 
 #include "study_internal.h"
 
-ap_status study_acc_init(study_acc *a, const ap_study_config *cfg, int n_head, int batch_cap,
+ap_status study_acc_init(study_acc *a, const ap_study_config *cfg, const ap_trace *info, int batch_cap,
                          ap_error *err)
 {
     memset(a, 0, sizeof *a);
+    const int n_head = info->n_head;
     a->cfg = cfg;
     a->n_head = n_head;
+    a->head_dim = info->head_dim;
+    a->model_n_layer = info->model_n_layer;
     a->n_runs = cfg->n_policies * cfg->n_layers;
     a->batch_cap = batch_cap;
     const size_t per_head = (size_t)n_head * AP_M_COUNT, n_parts = (size_t)batch_cap * a->n_runs;

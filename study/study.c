@@ -297,7 +297,7 @@ static ap_status run_batches(const ap_study_config *cfg, batch_source *src, cons
     for (int s = 0; s < S; s++) ps.p.tokens_total += info->len[s];
     ap_pool *pool = NULL;
     ap_status st = AP_OK;
-    if (replay && (st = study_acc_init(acc, cfg, info->n_head, B, err))) return st;
+    if (replay && (st = study_acc_init(acc, cfg, info, B, err))) return st;
     if (replay && cfg->mode == AP_STUDY_ISOLATED && (st = ap_pool_create(cfg->threads, &pool, err))) return st;
     for (int first = 0; first < S && !st; first += B) {
         const int n = first + B <= S ? B : S - first;
@@ -344,6 +344,7 @@ static ap_status model_info(const ap_study_config *cfg, const ap_model *model, c
     snprintf(info->model_sha256, sizeof info->model_sha256, "%s", model->sha256);
     info->model_n_layer = c->n_layer;
     info->model_vocab = c->vocab_size;
+    snprintf(info->model_dtype, sizeof info->model_dtype, "%s", model->dtype);
     return AP_OK;
 }
 
@@ -437,6 +438,7 @@ ap_status ap_study_replay(const ap_study_config *cfg, const char *trace_path, ap
     const double t0 = now_s();
     if (!st) st = run_batches(cfg, &src, info, li, 1, progress, progress_ctx, &acc, &trace_s, err);
     if (!st) st = study_summary(&acc, cfg, info, info->n_samples, "cpu", "(replay of a saved trace)", 0, out, err);
+    if (!st) snprintf(out->model_dtype, sizeof out->model_dtype, "%s", info->model_dtype);
     if (!st) out->study_s = now_s() - t0;
     if (st) ap_summary_free(out);
     study_acc_free(&acc);

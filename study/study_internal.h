@@ -24,6 +24,7 @@ typedef struct {
 typedef struct {
     const ap_study_config *cfg;
     int n_head, n_runs;           /* run = policy * n_layers + layer index */
+    int head_dim, model_n_layer;
     unsigned char *head_on;       /* [n_head] */
     study_run *runs;              /* [n_runs] */
     /* the batch being replayed */
@@ -33,7 +34,7 @@ typedef struct {
     long long tokens;             /* tokens of the samples folded */
 } study_acc;
 
-ap_status study_acc_init(study_acc *a, const ap_study_config *cfg, int n_head, int batch_cap,
+ap_status study_acc_init(study_acc *a, const ap_study_config *cfg, const ap_trace *info, int batch_cap,
                          ap_error *err);
 void study_acc_free(study_acc *a);
 /* Clears the parts for a batch starting at sample `first`. */

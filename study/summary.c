@@ -102,6 +102,10 @@ static ap_status fill_run(const study_acc *a, const ap_study_config *cfg, int p,
         r->head_mean[i] = acc->head_cnt[i] > 0 ? acc->head_sum[i] / acc->head_cnt[i] : NAN;
     r->kv_bytes = acc->kv_bytes;
     r->sketch_bytes = acc->sketch_bytes;
+    /* kv_bytes is fp32 k and v of one layer (isolated) or of every layer (cascade) */
+    const ap_study_config *c = cfg;
+    const double per_position = 2.0 * (double)a->head_dim * sizeof(float);
+    r->kv_positions = acc->kv_bytes / per_position / (c->mode == AP_STUDY_CASCADE ? a->model_n_layer : 1);
     r->replay_s = acc->replay_s;
     r->tokens_per_s = acc->replay_s > 0 ? (double)a->tokens / acc->replay_s : 0;
     return AP_OK;
@@ -158,5 +162,6 @@ ap_status study_summary(const study_acc *a, const ap_study_config *cfg, const ap
     const char *prec = cfg->precision == AP_PRECISION_TF32 ? "tf32" : cfg->precision == AP_PRECISION_BF16 ? "bf16" : "fp32";
     snprintf(out->precision, sizeof out->precision, "%s", prec);
     out->trace_s = trace_s;
+    snprintf(out->model_dtype, sizeof out->model_dtype, "%s", cfg->model_dtype ? cfg->model_dtype : info->model_dtype);
     return AP_OK;
 }

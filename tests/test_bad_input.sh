@@ -47,7 +47,7 @@ expect_exit 3 "config.json far larger than its weights" "$bin" info --model big
 grep -q "cannot hold" err.txt && ok "says the file cannot hold it" || bad "error text: $(cat err.txt)"
 
 # outputs of the runs the cases below compare against
-expect_exit 0 "baseline run" "$bin" --quiet --types full,h2o,window --budget 64 --out base
+expect_exit 0 "baseline run" "$bin" --quiet --types full,h2o,window --budget 64 --max-length 256 --out base
 expect_exit 0 "another run" "$bin" --quiet --types full,h2o,window --budget 64 --max-length 512 --out worse
 expect_exit 0 "trace --save" "$bin" trace --save t.safetensors --layers 6,10 --quiet
 no_temp_left "trace --save"

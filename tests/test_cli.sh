@@ -30,7 +30,7 @@ ls attnprobe-out | grep -q tmp && bad "temporary file left" || ok "no temporary 
 expect_exit 0 "report" "$bin" report attnprobe-out/summary.json
 grep -q "race" out.txt && ok "report shows the runs" || bad "report output"
 
-expect_exit 0 "baseline run" "$bin" --quiet --types full,h2o,window --budget 64 --out base
+expect_exit 0 "baseline run" "$bin" --quiet --types full,h2o,window --budget 64 --max-length 256 --out base
 expect_exit 0 "check against itself" "$bin" check --baseline base/summary.json --current base/summary.json
 expect_exit 0 "worse run (longer samples, same policies)" "$bin" --quiet --types full,h2o,window --budget 64 --max-length 512 --out worse
 expect_exit 1 "check finds the regression" "$bin" check --baseline base/summary.json --current worse/summary.json

@@ -221,6 +221,44 @@ static void test_corrupt_trace_is_refused(void **state)
     remove(path);
 }
 
+/* The KV cache in the field's units: GPT-2 small keeping 64 / 128 / 256
+ * positions is 2.25 / 4.5 / 9.0 MiB in fp16 for the whole model (the seed
+ * study's figures), from what a study measures. */
+static void test_memory_in_fp16(void **state)
+{
+    (void)state;
+    ap_model *gpt2;
+    ap_error err;
+    if (ap_model_load("random:gpt2-small", &gpt2, &err)) fail_msg("%s", err.msg);
+    int ids[300];
+    for (int t = 0; t < 300; t++) ids[t] = (t * 7919) % gpt2->config.vocab_size;
+    ap_samples one = {1, (int[]){300}, (int *[]){ids}, 1, 0};
+    ap_policy_params window[3];
+    const int budgets[3] = {64, 128, 256};
+    for (int i = 0; i < 3; i++) {
+        ap_policy_params_default(&window[i], "window");
+        window[i].budget = budgets[i];
+    }
+    const int layer0 = 0;
+    ap_study_config c = {.layers = &layer0, .n_layers = 1, .policies = window, .n_policies = 3,
+                         .mode = AP_STUDY_ISOLATED, .warmup = 290, .stride = 1, .bootstrap = 0,
+                         .backend = AP_BACKEND_CPU, .precision = AP_PRECISION_FP32, .max_length = 300,
+                         .model_dtype = "F32"};
+    ap_summary out;
+    if (ap_study_run(&c, gpt2, &one, NULL, NULL, &out, &err)) fail_msg("%s", err.msg);
+    const double mib[3] = {2.25, 4.5, 9.0};
+    for (int i = 0; i < 3; i++) {
+        ap_report_memory m;
+        ap_report_memory_of(&out.runs[i], out.n_layer, out.n_embd, out.n_head, out.model_dtype, &m);
+        print_message("window budget %d: %.4f MiB fp16, %.4f MiB fp32 for the model\n", budgets[i],
+                      m.model_fp16 / (1 << 20), m.model_stored / (1 << 20));
+        assert_true(m.model_fp16 == mib[i] * (1 << 20));
+        assert_true(m.model_stored == 2 * m.model_fp16 && m.per_layer_fp16 * 12 == m.model_fp16);
+    }
+    ap_summary_free(&out);
+    ap_model_free(gpt2);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -228,6 +266,7 @@ int main(void)
         cmocka_unit_test(test_cascade_batches),
         cmocka_unit_test(test_trace_file_streams),
         cmocka_unit_test(test_corrupt_trace_is_refused),
+        cmocka_unit_test(test_memory_in_fp16),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -97,6 +97,7 @@ static ap_status trace_run(ap_engine *engine, const ap_model *model, const ap_sa
     snprintf(tr->model_sha256, sizeof tr->model_sha256, "%s", model->sha256);
     tr->model_n_layer = c->n_layer;
     tr->model_vocab = c->vocab_size;
+    snprintf(tr->model_dtype, sizeof tr->model_dtype, "%s", model->dtype);
     double t0 = now_s();
     ap_capture caps[TRACE_BATCH];
     const int *batch_ids[TRACE_BATCH];

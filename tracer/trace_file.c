@@ -21,7 +21,7 @@ enum { KINDS = 5 }; /* attn, q, k, v, o */
 static const char *const KIND[KINDS] = {"attn", "q", "k", "v", "o"};
 
 /* Fixed metadata keys before the per-sample checksums. */
-enum { META_FIXED = 6 };
+enum { META_FIXED = 7 };
 
 /* ---- writer ------------------------------------------------------------------ */
 
@@ -86,10 +86,10 @@ ap_status ap_trace_writer_open(const char *path, const ap_trace *like, const int
     snprintf(model_shape, sizeof model_shape, "%d,%d", like->model_n_layer, like->model_vocab);
     snprintf(shape, sizeof shape, "%d,%d,%d,%d", n_samples, L, H, D);
     const char *keys[META_FIXED] = {"format", "model", "model_sha256", "model_layers_vocab", "layers",
-                                    "samples_layers_heads_dim"};
+                                    "samples_layers_heads_dim", "model_dtype"};
     char *layers = layers_text(like->layers, L);
     const char *vals[META_FIXED] = {TRACE_FORMAT, like->model_source, like->model_sha256, model_shape,
-                                    layers ? layers : "", shape};
+                                    layers ? layers : "", shape, like->model_dtype};
     for (int i = 0; i < META_FIXED; i++) {
         w->meta_keys[i] = strdup(keys[i]);
         w->meta_values[i] = strdup(vals[i]);
@@ -262,7 +262,8 @@ ap_status ap_trace_reader_open(const char *path, ap_trace_reader **out, ap_error
     }
     if ((st = parse_layers(path, layers, tr->layers, L, err))) goto fail;
     const char *model = ap_st_metadata(f, "model"), *sha = ap_st_metadata(f, "model_sha256");
-    const char *config = ap_st_metadata(f, "config");
+    const char *config = ap_st_metadata(f, "config"), *dtype = ap_st_metadata(f, "model_dtype");
+    snprintf(tr->model_dtype, sizeof tr->model_dtype, "%s", dtype ? dtype : "");
     snprintf(tr->model_source, sizeof tr->model_source, "%s", model ? model : "");
     snprintf(tr->model_sha256, sizeof tr->model_sha256, "%s", sha ? sha : "");
     tr->config_json = strdup(config ? config : "{}");
@@ -412,6 +413,7 @@ ap_status ap_trace_reader_read(ap_trace_reader *r, int s0, int n, ap_trace *batc
     memcpy(batch->file_sha256, tr->file_sha256, sizeof tr->file_sha256);
     batch->model_n_layer = tr->model_n_layer;
     batch->model_vocab = tr->model_vocab;
+    memcpy(batch->model_dtype, tr->model_dtype, sizeof tr->model_dtype);
     for (int b = 0; b < n && !st; b++) st = read_sample(r, s0 + b, batch, b, err);
     if (st) ap_trace_free(batch);
     return st;
