@@ -1,5 +1,6 @@
 /* check.c — the regression gate: compare a current summary with a baseline,
  * run by run, metric by metric. */
+#include <cjson/cJSON.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -29,10 +30,10 @@ ap_status ap_check_parse_tolerances(const char *spec, double tol[AP_M_COUNT], ap
         double v = eq ? strtod(eq + 1, &end) : NAN;
         if (eq) *eq = '\0';
         int m = ap_metric_from_name(item);
-        if (!eq || m < 0 || end == eq + 1 || *end != '\0' || !(v >= 0))
+        if (!eq || m < 0 || end == eq + 1 || *end != '\0' || !(v >= 0) || !isfinite(v))
             return ap_error_set(err, AP_ERR_USAGE,
                                 "tolerances %s: \"%s\" is not METRIC=VALUE with a known metric and a "
-                                "value >= 0 (metrics: kl, kl_rev, js, tv, cosine, l1, l2, "
+                                "finite value >= 0 (metrics: kl, kl_rev, js, tv, cosine, l1, l2, "
                                 "peak_shift, mass_retained, topk_recall@1, topk_recall@8, "
                                 "topk_recall@32, out_err, index_l1, index_rms)",
                                 spec, item);
@@ -54,8 +55,59 @@ static const ap_report_run *find_run(const ap_summary *s, const ap_report_run *l
     return NULL;
 }
 
+/* The config's value of key as compact JSON text (malloc'ed), or NULL. */
+static char *config_value(const cJSON *config, const char *key)
+{
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(config, key);
+    return v ? cJSON_PrintUnformatted(v) : NULL;
+}
+
+/* What makes two summaries comparable: the same model, input, samples and
+ * measured steps. A difference is AP_ERR_INPUT naming the field, or a note
+ * when allow_mismatch. */
+static ap_status check_comparable(const ap_summary *base, const ap_summary *cur, int allow_mismatch, FILE *out,
+                                  ap_error *err)
+{
+    char b_samples[32], c_samples[32];
+    snprintf(b_samples, sizeof b_samples, "%d", base->samples);
+    snprintf(c_samples, sizeof c_samples, "%d", cur->samples);
+    const struct { const char *field, *a, *b; } plain[] = {
+        {"model.sha256", base->model_sha256, cur->model_sha256},
+        {"input.sha256", base->input_sha256, cur->input_sha256},
+        {"input.samples", b_samples, c_samples},
+    };
+    cJSON *bc = cJSON_Parse(base->config_json ? base->config_json : "{}");
+    cJSON *cc = cJSON_Parse(cur->config_json ? cur->config_json : "{}");
+    static const char *const KEYS[] = {"max_length", "stride", "warmup", "layers", "mode", "heads"};
+    ap_status st = AP_OK;
+    for (size_t i = 0; i < sizeof plain / sizeof plain[0] + sizeof KEYS / sizeof KEYS[0] && !st; i++) {
+        const size_t n_plain = sizeof plain / sizeof plain[0];
+        char *a = NULL, *b = NULL, field[64];
+        if (i < n_plain) {
+            snprintf(field, sizeof field, "%s", plain[i].field);
+            a = strdup(plain[i].a), b = strdup(plain[i].b);
+        } else {
+            snprintf(field, sizeof field, "config.%s", KEYS[i - n_plain]);
+            a = config_value(bc, KEYS[i - n_plain]), b = config_value(cc, KEYS[i - n_plain]);
+        }
+        if ((a || b) && (!a || !b || strcmp(a, b) != 0)) {
+            if (allow_mismatch)
+                fprintf(out, "note: %s differs (%s and %s); compared anyway (--allow-mismatch)\n", field,
+                        a ? a : "missing", b ? b : "missing");
+            else
+                st = ap_error_set(err, AP_ERR_INPUT, "the summaries differ in %s (%s and %s): their numbers "
+                                  "are not comparable (--allow-mismatch compares them anyway)", field,
+                                  a ? a : "missing", b ? b : "missing");
+        }
+        free(a), free(b);
+    }
+    cJSON_Delete(bc);
+    cJSON_Delete(cc);
+    return st;
+}
+
 ap_status ap_check(const ap_summary *base, const ap_summary *cur, const double tol[AP_M_COUNT],
-                   FILE *out, int *regressions, ap_error *err)
+                   int allow_mismatch, FILE *out, int *regressions, ap_error *err)
 {
     *regressions = 0;
     if (base->n_layer != cur->n_layer || base->n_head != cur->n_head || base->n_embd != cur->n_embd)
@@ -63,9 +115,8 @@ ap_status ap_check(const ap_summary *base, const ap_summary *cur, const double t
                             "the summaries are of different models (%d/%d/%d and %d/%d/%d layers/heads/width)",
                             base->n_layer, base->n_head, base->n_embd, cur->n_layer, cur->n_head,
                             cur->n_embd);
-    if (strcmp(base->model_sha256, cur->model_sha256) != 0)
-        fprintf(out, "note: model checksums differ (%.12s… and %.12s…)\n", base->model_sha256,
-                cur->model_sha256);
+    ap_status st = check_comparable(base, cur, allow_mismatch, out, err);
+    if (st) return st;
     fprintf(out, "%-13s %5s %-15s %12s %12s %12s %9s  %s\n", "policy", "layer", "metric",
             "baseline", "current", "change", "tolerance", "verdict");
     for (int i = 0; i < base->n_runs; i++) {

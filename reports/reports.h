@@ -75,9 +75,12 @@ void ap_check_default_tolerances(double tol[AP_M_COUNT]);
 ap_status ap_check_parse_tolerances(const char *spec, double tol[AP_M_COUNT], ap_error *err);
 /* Compares every baseline run with the current run of the same policy,
  * parameters and layer: a regression is a mean worse by more than its
- * tolerance. Prints a diff table to out. A baseline run missing from the
- * current summary, or summaries of other models, is AP_ERR_INPUT. */
+ * tolerance. Prints a diff table to out. Summaries of other models, or whose
+ * model or input checksum, sample count, max_length, stride, warmup, layers,
+ * mode or heads differ, are AP_ERR_INPUT naming the field (a note in the
+ * output with allow_mismatch); so is a baseline run missing from the current
+ * summary. */
 ap_status ap_check(const ap_summary *base, const ap_summary *cur, const double tol[AP_M_COUNT],
-                   FILE *out, int *regressions, ap_error *err);
+                   int allow_mismatch, FILE *out, int *regressions, ap_error *err);
 
 #endif

@@ -33,9 +33,12 @@ grep -q "race" out.txt && ok "report shows the runs" || bad "report output"
 expect_exit 0 "baseline run" "$bin" --quiet --types full,h2o,window --budget 64 --max-length 256 --out base
 expect_exit 0 "check against itself" "$bin" check --baseline base/summary.json --current base/summary.json
 expect_exit 0 "worse run (longer samples, same policies)" "$bin" --quiet --types full,h2o,window --budget 64 --max-length 512 --out worse
-expect_exit 1 "check finds the regression" "$bin" check --baseline base/summary.json --current worse/summary.json
+expect_exit 3 "check: summaries of other settings refused" "$bin" check --baseline base/summary.json --current worse/summary.json
+grep -q "config.max_length" err.txt && ok "names the field that differs" || bad "error text: $(cat err.txt)"
+expect_exit 1 "check finds the regression (--allow-mismatch)" "$bin" check --baseline base/summary.json --current worse/summary.json --allow-mismatch
 grep -q REGRESSION out.txt && ok "regression listed" || bad "no REGRESSION line"
-expect_exit 0 "check with loose tolerances" "$bin" check --baseline base/summary.json \
+grep -q "note: config.max_length differs" out.txt && ok "the mismatch is noted" || bad "no mismatch note"
+expect_exit 0 "check with loose tolerances" "$bin" check --allow-mismatch --baseline base/summary.json \
   --current worse/summary.json --tol kl=100,kl_rev=100,js=1,tv=1,l1=2,l2=1,mass_retained=1,topk_recall@1=1,topk_recall@8=1,topk_recall@32=1,out_err=100,peak_shift=1000,cosine=1,index_l1=1,index_rms=1
 expect_exit 3 "check: missing runs" "$bin" check --baseline base/summary.json --current attnprobe-out/summary.json
 expect_exit 3 "check: unreadable file" "$bin" check --baseline nothing.json --current base/summary.json
@@ -44,6 +47,7 @@ expect_exit 3 "check: wrong schema" "$bin" check --baseline other.json --current
 sed 's/"n_layer":[^,]*/"n_layer": 1e300/; s/"layer":[^,]*/"layer": -1e300/' base/summary.json > huge.json
 expect_exit 3 "check: out-of-range numbers in a summary" "$bin" check --baseline huge.json --current base/summary.json
 expect_exit 2 "check: bad tolerance" "$bin" check --baseline base/summary.json --current base/summary.json --tol kl=abc
+expect_exit 2 "check: infinite tolerance" "$bin" check --baseline base/summary.json --current base/summary.json --tol kl=inf
 
 expect_exit 0 "trace --save" "$bin" trace --save t.safetensors --layers 6,10 --quiet
 expect_exit 0 "replay" "$bin" replay t.safetensors --types h2o,cms --quiet --out replayed
