@@ -30,6 +30,8 @@ typedef enum {
 #define AP_KL_EPS 1e-10
 
 const char *ap_metric_name(ap_metric m);
+/* GSL's version, for a summary's provenance. */
+const char *ap_analysis_gsl_version(void);
 /* 1 when a larger value is better (cosine, mass_retained, recall). */
 int ap_metric_higher_is_better(ap_metric m);
 /* Metric by name, or -1. */

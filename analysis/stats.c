@@ -5,11 +5,14 @@
 #include <gsl/gsl_rng.h>
 #include <gsl/gsl_sort.h>
 #include <gsl/gsl_statistics_double.h>
+#include <gsl/gsl_version.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "analysis.h"
+
+const char *ap_analysis_gsl_version(void) { return gsl_version; }
 
 void ap_moments_add(ap_moments *m, double x)
 {

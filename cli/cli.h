@@ -34,4 +34,10 @@ ap_status cli_read_input(const char *path, char **data, size_t *n, ap_error *err
 ap_status cli_load_model(const char *model_spec, const char *tokenizer_dir, ap_model **model,
                          ap_tokenizer **tok, ap_error *err);
 
+/* The summary's provenance (a JSON object, malloc'ed): the command line,
+ * version and git description, the libraries' versions (CUDA's when used),
+ * the start time (cli_utc_now) and the host. */
+char *cli_provenance_json(int argc, char **argv, const char *started, int used_cuda);
+void cli_utc_now(char out[32]);
+
 #endif

@@ -1,12 +1,15 @@
 /* cli_util.c — helpers shared by the sub-commands. */
+#include <cjson/cJSON.h>
 #include <errno.h>
 #include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
+#include "analysis/analysis.h"
 #include "cli.h"
 
 int cli_fail(ap_status code, const ap_error *err)
@@ -170,4 +173,49 @@ ap_status cli_load_model(const char *model_spec, const char *tokenizer_dir, ap_m
         if (!tokenizer_dir) return ap_error_wrap(err, st, "--model %s", model_spec);
     }
     return st;
+}
+
+char *cli_provenance_json(int argc, char **argv, const char *started, int used_cuda)
+{
+    cJSON *p = cJSON_CreateObject();
+    if (!p) return NULL;
+    size_t n = 1;
+    for (int i = 0; i < argc; i++) n += strlen(argv[i]) + 1;
+    char *command = malloc(n);
+    if (command) {
+        command[0] = '\0';
+        for (int i = 0; i < argc; i++) {
+            if (i) strcat(command, " ");
+            strcat(command, argv[i]);
+        }
+        cJSON_AddStringToObject(p, "command", command);
+        free(command);
+    }
+    cJSON_AddStringToObject(p, "version", AP_VERSION);
+    if (AP_GIT[0]) cJSON_AddStringToObject(p, "git", AP_GIT);
+    ap_library_versions v;
+    ap_engine_library_versions(&v);
+    cJSON *lib = cJSON_AddObjectToObject(p, "libraries");
+    cJSON_AddStringToObject(lib, "openblas", v.blas);
+    cJSON_AddStringToObject(lib, "gsl", ap_analysis_gsl_version());
+    cJSON_AddStringToObject(lib, "cjson", cJSON_Version());
+    cJSON_AddStringToObject(lib, "pcre2", v.pcre2);
+    if (used_cuda) {
+        cJSON_AddNumberToObject(lib, "cuda_runtime", v.cuda_runtime);
+        cJSON_AddNumberToObject(lib, "cuda_driver", v.cuda_driver);
+    }
+    cJSON_AddStringToObject(p, "started", started);
+    char host[256] = "";
+    if (gethostname(host, sizeof host - 1) == 0) cJSON_AddStringToObject(p, "host", host);
+    char *text = cJSON_PrintUnformatted(p);
+    cJSON_Delete(p);
+    return text;
+}
+
+void cli_utc_now(char out[32])
+{
+    time_t now = time(NULL);
+    struct tm tm;
+    gmtime_r(&now, &tm);
+    strftime(out, 32, "%Y-%m-%dT%H:%M:%SZ", &tm);
 }

@@ -434,6 +434,8 @@ static int job(job_kind kind, int argc, char **argv)
         return cli_fail(st, &err);
     }
     catch_signals();
+    char started[32];
+    cli_utc_now(started);
 
     progress_state prog = {!o.quiet && isatty(2)};
     ap_model *model = NULL;
@@ -521,6 +523,8 @@ static int job(job_kind kind, int argc, char **argv)
     }
     st = ap_study_run(&cfg, model, &samples, progress, &prog, &summary, &err);
 report:
+    if (!st && !(summary.provenance_json = cli_provenance_json(argc, argv, started, cfg.backend == AP_BACKEND_CUDA)))
+        st = ap_error_set(&err, AP_ERR_RUNTIME, "out of memory");
     if (!st) st = write_outputs(&o, &summary, &err);
 out:
     ap_summary_free(&summary);

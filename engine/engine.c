@@ -1,6 +1,7 @@
 /* engine.c — backend selection and argument checks shared by all backends. */
 #include "engine_internal.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -224,6 +225,16 @@ ap_status ap_engine_decode_device(ap_engine *e, const ap_device_batch *b, ap_err
 }
 
 ap_backend ap_engine_backend(const ap_engine *e) { return e->backend; }
+
+void ap_engine_library_versions(ap_library_versions *out)
+{
+    memset(out, 0, sizeof *out);
+    snprintf(out->blas, sizeof out->blas, "%s", ap_cpu_blas_config());
+    ap_tokenizer_pcre2_version(out->pcre2, sizeof out->pcre2);
+#ifdef AP_HAVE_CUDA
+    ap_cuda_versions(&out->cuda_runtime, &out->cuda_driver);
+#endif
+}
 
 int ap_cuda_available(void)
 {

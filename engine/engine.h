@@ -104,6 +104,14 @@ typedef enum { AP_PRECISION_FP32 = 0, AP_PRECISION_TF32, AP_PRECISION_BF16 } ap_
 typedef struct ap_engine ap_engine;
 typedef struct ap_stream ap_stream;
 
+/* The libraries the engine runs on, for a summary's provenance. */
+typedef struct {
+    char blas[256];            /* OpenBLAS's configuration string */
+    char pcre2[64];
+    int cuda_runtime, cuda_driver; /* CUDA's version numbers (e.g. 13000); 0 without CUDA */
+} ap_library_versions;
+void ap_engine_library_versions(ap_library_versions *out);
+
 /* True when this build has the CUDA backend and a device is present. */
 int ap_cuda_available(void);
 

@@ -44,8 +44,12 @@ struct ap_stream {
 int ap_capture_index(const ap_capture *cap, int layer);
 
 ap_status ap_cpu_engine_init(ap_engine *e, ap_error *err);
+/* Versions of the libraries under the backends (ap_engine_library_versions). */
+const char *ap_cpu_blas_config(void);
+void ap_tokenizer_pcre2_version(char *buf, size_t n);
 #ifdef AP_HAVE_CUDA
 ap_status ap_cuda_engine_init(ap_engine *e, ap_error *err);
+void ap_cuda_versions(int *runtime, int *driver);
 #endif
 
 #endif

@@ -499,3 +499,10 @@ ap_status ap_tokenizer_decode(const ap_tokenizer *t, const int *ids, size_t n_id
     *n_text = o;
     return AP_OK;
 }
+
+/* PCRE2's version (engine.c). */
+void ap_tokenizer_pcre2_version(char *buf, size_t n)
+{
+    if (n > 0) buf[0] = '\0';
+    pcre2_config(PCRE2_CONFIG_VERSION, buf); /* at most 24 code units */
+}

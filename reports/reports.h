@@ -48,6 +48,7 @@ typedef struct {
     char input_source[1100], input_sha256[65];
     int samples, tokens;
     char *config_json;   /* a JSON object: every option that shaped the numbers */
+    char *provenance_json; /* a JSON object: command line, versions, libraries, time, host (or NULL) */
     char backend[16], device_name[128], precision[16];
     char model_dtype[8];   /* as the weights are stored: F32, F16, BF16 ("" unknown) */
     double trace_s;

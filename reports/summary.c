@@ -25,6 +25,7 @@ void ap_summary_free(ap_summary *s)
     for (int i = 0; s->runs && i < s->n_runs; i++) free(s->runs[i].head_mean);
     free(s->runs);
     free(s->config_json);
+    free(s->provenance_json);
     memset(s, 0, sizeof *s);
 }
 
@@ -111,6 +112,8 @@ ap_status ap_summary_write_json(const ap_summary *s, const char *path, ap_error 
     cJSON_AddBoolToObject(root, "ci_reliable", s->samples >= AP_CI_MIN_SAMPLES);
     cJSON *config = s->config_json ? cJSON_Parse(s->config_json) : NULL;
     cJSON_AddItemToObject(root, "config", config ? config : cJSON_CreateObject());
+    cJSON *provenance = s->provenance_json ? cJSON_Parse(s->provenance_json) : NULL;
+    if (provenance) cJSON_AddItemToObject(root, "provenance", provenance);
     cJSON *device = cJSON_AddObjectToObject(root, "device");
     cJSON_AddStringToObject(device, "backend", s->backend);
     cJSON_AddStringToObject(device, "name", s->device_name);
@@ -268,6 +271,8 @@ ap_status ap_summary_read_json(const char *path, ap_summary *s, ap_error *err)
     s->statistics_s = get_num(root, "statistics_s");
     const cJSON *config = cJSON_GetObjectItemCaseSensitive(root, "config");
     s->config_json = cJSON_IsObject(config) ? cJSON_PrintUnformatted(config) : NULL;
+    const cJSON *provenance = cJSON_GetObjectItemCaseSensitive(root, "provenance");
+    s->provenance_json = cJSON_IsObject(provenance) ? cJSON_PrintUnformatted(provenance) : NULL;
     const cJSON *runs = cJSON_GetObjectItemCaseSensitive(root, "runs");
     ap_status st = AP_OK;
     if (!cJSON_IsArray(runs)) {

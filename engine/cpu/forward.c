@@ -369,6 +369,9 @@ static void cpu_free(ap_engine *e)
     free(w);
 }
 
+/* OpenBLAS names its version, build and threading model (engine.c). */
+const char *ap_cpu_blas_config(void) { return openblas_get_config(); }
+
 static const ap_backend_ops cpu_ops = {cpu_prefill, cpu_stream_init, cpu_stream_free,
                                        cpu_decode_step, cpu_free, NULL, NULL, NULL, NULL};
 

@@ -247,6 +247,12 @@ static const ap_backend_ops cuda_ops = {cuda_prefill,      cuda_stream_init,   c
                                         cuda_decode_step,  cuda_free,          cuda_prefill_batch,
                                         cuda_decode_device, cuda_device_alloc, cuda_device_free};
 
+extern "C" void ap_cuda_versions(int *runtime, int *driver)
+{
+    if (cudaRuntimeGetVersion(runtime) != cudaSuccess) *runtime = 0;
+    if (cudaDriverGetVersion(driver) != cudaSuccess) *driver = 0;
+}
+
 extern "C" ap_status ap_cuda_engine_init(ap_engine *e, ap_error *err)
 {
     if (ap_cuda_device_count() == 0)
