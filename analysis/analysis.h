@@ -117,4 +117,20 @@ ap_status ap_metric_acc_fold(ap_metric_acc *a, int sample, const ap_moments *par
 ap_status ap_metric_acc_stats(const ap_metric_acc *a, int n_samples, int resamples, uint64_t seed,
                               ap_stats *out, ap_error *err);
 
+/* ---- paired comparisons (paired.c) ------------------------------------------ */
+
+typedef struct {
+    int n;               /* samples with a value under both */
+    double delta;        /* mean over samples of (a - b) */
+    double ci_lo, ci_hi; /* bootstrap 95% CI of delta, resampling samples */
+    double p;            /* two-sided sign-flip permutation p-value */
+} ap_paired;
+
+/* a[i], b[i]: sample i's mean of one metric under two policies (NaN: none).
+ * GSL mt19937 seeded with seed draws the resamples, then the sign flips. */
+ap_status ap_paired_compare(const double *a, const double *b, int n, int resamples, int permutations,
+                            uint64_t seed, ap_paired *out, ap_error *err);
+/* Holm's step-down adjustment of n p-values (NaN stays NaN). */
+void ap_holm(const double *p, int n, double *adjusted);
+
 #endif

@@ -24,9 +24,9 @@
 
 typedef struct {
     const char *model, *tokenizer, *input, *layers, *heads, *types, *mode, *device, *precision;
-    const char *out, *format, *align, *save, *granularity;
+    const char *out, *format, *align, *save, *granularity, *compare_to;
     int samples, max_length, warmup, stride, budget, sink, recent, width, depth, race_rows,
-        race_bits, bootstrap, quiet, help, plain_update, threads, batch_size;
+        race_bits, bootstrap, quiet, help, plain_update, threads, batch_size, log_samples;
     unsigned long seed;
 } run_opts;
 
@@ -34,7 +34,7 @@ enum {
     O_MODEL = 1000, O_TOKENIZER, O_INPUT, O_LAYERS, O_HEADS, O_TYPES, O_MODE, O_DEVICE,
     O_PRECISION, O_OUT, O_FORMAT, O_ALIGN, O_SAVE, O_GRAN, O_SAMPLES, O_MAXLEN, O_WARMUP,
     O_STRIDE, O_BUDGET, O_SINK, O_RECENT, O_WIDTH, O_DEPTH, O_RROWS, O_RBITS, O_BOOT, O_SEED,
-    O_QUIET, O_HELP, O_PLAIN, O_THREADS, O_BATCH
+    O_QUIET, O_HELP, O_PLAIN, O_THREADS, O_BATCH, O_COMPARE, O_LOG_SAMPLES
 };
 
 static const struct option LONGOPTS[] = {
@@ -54,6 +54,7 @@ static const struct option LONGOPTS[] = {
     {"bootstrap", required_argument, 0, O_BOOT}, {"seed", required_argument, 0, O_SEED},
     {"plain-update", no_argument, 0, O_PLAIN}, {"quiet", no_argument, 0, O_QUIET},
     {"threads", required_argument, 0, O_THREADS}, {"batch-size", required_argument, 0, O_BATCH},
+    {"compare-to", required_argument, 0, O_COMPARE}, {"log-samples", no_argument, 0, O_LOG_SAMPLES},
     {"help", no_argument, 0, O_HELP}, {0, 0, 0, 0},
 };
 
@@ -79,7 +80,10 @@ static const char USAGE[] =
     "output:\n"
     "  --out DIR (attnprobe-out): writes DIR/summary.json  --format text,json (both)\n"
     "  --align position|index (position; index also shows the seed study's slot-index L1/RMS)\n"
-    "  --bootstrap N (1000) resamples for the 95% CI  --quiet (no table, no progress)\n";
+    "  --bootstrap N (1000) resamples for the 95% CI  --quiet (no table, no progress)\n"
+    "  --compare-to POLICY|none (the first scored policy of --types): every other policy's\n"
+    "                 per-sample difference from it, bootstrap CI, Holm-adjusted sign-flip p\n"
+    "  --log-samples  also write DIR/samples.jsonl: every sample's mean of every metric\n";
 
 static ap_status parse_run_opts(int argc, char **argv, run_opts *o, ap_error *err)
 {
@@ -129,6 +133,8 @@ static ap_status parse_run_opts(int argc, char **argv, run_opts *o, ap_error *er
         case O_PLAIN: o->plain_update = 1; break;
         case O_THREADS: st = cli_parse_int("--threads", optarg, 0, 4096, &o->threads, err); break;
         case O_BATCH: st = cli_parse_int("--batch-size", optarg, 0, 1000000, &o->batch_size, err); break;
+        case O_COMPARE: o->compare_to = optarg; break;
+        case O_LOG_SAMPLES: o->log_samples = 1; break;
         case O_QUIET: o->quiet = 1; break;
         case O_HELP: o->help = 1; break;
         default:
@@ -279,6 +285,26 @@ static ap_status parse_types(const run_opts *o, ap_policy_params **params, int *
     return AP_OK;
 }
 
+/* --compare-to: a policy of --types, "none", or by default the first scored
+ * one (a policy whose evictions follow a score, not position or chance). */
+static ap_status pick_compare(const run_opts *o, const ap_policy_params *p, int n, const char **out, ap_error *err)
+{
+    *out = NULL;
+    if (o->compare_to && !strcmp(o->compare_to, "none")) return AP_OK;
+    for (int i = 0; i < n; i++) {
+        const char *name = p[i].name;
+        const int scored = strcmp(name, "full") && strcmp(name, "window") && strcmp(name, "sink") && strcmp(name, "random");
+        if (o->compare_to ? !strcmp(name, o->compare_to) : scored) {
+            *out = name;
+            return AP_OK;
+        }
+    }
+    if (o->compare_to)
+        return ap_error_set(err, AP_ERR_USAGE, "--compare-to %s: not in --types %s (accepted: one of them, "
+                            "or none)", o->compare_to, o->types);
+    return AP_OK;
+}
+
 /* --heads: NULL for all, else the list (checked against n_head). */
 static ap_status parse_heads(const char *heads, int n_head, int **out, int *n, ap_error *err)
 {
@@ -331,12 +357,17 @@ static ap_status write_outputs(const run_opts *o, const ap_summary *summary, ap_
         fprintf(stderr, "attnprobe: warning: %d sample%s: the 95%% CIs are unreliable (at least %d needed)\n",
                 summary->samples, summary->samples == 1 ? "" : "s", AP_CI_MIN_SAMPLES);
     if (strstr(o->format, "json")) {
-        const size_t n = strlen(o->out) + sizeof "/summary.json";
+        const size_t n = strlen(o->out) + sizeof "/samples.jsonl"; /* the longer name */
         char *path = malloc(n);
         if (!path) return ap_error_set(err, AP_ERR_RUNTIME, "out of memory");
         snprintf(path, n, "%s/summary.json", o->out);
         ap_status st = ap_summary_write_json(summary, path, err);
         if (!st && !o->quiet) fprintf(stderr, "attnprobe: wrote %s\n", path);
+        if (!st && o->log_samples) {
+            snprintf(path, n, "%s/samples.jsonl", o->out);
+            st = ap_summary_write_samples(summary, path, err);
+            if (!st && !o->quiet) fprintf(stderr, "attnprobe: wrote %s\n", path);
+        }
         free(path);
         if (st) return st;
     }
@@ -428,7 +459,12 @@ static int job(job_kind kind, int argc, char **argv)
     }
     ap_policy_params *params = NULL;
     int n_policies = 0;
-    if ((st = parse_types(&o, &params, &n_policies, &err))) return cli_fail(st, &err);
+    const char *compare_to = NULL;
+    if ((st = parse_types(&o, &params, &n_policies, &err)) ||
+        (st = pick_compare(&o, params, n_policies, &compare_to, &err))) {
+        free(params);
+        return cli_fail(st, &err);
+    }
     if (kind != JOB_TRACE && strstr(o.format, "json") && (st = make_dir(o.out, &err))) {
         free(params);
         return cli_fail(st, &err);
@@ -453,6 +489,7 @@ static int job(job_kind kind, int argc, char **argv)
         .backend = pick_backend(o.device), .precision = pick_precision(o.precision),
         .batch_size = o.batch_size, .threads = o.threads, .max_length = o.max_length,
         .align_index = strcmp(o.align, "index") == 0, .save_trace = kind == JOB_TRACE ? o.save : NULL,
+        .compare_to = compare_to,
     };
 
     if (kind == JOB_REPLAY) {

@@ -27,6 +27,12 @@ typedef struct {
     double kv_positions;                   /* retained positions at the end, summed over heads,
                                               one layer (the most over samples) */
     double replay_s, tokens_per_s;
+    int n_samples;                         /* entries of sample_mean */
+    double *sample_mean;                   /* [n_samples * AP_M_COUNT]: each sample's mean, NaN where none */
+    /* paired against another policy's run of the same layer (docs/statistics.md) */
+    char compare_to[32];                   /* "" when not compared */
+    ap_paired compare[AP_M_COUNT];
+    double compare_p_holm[AP_M_COUNT];     /* Holm-adjusted over the summary's comparisons */
 } ap_report_run;
 
 /* A run's KV cache in the field's units (docs/metrics.md): the retained
@@ -57,6 +63,10 @@ typedef struct {
     int n_runs;
     ap_report_run *runs;
 } ap_summary;
+
+/* Writes one JSON line per (sample, run): the sample's mean of every metric
+ * (--log-samples), through a temporary file renamed into place. */
+ap_status ap_summary_write_samples(const ap_summary *s, const char *path, ap_error *err);
 
 /* "budget=64,sink=4,…" — what check matches runs by (with policy and layer). */
 void ap_report_run_key(const ap_report_run *r, char *buf, size_t n);

@@ -22,7 +22,10 @@ void ap_report_run_key(const ap_report_run *r, char *buf, size_t n)
 
 void ap_summary_free(ap_summary *s)
 {
-    for (int i = 0; s->runs && i < s->n_runs; i++) free(s->runs[i].head_mean);
+    for (int i = 0; s->runs && i < s->n_runs; i++) {
+        free(s->runs[i].head_mean);
+        free(s->runs[i].sample_mean);
+    }
     free(s->runs);
     free(s->config_json);
     free(s->provenance_json);
@@ -43,6 +46,27 @@ static cJSON *stats_json(const ap_stats *st)
     cJSON *ci = cJSON_AddArrayToObject(o, "ci95");
     cJSON_AddItemToArray(ci, number(st->ci_lo));
     cJSON_AddItemToArray(ci, number(st->ci_hi));
+    return o;
+}
+
+/* The paired comparison of a run against compare_to, every metric. */
+static cJSON *compare_json(const ap_report_run *r)
+{
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddStringToObject(o, "to", r->compare_to);
+    cJSON *metrics = cJSON_AddObjectToObject(o, "metrics");
+    for (int m = 0; m < AP_M_COUNT; m++) {
+        const ap_paired *c = &r->compare[m];
+        if (c->n == 0) continue;
+        cJSON *mo = cJSON_AddObjectToObject(metrics, ap_metric_name(m));
+        cJSON_AddNumberToObject(mo, "n", c->n);
+        cJSON_AddItemToObject(mo, "delta", number(c->delta));
+        cJSON *ci = cJSON_AddArrayToObject(mo, "ci95");
+        cJSON_AddItemToArray(ci, number(c->ci_lo));
+        cJSON_AddItemToArray(ci, number(c->ci_hi));
+        cJSON_AddItemToObject(mo, "p", number(c->p));
+        cJSON_AddItemToObject(mo, "p_holm", number(r->compare_p_holm[m]));
+    }
     return o;
 }
 
@@ -68,6 +92,7 @@ static cJSON *run_json(const ap_summary *s, const ap_report_run *r)
         }
         cJSON_AddItemToArray(heads, ho);
     }
+    if (r->compare_to[0]) cJSON_AddItemToObject(o, "compare", compare_json(r));
     cJSON *mem = cJSON_AddObjectToObject(o, "memory");
     ap_report_memory m;
     ap_report_memory_of(r, s->n_layer, s->n_embd, s->n_head, s->model_dtype, &m);
@@ -142,7 +167,7 @@ ap_status ap_summary_write_json(const ap_summary *s, const char *path, ap_error 
 
 static double get_num(const cJSON *o, const char *key)
 {
-    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
+    const cJSON *v = key ? cJSON_GetObjectItemCaseSensitive(o, key) : o;
     return cJSON_IsNumber(v) ? v->valuedouble : NAN;
 }
 
@@ -213,6 +238,23 @@ static ap_status read_run(const cJSON *jr, ap_report_run *r, const char *path, i
     for (int h = 0; h < r->n_head; h++)
         for (int m = 0; m < AP_M_COUNT; m++)
             r->head_mean[(size_t)h * AP_M_COUNT + m] = get_num(cJSON_GetArrayItem(heads, h), ap_metric_name(m));
+    const cJSON *cmp = cJSON_GetObjectItemCaseSensitive(jr, "compare");
+    if (cJSON_IsObject(cmp)) {
+        get_str(cmp, "to", r->compare_to, sizeof r->compare_to);
+        const cJSON *cm = cJSON_GetObjectItemCaseSensitive(cmp, "metrics");
+        for (int m = 0; m < AP_M_COUNT; m++) {
+            const cJSON *mo = cJSON_GetObjectItemCaseSensitive(cm, ap_metric_name(m));
+            ap_paired *c = &r->compare[m];
+            if (!cJSON_IsObject(mo)) continue;
+            c->n = get_int(mo, "n") > 0 ? get_int(mo, "n") : 0;
+            c->delta = get_num(mo, "delta");
+            c->p = get_num(mo, "p");
+            r->compare_p_holm[m] = get_num(mo, "p_holm");
+            const cJSON *ci = cJSON_GetObjectItemCaseSensitive(mo, "ci95");
+            c->ci_lo = cJSON_IsArray(ci) ? get_num(cJSON_GetArrayItem(ci, 0), NULL) : NAN;
+            c->ci_hi = cJSON_IsArray(ci) ? get_num(cJSON_GetArrayItem(ci, 1), NULL) : NAN;
+        }
+    }
     const cJSON *mem = cJSON_GetObjectItemCaseSensitive(jr, "memory");
     const cJSON *timing = cJSON_GetObjectItemCaseSensitive(jr, "timing");
     r->kv_bytes = get_num(mem, "kv_bytes");
@@ -320,6 +362,18 @@ void ap_summary_print_table(const ap_summary *s, FILE *f)
     }
     fprintf(f, "mean ± sd over %zu measured rows per run (samples × steps × heads); JSON has "
             "median, p05, p95, 95%% CI\n", s->n_runs ? s->runs[0].stats[AP_M_KL].n : (size_t)0);
+    int shown_compare = 0;
+    for (int i = 0; i < s->n_runs; i++) {
+        const ap_report_run *r = &s->runs[i];
+        if (!r->compare_to[0] || r->compare[AP_M_KL].n == 0) continue;
+        if (!shown_compare++)
+            fprintf(f, "\npaired over samples against %s (mean difference [95%% CI], Holm-adjusted "
+                    "sign-flip p):\n", r->compare_to);
+        const ap_paired *kl = &r->compare[AP_M_KL], *cs = &r->compare[AP_M_COSINE];
+        fprintf(f, "  %s - %s, layer %d: dKL %+.4f [%+.4f, %+.4f] p = %.3g;  dcosine %+.4f [%+.4f, %+.4f] "
+                "p = %.3g\n", r->policy, r->compare_to, r->layer, kl->delta, kl->ci_lo, kl->ci_hi,
+                r->compare_p_holm[AP_M_KL], cs->delta, cs->ci_lo, cs->ci_hi, r->compare_p_holm[AP_M_COSINE]);
+    }
     if (s->samples < AP_CI_MIN_SAMPLES)
         fprintf(f, "warning: %d sample%s: the 95%% CIs are unreliable (at least %d needed; --samples)\n",
                 s->samples, s->samples == 1 ? "" : "s", AP_CI_MIN_SAMPLES);
@@ -340,4 +394,32 @@ void ap_report_memory_of(const ap_report_run *r, int n_layer, int n_embd, int n_
     out->per_layer_stored = per_layer_values * dtype_bytes(stored_dtype ? stored_dtype : "");
     out->model_stored = out->per_layer_stored * n_layer;
     out->state_bytes = r->sketch_bytes;
+}
+
+ap_status ap_summary_write_samples(const ap_summary *s, const char *path, ap_error *err)
+{
+    char tmp[1100];
+    FILE *f;
+    ap_status st = ap_atomic_begin(path, tmp, sizeof tmp, &f, err);
+    if (st) return st;
+    int ok = 1;
+    for (int i = 0; i < s->n_runs && ok; i++) {
+        const ap_report_run *r = &s->runs[i];
+        for (int smp = 0; smp < r->n_samples && ok; smp++) {
+            cJSON *o = cJSON_CreateObject();
+            cJSON_AddNumberToObject(o, "sample", smp);
+            cJSON_AddStringToObject(o, "policy", r->policy);
+            cJSON *params = cJSON_AddObjectToObject(o, "params");
+            for (int k = 0; k < r->n_params; k++) cJSON_AddNumberToObject(params, r->param_name[k], r->param_value[k]);
+            cJSON_AddNumberToObject(o, "layer", r->layer);
+            cJSON *means = cJSON_AddObjectToObject(o, "mean");
+            for (int m = 0; m < AP_M_COUNT; m++)
+                cJSON_AddItemToObject(means, ap_metric_name(m), number(r->sample_mean[(size_t)smp * AP_M_COUNT + m]));
+            char *line = cJSON_PrintUnformatted(o);
+            cJSON_Delete(o);
+            ok = line && fputs(line, f) >= 0 && fputc('\n', f) != EOF;
+            free(line);
+        }
+    }
+    return ap_atomic_end(f, tmp, path, ok, err);
 }

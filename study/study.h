@@ -31,6 +31,8 @@ typedef struct {
     /* statistics */
     int bootstrap;                /* resamples for the CI of the mean (0: none) */
     uint64_t seed;
+    const char *compare_to;       /* every other policy is compared, paired over samples, with
+                                     this one's run of the same layer (NULL: none) */
     /* how it runs */
     ap_backend backend;
     ap_precision precision;

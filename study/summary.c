@@ -77,6 +77,8 @@ char *study_config_json(const ap_study_config *cfg, int n_samples)
     return s;
 }
 
+static ap_status sample_means(const study_run *acc, int n_samples, ap_report_run *r, ap_error *err);
+
 static ap_status fill_run(const study_acc *a, const ap_study_config *cfg, int p, int l, int n_samples,
                           ap_report_run *r, ap_error *err)
 {
@@ -108,6 +110,21 @@ static ap_status fill_run(const study_acc *a, const ap_study_config *cfg, int p,
     r->kv_positions = acc->kv_bytes / per_position / (c->mode == AP_STUDY_CASCADE ? a->model_n_layer : 1);
     r->replay_s = acc->replay_s;
     r->tokens_per_s = acc->replay_s > 0 ? (double)a->tokens / acc->replay_s : 0;
+    return sample_means(acc, n_samples, r, err);
+}
+
+/* Each sample's mean of each metric (NaN where it had no row). */
+static ap_status sample_means(const study_run *acc, int n_samples, ap_report_run *r, ap_error *err)
+{
+    r->n_samples = n_samples;
+    if (!(r->sample_mean = malloc(((size_t)n_samples * AP_M_COUNT + 1) * sizeof *r->sample_mean)))
+        return ap_error_set(err, AP_ERR_RUNTIME, "out of memory");
+    for (int smp = 0; smp < n_samples; smp++)
+        for (int m = 0; m < AP_M_COUNT; m++) {
+            const ap_metric_acc *ma = &acc->m[m];
+            const int has = smp < ma->n_samples && ma->sample_n[smp] > 0;
+            r->sample_mean[(size_t)smp * AP_M_COUNT + m] = has ? ma->sample_sum[smp] / ma->sample_n[smp] : NAN;
+        }
     return AP_OK;
 }
 
@@ -117,6 +134,66 @@ typedef struct {
     int n_samples;
     ap_summary *out;
 } fill_job;
+
+/* ---- paired comparisons -------------------------------------------------------- */
+
+enum { PERMUTATIONS = 999 };
+
+typedef struct {
+    const ap_study_config *cfg;
+    ap_summary *out;
+    int ref;                 /* the reference policy's index */
+} compare_job;
+
+/* Run `run` against the reference's run of its layer, every metric. */
+static ap_status compare_item(void *ctx, int run, ap_error *err)
+{
+    const compare_job *j = ctx;
+    const int L = j->cfg->n_layers, p = run / L, l = run % L;
+    ap_report_run *r = &j->out->runs[run];
+    if (p == j->ref) return AP_OK;
+    const ap_report_run *ref = &j->out->runs[j->ref * L + l];
+    snprintf(r->compare_to, sizeof r->compare_to, "%s", ref->policy);
+    const int n = r->n_samples;
+    double *a = malloc(((size_t)n + 1) * sizeof *a), *b = malloc(((size_t)n + 1) * sizeof *b);
+    ap_status st = !a || !b ? ap_error_set(err, AP_ERR_RUNTIME, "out of memory") : AP_OK;
+    for (int m = 0; m < AP_M_COUNT && !st; m++) {
+        for (int smp = 0; smp < n; smp++) {
+            a[smp] = r->sample_mean[(size_t)smp * AP_M_COUNT + m];
+            b[smp] = ref->sample_mean[(size_t)smp * AP_M_COUNT + m];
+        }
+        st = ap_paired_compare(a, b, n, j->cfg->bootstrap, PERMUTATIONS, j->cfg->seed + 7919u * (uint64_t)(run * AP_M_COUNT + m),
+                               &r->compare[m], err);
+    }
+    free(a), free(b);
+    return st;
+}
+
+/* Every policy against cfg->compare_to, then Holm's correction per metric
+ * over all the comparisons (policies x layers). */
+static ap_status compare_runs(const ap_study_config *cfg, ap_summary *out, ap_pool *pool, ap_error *err)
+{
+    if (!cfg->compare_to) return AP_OK;
+    int ref = -1;
+    for (int p = 0; p < cfg->n_policies && ref < 0; p++)
+        if (!strcmp(cfg->policies[p].name, cfg->compare_to)) ref = p;
+    if (ref < 0)
+        return ap_error_set(err, AP_ERR_USAGE, "compare to %s: not among the study's policies", cfg->compare_to);
+    compare_job job = {cfg, out, ref};
+    ap_status st = ap_pool_run(pool, out->n_runs, compare_item, &job, err);
+    double *p = malloc(((size_t)out->n_runs + 1) * sizeof *p), *adj = malloc(((size_t)out->n_runs + 1) * sizeof *adj);
+    int *who = malloc(((size_t)out->n_runs + 1) * sizeof *who);
+    if (!st && (!p || !adj || !who)) st = ap_error_set(err, AP_ERR_RUNTIME, "out of memory");
+    for (int m = 0; m < AP_M_COUNT && !st; m++) {
+        int n = 0;
+        for (int r = 0; r < out->n_runs; r++)
+            if (out->runs[r].compare_to[0]) who[n] = r, p[n++] = out->runs[r].compare[m].p;
+        ap_holm(p, n, adj);
+        for (int i = 0; i < n; i++) out->runs[who[i]].compare_p_holm[m] = adj[i];
+    }
+    free(p), free(adj), free(who);
+    return st;
+}
 
 /* One run's statistics (the bootstrap's resamples are most of the work). */
 static ap_status fill_item(void *ctx, int run, ap_error *err)
@@ -142,6 +219,7 @@ ap_status study_summary(const study_acc *a, const ap_study_config *cfg, const ap
     struct timespec t0, t1;
     clock_gettime(CLOCK_MONOTONIC, &t0);
     st = ap_pool_run(pool, a->n_runs, fill_item, &job, err);
+    if (!st) st = compare_runs(cfg, out, pool, err);
     clock_gettime(CLOCK_MONOTONIC, &t1);
     out->statistics_s = (double)(t1.tv_sec - t0.tv_sec) + (t1.tv_nsec - t0.tv_nsec) * 1e-9;
     ap_pool_free(pool);

@@ -83,5 +83,11 @@ if [ -n "$(strip b1/summary.json)" ] && diff <(strip b1/summary.json) <(strip b2
 else
   bad "--batch-size changes the numbers"
 fi
+# paired comparisons and per-sample means
+expect_exit 0 "--compare-to and --log-samples" "$bin" --samples 3 --max-length 256 --types h2o,cms,window --compare-to h2o --log-samples --out paired
+grep -q "paired over samples against h2o" out.txt && ok "comparisons in the table" || bad "no comparison lines"
+grep -q '"compare"' paired/summary.json && ok "comparisons in the JSON" || bad "no compare object"
+[ "$(wc -l < paired/samples.jsonl)" = 9 ] && ok "samples.jsonl: 3 samples x 3 runs" || bad "samples.jsonl has $(wc -l < paired/samples.jsonl) lines"
+
 echo "$passed passed, $failed failed"
 [ "$failed" = 0 ]

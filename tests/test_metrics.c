@@ -250,6 +250,47 @@ static void test_qsketch_merge(void **state)
     free(x);
 }
 
+/* A known effect is detected; with none, the test rejects at about its level. */
+static void test_paired_comparison(void **state)
+{
+    (void)state;
+    enum { N = 16 };
+    double a[N], b[N];
+    gsl_rng *rng = gsl_rng_alloc(gsl_rng_mt19937);
+    gsl_rng_set(rng, 3);
+    for (int i = 0; i < N; i++) {
+        b[i] = 1 + gsl_ran_gaussian(rng, 0.5);      /* samples differ a lot... */
+        a[i] = b[i] + 0.1 + gsl_ran_gaussian(rng, 0.05); /* ...the policies by 0.1 */
+    }
+    ap_paired r;
+    ap_error err;
+    assert_int_equal(ap_paired_compare(a, b, N, 1000, 999, 1, &r, &err), AP_OK);
+    print_message("effect 0.1: delta %.4f [%.4f, %.4f], p %.4f\n", r.delta, r.ci_lo, r.ci_hi, r.p);
+    assert_true(r.n == N && fabs(r.delta - 0.1) < 0.03 && r.ci_lo > 0 && r.p < 0.01);
+    /* no effect: 200 seeds, rejections at 0.05 */
+    int rejected = 0;
+    for (int seed = 0; seed < 200; seed++) {
+        gsl_rng_set(rng, 100 + seed);
+        for (int i = 0; i < N; i++) a[i] = gsl_ran_gaussian(rng, 1), b[i] = gsl_ran_gaussian(rng, 1);
+        ap_paired_compare(a, b, N, 0, 999, seed, &r, &err);
+        rejected += r.p < 0.05;
+    }
+    print_message("no effect: %d of 200 rejected at 0.05\n", rejected);
+    assert_true(rejected >= 4 && rejected <= 18); /* rate within [0.02, 0.09] */
+    gsl_rng_free(rng);
+}
+
+static void test_holm(void **state)
+{
+    (void)state;
+    const double p[4] = {0.01, 0.04, 0.03, 0.005};
+    double adj[4];
+    ap_holm(p, 4, adj);
+    /* sorted 0.005, 0.01, 0.03, 0.04 times 4, 3, 2, 1 = 0.02, 0.03, 0.06, 0.04 -> monotone 0.06 */
+    const double want[4] = {0.03, 0.06, 0.06, 0.02};
+    for (int i = 0; i < 4; i++) CLOSE(adj[i], want[i], 1e-12);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -260,6 +301,8 @@ int main(void)
         cmocka_unit_test(test_stats),
         cmocka_unit_test(test_qsketch_accuracy),
         cmocka_unit_test(test_qsketch_merge),
+        cmocka_unit_test(test_paired_comparison),
+        cmocka_unit_test(test_holm),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -65,7 +65,7 @@ static ap_study_config config(ap_study_mode mode, int batch_size, int threads)
                              .mode = mode, .warmup = WARMUP, .stride = STRIDE, .bootstrap = 200,
                              .seed = 3, .backend = AP_BACKEND_CPU, .precision = AP_PRECISION_FP32,
                              .batch_size = batch_size, .threads = threads, .input_source = "sample.txt",
-                             .input_sha256 = "", .max_length = T};
+                             .input_sha256 = "", .max_length = T, .compare_to = "h2o"};
 }
 
 static void run_study(const ap_study_config *cfg, ap_summary *out)
@@ -89,6 +89,10 @@ static void assert_same_numbers(const ap_summary *a, const ap_summary *b)
                          y->stats[m].mean, x->stats[m].median, y->stats[m].median, x->stats[m].ci_lo,
                          y->stats[m].ci_lo);
         assert_memory_equal(x->head_mean, y->head_mean, (size_t)x->n_head * AP_M_COUNT * sizeof(double));
+        /* paired comparisons with h2o: the same per-sample means, the same numbers */
+        assert_string_equal(x->compare_to, y->compare_to);
+        assert_memory_equal(x->compare, y->compare, sizeof x->compare);
+        assert_memory_equal(x->compare_p_holm, y->compare_p_holm, sizeof x->compare_p_holm);
         assert_true(x->kv_bytes == y->kv_bytes && x->sketch_bytes == y->sketch_bytes);
     }
 }
