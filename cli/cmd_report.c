@@ -33,11 +33,11 @@ int cmd_check(int argc, char **argv)
     static const struct option longopts[] = {
         {"baseline", required_argument, 0, 'b'}, {"current", required_argument, 0, 'c'},
         {"tol", required_argument, 0, 't'},      {"help", no_argument, 0, 'h'},
-        {"allow-mismatch", no_argument, 0, 'm'},
+        {"allow-mismatch", no_argument, 0, 'm'}, {"tolerance-only", no_argument, 0, 'n'},
         {0, 0, 0, 0},
     };
     const char *base_path = NULL, *cur_path = NULL, *tol_spec = NULL;
-    int allow_mismatch = 0;
+    int allow_mismatch = 0, noise_aware = 1;
     ap_error err;
     optind = 1;
     opterr = 0;
@@ -48,12 +48,16 @@ int cmd_check(int argc, char **argv)
         case 'c': cur_path = optarg; break;
         case 't': tol_spec = optarg; break;
         case 'm': allow_mismatch = 1; break;
+        case 'n': noise_aware = 0; break;
         case 'h':
             printf("usage: attnprobe check --baseline A.json --current B.json [--tol kl=0.05,cosine=0.01]\n"
-                   "                       [--allow-mismatch]\n"
+                   "                       [--allow-mismatch] [--tolerance-only]\n"
                    "Matches runs by policy, parameters and layer and compares metric means.\n"
                    "Summaries of another model, input, sample count, length, stride, warmup, layers,\n"
                    "mode or heads are refused (exit 3) unless --allow-mismatch (noted in the output).\n"
+                   "When both carry each sample's means (summaries of this version), a change beyond\n"
+                   "the tolerance counts only if the paired difference's 95%% CI excludes 0 on the\n"
+                   "worse side (noise-aware; --tolerance-only: the tolerance alone).\n"
                    "A mean worse than the baseline's by more than its tolerance is a regression.\n"
                    "Default tolerances: kl 0.05, kl_rev 0.05, js 0.01, cosine 0.01, mass_retained 0.01,\n"
                    "l1 0.04, peak_shift 1, the rest 0.02.\n"
@@ -77,7 +81,7 @@ int cmd_check(int argc, char **argv)
     int regressions = 0;
     if (!(st = ap_summary_read_json(base_path, &base, &err)) &&
         !(st = ap_summary_read_json(cur_path, &cur, &err)))
-        st = ap_check(&base, &cur, tol, allow_mismatch, stdout, &regressions, &err);
+        st = ap_check(&base, &cur, tol, allow_mismatch, noise_aware, stdout, &regressions, &err);
     ap_summary_free(&base);
     ap_summary_free(&cur);
     if (st) return cli_fail(st, &err);

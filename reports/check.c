@@ -107,7 +107,7 @@ static ap_status check_comparable(const ap_summary *base, const ap_summary *cur,
 }
 
 ap_status ap_check(const ap_summary *base, const ap_summary *cur, const double tol[AP_M_COUNT],
-                   int allow_mismatch, FILE *out, int *regressions, ap_error *err)
+                   int allow_mismatch, int noise_aware, FILE *out, int *regressions, ap_error *err)
 {
     *regressions = 0;
     if (base->n_layer != cur->n_layer || base->n_head != cur->n_head || base->n_embd != cur->n_embd)
@@ -128,16 +128,39 @@ ap_status ap_check(const ap_summary *base, const ap_summary *cur, const double t
                                 "the current summary has no run of %s (%s) at layer %d, which the "
                                 "baseline has", b->policy, key, b->layer);
         }
+        /* noise-aware: both files carry the same samples' means */
+        const int paired = noise_aware && b->sample_mean && c->sample_mean && b->n_samples == c->n_samples &&
+                           b->n_samples > 1 && !strcmp(base->input_sha256, cur->input_sha256);
         for (int m = 0; m < AP_M_COUNT; m++) {
             const ap_stats *sb = &b->stats[m], *sc = &c->stats[m];
             if (sb->n == 0 || isnan(sb->mean)) continue;
             const double change = (sc->n == 0 ? NAN : sc->mean) - sb->mean;
-            const double worse = ap_metric_higher_is_better(m) ? -change : change;
-            const int bad = isnan(change) || worse > tol[m];
+            const int higher_better = ap_metric_higher_is_better(m);
+            const double worse = higher_better ? -change : change;
+            int bad = isnan(change) || worse > tol[m];
+            char ci_text[64] = "";
+            if (bad && !isnan(change) && paired) {
+                /* the paired difference's CI must exclude zero on the worse side */
+                double *x = malloc((size_t)b->n_samples * sizeof *x), *y = malloc((size_t)b->n_samples * sizeof *y);
+                ap_paired d;
+                ap_status st_p = !x || !y ? ap_error_set(err, AP_ERR_RUNTIME, "out of memory") : AP_OK;
+                for (int smp = 0; !st_p && smp < b->n_samples; smp++) {
+                    x[smp] = c->sample_mean[(size_t)smp * AP_M_COUNT + m];
+                    y[smp] = b->sample_mean[(size_t)smp * AP_M_COUNT + m];
+                }
+                if (!st_p) st_p = ap_paired_compare(x, y, b->n_samples, 2000, 0, 1234 + (uint64_t)m, &d, err);
+                free(x), free(y);
+                if (st_p) return st_p;
+                const int significant = higher_better ? d.ci_hi < 0 : d.ci_lo > 0;
+                snprintf(ci_text, sizeof ci_text, " [%+.4g, %+.4g]", d.ci_lo, d.ci_hi);
+                bad = significant;
+            }
             *regressions += bad;
-            fprintf(out, "%-13s %5d %-15s %12.6f %12.6f %+12.6f %9.4g  %s\n", b->policy, b->layer,
+            const int noise = !bad && !isnan(change) && worse > tol[m]; /* beyond tolerance, CI includes 0 */
+            fprintf(out, "%-13s %5d %-15s %12.6f %12.6f %+12.6f %9.4g  %s%s%s\n", b->policy, b->layer,
                     ap_metric_name(m), sb->mean, sc->mean, change, tol[m],
-                    bad ? "REGRESSION" : worse < 0 ? "better" : "ok");
+                    bad ? "REGRESSION" : worse < 0 ? "better" : "ok", ci_text,
+                    bad ? (ci_text[0] ? " (tolerance and CI)" : " (tolerance)") : noise ? " (within noise: CI includes 0)" : "");
         }
     }
     fprintf(out, "%d regression%s\n", *regressions, *regressions == 1 ? "" : "s");

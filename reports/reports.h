@@ -90,8 +90,11 @@ ap_status ap_check_parse_tolerances(const char *spec, double tol[AP_M_COUNT], ap
  * model or input checksum, sample count, max_length, stride, warmup, layers,
  * mode or heads differ, are AP_ERR_INPUT naming the field (a note in the
  * output with allow_mismatch); so is a baseline run missing from the current
- * summary. */
+ * summary. noise_aware, when both runs carry their samples' means of the
+ * same input: a change beyond the tolerance is a regression only when the
+ * paired difference's bootstrap CI excludes 0 on the worse side; the table
+ * says which rule decided. */
 ap_status ap_check(const ap_summary *base, const ap_summary *cur, const double tol[AP_M_COUNT],
-                   int allow_mismatch, FILE *out, int *regressions, ap_error *err);
+                   int allow_mismatch, int noise_aware, FILE *out, int *regressions, ap_error *err);
 
 #endif

@@ -80,8 +80,14 @@ static cJSON *run_json(const ap_summary *s, const ap_report_run *r)
     cJSON_AddStringToObject(params, "granularity", r->granularity);
     cJSON_AddNumberToObject(o, "layer", r->layer);
     cJSON *metrics = cJSON_AddObjectToObject(o, "metrics");
-    for (int m = 0; m < AP_M_COUNT; m++) /* every metric, n 0 and null values when none was measured */
-        cJSON_AddItemToObject(metrics, ap_metric_name(m), stats_json(&r->stats[m]));
+    for (int m = 0; m < AP_M_COUNT; m++) { /* every metric, n 0 and null values when none was measured */
+        cJSON *st = stats_json(&r->stats[m]);
+        /* each sample's mean: what paired comparisons and a noise-aware check need */
+        cJSON *per = r->sample_mean ? cJSON_AddArrayToObject(st, "per_sample") : NULL;
+        for (int smp = 0; per && smp < r->n_samples; smp++)
+            cJSON_AddItemToArray(per, number(r->sample_mean[(size_t)smp * AP_M_COUNT + m]));
+        cJSON_AddItemToObject(metrics, ap_metric_name(m), st);
+    }
     cJSON *heads = cJSON_AddArrayToObject(o, "per_head");
     for (int h = 0; h < r->n_head; h++) {
         cJSON *ho = cJSON_CreateObject();
@@ -185,6 +191,27 @@ static void get_str(const cJSON *o, const char *key, char *dst, size_t n)
     snprintf(dst, n, "%s", cJSON_IsString(v) ? v->valuestring : "");
 }
 
+/* A metric's per-sample means into r->sample_mean (sized by the first array;
+ * every metric's must have that length). */
+static ap_status read_per_sample(const cJSON *per, int m, ap_report_run *r, const char *path, int index,
+                                 ap_error *err)
+{
+    const int n = cJSON_GetArraySize(per);
+    if (!r->sample_mean) {
+        if (n < 1 || n > 10000000) return AP_OK;
+        if (!(r->sample_mean = malloc(((size_t)n * AP_M_COUNT + 1) * sizeof *r->sample_mean)))
+            return ap_error_set(err, AP_ERR_RUNTIME, "out of memory");
+        for (size_t i = 0; i < (size_t)n * AP_M_COUNT; i++) r->sample_mean[i] = NAN;
+        r->n_samples = n;
+    }
+    if (n != r->n_samples)
+        return ap_error_set(err, AP_ERR_INPUT, "%s: runs[%d] metric %s: %d per-sample means, %d elsewhere",
+                            path, index, ap_metric_name(m), n, r->n_samples);
+    for (int smp = 0; smp < n; smp++)
+        r->sample_mean[(size_t)smp * AP_M_COUNT + m] = get_num(cJSON_GetArrayItem(per, smp), NULL);
+    return AP_OK;
+}
+
 static ap_status read_run(const cJSON *jr, ap_report_run *r, const char *path, int index, ap_error *err)
 {
     memset(r, 0, sizeof *r);
@@ -207,6 +234,7 @@ static ap_status read_run(const cJSON *jr, ap_report_run *r, const char *path, i
             r->param_value[r->n_params++] = p->valuedouble;
         }
     }
+    ap_status st_per = AP_OK;
     for (int m = 0; m < AP_M_COUNT; m++) {
         const cJSON *st = cJSON_GetObjectItemCaseSensitive(metrics, ap_metric_name(m));
         ap_stats *o = &r->stats[m];
@@ -226,6 +254,9 @@ static ap_status read_run(const cJSON *jr, ap_report_run *r, const char *path, i
         o->p95 = get_num(st, "p95");
         o->min = get_num(st, "min");
         o->max = get_num(st, "max");
+        const cJSON *per = cJSON_GetObjectItemCaseSensitive(st, "per_sample");
+        if (cJSON_IsArray(per) && (st_per = read_per_sample(per, m, r, path, index, err)) != AP_OK)
+            return st_per;
         const cJSON *ci = cJSON_GetObjectItemCaseSensitive(st, "ci95");
         o->ci_lo = cJSON_IsArray(ci) && cJSON_IsNumber(cJSON_GetArrayItem(ci, 0)) ? cJSON_GetArrayItem(ci, 0)->valuedouble : NAN;
         o->ci_hi = cJSON_IsArray(ci) && cJSON_IsNumber(cJSON_GetArrayItem(ci, 1)) ? cJSON_GetArrayItem(ci, 1)->valuedouble : NAN;

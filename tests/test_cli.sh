@@ -83,6 +83,25 @@ if [ -n "$(strip b1/summary.json)" ] && diff <(strip b1/summary.json) <(strip b2
 else
   bad "--batch-size changes the numbers"
 fi
+# noise-aware check: a consistent shift of every sample is a regression, the
+# same mean shift buried in sample-to-sample noise is not (unless --tolerance-only)
+expect_exit 0 "six-sample baseline" "$bin" --samples 6 --max-length 256 --types h2o --quiet --out six
+python3 - six/summary.json <<'PY'
+import json, sys
+base = json.load(open(sys.argv[1]))
+for name, noise in (("shifted", 0.0), ("noisy", 3.0)):
+    s = json.loads(json.dumps(base))
+    kl = s["runs"][0]["metrics"]["kl"]
+    kl["per_sample"] = [v + 0.1 + noise * (1 if i % 2 else -1) for i, v in enumerate(kl["per_sample"])]
+    kl["mean"] += 0.1
+    json.dump(s, open(f"{name}.json", "w"))
+PY
+expect_exit 1 "check: a consistent shift is a regression" "$bin" check --baseline six/summary.json --current shifted.json
+grep -q "tolerance and CI" out.txt && ok "says both rules fired" || bad "verdict: $(grep kl out.txt)"
+expect_exit 0 "check: the same shift within noise passes" "$bin" check --baseline six/summary.json --current noisy.json
+grep -q "within noise" out.txt && ok "says it is within noise" || bad "verdict: $(grep kl out.txt)"
+expect_exit 1 "check --tolerance-only flags it" "$bin" check --baseline six/summary.json --current noisy.json --tolerance-only
+
 # paired comparisons and per-sample means
 expect_exit 0 "--compare-to and --log-samples" "$bin" --samples 3 --max-length 256 --types h2o,cms,window --compare-to h2o --log-samples --out paired
 grep -q "paired over samples against h2o" out.txt && ok "comparisons in the table" || bad "no comparison lines"
