@@ -24,7 +24,7 @@
 
 typedef struct {
     const char *model, *tokenizer, *input, *layers, *heads, *types, *mode, *device, *precision;
-    const char *out, *format, *align, *save, *granularity, *compare_to;
+    const char *out, *format, *align, *save, *granularity, *compare_to, *sketch_memory;
     int samples, max_length, warmup, stride, budget, sink, recent, width, depth, race_rows,
         race_bits, bootstrap, quiet, help, plain_update, threads, batch_size, log_samples;
     unsigned long seed;
@@ -34,7 +34,7 @@ enum {
     O_MODEL = 1000, O_TOKENIZER, O_INPUT, O_LAYERS, O_HEADS, O_TYPES, O_MODE, O_DEVICE,
     O_PRECISION, O_OUT, O_FORMAT, O_ALIGN, O_SAVE, O_GRAN, O_SAMPLES, O_MAXLEN, O_WARMUP,
     O_STRIDE, O_BUDGET, O_SINK, O_RECENT, O_WIDTH, O_DEPTH, O_RROWS, O_RBITS, O_BOOT, O_SEED,
-    O_QUIET, O_HELP, O_PLAIN, O_THREADS, O_BATCH, O_COMPARE, O_LOG_SAMPLES
+    O_QUIET, O_HELP, O_PLAIN, O_THREADS, O_BATCH, O_COMPARE, O_LOG_SAMPLES, O_SKETCH_MEMORY
 };
 
 static const struct option LONGOPTS[] = {
@@ -55,6 +55,7 @@ static const struct option LONGOPTS[] = {
     {"plain-update", no_argument, 0, O_PLAIN}, {"quiet", no_argument, 0, O_QUIET},
     {"threads", required_argument, 0, O_THREADS}, {"batch-size", required_argument, 0, O_BATCH},
     {"compare-to", required_argument, 0, O_COMPARE}, {"log-samples", no_argument, 0, O_LOG_SAMPLES},
+    {"sketch-memory", required_argument, 0, O_SKETCH_MEMORY},
     {"help", no_argument, 0, O_HELP}, {0, 0, 0, 0},
 };
 
@@ -72,6 +73,9 @@ static const char USAGE[] =
     "  --budget B (64)  --sink S (4)  --recent R (16)  --granularity head|layer (head)\n"
     "  --width W (512)  --depth D (4)  --plain-update (Count-Min without conservative update)\n"
     "  --race-rows R (16)  --race-bits B (9)  --seed N (1)\n"
+    "  --sketch-memory match|SIZE  size the sketches' counters (cms, count_sketch: width; race:\n"
+    "                 bits, then rows) to h2o's scores at the same budget, or to SIZE bytes a\n"
+    "                 layer (4096, 4KiB, 1MiB), split over the heads\n"
     "  --mode isolated|cascade (isolated)  --warmup W (64)  --stride S (16)\n"
     "  --threads N (0: one per core) isolated replays run in parallel; same results for any N\n"
     "  --batch-size N (0: from free memory) samples traced and replayed at a time; the\n"
@@ -135,6 +139,7 @@ static ap_status parse_run_opts(int argc, char **argv, run_opts *o, ap_error *er
         case O_BATCH: st = cli_parse_int("--batch-size", optarg, 0, 1000000, &o->batch_size, err); break;
         case O_COMPARE: o->compare_to = optarg; break;
         case O_LOG_SAMPLES: o->log_samples = 1; break;
+        case O_SKETCH_MEMORY: o->sketch_memory = optarg; break;
         case O_QUIET: o->quiet = 1; break;
         case O_HELP: o->help = 1; break;
         default:
@@ -302,6 +307,50 @@ static ap_status pick_compare(const run_opts *o, const ap_policy_params *p, int 
     if (o->compare_to)
         return ap_error_set(err, AP_ERR_USAGE, "--compare-to %s: not in --types %s (accepted: one of them, "
                             "or none)", o->compare_to, o->types);
+    return AP_OK;
+}
+
+/* --sketch-memory SIZE: bytes with an optional KiB or MiB suffix. */
+static ap_status parse_size(const char *text, size_t *out, ap_error *err)
+{
+    char *end;
+    errno = 0;
+    const double v = strtod(text, &end);
+    double unit = 1;
+    if (!strcmp(end, "KiB")) unit = 1024;
+    else if (!strcmp(end, "MiB")) unit = 1024.0 * 1024;
+    else if (*end) unit = -1;
+    if (end == text || errno || unit < 0 || !(v > 0) || v * unit > 1e12)
+        return ap_error_set(err, AP_ERR_USAGE, "--sketch-memory %s: accepted: match, or bytes a layer "
+                            "(4096, 4KiB, 1MiB)", text);
+    *out = (size_t)(v * unit);
+    return AP_OK;
+}
+
+/* --sketch-memory: every sketch policy's counters sized to h2o's scores at the
+ * same budget (match) or to SIZE a layer, over n_head heads. */
+static ap_status fit_sketch_memory(const run_opts *o, ap_policy_params *p, int n, int n_head, ap_error *err)
+{
+    if (!o->sketch_memory) return AP_OK;
+    size_t per_head;
+    if (!strcmp(o->sketch_memory, "match")) {
+        ap_policy_params h2o;
+        ap_policy_params_default(&h2o, "h2o");
+        h2o.budget = o->budget;
+        per_head = ap_policy_counter_bytes(&h2o);
+    } else {
+        size_t layer = 0;
+        ap_status st = parse_size(o->sketch_memory, &layer, err);
+        if (st) return st;
+        per_head = layer / (size_t)n_head;
+    }
+    for (int i = 0; i < n; i++) {
+        ap_status st = ap_policy_params_fit_counters(&p[i], per_head, err);
+        ap_policy *probe;
+        if (!st) st = ap_policy_create(&p[i], 1, 1, &probe, err);
+        if (st) return ap_error_wrap(err, st, "--sketch-memory %s", o->sketch_memory);
+        ap_policy_free(probe);
+    }
     return AP_OK;
 }
 
@@ -489,7 +538,7 @@ static int job(job_kind kind, int argc, char **argv)
         .backend = pick_backend(o.device), .precision = pick_precision(o.precision),
         .batch_size = o.batch_size, .threads = o.threads, .max_length = o.max_length,
         .align_index = strcmp(o.align, "index") == 0, .save_trace = kind == JOB_TRACE ? o.save : NULL,
-        .compare_to = compare_to,
+        .compare_to = compare_to, .sketch_memory = o.sketch_memory,
     };
 
     if (kind == JOB_REPLAY) {
@@ -507,7 +556,9 @@ static int job(job_kind kind, int argc, char **argv)
             st = ap_error_set(&err, AP_ERR_RUNTIME, "out of memory");
         }
         ap_trace_reader_close(r);
-        if (st || (st = parse_heads(o.heads, n_head, &heads, &n_heads, &err))) goto out;
+        if (st || (st = parse_heads(o.heads, n_head, &heads, &n_heads, &err)) ||
+            (st = fit_sketch_memory(&o, params, n_policies, n_head, &err)))
+            goto out;
         input_source = strdup(trace_file);
         cfg.layers = layers, cfg.n_layers = n_layers, cfg.heads = heads, cfg.n_heads = n_heads;
         cfg.input_source = input_source;
@@ -544,6 +595,7 @@ static int job(job_kind kind, int argc, char **argv)
     snprintf(mid, sizeof mid, "%d", model->config.n_layer / 2);
     if ((st = cli_parse_layers(o.layers ? o.layers : mid, model->config.n_layer, &layers, &n_layers, &err)) ||
         (st = parse_heads(o.heads, model->config.n_head, &heads, &n_heads, &err)) ||
+        (st = fit_sketch_memory(&o, params, n_policies, model->config.n_head, &err)) ||
         (st = make_samples(&o, model, tok, input_source, text, n_text, &samples, &err)))
         goto out;
     cfg.layers = layers, cfg.n_layers = n_layers, cfg.heads = heads, cfg.n_heads = n_heads;

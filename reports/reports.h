@@ -24,6 +24,8 @@ typedef struct {
     double *head_mean;                     /* [n_head * AP_M_COUNT], NaN where none */
     double kv_bytes, sketch_bytes;         /* as measured: fp32 k and v (isolated: the probed
                                               layer; cascade: every layer), policy state */
+    double counter_bytes;                  /* the score state a layer keeps: sketch counters or
+                                              h2o's scores (ap_policy_counter_bytes x heads) */
     double kv_positions;                   /* retained positions at the end, summed over heads,
                                               one layer (the most over samples) */
     double replay_s, tokens_per_s;

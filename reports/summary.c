@@ -111,6 +111,7 @@ static cJSON *run_json(const ap_summary *s, const ap_report_run *r)
         cJSON_AddNumberToObject(mem, "kv_bytes_model", m.model_stored);
     }
     cJSON_AddNumberToObject(mem, "state_bytes", m.state_bytes);
+    cJSON_AddNumberToObject(mem, "counter_bytes_per_layer", r->counter_bytes);
     cJSON_AddNumberToObject(mem, "kv_bytes", r->kv_bytes);         /* as measured, fp32 */
     cJSON_AddNumberToObject(mem, "sketch_bytes", r->sketch_bytes); /* = state_bytes */
     cJSON *timing = cJSON_AddObjectToObject(o, "timing");
@@ -290,6 +291,7 @@ static ap_status read_run(const cJSON *jr, ap_report_run *r, const char *path, i
     const cJSON *timing = cJSON_GetObjectItemCaseSensitive(jr, "timing");
     r->kv_bytes = get_num(mem, "kv_bytes");
     r->kv_positions = get_num(mem, "kv_positions_per_layer");
+    r->counter_bytes = get_num(mem, "counter_bytes_per_layer");
     r->sketch_bytes = get_num(mem, "sketch_bytes");
     r->replay_s = get_num(timing, "replay_s");
     r->tokens_per_s = get_num(timing, "tokens_per_s");
@@ -377,7 +379,7 @@ void ap_summary_print_table(const ap_summary *s, FILE *f)
             s->n_layer, s->n_head, s->samples, s->tokens, s->backend, s->precision);
     fprintf(f, "%-13s %5s", "policy", "layer");
     for (int i = 0; i < n_shown; i++) fprintf(f, " %17s", ap_metric_name(shown[i]));
-    fprintf(f, " %9s %10s %8s\n", "kv_KiB", "sketch_KiB", "time_ms");
+    fprintf(f, " %9s %10s %10s %8s\n", "kv_KiB", "state_KiB", "scores_B", "time_ms");
     for (int r = 0; r < s->n_runs; r++) {
         const ap_report_run *run = &s->runs[r];
         fprintf(f, "%-13s %5d", run->policy, run->layer);
@@ -388,8 +390,8 @@ void ap_summary_print_table(const ap_summary *s, FILE *f)
             else snprintf(cell, sizeof cell, "%.4f ± %.4f", st->mean, st->sd);
             fprintf(f, " %17s", cell);
         }
-        fprintf(f, " %9.1f %10.1f %8.1f\n", run->kv_bytes / 1024, run->sketch_bytes / 1024,
-                run->replay_s * 1e3);
+        fprintf(f, " %9.1f %10.1f %10.0f %8.1f\n", run->kv_bytes / 1024, run->sketch_bytes / 1024,
+                run->counter_bytes, run->replay_s * 1e3);
     }
     fprintf(f, "mean ± sd over %zu measured rows per run (samples × steps × heads); JSON has "
             "median, p05, p95, 95%% CI\n", s->n_runs ? s->runs[0].stats[AP_M_KL].n : (size_t)0);

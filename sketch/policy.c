@@ -282,3 +282,37 @@ size_t ap_policy_state_bytes(const ap_policy *p)
     }
     return total;
 }
+
+static int is_sketch(const char *name) { return !strcmp(name, "cms") || !strcmp(name, "count_sketch"); }
+static int is_race(const char *name) { return !strcmp(name, "race") || !strcmp(name, "race_kde"); }
+
+size_t ap_policy_counter_bytes(const ap_policy_params *p)
+{
+    if (is_sketch(p->name)) return (size_t)p->depth * p->width * sizeof(float);
+    if (is_race(p->name)) return ((size_t)p->race_rows << p->race_bits) * sizeof(float);
+    if (!strcmp(p->name, "h2o")) return ((size_t)p->budget + 1) * sizeof(float);
+    return 0;
+}
+
+ap_status ap_policy_params_fit_counters(ap_policy_params *p, size_t bytes_per_head, ap_error *err)
+{
+    const size_t floats = bytes_per_head / sizeof(float);
+    if (is_sketch(p->name)) {
+        if (floats < (size_t)p->depth)
+            return ap_error_set(err, AP_ERR_USAGE, "policy %s: %zu bytes a head cannot hold %d rows of counters",
+                                p->name, bytes_per_head, p->depth);
+        p->width = (int)(floats / (size_t)p->depth);
+    } else if (is_race(p->name)) {
+        int bits = 1;
+        while (bits < 20 && ((size_t)p->race_rows << (bits + 1)) <= floats) bits++;
+        if (((size_t)p->race_rows << bits) > floats) { /* fewer rows of 2 buckets */
+            if (floats < 2)
+                return ap_error_set(err, AP_ERR_USAGE, "policy %s: %zu bytes a head cannot hold a row of "
+                                    "two buckets", p->name, bytes_per_head);
+            p->race_rows = (int)(floats / 2);
+            bits = 1;
+        }
+        p->race_bits = bits;
+    }
+    return AP_OK;
+}

@@ -37,6 +37,17 @@ typedef struct {
 /* Fills the defaults (docs/policies.md) for policy `name`. */
 void ap_policy_params_default(ap_policy_params *p, const char *name);
 
+/* Bytes of score state a head of this policy keeps: its sketch's counters
+ * (cms, count_sketch: depth x width floats; race, race_kde: rows x 2^bits)
+ * or its per-position scores (h2o: budget + 1 floats); 0 for the rest.
+ * What --sketch-memory matches (docs/policies.md): not the hash seeds,
+ * hyperplanes or per-position bucket caches, which a seed regenerates. */
+size_t ap_policy_counter_bytes(const ap_policy_params *p);
+/* Sizes a sketch policy's counters to at most bytes_per_head (cms and
+ * count_sketch: the width; race and race_kde: the bits, then the rows);
+ * the other policies are left as they are. */
+ap_status ap_policy_params_fit_counters(ap_policy_params *p, size_t bytes_per_head, ap_error *err);
+
 /* Comma-separated list of the policy names. */
 const char *ap_policy_names(void);
 int ap_policy_known(const char *name);

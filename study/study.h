@@ -45,6 +45,7 @@ typedef struct {
     /* recorded in the summary */
     const char *input_source, *input_sha256;
     const char *model_dtype;      /* the weights' stored dtype (F32, F16, BF16), for memory in it */
+    const char *sketch_memory;    /* how the sketches were sized (--sketch-memory), or NULL */
     int max_length;               /* the window length asked for */
     int align_index;              /* the seed study's slot-index comparison was asked for */
     /* the reference trace is also written here, sample by sample (NULL: not) */

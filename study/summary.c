@@ -72,6 +72,7 @@ char *study_config_json(const ap_study_config *cfg, int n_samples)
     cJSON_AddNumberToObject(c, "bootstrap", cfg->bootstrap);
     cJSON_AddNumberToObject(c, "kl_epsilon", AP_KL_EPS);
     cJSON_AddNumberToObject(c, "quantile_accuracy", AP_QSKETCH_ALPHA);
+    if (cfg->sketch_memory) cJSON_AddStringToObject(c, "sketch_memory", cfg->sketch_memory);
     char *s = cJSON_PrintUnformatted(c);
     cJSON_Delete(c);
     return s;
@@ -104,6 +105,7 @@ static ap_status fill_run(const study_acc *a, const ap_study_config *cfg, int p,
         r->head_mean[i] = acc->head_cnt[i] > 0 ? acc->head_sum[i] / acc->head_cnt[i] : NAN;
     r->kv_bytes = acc->kv_bytes;
     r->sketch_bytes = acc->sketch_bytes;
+    r->counter_bytes = (double)ap_policy_counter_bytes(&cfg->policies[p]) * H;
     /* kv_bytes is fp32 k and v of one layer (isolated) or of every layer (cascade) */
     const ap_study_config *c = cfg;
     const double per_position = 2.0 * (double)a->head_dim * sizeof(float);

@@ -102,6 +102,21 @@ expect_exit 0 "check: the same shift within noise passes" "$bin" check --baselin
 grep -q "within noise" out.txt && ok "says it is within noise" || bad "verdict: $(grep kl out.txt)"
 expect_exit 1 "check --tolerance-only flags it" "$bin" check --baseline six/summary.json --current noisy.json --tolerance-only
 
+# memory-matched sketches: counters within one bucket row (all heads) of h2o's scores
+expect_exit 0 "--sketch-memory match" "$bin" --samples 2 --max-length 256 --types h2o,cms,count_sketch,race --sketch-memory match --quiet --out matched
+python3 - matched/summary.json <<'PY' && ok "counters within one bucket row of h2o's" || bad "sketch memory not matched"
+import json, sys
+s = json.load(open(sys.argv[1]))
+runs = {r["policy"]: r for r in s["runs"]}
+h2o = runs["h2o"]["memory"]["counter_bytes_per_layer"]
+heads = s["model"]["n_head"]
+for name in ("cms", "count_sketch", "race"):
+    r = runs[name]
+    c = r["memory"]["counter_bytes_per_layer"]
+    row = 4 * heads * (r["params"].get("width") or 2 ** r["params"]["race_bits"])
+    assert c <= h2o and h2o - c < row, (name, c, h2o, row)
+PY
+
 # paired comparisons and per-sample means
 expect_exit 0 "--compare-to and --log-samples" "$bin" --samples 3 --max-length 256 --types h2o,cms,window --compare-to h2o --log-samples --out paired
 grep -q "paired over samples against h2o" out.txt && ok "comparisons in the table" || bad "no comparison lines"
