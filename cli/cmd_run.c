@@ -24,7 +24,7 @@
 
 typedef struct {
     const char *model, *tokenizer, *input, *layers, *heads, *types, *mode, *device, *precision;
-    const char *out, *format, *align, *save, *granularity, *compare_to, *sketch_memory;
+    const char *out, *format, *align, *save, *granularity, *compare_to, *sketch_memory, *seeds;
     int samples, max_length, warmup, stride, budget, sink, recent, width, depth, race_rows,
         race_bits, bootstrap, quiet, help, plain_update, threads, batch_size, log_samples;
     unsigned long seed;
@@ -34,7 +34,7 @@ enum {
     O_MODEL = 1000, O_TOKENIZER, O_INPUT, O_LAYERS, O_HEADS, O_TYPES, O_MODE, O_DEVICE,
     O_PRECISION, O_OUT, O_FORMAT, O_ALIGN, O_SAVE, O_GRAN, O_SAMPLES, O_MAXLEN, O_WARMUP,
     O_STRIDE, O_BUDGET, O_SINK, O_RECENT, O_WIDTH, O_DEPTH, O_RROWS, O_RBITS, O_BOOT, O_SEED,
-    O_QUIET, O_HELP, O_PLAIN, O_THREADS, O_BATCH, O_COMPARE, O_LOG_SAMPLES, O_SKETCH_MEMORY
+    O_QUIET, O_HELP, O_PLAIN, O_THREADS, O_BATCH, O_COMPARE, O_LOG_SAMPLES, O_SKETCH_MEMORY, O_SEEDS
 };
 
 static const struct option LONGOPTS[] = {
@@ -55,7 +55,7 @@ static const struct option LONGOPTS[] = {
     {"plain-update", no_argument, 0, O_PLAIN}, {"quiet", no_argument, 0, O_QUIET},
     {"threads", required_argument, 0, O_THREADS}, {"batch-size", required_argument, 0, O_BATCH},
     {"compare-to", required_argument, 0, O_COMPARE}, {"log-samples", no_argument, 0, O_LOG_SAMPLES},
-    {"sketch-memory", required_argument, 0, O_SKETCH_MEMORY},
+    {"sketch-memory", required_argument, 0, O_SKETCH_MEMORY}, {"seeds", required_argument, 0, O_SEEDS},
     {"help", no_argument, 0, O_HELP}, {0, 0, 0, 0},
 };
 
@@ -73,6 +73,8 @@ static const char USAGE[] =
     "  --budget B (64)  --sink S (4)  --recent R (16)  --granularity head|layer (head)\n"
     "  --width W (512)  --depth D (4)  --plain-update (Count-Min without conservative update)\n"
     "  --race-rows R (16)  --race-bits B (9)  --seed N (1)\n"
+    "  --seeds 1-5|1,4,9  run each randomised policy (random, cms, count_sketch, race,\n"
+    "                 race_kde) once per seed and report the spread of its means\n"
     "  --sketch-memory match|SIZE  size the sketches' counters (cms, count_sketch: width; race:\n"
     "                 bits, then rows) to h2o's scores at the same budget, or to SIZE bytes a\n"
     "                 layer (4096, 4KiB, 1MiB), split over the heads\n"
@@ -140,6 +142,7 @@ static ap_status parse_run_opts(int argc, char **argv, run_opts *o, ap_error *er
         case O_COMPARE: o->compare_to = optarg; break;
         case O_LOG_SAMPLES: o->log_samples = 1; break;
         case O_SKETCH_MEMORY: o->sketch_memory = optarg; break;
+        case O_SEEDS: o->seeds = optarg; break;
         case O_QUIET: o->quiet = 1; break;
         case O_HELP: o->help = 1; break;
         default:
@@ -287,6 +290,60 @@ static ap_status parse_types(const run_opts *o, ap_policy_params **params, int *
         ap_policy_free(probe);
     }
     *params = p;
+    return AP_OK;
+}
+
+/* --seeds "1-5" or "1,4,9": into seeds[] (at most AP_MAX_SEEDS). */
+static ap_status parse_seeds(const char *text, unsigned long *seeds, int *n, ap_error *err)
+{
+    *n = 0;
+    for (const char *t = text; *t;) {
+        char *end;
+        const long a = strtol(t, &end, 10);
+        long b = a;
+        if (end == t || a < 0) break;
+        if (*end == '-') {
+            const char *u = end + 1;
+            b = strtol(u, &end, 10);
+            if (end == u || b < a) break;
+        }
+        for (long v = a; v <= b && *n < AP_MAX_SEEDS; v++) seeds[(*n)++] = (unsigned long)v;
+        if (b - a >= AP_MAX_SEEDS || (*end != ',' && *end != '\0')) {
+            *n = 0;
+            break;
+        }
+        t = *end ? end + 1 : end;
+    }
+    if (*n < 1)
+        return ap_error_set(err, AP_ERR_USAGE, "--seeds %s: accepted: a range 1-5 or a list 1,4,9 of at most %d "
+                            "seeds >= 0", text, AP_MAX_SEEDS);
+    return AP_OK;
+}
+
+/* --seeds: every randomised policy once per seed (the others once). */
+static ap_status expand_seeds(const run_opts *o, ap_policy_params **params, int *n, ap_error *err)
+{
+    if (!o->seeds) return AP_OK;
+    unsigned long seeds[AP_MAX_SEEDS];
+    int n_seeds;
+    ap_status st = parse_seeds(o->seeds, seeds, &n_seeds, err);
+    if (st) return st;
+    ap_policy_params *out = calloc((size_t)*n * n_seeds, sizeof *out);
+    if (!out) return ap_error_set(err, AP_ERR_RUNTIME, "out of memory");
+    int m = 0;
+    for (int i = 0; i < *n; i++) {
+        const char *name = (*params)[i].name;
+        const int randomised = !strcmp(name, "random") || !strcmp(name, "cms") || !strcmp(name, "count_sketch") ||
+                               !strcmp(name, "race") || !strcmp(name, "race_kde");
+        for (int k = 0; k < (randomised ? n_seeds : 1); k++) {
+            out[m] = (*params)[i];
+            if (randomised) out[m].seed = seeds[k];
+            m++;
+        }
+    }
+    free(*params);
+    *params = out;
+    *n = m;
     return AP_OK;
 }
 
@@ -509,7 +566,7 @@ static int job(job_kind kind, int argc, char **argv)
     ap_policy_params *params = NULL;
     int n_policies = 0;
     const char *compare_to = NULL;
-    if ((st = parse_types(&o, &params, &n_policies, &err)) ||
+    if ((st = parse_types(&o, &params, &n_policies, &err)) || (st = expand_seeds(&o, &params, &n_policies, &err)) ||
         (st = pick_compare(&o, params, n_policies, &compare_to, &err))) {
         free(params);
         return cli_fail(st, &err);

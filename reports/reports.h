@@ -70,6 +70,17 @@ typedef struct {
  * (--log-samples), through a temporary file renamed into place. */
 ap_status ap_summary_write_samples(const ap_summary *s, const char *path, ap_error *err);
 
+/* Runs that differ only in their seed (--seeds): the spread of their means. */
+enum { AP_MAX_SEEDS = 64 };
+typedef struct {
+    int first;                 /* the group's first run */
+    int n, run[AP_MAX_SEEDS];  /* its runs, in summary order */
+} ap_seed_group;
+/* Fills up to max_groups groups of two or more runs; returns how many. */
+int ap_seed_groups(const ap_summary *s, ap_seed_group *groups, int max_groups);
+/* n, mean, sd, min and max over the group's runs of a metric's mean. */
+void ap_seed_spread(const ap_summary *s, const ap_seed_group *g, int metric, ap_stats *out);
+
 /* "budget=64,sink=4,…" — what check matches runs by (with policy and layer). */
 void ap_report_run_key(const ap_report_run *r, char *buf, size_t n);
 

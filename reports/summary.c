@@ -120,6 +120,56 @@ static cJSON *run_json(const ap_summary *s, const ap_report_run *r)
     return o;
 }
 
+/* The policy's name, with its seed when another run of the summary has the
+ * same policy and layer (--seeds). */
+static void run_label(const ap_summary *s, const ap_report_run *r, char *buf, size_t n)
+{
+    int same = 0;
+    double seed = NAN;
+    for (int i = 0; i < s->n_runs; i++)
+        same += !strcmp(s->runs[i].policy, r->policy) && s->runs[i].layer == r->layer;
+    for (int p = 0; p < r->n_params; p++)
+        if (!strcmp(r->param_name[p], "seed")) seed = r->param_value[p];
+    if (same > 1 && !isnan(seed))
+        snprintf(buf, n, "%s (seed %.0f)", r->policy, seed);
+    else
+        snprintf(buf, n, "%s", r->policy);
+}
+
+/* "seed_spread": for runs that differ only in their seed, each metric's mean
+ * over the seeds, its sd, min and max. */
+static void add_seed_spread(cJSON *root, const ap_summary *s)
+{
+    ap_seed_group *groups = malloc(((size_t)s->n_runs + 1) * sizeof *groups);
+    const int n = groups ? ap_seed_groups(s, groups, s->n_runs) : 0;
+    cJSON *arr = n ? cJSON_AddArrayToObject(root, "seed_spread") : NULL;
+    for (int i = 0; arr && i < n; i++) {
+        const ap_report_run *r = &s->runs[groups[i].first];
+        cJSON *g = cJSON_CreateObject();
+        cJSON_AddStringToObject(g, "policy", r->policy);
+        cJSON_AddNumberToObject(g, "layer", r->layer);
+        cJSON *seeds = cJSON_AddArrayToObject(g, "seeds");
+        for (int k = 0; k < groups[i].n; k++) {
+            const ap_report_run *rk = &s->runs[groups[i].run[k]];
+            for (int p = 0; p < rk->n_params; p++)
+                if (!strcmp(rk->param_name[p], "seed")) cJSON_AddItemToArray(seeds, number(rk->param_value[p]));
+        }
+        cJSON *metrics = cJSON_AddObjectToObject(g, "metrics");
+        for (int m = 0; m < AP_M_COUNT; m++) {
+            ap_stats st;
+            ap_seed_spread(s, &groups[i], m, &st);
+            if (!st.n) continue;
+            cJSON *mo = cJSON_AddObjectToObject(metrics, ap_metric_name(m));
+            cJSON_AddItemToObject(mo, "mean", number(st.mean));
+            cJSON_AddItemToObject(mo, "sd", number(st.sd));
+            cJSON_AddItemToObject(mo, "min", number(st.min));
+            cJSON_AddItemToObject(mo, "max", number(st.max));
+        }
+        cJSON_AddItemToArray(arr, g);
+    }
+    free(groups);
+}
+
 ap_status ap_summary_write_json(const ap_summary *s, const char *path, ap_error *err)
 {
     cJSON *root = cJSON_CreateObject();
@@ -153,6 +203,7 @@ ap_status ap_summary_write_json(const ap_summary *s, const char *path, ap_error 
     cJSON_AddNumberToObject(root, "trace_s", s->trace_s);
     cJSON_AddNumberToObject(root, "study_s", s->study_s);
     cJSON_AddNumberToObject(root, "statistics_s", s->statistics_s);
+    add_seed_spread(root, s);
     cJSON *runs = cJSON_AddArrayToObject(root, "runs");
     for (int i = 0; i < s->n_runs; i++) cJSON_AddItemToArray(runs, run_json(s, &s->runs[i]));
     char *text = cJSON_Print(root);
@@ -403,10 +454,24 @@ void ap_summary_print_table(const ap_summary *s, FILE *f)
             fprintf(f, "\npaired over samples against %s (mean difference [95%% CI], Holm-adjusted "
                     "sign-flip p):\n", r->compare_to);
         const ap_paired *kl = &r->compare[AP_M_KL], *cs = &r->compare[AP_M_COSINE];
+        char label[64];
+        run_label(s, r, label, sizeof label);
         fprintf(f, "  %s - %s, layer %d: dKL %+.4f [%+.4f, %+.4f] p = %.3g;  dcosine %+.4f [%+.4f, %+.4f] "
-                "p = %.3g\n", r->policy, r->compare_to, r->layer, kl->delta, kl->ci_lo, kl->ci_hi,
+                "p = %.3g\n", label, r->compare_to, r->layer, kl->delta, kl->ci_lo, kl->ci_hi,
                 r->compare_p_holm[AP_M_KL], cs->delta, cs->ci_lo, cs->ci_hi, r->compare_p_holm[AP_M_COSINE]);
     }
+    ap_seed_group *groups = malloc(((size_t)s->n_runs + 1) * sizeof *groups);
+    const int n_groups = groups ? ap_seed_groups(s, groups, s->n_runs) : 0;
+    for (int i = 0; i < n_groups; i++) {
+        ap_stats kl, cs;
+        ap_seed_spread(s, &groups[i], AP_M_KL, &kl);
+        ap_seed_spread(s, &groups[i], AP_M_COSINE, &cs);
+        if (!i) fprintf(f, "\nspread of the mean over seeds (sd, min..max):\n");
+        const ap_report_run *r = &s->runs[groups[i].first];
+        fprintf(f, "  %s, layer %d, %d seeds: KL %.4f sd %.4f (%.4f..%.4f); cosine %.4f sd %.4f\n", r->policy,
+                r->layer, groups[i].n, kl.mean, kl.sd, kl.min, kl.max, cs.mean, cs.sd);
+    }
+    free(groups);
     if (s->samples < AP_CI_MIN_SAMPLES)
         fprintf(f, "warning: %d sample%s: the 95%% CIs are unreliable (at least %d needed; --samples)\n",
                 s->samples, s->samples == 1 ? "" : "s", AP_CI_MIN_SAMPLES);

@@ -38,6 +38,8 @@ printf 'short\n' > short.txt
 expect_exit 3 "too short input" "$bin" --input short.txt
 expect_exit 2 "--precision bf16 on the cpu" "$bin" --precision bf16
 expect_exit 2 "--sketch-memory too small for the sketch" "$bin" --types cms --sketch-memory 16
+expect_exit 2 "--seeds backwards" "$bin" --types cms --seeds 5-1
+expect_exit 2 "--seeds not a list" "$bin" --types cms --seeds all
 expect_exit 2 "--sketch-memory not a size" "$bin" --types cms --sketch-memory lots
 expect_exit 2 "--compare-to a policy not in --types" "$bin" --types h2o,cms --compare-to race
 if ! "$bin" --device cuda --samples 1 --max-length 80 --quiet --out gpu > /dev/null 2>&1; then

@@ -117,6 +117,17 @@ for name in ("cms", "count_sketch", "race"):
     assert c <= h2o and h2o - c < row, (name, c, h2o, row)
 PY
 
+# seed variance of the randomised policies
+expect_exit 0 "--seeds 1-3" "$bin" --samples 2 --max-length 256 --types h2o,cms,random --seeds 1-3 --quiet --out seeds
+python3 - seeds/summary.json <<'PY' && ok "seed_spread: cms and random over 3 seeds" || bad "no seed spread"
+import json, sys
+s = json.load(open(sys.argv[1]))
+groups = {g["policy"]: g for g in s["seed_spread"]}
+assert sorted(groups) == ["cms", "random"] and all(g["seeds"] == [1, 2, 3] for g in groups.values())
+assert groups["random"]["metrics"]["kl"]["sd"] > 0
+assert len(s["runs"]) == 7
+PY
+
 # paired comparisons and per-sample means
 expect_exit 0 "--compare-to and --log-samples" "$bin" --samples 3 --max-length 256 --types h2o,cms,window --compare-to h2o --log-samples --out paired
 grep -q "paired over samples against h2o" out.txt && ok "comparisons in the table" || bad "no comparison lines"
