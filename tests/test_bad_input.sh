@@ -4,22 +4,7 @@
 # can be, and nothing is left behind (no temporary file, no summary from a
 # failed run, an existing target that is not a regular file left in place).
 #   usage: test_bad_input.sh ATTNPROBE FIXTURES
-set -u
-bin=$1
-fixtures=$2
-work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT
-cd "$work"
-passed=0 failed=0
-ok() { passed=$((passed + 1)); echo "ok: $1"; }
-bad() { failed=$((failed + 1)); echo "FAIL: $1"; }
-expect_exit() { # code description command...
-  local want=$1 what=$2
-  shift 2
-  "$@" > out.txt 2> err.txt
-  local got=$?
-  if [ "$got" = "$want" ]; then ok "$what (exit $got)"; else bad "$what: exit $got, want $want: $(cat err.txt)"; fi
-}
+source "$(dirname "${BASH_SOURCE[0]}")/cli_lib.sh"
 no_temp_left() { # what
   if ls -a | grep -q '\.tmp\.'; then bad "$1: temporary file left: $(ls -a | grep tmp)"; else ok "$1: no temporary file left"; fi
 }
@@ -109,5 +94,4 @@ fi
 
 
 no_temp_left "after every case"
-echo "$passed passed, $failed failed"
-[ "$failed" = 0 ]
+finish

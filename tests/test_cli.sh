@@ -5,22 +5,7 @@
 # gives the same metrics as one run; --threads and --batch-size do not change
 # the numbers. Bad input: test_bad_input.sh.
 #   usage: test_cli.sh ATTNPROBE FIXTURES
-set -u
-bin=$1
-fixtures=$2
-work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT
-cd "$work"
-passed=0 failed=0
-ok() { passed=$((passed + 1)); echo "ok: $1"; }
-bad() { failed=$((failed + 1)); echo "FAIL: $1"; }
-expect_exit() { # code description command...
-  local want=$1 what=$2
-  shift 2
-  "$@" > out.txt 2> err.txt
-  local got=$?
-  if [ "$got" = "$want" ]; then ok "$what (exit $got)"; else bad "$what: exit $got, want $want: $(cat err.txt)"; fi
-}
+source "$(dirname "${BASH_SOURCE[0]}")/cli_lib.sh"
 
 expect_exit 0 "mission command" "$bin" --layer 6 --stride 16 --types cms,count_sketch,race
 grep -q "count_sketch" out.txt && grep -q "kl" out.txt && ok "table printed" || bad "no table"
@@ -134,5 +119,4 @@ grep -q "paired over samples against h2o" out.txt && ok "comparisons in the tabl
 grep -q '"compare"' paired/summary.json && ok "comparisons in the JSON" || bad "no compare object"
 [ "$(wc -l < paired/samples.jsonl)" = 9 ] && ok "samples.jsonl: 3 samples x 3 runs" || bad "samples.jsonl has $(wc -l < paired/samples.jsonl) lines"
 
-echo "$passed passed, $failed failed"
-[ "$failed" = 0 ]
+finish

@@ -141,18 +141,26 @@ static void temp_path(char *path, size_t n, const char *what)
     snprintf(path, n, "/tmp/attnprobe-study-%s-%ld.safetensors", what, (long)getpid());
 }
 
+/* Writes the study's reference trace to a temporary file named for `what`. */
+static ap_study_config save_trace(const char *what, int batch_size, char *path, size_t n)
+{
+    temp_path(path, n, what);
+    ap_error err;
+    ap_study_config c = config(AP_STUDY_ISOLATED, batch_size, 0);
+    c.save_trace = path;
+    double seconds;
+    if (ap_study_trace(&c, model, &samples, NULL, NULL, &seconds, &err)) fail_msg("%s", err.msg);
+    assert_null(ap_study_temp_file()); /* no temporary file left to remove */
+    c.save_trace = NULL;
+    return c;
+}
+
 static void test_trace_file_streams(void **state)
 {
     (void)state;
     char path[256];
-    temp_path(path, sizeof path, "trace");
     ap_error err;
-    ap_study_config c = config(AP_STUDY_ISOLATED, 2, 0);
-    c.save_trace = path;
-    double seconds;
-    if (ap_study_trace(&c, model, &samples, NULL, NULL, &seconds, &err)) fail_msg("%s", err.msg);
-    assert_null(ap_study_temp_file());
-    c.save_trace = NULL;
+    ap_study_config c = save_trace("trace", 2, path, sizeof path);
     ap_summary direct, replayed;
     run_study(&c, &direct);
     c.batch_size = 3;
@@ -187,12 +195,8 @@ static void test_corrupt_trace_is_refused(void **state)
 {
     (void)state;
     char path[256];
-    temp_path(path, sizeof path, "corrupt");
     ap_error err;
-    ap_study_config c = config(AP_STUDY_ISOLATED, 0, 0);
-    c.save_trace = path;
-    double seconds;
-    if (ap_study_trace(&c, model, &samples, NULL, NULL, &seconds, &err)) fail_msg("%s", err.msg);
+    ap_study_config c = save_trace("corrupt", 0, path, sizeof path);
     flip_bit(path, 1000); /* inside the last sample's last tensor */
     ap_summary out;
     assert_int_equal(ap_study_replay(&c, path, NULL, NULL, &out, &err), AP_ERR_INPUT);
