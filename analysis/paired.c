@@ -43,9 +43,9 @@ ap_status ap_paired_compare(const double *a, const double *b, int n, int resampl
         st = ap_error_set(err, AP_ERR_RUNTIME, "out of memory for a paired comparison");
         goto done;
     }
-    int m = 0; /* samples where both policies have a value */
+    int m = 0; /* samples where both policies have a value and their difference is a number */
     for (int i = 0; i < n; i++)
-        if (!isnan(a[i]) && !isnan(b[i])) d[m++] = a[i] - b[i];
+        if (isfinite(a[i] - b[i])) d[m++] = a[i] - b[i];
     out->n = m;
     if (m == 0) goto done;
     out->delta = gsl_stats_mean(d, 1, (size_t)m);
@@ -71,24 +71,28 @@ done:
 
 void ap_holm(const double *p, int n, double *adjusted)
 {
-    /* order the p-values; the k-th smallest (0-based) is multiplied by n - k,
-     * and the adjusted values are made non-decreasing in that order */
+    /* the family is the tests that have a p-value: order them; the k-th
+     * smallest (0-based) of m is multiplied by m - k, and the adjusted values
+     * are made non-decreasing in that order */
+    double *valid = calloc((size_t)(n > 0 ? n : 1), sizeof *valid);
     size_t *order = malloc((size_t)(n > 0 ? n : 1) * sizeof *order);
-    if (!order) {
-        for (int i = 0; i < n; i++) adjusted[i] = NAN;
+    int *where = malloc((size_t)(n > 0 ? n : 1) * sizeof *where);
+    for (int i = 0; i < n; i++) adjusted[i] = NAN;
+    if (!valid || !order || !where) {
+        free(valid), free(order), free(where);
         return;
     }
-    gsl_sort_index(order, p, 1, (size_t)n);
+    int m = 0;
+    for (int i = 0; i < n; i++)
+        if (!isnan(p[i])) where[m] = i, valid[m++] = p[i];
+    if (m > 0) gsl_sort_index(order, valid, 1, (size_t)m);
     double running = 0;
-    for (int k = 0; k < n; k++) {
-        const size_t i = order[k];
-        double v = isnan(p[i]) ? NAN : p[i] * (n - k);
+    for (int k = 0; k < m; k++) {
+        double v = valid[order[k]] * (m - k);
         if (v > 1) v = 1;
-        if (!isnan(v)) {
-            if (v < running) v = running;
-            running = v;
-        }
-        adjusted[i] = v;
+        if (v < running) v = running;
+        running = v;
+        adjusted[where[order[k]]] = v;
     }
-    free(order);
+    free(valid), free(order), free(where);
 }

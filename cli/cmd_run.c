@@ -293,30 +293,33 @@ static ap_status parse_types(const run_opts *o, ap_policy_params **params, int *
     return AP_OK;
 }
 
-/* --seeds "1-5" or "1,4,9": into seeds[] (at most AP_MAX_SEEDS). */
+/* --seeds "1-5" or "1,4,9": into seeds[] (at most AP_MAX_SEEDS, distinct, >= 0);
+ * anything else in the text is an error. */
 static ap_status parse_seeds(const char *text, unsigned long *seeds, int *n, ap_error *err)
 {
     *n = 0;
-    for (const char *t = text; *t;) {
+    int ok = *text != '\0';
+    for (const char *t = text; ok && *t;) {
         char *end;
-        const long a = strtol(t, &end, 10);
-        long b = a;
-        if (end == t || a < 0) break;
-        if (*end == '-') {
+        long a = strtol(t, &end, 10), b;
+        ok = end != t && a >= 0 && *t != '-' && *t != '+';
+        b = a;
+        if (ok && *end == '-') {
             const char *u = end + 1;
             b = strtol(u, &end, 10);
-            if (end == u || b < a) break;
+            ok = end != u && *u != '-' && *u != '+' && b >= a;
         }
-        for (long v = a; v <= b && *n < AP_MAX_SEEDS; v++) seeds[(*n)++] = (unsigned long)v;
-        if (b - a >= AP_MAX_SEEDS || (*end != ',' && *end != '\0')) {
-            *n = 0;
-            break;
+        ok = ok && (*end == ',' || *end == '\0') && b - a < AP_MAX_SEEDS && *n + (b - a + 1) <= AP_MAX_SEEDS;
+        for (long v = a; ok && v <= b; v++) {
+            for (int i = 0; i < *n; i++) ok = ok && seeds[i] != (unsigned long)v;
+            seeds[(*n)++] = (unsigned long)v;
         }
-        t = *end ? end + 1 : end;
+        t = ok && *end ? end + 1 : end;
+        ok = ok && !(*end == ',' && *t == '\0'); /* no trailing comma */
     }
-    if (*n < 1)
+    if (!ok || *n < 1)
         return ap_error_set(err, AP_ERR_USAGE, "--seeds %s: accepted: a range 1-5 or a list 1,4,9 of at most %d "
-                            "seeds >= 0", text, AP_MAX_SEEDS);
+                            "distinct seeds >= 0", text, AP_MAX_SEEDS);
     return AP_OK;
 }
 
@@ -603,8 +606,8 @@ static int job(job_kind kind, int argc, char **argv)
         if ((st = ap_trace_reader_open(trace_file, &r, &err))) goto out;
         const ap_trace *info = ap_trace_reader_info(r);
         const int n_head = info->n_head, trace_layers = info->n_layers;
-        /* --layers selects among the trace's layers (all by default) */
-        if (o.layers) {
+        /* --layers selects among the trace's layers (all of them by default, or "all") */
+        if (o.layers && strcmp(o.layers, "all") != 0) {
             st = cli_parse_layers(o.layers, 1 << 20, &layers, &n_layers, &err);
         } else if ((layers = malloc((size_t)trace_layers * sizeof *layers))) {
             memcpy(layers, info->layers, (size_t)trace_layers * sizeof *layers);

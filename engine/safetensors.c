@@ -152,10 +152,13 @@ static ap_status check_disjoint(const ap_st_file *f, ap_error *err)
     for (int i = 0; i < f->n; i++) order[i] = &f->tensors[i];
     qsort(order, (size_t)f->n, sizeof *order, by_offset);
     ap_status st = AP_OK;
-    for (int i = 1; i < f->n && !st; i++)
-        if (order[i - 1]->offset + order[i - 1]->nbytes > order[i]->offset && order[i]->nbytes > 0)
+    const ap_st_tensor *reach = order[0]; /* the tensor reaching furthest so far */
+    for (int i = 1; i < f->n && !st; i++) {
+        if (order[i]->nbytes > 0 && reach->offset + reach->nbytes > order[i]->offset)
             st = ap_error_set(err, AP_ERR_INPUT, "%s: tensors %s and %s overlap (data_offsets)", f->path,
-                              order[i - 1]->name, order[i]->name);
+                              reach->name, order[i]->name);
+        if (order[i]->offset + order[i]->nbytes > reach->offset + reach->nbytes) reach = order[i];
+    }
     free(order);
     return st;
 }

@@ -90,14 +90,16 @@ static ap_status check_comparable(const ap_summary *base, const ap_summary *cur,
             snprintf(field, sizeof field, "config.%s", KEYS[i - n_plain]);
             a = config_value(bc, KEYS[i - n_plain]), b = config_value(cc, KEYS[i - n_plain]);
         }
-        if ((a || b) && (!a || !b || strcmp(a, b) != 0)) {
+        /* an unknown checksum ("") is never taken as the same input */
+        const int unknown = i < 2 && a && b && (!a[0] || !b[0]);
+        if ((a || b) && (!a || !b || unknown || strcmp(a, b) != 0)) {
             if (allow_mismatch)
                 fprintf(out, "note: %s differs (%s and %s); compared anyway (--allow-mismatch)\n", field,
-                        a ? a : "missing", b ? b : "missing");
+                        a && a[0] ? a : "missing", b && b[0] ? b : "missing");
             else
                 st = ap_error_set(err, AP_ERR_INPUT, "the summaries differ in %s (%s and %s): their numbers "
                                   "are not comparable (--allow-mismatch compares them anyway)", field,
-                                  a ? a : "missing", b ? b : "missing");
+                                  a && a[0] ? a : "missing", b && b[0] ? b : "missing");
         }
         free(a), free(b);
     }

@@ -301,10 +301,16 @@ ap_status ap_policy_params_fit_counters(ap_policy_params *p, size_t bytes_per_he
         if (floats < (size_t)p->depth)
             return ap_error_set(err, AP_ERR_USAGE, "policy %s: %zu bytes a head cannot hold %d rows of counters",
                                 p->name, bytes_per_head, p->depth);
+        if (floats / (size_t)p->depth > (1u << 26))
+            return ap_error_set(err, AP_ERR_USAGE, "policy %s: %zu bytes a head would need a width over 2^26",
+                                p->name, bytes_per_head);
         p->width = (int)(floats / (size_t)p->depth);
     } else if (is_race(p->name)) {
         int bits = 1;
         while (bits < 20 && ((size_t)p->race_rows << (bits + 1)) <= floats) bits++;
+        if (bits == 20 && ((size_t)p->race_rows << 21) <= floats)
+            return ap_error_set(err, AP_ERR_USAGE, "policy %s: %zu bytes a head would need over 20 bits a row",
+                                p->name, bytes_per_head);
         if (((size_t)p->race_rows << bits) > floats) { /* fewer rows of 2 buckets */
             if (floats < 2)
                 return ap_error_set(err, AP_ERR_USAGE, "policy %s: %zu bytes a head cannot hold a row of "

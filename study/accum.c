@@ -28,10 +28,14 @@ ap_status study_acc_init(study_acc *a, const ap_study_config *cfg, const ap_trac
     if (!a->head_on || !a->runs || !a->parts || !a->part_heads) goto oom;
     if (!cfg->heads) memset(a->head_on, 1, (size_t)n_head);
     for (int i = 0; i < cfg->n_heads && cfg->heads; i++) a->head_on[cfg->heads[i]] = 1;
-    for (int r = 0; r < a->n_runs; r++) {
+    for (int r = 0; r < a->n_runs; r++) { /* every run initialised before any can fail */
         study_run *run = &a->runs[r];
         for (int m = 0; m < AP_M_COUNT; m++) ap_metric_acc_init(&run->m[m]);
         pthread_mutex_init(&run->lock, NULL);
+    }
+    a->runs_ready = 1;
+    for (int r = 0; r < a->n_runs; r++) {
+        study_run *run = &a->runs[r];
         run->head_sum = calloc(per_head, sizeof *run->head_sum);
         run->head_cnt = calloc(per_head, sizeof *run->head_cnt);
         if (!run->head_sum || !run->head_cnt) goto oom;
@@ -48,7 +52,7 @@ oom:
 
 void study_acc_free(study_acc *a)
 {
-    for (int r = 0; a->runs && r < a->n_runs; r++) {
+    for (int r = 0; a->runs && a->runs_ready && r < a->n_runs; r++) {
         study_run *run = &a->runs[r];
         for (int m = 0; m < AP_M_COUNT; m++) ap_metric_acc_free(&run->m[m]);
         pthread_mutex_destroy(&run->lock);

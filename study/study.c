@@ -197,6 +197,12 @@ static ap_status replay_device_batch(study_acc *acc, const ap_trace *tr, ap_pool
         study_run *run = &acc->runs[r];
         run->replay_s += seconds; /* the runs replay together */
         if (kv[r] > run->kv_bytes) run->kv_bytes = kv[r];
+        /* the policy's state, as a host instance of the same parameters holds it */
+        ap_policy *host;
+        if ((st = ap_policy_create(&cfg->policies[r / cfg->n_layers], tr->n_head, tr->head_dim, &host, err))) break;
+        const double bytes = (double)ap_policy_state_bytes(host);
+        ap_policy_free(host);
+        if (bytes > run->sketch_bytes) run->sketch_bytes = bytes;
     }
     free(values);
     free(kv);
@@ -280,7 +286,7 @@ static ap_status next_batch(batch_source *src, const ap_study_config *cfg, int f
              : ap_trace_run(src->engine, src->model, &view, cfg->layers, cfg->n_layers, tr, trace_progress, ps, err);
     if (st) return st;
     *trace_s += tr->seconds;
-    if (src->writer) st = ap_trace_writer_add(src->writer, tr, err);
+    if (src->writer && (st = ap_trace_writer_add(src->writer, tr, err))) ap_trace_free(tr);
     return st;
 }
 
@@ -345,6 +351,9 @@ static ap_status model_info(const ap_study_config *cfg, const ap_model *model, c
     info->model_n_layer = c->n_layer;
     info->model_vocab = c->vocab_size;
     snprintf(info->model_dtype, sizeof info->model_dtype, "%s", model->dtype);
+    snprintf(info->input_source, sizeof info->input_source, "%s", cfg->input_source ? cfg->input_source : "");
+    snprintf(info->input_sha256, sizeof info->input_sha256, "%s", cfg->input_sha256 ? cfg->input_sha256 : "");
+    info->max_length = cfg->max_length;
     return AP_OK;
 }
 
@@ -365,8 +374,8 @@ static ap_status study_model(const ap_study_config *cfg, const ap_model *model, 
     if (!st) st = ap_engine_create(model, cfg->backend, cfg->precision, &src.engine, err);
 #ifdef AP_HAVE_CUDA
     /* an isolated replay on a CUDA engine runs where the trace is */
-    src.on_device = !st && replay && cfg->mode == AP_STUDY_ISOLATED && !cfg->host_replay &&
-                    ap_engine_backend(src.engine) == AP_BACKEND_CUDA;
+    src.on_device = !st && replay && cfg->mode == AP_STUDY_ISOLATED && !cfg->host_replay && !cfg->save_trace &&
+                    ap_engine_backend(src.engine) == AP_BACKEND_CUDA; /* a file is written from host memory */
 #endif
     if (!st && cfg->save_trace) {
         if (!(info.config_json = study_config_json(cfg, samples->n)))
@@ -422,13 +431,21 @@ ap_status ap_study_replay(const ap_study_config *cfg, const char *trace_path, ap
     ap_status st = ap_trace_reader_open(trace_path, &src.reader, err);
     if (st) return st;
     const ap_trace *info = ap_trace_reader_info(src.reader);
+    /* the summary names the text and window length the trace was made from */
+    ap_study_config from_trace = *cfg;
+    if (info->input_sha256[0]) from_trace.input_source = info->input_source, from_trace.input_sha256 = info->input_sha256;
+    if (info->max_length > 0) from_trace.max_length = info->max_length;
+    cfg = &from_trace;
     int *li = malloc((size_t)cfg->n_layers * sizeof *li);
     if (!li) st = ap_error_set(err, AP_ERR_RUNTIME, "out of memory");
     for (int l = 0; !st && l < cfg->n_layers; l++)
-        if ((li[l] = ap_trace_layer_index(info, cfg->layers[l])) < 0)
-            st = ap_error_set(err, AP_ERR_USAGE, "layer %d: the trace %s has layers %d..%d (%d of them); "
-                              "pick among them", cfg->layers[l], trace_path, info->layers[0],
-                              info->layers[info->n_layers - 1], info->n_layers);
+        if ((li[l] = ap_trace_layer_index(info, cfg->layers[l])) < 0) {
+            char have[256] = "";
+            for (int k = 0, used = 0; k < info->n_layers && used < (int)sizeof have - 16; k++)
+                used += snprintf(have + used, sizeof have - (size_t)used, k ? ",%d" : "%d", info->layers[k]);
+            st = ap_error_set(err, AP_ERR_USAGE, "layer %d: the trace %s holds layers %s; pick among them",
+                              cfg->layers[l], trace_path, have);
+        }
     for (int h = 0; !st && cfg->heads && h < cfg->n_heads; h++)
         if (cfg->heads[h] < 0 || cfg->heads[h] >= info->n_head)
             st = ap_error_set(err, AP_ERR_USAGE, "head %d: the trace %s has heads 0..%d", cfg->heads[h],

@@ -27,6 +27,7 @@ typedef struct {
     int head_dim, model_n_layer;
     unsigned char *head_on;       /* [n_head] */
     study_run *runs;              /* [n_runs] */
+    int runs_ready;               /* their accumulators and locks initialised */
     /* the batch being replayed */
     int batch_first, batch_cap;
     study_part *parts;            /* [batch_cap * n_runs]: part of (b, run) at b * n_runs + run */

@@ -60,6 +60,13 @@ expect_exit 0 "cascade mode" "$bin" --mode cascade --types full,h2o --max-length
 expect_exit 0 "layer granularity, index alignment" "$bin" --granularity layer --align index --types h2o,cms
 grep -q "index_l1" out.txt && ok "index alignment shown" || bad "no index table"
 
+# a replay's summary names the text and window length its trace was made from
+expect_exit 0 "replay --layers all" "$bin" replay t.safetensors --layers all --types h2o,cms --quiet --out replayed_all
+expect_exit 0 "check: a run against the replay of its own trace" "$bin" check --baseline direct/summary.json --current replayed/summary.json
+expect_exit 0 "trace of another text" "$bin" trace --save other.safetensors --layers 6,10 --input "$(dirname "$bin")/models/attnprobe-mini/sample.txt" --samples 4 --quiet
+expect_exit 0 "replay of it" "$bin" replay other.safetensors --types h2o,cms --quiet --out replayed_other
+expect_exit 3 "check: replays of traces of other texts are refused" "$bin" check --baseline replayed/summary.json --current replayed_other/summary.json
+
 # streaming: the same numbers whatever the batch size
 expect_exit 0 "--batch-size 1" "$bin" --samples 3 --max-length 256 --layers 6,10 --types h2o,cms --batch-size 1 --quiet --out b1
 expect_exit 0 "--batch-size 2" "$bin" --samples 3 --max-length 256 --layers 6,10 --types h2o,cms --batch-size 2 --quiet --out b2

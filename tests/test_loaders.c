@@ -177,6 +177,18 @@ static void test_overlapping_tensors(void **state)
     assert_int_equal(ap_st_open(path, &f, &err), AP_ERR_INPUT);
     assert_non_null(strstr(err.msg, "overlap"));
     print_message("  ok: %s\n", err.msg);
+    /* an overlap behind a zero-size tensor between the two */
+    const char *hidden = "{\"a\":{\"dtype\":\"F32\",\"shape\":[25],\"data_offsets\":[0,100]},"
+                         "\"z\":{\"dtype\":\"F32\",\"shape\":[0],\"data_offsets\":[40,40]},"
+                         "\"c\":{\"dtype\":\"F32\",\"shape\":[5],\"data_offsets\":[60,80]}}";
+    char big[512];
+    const size_t hl = strlen(hidden);
+    memset(big, 0, sizeof big);
+    for (int i = 0; i < 8; i++) big[i] = (char)((uint64_t)hl >> (8 * i));
+    memcpy(big + 8, hidden, hl);
+    assert_int_equal(testutil_write_file(path, big, 8 + hl + 100), 0);
+    assert_int_equal(ap_st_open(path, &f, &err), AP_ERR_INPUT);
+    assert_non_null(strstr(err.msg, "tensors a and c overlap"));
     remove(path);
 }
 

@@ -21,7 +21,7 @@ enum { KINDS = 5 }; /* attn, q, k, v, o */
 static const char *const KIND[KINDS] = {"attn", "q", "k", "v", "o"};
 
 /* Fixed metadata keys before the per-sample checksums. */
-enum { META_FIXED = 7 };
+enum { META_FIXED = 10 };
 
 /* ---- writer ------------------------------------------------------------------ */
 
@@ -85,11 +85,15 @@ ap_status ap_trace_writer_open(const char *path, const ap_trace *like, const int
     char shape[64], model_shape[64];
     snprintf(model_shape, sizeof model_shape, "%d,%d", like->model_n_layer, like->model_vocab);
     snprintf(shape, sizeof shape, "%d,%d,%d,%d", n_samples, L, H, D);
+    char max_length[16];
+    snprintf(max_length, sizeof max_length, "%d", like->max_length);
     const char *keys[META_FIXED] = {"format", "model", "model_sha256", "model_layers_vocab", "layers",
-                                    "samples_layers_heads_dim", "model_dtype"};
+                                    "samples_layers_heads_dim", "model_dtype", "input", "input_sha256",
+                                    "max_length"};
     char *layers = layers_text(like->layers, L);
     const char *vals[META_FIXED] = {TRACE_FORMAT, like->model_source, like->model_sha256, model_shape,
-                                    layers ? layers : "", shape, like->model_dtype};
+                                    layers ? layers : "", shape, like->model_dtype, like->input_source,
+                                    like->input_sha256, max_length};
     for (int i = 0; i < META_FIXED; i++) {
         w->meta_keys[i] = strdup(keys[i]);
         w->meta_values[i] = strdup(vals[i]);
@@ -240,7 +244,8 @@ ap_status ap_trace_reader_open(const char *path, ap_trace_reader **out, ap_error
     }
     if (!format || strcmp(format, TRACE_FORMAT) != 0 || !shape || !layers ||
         sscanf(shape, "%d,%d,%d,%d", &S, &L, &H, &D) != 4 || S < 1 || L < 1 || H < 1 || D < 1 ||
-        S > 10000000 || L > 100000 || H > 100000 || D > 65536 || ap_st_count(f) != S * (1 + KINDS * L)) {
+        S > 10000000 || L > 100000 || H > 100000 || D > 65536 ||
+        (int64_t)ap_st_count(f) != (int64_t)S * (1 + KINDS * (int64_t)L)) {
         st = ap_error_set(err, AP_ERR_INPUT, "%s: not an attnprobe trace (metadata format "
                           TRACE_FORMAT " with shapes and one tensor per sample, layer and kind "
                           "expected; write one with attnprobe trace --save)", path);
@@ -264,6 +269,11 @@ ap_status ap_trace_reader_open(const char *path, ap_trace_reader **out, ap_error
     const char *model = ap_st_metadata(f, "model"), *sha = ap_st_metadata(f, "model_sha256");
     const char *config = ap_st_metadata(f, "config"), *dtype = ap_st_metadata(f, "model_dtype");
     snprintf(tr->model_dtype, sizeof tr->model_dtype, "%s", dtype ? dtype : "");
+    const char *input = ap_st_metadata(f, "input"), *input_sha = ap_st_metadata(f, "input_sha256");
+    const char *max_length = ap_st_metadata(f, "max_length");
+    snprintf(tr->input_source, sizeof tr->input_source, "%s", input ? input : "");
+    snprintf(tr->input_sha256, sizeof tr->input_sha256, "%s", input_sha ? input_sha : "");
+    tr->max_length = max_length ? atoi(max_length) : 0;
     snprintf(tr->model_source, sizeof tr->model_source, "%s", model ? model : "");
     snprintf(tr->model_sha256, sizeof tr->model_sha256, "%s", sha ? sha : "");
     tr->config_json = strdup(config ? config : "{}");
@@ -404,7 +414,10 @@ ap_status ap_trace_reader_read(ap_trace_reader *r, int s0, int n, ap_trace *batc
         return ap_error_set(err, AP_ERR_RUNTIME, "trace: samples %d..%d of %d asked", s0, s0 + n - 1,
                             tr->n_samples);
     ap_status st = ap_trace_alloc(batch, n, tr->n_layers, err);
-    if (st) return st;
+    if (st) {
+        ap_trace_free(batch);
+        return st;
+    }
     batch->n_head = tr->n_head;
     batch->head_dim = tr->head_dim;
     memcpy(batch->layers, tr->layers, (size_t)tr->n_layers * sizeof *tr->layers);

@@ -49,6 +49,8 @@ typedef struct {
     char file_sha256[65];   /* of the header of the file it was read from ("" for a fresh trace) */
     int model_n_layer, model_vocab;
     char model_dtype[8];    /* the weights as stored: F32, F16, BF16 ("" unknown) */
+    char input_source[1024], input_sha256[65]; /* the text the samples came from ("" unknown) */
+    int max_length;         /* the window length asked for (0 unknown) */
     char *config_json;      /* what shaped the trace, as saved in its file (owned; may be NULL) */
     double seconds;
     ap_engine *device;      /* non-NULL: attn, q, k, v, o are buffers on this engine's device */
