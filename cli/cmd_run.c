@@ -22,12 +22,19 @@
 
 #define DEFAULT_TYPES "full,window,sink,random,h2o,tova,cms,count_sketch,race,race_kde"
 
+/* A numeric policy option given as a list (a sweep): --budget 16,32,64. */
+enum { SWEEP_MAX = 64 };
+typedef struct {
+    int n, v[SWEEP_MAX];
+} int_list;
+
 typedef struct {
     const char *model, *tokenizer, *input, *layers, *heads, *types, *mode, *device, *precision;
     const char *out, *format, *align, *save, *granularity, *compare_to, *sketch_memory, *seeds;
     int samples, max_length, warmup, stride, budget, sink, recent, width, depth, race_rows,
         race_bits, bootstrap, quiet, help, plain_update, threads, batch_size, log_samples;
     unsigned long seed;
+    int_list budgets, sinks, recents, widths, depths, race_rows_l, race_bits_l; /* sweeps (n = 0: the one value) */
 } run_opts;
 
 enum {
@@ -71,6 +78,9 @@ static const char USAGE[] =
     "replay:\n"
     "  --types LIST (" DEFAULT_TYPES ")\n"
     "  --budget B (64)  --sink S (4)  --recent R (16)  --granularity head|layer (head)\n"
+    "  (--budget, --sink, --recent, --width, --depth, --race-rows, --race-bits take lists too,\n"
+    "   16,32,64: every policy runs once per combination of the values that shape it, all\n"
+    "   on one reference trace)\n"
     "  --width W (512)  --depth D (4)  --plain-update (Count-Min without conservative update)\n"
     "  --race-rows R (16)  --race-bits B (9)  --seed N (1)\n"
     "  --seeds 1-5|1,4,9  run each randomised policy (random, cms, count_sketch, race,\n"
@@ -90,6 +100,34 @@ static const char USAGE[] =
     "  --compare-to POLICY|none (the first scored policy of --types): every other policy's\n"
     "                 per-sample difference from it, bootstrap CI, Holm-adjusted sign-flip p\n"
     "  --log-samples  also write DIR/samples.jsonl: every sample's mean of every metric\n";
+
+/* "16,32,64": distinct integers in [lo, hi], at most SWEEP_MAX; *first gets the first. */
+static ap_status parse_int_list(const char *flag, const char *text, int lo, int hi, int_list *list, int *first,
+                                ap_error *err)
+{
+    list->n = 0;
+    for (const char *t = text;;) {
+        const size_t w = strcspn(t, ",");
+        char item[32];
+        if (w == 0 || w >= sizeof item)
+            return ap_error_set(err, AP_ERR_USAGE, "%s %s: accepted: integers %d..%d separated by commas", flag,
+                                text, lo, hi);
+        memcpy(item, t, w);
+        item[w] = '\0';
+        int v;
+        ap_status st = cli_parse_int(flag, item, lo, hi, &v, err);
+        if (st) return st;
+        for (int i = 0; i < list->n; i++)
+            if (list->v[i] == v) return ap_error_set(err, AP_ERR_USAGE, "%s %s: %d is listed twice", flag, text, v);
+        if (list->n == SWEEP_MAX)
+            return ap_error_set(err, AP_ERR_USAGE, "%s %s: at most %d values", flag, text, SWEEP_MAX);
+        list->v[list->n++] = v;
+        if (!t[w]) break;
+        t += w + 1;
+    }
+    *first = list->v[0];
+    return AP_OK;
+}
 
 static ap_status parse_run_opts(int argc, char **argv, run_opts *o, ap_error *err)
 {
@@ -122,13 +160,13 @@ static ap_status parse_run_opts(int argc, char **argv, run_opts *o, ap_error *er
         case O_MAXLEN: st = cli_parse_int("--max-length", optarg, 2, 1 << 20, &o->max_length, err); break;
         case O_WARMUP: st = cli_parse_int("--warmup", optarg, 0, 1 << 20, &o->warmup, err); break;
         case O_STRIDE: st = cli_parse_int("--stride", optarg, 1, 1 << 20, &o->stride, err); break;
-        case O_BUDGET: st = cli_parse_int("--budget", optarg, 1, 1 << 20, &o->budget, err); break;
-        case O_SINK: st = cli_parse_int("--sink", optarg, 0, 1 << 20, &o->sink, err); break;
-        case O_RECENT: st = cli_parse_int("--recent", optarg, 0, 1 << 20, &o->recent, err); break;
-        case O_WIDTH: st = cli_parse_int("--width", optarg, 1, 1 << 26, &o->width, err); break;
-        case O_DEPTH: st = cli_parse_int("--depth", optarg, 1, 64, &o->depth, err); break;
-        case O_RROWS: st = cli_parse_int("--race-rows", optarg, 1, 4096, &o->race_rows, err); break;
-        case O_RBITS: st = cli_parse_int("--race-bits", optarg, 1, 20, &o->race_bits, err); break;
+        case O_BUDGET: st = parse_int_list("--budget", optarg, 1, 1 << 20, &o->budgets, &o->budget, err); break;
+        case O_SINK: st = parse_int_list("--sink", optarg, 0, 1 << 20, &o->sinks, &o->sink, err); break;
+        case O_RECENT: st = parse_int_list("--recent", optarg, 0, 1 << 20, &o->recents, &o->recent, err); break;
+        case O_WIDTH: st = parse_int_list("--width", optarg, 1, 1 << 26, &o->widths, &o->width, err); break;
+        case O_DEPTH: st = parse_int_list("--depth", optarg, 1, 64, &o->depths, &o->depth, err); break;
+        case O_RROWS: st = parse_int_list("--race-rows", optarg, 1, 4096, &o->race_rows_l, &o->race_rows, err); break;
+        case O_RBITS: st = parse_int_list("--race-bits", optarg, 1, 20, &o->race_bits_l, &o->race_bits, err); break;
         case O_BOOT: st = cli_parse_int("--bootstrap", optarg, 0, 1000000, &o->bootstrap, err); break;
         case O_SEED: {
             int seed;
@@ -278,18 +316,81 @@ static ap_status parse_types(const run_opts *o, ap_policy_params **params, int *
         free(p);
         return ap_error_set(err, AP_ERR_USAGE, "--types: empty list (accepted: %s)", ap_policy_names());
     }
-    for (int i = 0; i < *n; i++) { /* validate parameters before any work */
+    *params = p;
+    return AP_OK;
+}
+
+/* Every parameter set can make its policy: checked before any work. */
+static ap_status probe_params(const ap_policy_params *p, int n, ap_error *err)
+{
+    for (int i = 0; i < n; i++) {
         ap_policy *probe;
         ap_status st = ap_policy_create(&p[i], 1, 1, &probe, err);
-        if (st) {
-            free(p);
-            return ap_error_wrap(err, st, "--budget %d --sink %d --recent %d --width %d --depth %d "
-                                 "--race-rows %d --race-bits %d", o->budget, o->sink, o->recent,
-                                 o->width, o->depth, o->race_rows, o->race_bits);
-        }
+        if (st)
+            return ap_error_wrap(err, st, "--budget %d --sink %d --recent %d --width %d --depth %d --race-rows %d "
+                                 "--race-bits %d", p[i].budget, p[i].sink, p[i].recent, p[i].width, p[i].depth,
+                                 p[i].race_rows, p[i].race_bits);
         ap_policy_free(probe);
     }
-    *params = p;
+    return AP_OK;
+}
+
+/* Sweeps: each policy once per combination of the listed values of the
+ * options that shape it (the budget for all but full; sink and recent for
+ * the policies that protect positions; width and depth for the sketches;
+ * rows and bits for RACE). */
+enum { SWEEP_RUNS_MAX = 4096 };
+static ap_status expand_sweeps(const run_opts *o, ap_policy_params **params, int *n, ap_error *err)
+{
+    const int_list one = {0, {0}};
+    const int_list *lists[7] = {&o->budgets, &o->sinks, &o->recents, &o->widths, &o->depths, &o->race_rows_l,
+                                &o->race_bits_l};
+    int swept = 0;
+    for (int k = 0; k < 7; k++) swept |= lists[k]->n > 1;
+    if (!swept) return AP_OK;
+    ap_policy_params *out = NULL;
+    int m = 0, cap = 0;
+    for (int i = 0; i < *n; i++) {
+        const ap_policy_params *b = &(*params)[i];
+        const char *name = b->name;
+        const int full = !strcmp(name, "full"), window = !strcmp(name, "window");
+        const int sketch = !strcmp(name, "cms") || !strcmp(name, "count_sketch");
+        const int race = !strcmp(name, "race") || !strcmp(name, "race_kde");
+        const int matters[7] = {!full, !full && !window, !full && !window, sketch, sketch, race, race};
+        int count[7], total = 1;
+        for (int k = 0; k < 7; k++) {
+            count[k] = matters[k] && lists[k]->n > 1 ? lists[k]->n : 1;
+            total *= count[k];
+        }
+        if (m + total > SWEEP_RUNS_MAX) {
+            free(out);
+            return ap_error_set(err, AP_ERR_USAGE, "the sweep makes more than %d policy runs a layer; list fewer "
+                                "values", SWEEP_RUNS_MAX);
+        }
+        if (m + total > cap) {
+            cap = (m + total) * 2;
+            ap_policy_params *grown = realloc(out, (size_t)cap * sizeof *out);
+            if (!grown) {
+                free(out);
+                return ap_error_set(err, AP_ERR_RUNTIME, "out of memory");
+            }
+            out = grown;
+        }
+        for (int c = 0; c < total; c++) {
+            ap_policy_params q = *b;
+            int rest = c;
+            int *field[7] = {&q.budget, &q.sink, &q.recent, &q.width, &q.depth, &q.race_rows, &q.race_bits};
+            for (int k = 6; k >= 0; k--) { /* the last option varies fastest */
+                const int_list *l = count[k] > 1 ? lists[k] : &one;
+                if (count[k] > 1) *field[k] = l->v[rest % count[k]];
+                rest /= count[k];
+            }
+            out[m++] = q;
+        }
+    }
+    free(*params);
+    *params = out;
+    *n = m;
     return AP_OK;
 }
 
@@ -392,19 +493,21 @@ static ap_status parse_size(const char *text, size_t *out, ap_error *err)
 static ap_status fit_sketch_memory(const run_opts *o, ap_policy_params *p, int n, int n_head, ap_error *err)
 {
     if (!o->sketch_memory) return AP_OK;
-    size_t per_head;
-    if (!strcmp(o->sketch_memory, "match")) {
-        ap_policy_params h2o;
-        ap_policy_params_default(&h2o, "h2o");
-        h2o.budget = o->budget;
-        per_head = ap_policy_counter_bytes(&h2o);
-    } else {
+    const int match = !strcmp(o->sketch_memory, "match");
+    size_t per_head = 0;
+    if (!match) {
         size_t layer = 0;
         ap_status st = parse_size(o->sketch_memory, &layer, err);
         if (st) return st;
         per_head = layer / (size_t)n_head;
     }
     for (int i = 0; i < n; i++) {
+        if (match) { /* h2o's scores at this policy's budget */
+            ap_policy_params h2o;
+            ap_policy_params_default(&h2o, "h2o");
+            h2o.budget = p[i].budget;
+            per_head = ap_policy_counter_bytes(&h2o);
+        }
         ap_status st = ap_policy_params_fit_counters(&p[i], per_head, err);
         ap_policy *probe;
         if (!st) st = ap_policy_create(&p[i], 1, 1, &probe, err);
@@ -569,7 +672,8 @@ static int job(job_kind kind, int argc, char **argv)
     ap_policy_params *params = NULL;
     int n_policies = 0;
     const char *compare_to = NULL;
-    if ((st = parse_types(&o, &params, &n_policies, &err)) || (st = expand_seeds(&o, &params, &n_policies, &err)) ||
+    if ((st = parse_types(&o, &params, &n_policies, &err)) || (st = expand_sweeps(&o, &params, &n_policies, &err)) ||
+        (st = expand_seeds(&o, &params, &n_policies, &err)) || (st = probe_params(params, n_policies, &err)) ||
         (st = pick_compare(&o, params, n_policies, &compare_to, &err))) {
         free(params);
         return cli_fail(st, &err);

@@ -120,20 +120,22 @@ static cJSON *run_json(const ap_summary *s, const ap_report_run *r)
     return o;
 }
 
-/* The policy's name, with its seed when another run of the summary has the
- * same policy and layer (--seeds). */
+/* The policy's name, with the parameters that tell it from the summary's
+ * other runs of the same policy and layer (a sweep, --seeds): "cms budget=32". */
 static void run_label(const ap_summary *s, const ap_report_run *r, char *buf, size_t n)
 {
-    int same = 0;
-    double seed = NAN;
-    for (int i = 0; i < s->n_runs; i++)
-        same += !strcmp(s->runs[i].policy, r->policy) && s->runs[i].layer == r->layer;
-    for (int p = 0; p < r->n_params; p++)
-        if (!strcmp(r->param_name[p], "seed")) seed = r->param_value[p];
-    if (same > 1 && !isnan(seed))
-        snprintf(buf, n, "%s (seed %.0f)", r->policy, seed);
-    else
-        snprintf(buf, n, "%s", r->policy);
+    size_t used = (size_t)snprintf(buf, n, "%s", r->policy);
+    for (int p = 0; p < r->n_params && used < n; p++) {
+        int differs = 0;
+        for (int i = 0; i < s->n_runs && !differs; i++) {
+            const ap_report_run *o = &s->runs[i];
+            if (strcmp(o->policy, r->policy) != 0 || o->layer != r->layer) continue;
+            for (int q = 0; q < o->n_params; q++)
+                differs |= !strcmp(o->param_name[q], r->param_name[p]) && o->param_value[q] != r->param_value[p];
+        }
+        if (differs)
+            used += (size_t)snprintf(buf + used, n - used, " %s=%g", r->param_name[p], r->param_value[p]);
+    }
 }
 
 /* "seed_spread": for runs that differ only in their seed, each metric's mean
@@ -428,12 +430,20 @@ void ap_summary_print_table(const ap_summary *s, FILE *f)
     const int n_shown = sizeof shown / sizeof shown[0];
     fprintf(f, "model %s (%d layers, %d heads) · %d samples, %d tokens · %s %s\n", s->model_source,
             s->n_layer, s->n_head, s->samples, s->tokens, s->backend, s->precision);
-    fprintf(f, "%-13s %5s", "policy", "layer");
+    int width = 13; /* the policy column: as wide as its longest label */
+    for (int i = 0; i < s->n_runs; i++) {
+        char label[96];
+        run_label(s, &s->runs[i], label, sizeof label);
+        if ((int)strlen(label) > width) width = (int)strlen(label);
+    }
+    fprintf(f, "%-*s %5s", width, "policy", "layer");
     for (int i = 0; i < n_shown; i++) fprintf(f, " %17s", ap_metric_name(shown[i]));
     fprintf(f, " %9s %10s %10s %8s\n", "kv_KiB", "state_KiB", "scores_B", "time_ms");
     for (int r = 0; r < s->n_runs; r++) {
         const ap_report_run *run = &s->runs[r];
-        fprintf(f, "%-13s %5d", run->policy, run->layer);
+        char label[96];
+        run_label(s, run, label, sizeof label);
+        fprintf(f, "%-*s %5d", width, label, run->layer);
         for (int i = 0; i < n_shown; i++) {
             const ap_stats *st = &run->stats[shown[i]];
             char cell[40];
@@ -454,7 +464,7 @@ void ap_summary_print_table(const ap_summary *s, FILE *f)
             fprintf(f, "\npaired over samples against %s (mean difference [95%% CI], Holm-adjusted "
                     "sign-flip p):\n", r->compare_to);
         const ap_paired *kl = &r->compare[AP_M_KL], *cs = &r->compare[AP_M_COSINE];
-        char label[64];
+        char label[96];
         run_label(s, r, label, sizeof label);
         fprintf(f, "  %s - %s, layer %d: dKL %+.4f [%+.4f, %+.4f] p = %.3g;  dcosine %+.4f [%+.4f, %+.4f] "
                 "p = %.3g\n", label, r->compare_to, r->layer, kl->delta, kl->ci_lo, kl->ci_hi,

@@ -2,6 +2,7 @@
  * per run, per-head means, memory, time, and the config that shaped them. */
 #include <cjson/cJSON.h>
 #include <math.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -37,6 +38,27 @@ static void run_params(const ap_policy_params *p, ap_report_run *r)
     snprintf(r->granularity, sizeof r->granularity, "%s", p->granularity == AP_GRAN_LAYER ? "layer" : "head");
 }
 
+/* An int option of the policies: its value, or the distinct values of a sweep (in order). */
+static void add_param(cJSON *c, const char *key, const ap_study_config *cfg, size_t offset)
+{
+    cJSON *values = cJSON_CreateArray();
+    int n = 0, first = 0;
+    for (int p = 0; p < cfg->n_policies; p++) {
+        const int v = *(const int *)((const char *)&cfg->policies[p] + offset);
+        int seen = 0;
+        const cJSON *e;
+        cJSON_ArrayForEach(e, values) seen |= (int)e->valuedouble == v;
+        if (!seen) cJSON_AddItemToArray(values, cJSON_CreateNumber(v)), n++;
+        if (p == 0) first = v;
+    }
+    if (n > 1) {
+        cJSON_AddItemToObject(c, key, values);
+    } else {
+        cJSON_Delete(values);
+        cJSON_AddNumberToObject(c, key, first);
+    }
+}
+
 /* Every option that shaped the numbers, as a JSON object. */
 char *study_config_json(const ap_study_config *cfg, int n_samples)
 {
@@ -58,14 +80,14 @@ char *study_config_json(const ap_study_config *cfg, int n_samples)
     }
     cJSON *types = cJSON_AddArrayToObject(c, "types");
     for (int i = 0; i < cfg->n_policies; i++) cJSON_AddItemToArray(types, cJSON_CreateString(cfg->policies[i].name));
-    cJSON_AddNumberToObject(c, "budget", p0->budget);
-    cJSON_AddNumberToObject(c, "sink", p0->sink);
-    cJSON_AddNumberToObject(c, "recent", p0->recent);
-    cJSON_AddNumberToObject(c, "width", p0->width);
-    cJSON_AddNumberToObject(c, "depth", p0->depth);
+    add_param(c, "budget", cfg, offsetof(ap_policy_params, budget));
+    add_param(c, "sink", cfg, offsetof(ap_policy_params, sink));
+    add_param(c, "recent", cfg, offsetof(ap_policy_params, recent));
+    add_param(c, "width", cfg, offsetof(ap_policy_params, width));
+    add_param(c, "depth", cfg, offsetof(ap_policy_params, depth));
     cJSON_AddBoolToObject(c, "conservative_update", p0->conservative);
-    cJSON_AddNumberToObject(c, "race_rows", p0->race_rows);
-    cJSON_AddNumberToObject(c, "race_bits", p0->race_bits);
+    add_param(c, "race_rows", cfg, offsetof(ap_policy_params, race_rows));
+    add_param(c, "race_bits", cfg, offsetof(ap_policy_params, race_bits));
     cJSON_AddStringToObject(c, "granularity", p0->granularity == AP_GRAN_LAYER ? "layer" : "head");
     cJSON_AddStringToObject(c, "align", cfg->align_index ? "index" : "position");
     cJSON_AddNumberToObject(c, "seed", (double)cfg->seed);
@@ -144,17 +166,37 @@ enum { PERMUTATIONS = 999 };
 typedef struct {
     const ap_study_config *cfg;
     ap_summary *out;
-    int ref;                 /* the reference policy's index */
 } compare_job;
+
+static double param_of(const ap_report_run *r, const char *name)
+{
+    for (int i = 0; i < r->n_params; i++)
+        if (!strcmp(r->param_name[i], name)) return r->param_value[i];
+    return NAN;
+}
+
+/* The reference's run for r: the same layer, the same budget when a sweep
+ * has one, else the reference's first run of the layer. */
+static const ap_report_run *reference_of(const compare_job *j, const ap_report_run *r)
+{
+    const ap_report_run *first = NULL;
+    for (int i = 0; i < j->out->n_runs; i++) {
+        const ap_report_run *c = &j->out->runs[i];
+        if (strcmp(c->policy, j->cfg->compare_to) != 0 || c->layer != r->layer) continue;
+        if (!first) first = c;
+        if (param_of(c, "budget") == param_of(r, "budget")) return c;
+    }
+    return first;
+}
 
 /* Run `run` against the reference's run of its layer, every metric. */
 static ap_status compare_item(void *ctx, int run, ap_error *err)
 {
     const compare_job *j = ctx;
-    const int L = j->cfg->n_layers, p = run / L, l = run % L;
     ap_report_run *r = &j->out->runs[run];
-    if (p == j->ref) return AP_OK;
-    const ap_report_run *ref = &j->out->runs[j->ref * L + l];
+    if (!strcmp(r->policy, j->cfg->compare_to)) return AP_OK; /* a reference itself */
+    const ap_report_run *ref = reference_of(j, r);
+    if (!ref) return AP_OK;
     snprintf(r->compare_to, sizeof r->compare_to, "%s", ref->policy);
     const int n = r->n_samples;
     double *a = malloc(((size_t)n + 1) * sizeof *a), *b = malloc(((size_t)n + 1) * sizeof *b);
@@ -176,12 +218,11 @@ static ap_status compare_item(void *ctx, int run, ap_error *err)
 static ap_status compare_runs(const ap_study_config *cfg, ap_summary *out, ap_pool *pool, ap_error *err)
 {
     if (!cfg->compare_to) return AP_OK;
-    int ref = -1;
-    for (int p = 0; p < cfg->n_policies && ref < 0; p++)
-        if (!strcmp(cfg->policies[p].name, cfg->compare_to)) ref = p;
-    if (ref < 0)
+    int found = 0;
+    for (int p = 0; p < cfg->n_policies; p++) found |= !strcmp(cfg->policies[p].name, cfg->compare_to);
+    if (!found)
         return ap_error_set(err, AP_ERR_USAGE, "compare to %s: not among the study's policies", cfg->compare_to);
-    compare_job job = {cfg, out, ref};
+    compare_job job = {cfg, out};
     ap_status st = ap_pool_run(pool, out->n_runs, compare_item, &job, err);
     double *p = malloc(((size_t)out->n_runs + 1) * sizeof *p), *adj = malloc(((size_t)out->n_runs + 1) * sizeof *adj);
     int *who = malloc(((size_t)out->n_runs + 1) * sizeof *who);

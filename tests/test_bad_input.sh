@@ -23,6 +23,8 @@ printf 'short\n' > short.txt
 expect_exit 3 "too short input" "$bin" --input short.txt
 expect_exit 2 "--precision bf16 on the cpu" "$bin" --precision bf16
 expect_exit 2 "--sketch-memory too small for the sketch" "$bin" --types cms --sketch-memory 16
+expect_exit 2 "--budget listing a value twice" "$bin" --budget 32,32
+expect_exit 2 "--budget list with a word" "$bin" --budget 32,abc
 expect_exit 2 "--seeds backwards" "$bin" --types cms --seeds 5-1
 expect_exit 2 "--seeds not a list" "$bin" --types cms --seeds all
 expect_exit 2 "--sketch-memory not a size" "$bin" --types cms --sketch-memory lots

@@ -109,6 +109,18 @@ for name in ("cms", "count_sketch", "race"):
     assert c <= h2o and h2o - c < row, (name, c, h2o, row)
 PY
 
+# sweeps: every policy once per value that shapes it, on one trace
+expect_exit 0 "--budget 32,64 --width 16,512" "$bin" --samples 2 --max-length 256 --types h2o,cms,window --budget 32,64 --width 16,512 --quiet --out sweep
+python3 - sweep/summary.json <<'PY' && ok "sweep: h2o x2, cms x4 (budget x width), window x2" || bad "sweep runs wrong"
+import json, sys
+s = json.load(open(sys.argv[1]))
+runs = [(r["policy"], r["params"].get("budget"), r["params"].get("width")) for r in s["runs"]]
+assert sorted(runs, key=str) == sorted([("h2o", 32, None), ("h2o", 64, None), ("cms", 32, 16), ("cms", 32, 512),
+                                         ("cms", 64, 16), ("cms", 64, 512), ("window", 32, None),
+                                         ("window", 64, None)], key=str), runs
+assert s["config"]["budget"] == [32, 64] and s["config"]["width"] == [16, 512]
+PY
+
 # seed variance of the randomised policies
 expect_exit 0 "--seeds 1-3" "$bin" --samples 2 --max-length 256 --types h2o,cms,random --seeds 1-3 --quiet --out seeds
 python3 - seeds/summary.json <<'PY' && ok "seed_spread: cms and random over 3 seeds" || bad "no seed spread"
