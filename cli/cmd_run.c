@@ -727,7 +727,6 @@ static int job(job_kind kind, int argc, char **argv)
         cfg.layers = layers, cfg.n_layers = n_layers, cfg.heads = heads, cfg.n_heads = n_heads;
         cfg.input_source = input_source;
         st = ap_study_replay(&cfg, trace_file, progress, &prog, &summary, &err);
-        if (!st) cfg.input_sha256 = summary.input_sha256;
         goto report;
     }
 

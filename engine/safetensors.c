@@ -16,6 +16,7 @@
 
 #include "../common/atomic_file.h"
 #include "model_internal.h"
+#include "strmap.h"
 
 enum { MAX_HEADER = 100 << 20 };
 
@@ -27,6 +28,8 @@ struct ap_st_file {
     cJSON *header;
     ap_st_tensor *tensors;
     int n;
+    ap_strmap by_name;   /* tensor name -> index: a trace holds tens of thousands */
+    int by_name_ready;
     char sha256[65];     /* "" until ap_st_sha256 is first asked */
     char path[1024];
 };
@@ -76,6 +79,7 @@ void ap_st_close(ap_st_file *f)
     if (!f) return;
     cJSON_Delete(f->header);
     free(f->tensors);
+    if (f->by_name_ready) ap_strmap_free(&f->by_name);
     if (f->mapped)
         munmap(f->data, f->size);
     else
@@ -192,10 +196,11 @@ ap_status ap_st_open(const char *path, ap_st_file **out, ap_error *err)
     }
     int n_items = cJSON_GetArraySize(f->header);
     f->tensors = calloc((size_t)n_items + 1, sizeof *f->tensors);
-    if (!f->tensors) {
+    if (!f->tensors || ap_strmap_init(&f->by_name, (size_t)n_items + 1) != 0) {
         st = ap_error_set(err, AP_ERR_RUNTIME, "out of memory");
         goto fail;
     }
+    f->by_name_ready = 1;
     const cJSON *e;
     cJSON_ArrayForEach(e, f->header)
     {
@@ -207,11 +212,15 @@ ap_status ap_st_open(const char *path, ap_st_file **out, ap_error *err)
             continue;
         }
         if ((st = parse_entry(f, e, 8 + (size_t)hlen, &f->tensors[f->n], err))) goto fail;
-        for (int i = 0; i < f->n; i++)
-            if (strcmp(f->tensors[i].name, e->string) == 0) {
-                st = ap_error_set(err, AP_ERR_INPUT, "%s: tensor %s appears twice", path, e->string);
-                goto fail;
-            }
+        int seen;
+        if (ap_strmap_get(&f->by_name, e->string, strlen(e->string), &seen)) {
+            st = ap_error_set(err, AP_ERR_INPUT, "%s: tensor %s appears twice", path, e->string);
+            goto fail;
+        }
+        if (ap_strmap_put(&f->by_name, e->string, strlen(e->string), f->n) != 0) {
+            st = ap_error_set(err, AP_ERR_RUNTIME, "out of memory");
+            goto fail;
+        }
         f->n++;
     }
     if ((st = check_disjoint(f, err))) goto fail;
@@ -247,9 +256,8 @@ const char *ap_st_path(const ap_st_file *f) { return f->path; }
 
 const ap_st_tensor *ap_st_find(const ap_st_file *f, const char *name)
 {
-    for (int i = 0; i < f->n; i++)
-        if (strcmp(f->tensors[i].name, name) == 0) return &f->tensors[i];
-    return NULL;
+    int i;
+    return f->by_name_ready && ap_strmap_get(&f->by_name, name, strlen(name), &i) ? &f->tensors[i] : NULL;
 }
 
 const char *ap_st_metadata(const ap_st_file *f, const char *key)

@@ -129,9 +129,8 @@ static ap_status fill_run(const study_acc *a, const ap_study_config *cfg, int p,
     r->sketch_bytes = acc->sketch_bytes;
     r->counter_bytes = (double)ap_policy_counter_bytes(&cfg->policies[p]) * H;
     /* kv_bytes is fp32 k and v of one layer (isolated) or of every layer (cascade) */
-    const ap_study_config *c = cfg;
     const double per_position = 2.0 * (double)a->head_dim * sizeof(float);
-    r->kv_positions = acc->kv_bytes / per_position / (c->mode == AP_STUDY_CASCADE ? a->model_n_layer : 1);
+    r->kv_positions = acc->kv_bytes / per_position / (cfg->mode == AP_STUDY_CASCADE ? a->model_n_layer : 1);
     r->replay_s = acc->replay_s;
     r->tokens_per_s = acc->replay_s > 0 ? (double)a->tokens / acc->replay_s : 0;
     return sample_means(acc, n_samples, r, err);
