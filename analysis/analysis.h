@@ -24,6 +24,8 @@ typedef enum {
     AP_M_OUT_ERR,     /* |o_q - o_p| / |o_p|, o = sum_j a_j v_j */
     AP_M_INDEX_L1,    /* --align index: mean |p_i - c_i| against the compacted row */
     AP_M_INDEX_RMS,   /* --align index: sqrt(mean (p_i - c_i)^2) */
+    AP_M_INDEX_KL,    /* --align index: KL(p||c), eps-smoothed as kl */
+    AP_M_INDEX_COSINE, /* --align index: p.c / (|p| |c|) */
     AP_M_COUNT
 } ap_metric;
 

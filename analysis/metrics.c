@@ -11,13 +11,14 @@ static const double M_LN2_ = 0.69314718055994530942;
 static const char *const NAMES[AP_M_COUNT] = {
     "kl", "kl_rev", "js", "tv", "cosine", "l1", "l2", "peak_shift", "mass_retained",
     "topk_recall@1", "topk_recall@8", "topk_recall@32", "out_err", "index_l1", "index_rms",
+    "index_kl", "index_cosine",
 };
 
 const char *ap_metric_name(ap_metric m) { return m < AP_M_COUNT ? NAMES[m] : "?"; }
 
 int ap_metric_higher_is_better(ap_metric m)
 {
-    return m == AP_M_COSINE || m == AP_M_MASS || m == AP_M_TOP1 || m == AP_M_TOP8 ||
+    return m == AP_M_COSINE || m == AP_M_INDEX_COSINE || m == AP_M_MASS || m == AP_M_TOP1 || m == AP_M_TOP8 ||
            m == AP_M_TOP32;
 }
 
@@ -125,15 +126,22 @@ void ap_metrics_row(const float *p, const float *q, const unsigned char *kept, i
     out[AP_M_OUT_ERR] = v ? output_error(p, q, n, v, o_p, hd) : NAN;
     /* The seed study's comparison: the compacted cache's row (retained
      * positions in order, zero-padded) against the reference by slot index. */
-    double il1 = 0, il2 = 0;
+    /* c holds q's values in another order, so it sums to sq and its norm is
+     * q's: KL and cosine need only the terms that pair p_j with c_j. */
+    double il1 = 0, il2 = 0, ikl = 0, idot = 0;
     int slot = 0;
     for (int j = 0; j < n; j++) {
         while (slot < n && !kept[slot]) slot++; /* next retained position */
         const double c = slot < n ? q[slot] : 0.0;
         if (slot < n) slot++;
+        const double as = (p[j] + AP_KL_EPS) / zp, cs = (c + AP_KL_EPS) / zq;
         il1 += fabs(p[j] - c);
         il2 += (p[j] - c) * (p[j] - c);
+        ikl += as * log(as / cs);
+        idot += p[j] * c;
     }
     out[AP_M_INDEX_L1] = il1 / n;
     out[AP_M_INDEX_RMS] = sqrt(il2 / n);
+    out[AP_M_INDEX_KL] = ikl > 0 ? ikl : 0.0;
+    out[AP_M_INDEX_COSINE] = np2 > 0 && nq2 > 0 ? idot / sqrt(np2 * nq2) : 0.0;
 }

@@ -96,7 +96,7 @@ __device__ static void ap_metrics_row_warp(const float *p, const ap_row_set *set
     sp = ap_warp_sum(sp);
     sq = ap_warp_sum(sq);
     const double zp = sp + n * AP_KL_EPS, zq = sq + n * AP_KL_EPS, ln2 = 0.69314718055994530942;
-    double kl = 0, kl_rev = 0, js = 0, l1 = 0, l2 = 0, dot = 0, np2 = 0, nq2 = 0, mk = 0, il1 = 0, il2 = 0;
+    double kl = 0, kl_rev = 0, js = 0, l1 = 0, l2 = 0, dot = 0, np2 = 0, nq2 = 0, mk = 0, il1 = 0, il2 = 0, ikl = 0, idot = 0;
     float best_p = -1.0f, best_q = -1.0f;
     int arg_p = -1, arg_q = -1;
     for (int j = lane; j < n; j += 32) {
@@ -121,12 +121,16 @@ __device__ static void ap_metrics_row_warp(const float *p, const ap_row_set *set
         /* the seed study's slot-index comparison: the j-th retained entry against p_j */
         const int slot = ap_row_set_at(set, j);
         const double c = slot >= 0 ? (double)q[slot] : 0.0;
+        const double cs = (c + AP_KL_EPS) / zq; /* c sums to sq: q's values in slot order */
         il1 += fabs(a - c);
         il2 += (a - c) * (a - c);
+        ikl += as * log(as / cs);
+        idot += a * c;
     }
     kl = ap_warp_sum(kl), kl_rev = ap_warp_sum(kl_rev), js = ap_warp_sum(js), l1 = ap_warp_sum(l1);
     l2 = ap_warp_sum(l2), dot = ap_warp_sum(dot), np2 = ap_warp_sum(np2), nq2 = ap_warp_sum(nq2);
     mk = ap_warp_sum(mk), il1 = ap_warp_sum(il1), il2 = ap_warp_sum(il2);
+    ikl = ap_warp_sum(ikl), idot = ap_warp_sum(idot);
     ap_warp_argmax(&best_p, &arg_p);
     ap_warp_argmax(&best_q, &arg_q);
     /* recall of p's top positions (given, best first) among the kept ones */
@@ -163,6 +167,8 @@ __device__ static void ap_metrics_row_warp(const float *p, const ap_row_set *set
         out[AP_M_OUT_ERR] = hd <= 512 ? (den > 0 ? sqrt(num / den) : 0.0) : NAN;
         out[AP_M_INDEX_L1] = il1 / n;
         out[AP_M_INDEX_RMS] = sqrt(il2 / n);
+        out[AP_M_INDEX_KL] = ikl > 0 ? ikl : 0.0;
+        out[AP_M_INDEX_COSINE] = np2 > 0 && nq2 > 0 ? idot / sqrt(np2 * nq2) : 0.0;
     }
 }
 

@@ -22,6 +22,13 @@
 
 #define DEFAULT_TYPES "full,window,sink,random,h2o,tova,cms,count_sketch,race,race_kde"
 
+/* The seed study's configuration (docs/seed-study.md): caches of 64, 128 and
+ * 256 positions of which the last 64 are a protected recent window, every
+ * layer capped, heads 0-3 compared, also by slot index. */
+#define SEED_PRESET                                                                                        \
+    "--types window,h2o,cms,count_sketch --budget 64,128,256 --recent 64 --sink 0 --mode cascade "          \
+    "--layers all --heads 0,1,2,3 --align index"
+
 /* A numeric policy option given as a list (a sweep): --budget 16,32,64. */
 enum { SWEEP_MAX = 64 };
 typedef struct {
@@ -41,7 +48,8 @@ enum {
     O_MODEL = 1000, O_TOKENIZER, O_INPUT, O_LAYERS, O_HEADS, O_TYPES, O_MODE, O_DEVICE,
     O_PRECISION, O_OUT, O_FORMAT, O_ALIGN, O_SAVE, O_GRAN, O_SAMPLES, O_MAXLEN, O_WARMUP,
     O_STRIDE, O_BUDGET, O_SINK, O_RECENT, O_WIDTH, O_DEPTH, O_RROWS, O_RBITS, O_BOOT, O_SEED,
-    O_QUIET, O_HELP, O_PLAIN, O_THREADS, O_BATCH, O_COMPARE, O_LOG_SAMPLES, O_SKETCH_MEMORY, O_SEEDS
+    O_QUIET, O_HELP, O_PLAIN, O_THREADS, O_BATCH, O_COMPARE, O_LOG_SAMPLES, O_SKETCH_MEMORY, O_SEEDS,
+    O_PRESET
 };
 
 static const struct option LONGOPTS[] = {
@@ -63,7 +71,7 @@ static const struct option LONGOPTS[] = {
     {"threads", required_argument, 0, O_THREADS}, {"batch-size", required_argument, 0, O_BATCH},
     {"compare-to", required_argument, 0, O_COMPARE}, {"log-samples", no_argument, 0, O_LOG_SAMPLES},
     {"sketch-memory", required_argument, 0, O_SKETCH_MEMORY}, {"seeds", required_argument, 0, O_SEEDS},
-    {"help", no_argument, 0, O_HELP}, {0, 0, 0, 0},
+    {"preset", required_argument, 0, O_PRESET}, {"help", no_argument, 0, O_HELP}, {0, 0, 0, 0},
 };
 
 static const char USAGE[] =
@@ -95,11 +103,14 @@ static const char USAGE[] =
     "  --device cpu|cuda|auto (cpu)  --precision fp32|tf32|bf16 (fp32)\n"
     "output:\n"
     "  --out DIR (attnprobe-out): writes DIR/summary.json  --format text,json (both)\n"
-    "  --align position|index (position; index also shows the seed study's slot-index L1/RMS)\n"
+    "  --align position|index (position; index also shows the seed study's slot-index KL,\n"
+    "                 cosine, L1 and RMS beside the position-aligned KL and cosine)\n"
     "  --bootstrap N (1000) resamples for the 95% CI  --quiet (no table, no progress)\n"
     "  --compare-to POLICY|none (the first scored policy of --types): every other policy's\n"
     "                 per-sample difference from it, bootstrap CI, Holm-adjusted sign-flip p\n"
-    "  --log-samples  also write DIR/samples.jsonl: every sample's mean of every metric\n";
+    "  --log-samples  also write DIR/samples.jsonl: every sample's mean of every metric\n"
+    "presets (flags given beside one override its values):\n"
+    "  --preset seed  the seed study's configuration (docs/seed-study.md): " SEED_PRESET "\n";
 
 /* "16,32,64": distinct integers in [lo, hi], at most SWEEP_MAX; *first gets the first. */
 static ap_status parse_int_list(const char *flag, const char *text, int lo, int hi, int_list *list, int *first,
@@ -129,6 +140,30 @@ static ap_status parse_int_list(const char *flag, const char *text, int lo, int 
     return AP_OK;
 }
 
+static ap_status parse_flags(int argc, char **argv, run_opts *o, ap_error *err);
+
+/* --preset NAME: the preset's flags parsed first, so that every flag given
+ * beside it, before or after, overrides its value. */
+static ap_status apply_preset(int argc, char **argv, run_opts *o, ap_error *err)
+{
+    const char *name = NULL;
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "--")) break;
+        if (!strcmp(argv[i], "--preset") && i + 1 < argc) name = argv[++i];
+        else if (!strncmp(argv[i], "--preset=", 9)) name = argv[i] + 9;
+    }
+    if (!name) return AP_OK;
+    if (strcmp(name, "seed"))
+        return ap_error_set(err, AP_ERR_USAGE, "--preset %s: accepted: seed", name);
+    static char preset[sizeof SEED_PRESET]; /* o keeps pointers into it */
+    memcpy(preset, SEED_PRESET, sizeof preset);
+    char *words[32] = {argv[0]};
+    int n = 1;
+    for (char *save = NULL, *w = strtok_r(preset, " ", &save); w && n < 32; w = strtok_r(NULL, " ", &save))
+        words[n++] = w;
+    return parse_flags(n, words, o, err);
+}
+
 static ap_status parse_run_opts(int argc, char **argv, run_opts *o, ap_error *err)
 {
     *o = (run_opts){.types = DEFAULT_TYPES, .mode = "isolated", .device = "cpu",
@@ -136,6 +171,12 @@ static ap_status parse_run_opts(int argc, char **argv, run_opts *o, ap_error *er
                     .align = "position", .granularity = "head", .samples = 16, .max_length = 512,
                     .warmup = 64, .stride = 16, .budget = 64, .sink = 4, .recent = 16, .width = 512,
                     .depth = 4, .race_rows = 16, .race_bits = 9, .bootstrap = 1000, .seed = 1};
+    ap_status st = apply_preset(argc, argv, o, err);
+    return st ? st : parse_flags(argc, argv, o, err);
+}
+
+static ap_status parse_flags(int argc, char **argv, run_opts *o, ap_error *err)
+{
     optind = 1;
     opterr = 0;
     int c;
@@ -181,6 +222,7 @@ static ap_status parse_run_opts(int argc, char **argv, run_opts *o, ap_error *er
         case O_LOG_SAMPLES: o->log_samples = 1; break;
         case O_SKETCH_MEMORY: o->sketch_memory = optarg; break;
         case O_SEEDS: o->seeds = optarg; break;
+        case O_PRESET: break; /* applied first, by apply_preset */
         case O_QUIET: o->quiet = 1; break;
         case O_HELP: o->help = 1; break;
         default:
@@ -587,12 +629,14 @@ static ap_status write_outputs(const run_opts *o, const ap_summary *summary, ap_
         ap_summary_print_table(summary, stdout);
         if (strcmp(o->align, "index") == 0) {
             printf("\n--align index: the seed study's comparison (compacted cache by slot index, zero-padded)\n");
-            printf("%-13s %5s %12s %12s   (aligned by position: %s)\n", "policy", "layer", "index_l1", "index_rms", "l1 / l2");
+            printf("%-13s %7s %5s %9s %9s %9s %9s   %9s %9s\n", "policy", "budget", "layer", "index_kl",
+                   "index_cos", "index_l1", "index_rms", "kl", "cosine");
             for (int r = 0; r < summary->n_runs; r++) {
                 const ap_report_run *run = &summary->runs[r];
-                printf("%-13s %5d %12.6f %12.6f   %.6f / %.6f\n", run->policy, run->layer,
-                       run->stats[AP_M_INDEX_L1].mean, run->stats[AP_M_INDEX_RMS].mean,
-                       run->stats[AP_M_L1].mean, run->stats[AP_M_L2].mean);
+                printf("%-13s %7.0f %5d %9.4f %9.4f %9.6f %9.6f   %9.4f %9.4f\n", run->policy, ap_report_run_param(run, "budget"),
+                       run->layer, run->stats[AP_M_INDEX_KL].mean, run->stats[AP_M_INDEX_COSINE].mean,
+                       run->stats[AP_M_INDEX_L1].mean, run->stats[AP_M_INDEX_RMS].mean, run->stats[AP_M_KL].mean,
+                       run->stats[AP_M_COSINE].mean);
             }
         }
     }

@@ -18,6 +18,8 @@ void ap_check_default_tolerances(double tol[AP_M_COUNT])
     tol[AP_M_MASS] = 0.01;
     tol[AP_M_L1] = 0.04;
     tol[AP_M_PEAK_SHIFT] = 1.0;
+    tol[AP_M_INDEX_KL] = 0.05;
+    tol[AP_M_INDEX_COSINE] = 0.01;
 }
 
 ap_status ap_check_parse_tolerances(const char *spec, double tol[AP_M_COUNT], ap_error *err)
@@ -30,13 +32,15 @@ ap_status ap_check_parse_tolerances(const char *spec, double tol[AP_M_COUNT], ap
         double v = eq ? strtod(eq + 1, &end) : NAN;
         if (eq) *eq = '\0';
         int m = ap_metric_from_name(item);
-        if (!eq || m < 0 || end == eq + 1 || *end != '\0' || !(v >= 0) || !isfinite(v))
+        if (!eq || m < 0 || end == eq + 1 || *end != '\0' || !(v >= 0) || !isfinite(v)) {
+            char names[512] = "";
+            for (int k = 0; k < AP_M_COUNT; k++)
+                snprintf(names + strlen(names), sizeof names - strlen(names), "%s%s", k ? ", " : "",
+                         ap_metric_name(k));
             return ap_error_set(err, AP_ERR_USAGE,
                                 "tolerances %s: \"%s\" is not METRIC=VALUE with a known metric and a "
-                                "finite value >= 0 (metrics: kl, kl_rev, js, tv, cosine, l1, l2, "
-                                "peak_shift, mass_retained, topk_recall@1, topk_recall@8, "
-                                "topk_recall@32, out_err, index_l1, index_rms)",
-                                spec, item);
+                                "finite value >= 0 (metrics: %s)", spec, item, names);
+        }
         tol[m] = v;
     }
     return AP_OK;

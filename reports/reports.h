@@ -37,6 +37,9 @@ typedef struct {
     double compare_p_holm[AP_M_COUNT];     /* Holm-adjusted over the summary's comparisons */
 } ap_report_run;
 
+/* The run's value of parameter name (budget, width, ...), or NAN when it has none. */
+double ap_report_run_param(const ap_report_run *r, const char *name);
+
 /* A run's KV cache in the field's units (docs/metrics.md): the retained
  * positions' keys and values of one layer and of the whole model, in fp16
  * (KV-cache papers' convention) and in the model's stored precision. */

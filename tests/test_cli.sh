@@ -24,7 +24,7 @@ expect_exit 1 "check finds the regression (--allow-mismatch)" "$bin" check --bas
 grep -q REGRESSION out.txt && ok "regression listed" || bad "no REGRESSION line"
 grep -q "note: config.max_length differs" out.txt && ok "the mismatch is noted" || bad "no mismatch note"
 expect_exit 0 "check with loose tolerances" "$bin" check --allow-mismatch --baseline base/summary.json \
-  --current worse/summary.json --tol kl=100,kl_rev=100,js=1,tv=1,l1=2,l2=1,mass_retained=1,topk_recall@1=1,topk_recall@8=1,topk_recall@32=1,out_err=100,peak_shift=1000,cosine=1,index_l1=1,index_rms=1
+  --current worse/summary.json --tol kl=100,kl_rev=100,js=1,tv=1,l1=2,l2=1,mass_retained=1,topk_recall@1=1,topk_recall@8=1,topk_recall@32=1,out_err=100,peak_shift=1000,cosine=1,index_l1=1,index_rms=1,index_kl=100,index_cosine=1
 expect_exit 3 "check: missing runs" "$bin" check --baseline base/summary.json --current attnprobe-out/summary.json
 expect_exit 3 "check: unreadable file" "$bin" check --baseline nothing.json --current base/summary.json
 echo '{"schema": "other"}' > other.json
@@ -137,5 +137,24 @@ expect_exit 0 "--compare-to and --log-samples" "$bin" --samples 3 --max-length 2
 grep -q "paired over samples against h2o" out.txt && ok "comparisons in the table" || bad "no comparison lines"
 grep -q '"compare"' paired/summary.json && ok "comparisons in the JSON" || bad "no compare object"
 [ "$(wc -l < paired/samples.jsonl)" = 9 ] && ok "samples.jsonl: 3 samples x 3 runs" || bad "samples.jsonl has $(wc -l < paired/samples.jsonl) lines"
+
+# --preset seed: the seed study's configuration; flags beside it override it
+expect_exit 0 "--preset seed (isolated, short)" "$bin" --samples 2 --max-length 300 --mode isolated --preset seed --layers 6 --out seedp
+python3 - seedp/summary.json <<'PY' && ok "preset values, overridden mode and layers" || bad "preset config wrong"
+import json, sys
+s = json.load(open(sys.argv[1]))
+c = s["config"]
+assert c["budget"] == [64, 128, 256] and c["recent"] == 64 and c["sink"] == 0, c
+assert c["heads"] == [0, 1, 2, 3] and c["align"] == "index" and c["mode"] == "isolated" and c["layers"] == [6], c
+assert sorted({r["policy"] for r in s["runs"]}) == ["cms", "count_sketch", "h2o", "window"]
+w = {r["params"]["budget"]: r for r in s["runs"] if r["policy"] == "window"}
+for r in s["runs"]:  # the whole cache of 64 is the protected window: every policy is window
+    if r["params"]["budget"] == 64:
+        assert r["metrics"]["kl"]["mean"] == w[64]["metrics"]["kl"]["mean"], r["policy"]
+    assert 0 <= r["metrics"]["index_cosine"]["mean"] <= 1 and r["metrics"]["index_kl"]["mean"] >= 0
+PY
+grep -q "index_kl" out.txt && ok "slot-index table printed" || bad "no index table"
+expect_exit 2 "--preset unknown" "$bin" --preset paper
+grep -q "accepted: seed" err.txt && ok "names the presets" || bad "error text: $(cat err.txt)"
 
 finish

@@ -73,6 +73,12 @@ static void test_hand_computed(void **state)
     CLOSE(m[AP_M_OUT_ERR], sqrt(0.0625 + 1.0 / 36) / sqrt(0.5625 + 0.25), 1e-7);
     /* index alignment: compacted (2/3, 1/3, 0) against (1/2, 1/4, 1/4) */
     CLOSE(m[AP_M_INDEX_L1], (1.0 / 6 + 1.0 / 12 + 0.25) / 3, 1e-7);
+    const double cc[3] = {2.0 / 3, 1.0 / 3, 0};
+    double ikl = 0;
+    for (int i = 0; i < 3; i++) ikl += (pp[i] + 1e-10) / z * log(((pp[i] + 1e-10) / z) / ((cc[i] + 1e-10) / z));
+    CLOSE(m[AP_M_INDEX_KL], ikl, 1e-6);
+    /* p.c / (|p| |c|) = (1/3 + 1/12) / (sqrt(3/8) sqrt(5/9)) */
+    CLOSE(m[AP_M_INDEX_COSINE], (1.0 / 3 + 1.0 / 12) / (sqrt(0.375) * sqrt(5.0 / 9)), 1e-7);
 }
 
 static void test_peak_shift_and_recall(void **state)
