@@ -3,6 +3,7 @@
 #define AP_CLI_H
 
 #include "engine/engine.h"
+#include "reports/reports.h"
 
 /* Each sub-command takes argv after its name and returns an exit code. */
 int cmd_info(int argc, char **argv);
@@ -13,6 +14,16 @@ int cmd_trace(int argc, char **argv);
 int cmd_replay(int argc, char **argv);
 int cmd_report(int argc, char **argv);
 int cmd_check(int argc, char **argv);
+int cmd_batch(int argc, char **argv);
+
+/* What batch needs of run (cmd_run.c): the flags of `attnprobe run` given as
+ * argv checked before any work, and the study they ask for into out
+ * (nothing printed but the progress bar unless quiet, nothing written). */
+ap_status cli_run_check(int argc, char **argv, ap_error *err);
+ap_status cli_run_cell(int argc, char **argv, int quiet, ap_summary *out, ap_error *err);
+
+/* Creates dir and its parents, writable (flag names it in errors). */
+ap_status cli_make_dir(const char *flag, const char *dir, ap_error *err);
 
 /* Prints "attnprobe: <msg>" to stderr and returns code. */
 int cli_fail(ap_status code, const ap_error *err);

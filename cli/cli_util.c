@@ -219,3 +219,24 @@ void cli_utc_now(char out[32])
     gmtime_r(&now, &tm);
     strftime(out, 32, "%Y-%m-%dT%H:%M:%SZ", &tm);
 }
+
+ap_status cli_make_dir(const char *flag, const char *dir, ap_error *err)
+{
+    char *path = strdup(dir);
+    if (!path) return ap_error_set(err, AP_ERR_RUNTIME, "out of memory");
+    ap_status st = AP_OK;
+    for (char *p = path + 1; *p && !st; p++) {
+        if (*p != '/') continue;
+        *p = '\0';
+        if (mkdir(path, 0755) != 0 && errno != EEXIST)
+            st = ap_error_set(err, AP_ERR_RUNTIME, "%s %s: cannot create %s: %s", flag, dir, path, strerror(errno));
+        *p = '/';
+    }
+    if (!st && mkdir(path, 0755) != 0 && errno != EEXIST)
+        st = ap_error_set(err, AP_ERR_RUNTIME, "%s %s: cannot create: %s", flag, dir, strerror(errno));
+    if (!st && access(path, W_OK) != 0)
+        st = ap_error_set(err, AP_ERR_RUNTIME, "%s %s: not writable: %s", flag, dir, strerror(errno));
+    free(path);
+    return st;
+}
+

@@ -15,6 +15,7 @@
 #include <signal.h>
 
 #include "cli.h"
+#include "common/atomic_file.h"
 #include "study/study.h"
 
 /* Longest path accepted: the summary and the trace record paths in 1 KiB fields. */
@@ -301,8 +302,9 @@ static void progress(void *ctx, const ap_study_progress *p)
  * usual exit code 128 + n. */
 static void on_signal(int sig)
 {
-    const char *tmp = ap_study_temp_file();
+    const char *tmp = ap_study_temp_file(), *out = ap_atomic_pending();
     if (tmp) unlink(tmp);
+    if (out) unlink(out);
     _exit(128 + sig);
 }
 
@@ -571,26 +573,6 @@ static ap_status parse_heads(const char *heads, int n_head, int **out, int *n, a
     return AP_OK;
 }
 
-static ap_status make_dir(const char *dir, ap_error *err)
-{
-    char *path = strdup(dir);
-    if (!path) return ap_error_set(err, AP_ERR_RUNTIME, "out of memory");
-    ap_status st = AP_OK;
-    for (char *p = path + 1; *p && !st; p++) {
-        if (*p != '/') continue;
-        *p = '\0';
-        if (mkdir(path, 0755) != 0 && errno != EEXIST)
-            st = ap_error_set(err, AP_ERR_RUNTIME, "--out %s: cannot create %s: %s", dir, path, strerror(errno));
-        *p = '/';
-    }
-    if (!st && mkdir(path, 0755) != 0 && errno != EEXIST)
-        st = ap_error_set(err, AP_ERR_RUNTIME, "--out %s: cannot create: %s", dir, strerror(errno));
-    if (!st && access(path, W_OK) != 0)
-        st = ap_error_set(err, AP_ERR_RUNTIME, "--out %s: not writable: %s", dir, strerror(errno));
-    free(path);
-    return st;
-}
-
 static ap_backend pick_backend(const char *device)
 {
     if (strcmp(device, "cuda") == 0 || (strcmp(device, "auto") == 0 && ap_cuda_available()))
@@ -673,6 +655,150 @@ static ap_status make_samples(const run_opts *o, const ap_model *model, ap_token
     return AP_OK;
 }
 
+/* Flag combinations that cannot work, before anything is loaded. */
+static ap_status check_opts(job_kind kind, const run_opts *o, int n_args, ap_error *err)
+{
+    if (kind == JOB_REPLAY && n_args != 1)
+        return ap_error_set(err, AP_ERR_USAGE, "replay takes one trace file (written by attnprobe trace --save FILE)");
+    if (kind == JOB_TRACE && !o->save) return ap_error_set(err, AP_ERR_USAGE, "trace needs --save FILE");
+    if (strcmp(o->device, "cpu") == 0 && strcmp(o->precision, "fp32") != 0)
+        return ap_error_set(err, AP_ERR_USAGE, "--precision %s needs --device cuda (the cpu backend computes "
+                            "in fp32)", o->precision);
+    if (strcmp(o->device, "cuda") == 0 && !ap_cuda_available())
+        return ap_error_set(err, AP_ERR_USAGE, "--device cuda: no CUDA device is visible, or this build has no "
+                            "CUDA backend (accepted here: --device cpu or auto)");
+    if (kind == JOB_REPLAY && strcmp(o->mode, "cascade") == 0)
+        return ap_error_set(err, AP_ERR_USAGE, "--mode cascade needs the model: use attnprobe run");
+    return AP_OK;
+}
+
+/* The policies' parameter sets the flags ask for (malloc'ed), checked. */
+static ap_status policies_of(const run_opts *o, ap_policy_params **params, int *n, const char **compare_to,
+                             ap_error *err)
+{
+    ap_status st;
+    if ((st = parse_types(o, params, n, err)) || (st = expand_sweeps(o, params, n, err)) ||
+        (st = expand_seeds(o, params, n, err)) || (st = probe_params(*params, *n, err)) ||
+        (st = pick_compare(o, *params, *n, compare_to, err))) {
+        free(*params);
+        *params = NULL;
+    }
+    return st;
+}
+
+/* The study the flags ask for, into summary (or, for trace, the trace file). */
+static ap_status study_of(job_kind kind, const run_opts *o, int argc, char **argv, const char *trace_file,
+                          ap_summary *summary, ap_error *err)
+{
+    ap_policy_params *params = NULL;
+    int n_policies = 0;
+    const char *compare_to = NULL;
+    ap_status st = policies_of(o, &params, &n_policies, &compare_to, err);
+    if (st) return st;
+    char started[32];
+    cli_utc_now(started);
+    progress_state prog = {!o->quiet && isatty(2)};
+    ap_model *model = NULL;
+    ap_tokenizer *tok = NULL;
+    ap_samples samples = {0};
+    char *text = NULL, *input_source = NULL;
+    char input_sha[65] = "";
+    size_t n_text = 0;
+    int *layers = NULL, n_layers = 0, *heads = NULL, n_heads = 0;
+    ap_study_config cfg = {
+        .policies = params, .n_policies = n_policies,
+        .mode = strcmp(o->mode, "cascade") == 0 ? AP_STUDY_CASCADE : AP_STUDY_ISOLATED,
+        .warmup = o->warmup, .stride = o->stride, .bootstrap = o->bootstrap, .seed = o->seed,
+        .backend = pick_backend(o->device), .precision = pick_precision(o->precision),
+        .batch_size = o->batch_size, .threads = o->threads, .max_length = o->max_length,
+        .align_index = strcmp(o->align, "index") == 0, .save_trace = kind == JOB_TRACE ? o->save : NULL,
+        .compare_to = compare_to, .sketch_memory = o->sketch_memory,
+    };
+
+    if (kind == JOB_REPLAY) {
+        ap_trace_reader *r;
+        if ((st = ap_trace_reader_open(trace_file, &r, err))) goto out;
+        const ap_trace *info = ap_trace_reader_info(r);
+        const int n_head = info->n_head, trace_layers = info->n_layers;
+        /* --layers selects among the trace's layers (all of them by default, or "all") */
+        if (o->layers && strcmp(o->layers, "all") != 0) {
+            st = cli_parse_layers(o->layers, 1 << 20, &layers, &n_layers, err);
+        } else if ((layers = malloc((size_t)trace_layers * sizeof *layers))) {
+            memcpy(layers, info->layers, (size_t)trace_layers * sizeof *layers);
+            n_layers = trace_layers;
+        } else {
+            st = ap_error_set(err, AP_ERR_RUNTIME, "out of memory");
+        }
+        ap_trace_reader_close(r);
+        if (st || (st = parse_heads(o->heads, n_head, &heads, &n_heads, err)) ||
+            (st = fit_sketch_memory(o, params, n_policies, n_head, err)))
+            goto out;
+        input_source = strdup(trace_file);
+        cfg.layers = layers, cfg.n_layers = n_layers, cfg.heads = heads, cfg.n_heads = n_heads;
+        cfg.input_source = input_source;
+        st = ap_study_replay(&cfg, trace_file, progress, &prog, summary, err);
+        goto provenance;
+    }
+
+    if ((st = cli_load_model(o->model, o->tokenizer, &model, &tok, err))) goto out;
+    if (!tok) {
+        st = ap_error_set(err, AP_ERR_USAGE, "--model %s has no tokenizer; pass --tokenizer DIR", model->source);
+        goto out;
+    }
+    if (o->input) {
+        input_source = strdup(o->input);
+    } else if (model->dir[0]) {
+        /* the model's held-out evaluation text when it ships one */
+        const size_t n = strlen(model->dir) + sizeof "/sample.txt";
+        if ((input_source = malloc(n))) {
+            snprintf(input_source, n, "%s/eval.txt", model->dir);
+            if (access(input_source, R_OK) != 0) snprintf(input_source, n, "%s/sample.txt", model->dir);
+        }
+    } else {
+        st = ap_error_set(err, AP_ERR_USAGE, "--model %s has no sample.txt; pass --input FILE", model->source);
+        goto out;
+    }
+    if (!input_source) {
+        st = ap_error_set(err, AP_ERR_RUNTIME, "out of memory");
+        goto out;
+    }
+    if ((st = cli_read_input(input_source, &text, &n_text, err))) goto out;
+    ap_sha256_hex(text, n_text, input_sha);
+    char mid[16];
+    snprintf(mid, sizeof mid, "%d", model->config.n_layer / 2);
+    if ((st = cli_parse_layers(o->layers ? o->layers : mid, model->config.n_layer, &layers, &n_layers, err)) ||
+        (st = parse_heads(o->heads, model->config.n_head, &heads, &n_heads, err)) ||
+        (st = fit_sketch_memory(o, params, n_policies, model->config.n_head, err)) ||
+        (st = make_samples(o, model, tok, input_source, text, n_text, &samples, err)))
+        goto out;
+    cfg.layers = layers, cfg.n_layers = n_layers, cfg.heads = heads, cfg.n_heads = n_heads;
+    cfg.input_source = input_source;
+    cfg.input_sha256 = input_sha;
+    cfg.model_dtype = model->dtype;
+    if (kind == JOB_TRACE) {
+        double seconds = 0;
+        if ((st = ap_study_trace(&cfg, model, &samples, progress, &prog, &seconds, err))) goto out;
+        if (!o->quiet)
+            printf("trace of %d samples, layers %s: %.2f s → %s\n", samples.n, o->layers ? o->layers : mid,
+                   seconds, o->save);
+        goto out;
+    }
+    st = ap_study_run(&cfg, model, &samples, progress, &prog, summary, err);
+provenance:
+    if (!st && !(summary->provenance_json = cli_provenance_json(argc, argv, started, cfg.backend == AP_BACKEND_CUDA)))
+        st = ap_error_set(err, AP_ERR_RUNTIME, "out of memory");
+out:
+    free(params);
+    free(layers);
+    free(heads);
+    free(text);
+    free(input_source);
+    ap_samples_free(&samples);
+    ap_tokenizer_free(tok);
+    ap_model_free(model);
+    return st;
+}
+
 static int job(job_kind kind, int argc, char **argv)
 {
     run_opts o;
@@ -683,158 +809,53 @@ static int job(job_kind kind, int argc, char **argv)
         fputs(USAGE, stdout);
         return 0;
     }
-    const char *trace_file = NULL;
-    if (kind == JOB_REPLAY) {
-        if (optind != argc - 1) {
-            ap_error_set(&err, AP_ERR_USAGE, "replay takes one trace file (written by attnprobe "
-                         "trace --save FILE)");
-            return cli_fail(AP_ERR_USAGE, &err);
-        }
-        trace_file = argv[optind];
-    } else if (optind < argc) {
+    if (kind != JOB_REPLAY && optind < argc) {
         ap_error_set(&err, AP_ERR_USAGE, "unexpected argument '%s' (see attnprobe --help)", argv[optind]);
         return cli_fail(AP_ERR_USAGE, &err);
     }
-    if (kind == JOB_TRACE && !o.save) {
-        ap_error_set(&err, AP_ERR_USAGE, "trace needs --save FILE");
-        return cli_fail(AP_ERR_USAGE, &err);
-    }
-    if (strcmp(o.device, "cpu") == 0 && strcmp(o.precision, "fp32") != 0) {
-        ap_error_set(&err, AP_ERR_USAGE, "--precision %s needs --device cuda (the cpu backend computes "
-                     "in fp32)", o.precision);
-        return cli_fail(AP_ERR_USAGE, &err);
-    }
-    if (strcmp(o.device, "cuda") == 0 && !ap_cuda_available()) {
-        ap_error_set(&err, AP_ERR_USAGE, "--device cuda: no CUDA device is visible, or this build has no "
-                     "CUDA backend (accepted here: --device cpu or auto)");
-        return cli_fail(AP_ERR_USAGE, &err);
-    }
-    if (kind == JOB_REPLAY && strcmp(o.mode, "cascade") == 0) {
-        ap_error_set(&err, AP_ERR_USAGE, "--mode cascade needs the model: use attnprobe run");
-        return cli_fail(AP_ERR_USAGE, &err);
-    }
+    const char *trace_file = kind == JOB_REPLAY && optind < argc ? argv[optind] : NULL;
+    if ((st = check_opts(kind, &o, argc - optind, &err))) return cli_fail(st, &err);
+    /* the flags' policies checked before any directory is made */
     ap_policy_params *params = NULL;
-    int n_policies = 0;
-    const char *compare_to = NULL;
-    if ((st = parse_types(&o, &params, &n_policies, &err)) || (st = expand_sweeps(&o, &params, &n_policies, &err)) ||
-        (st = expand_seeds(&o, &params, &n_policies, &err)) || (st = probe_params(params, n_policies, &err)) ||
-        (st = pick_compare(&o, params, n_policies, &compare_to, &err))) {
-        free(params);
-        return cli_fail(st, &err);
-    }
-    if (kind != JOB_TRACE && strstr(o.format, "json") && (st = make_dir(o.out, &err))) {
-        free(params);
-        return cli_fail(st, &err);
-    }
-    catch_signals();
-    char started[32];
-    cli_utc_now(started);
-
-    progress_state prog = {!o.quiet && isatty(2)};
-    ap_model *model = NULL;
-    ap_tokenizer *tok = NULL;
-    ap_samples samples = {0};
-    ap_summary summary = {0};
-    char *text = NULL, *input_source = NULL;
-    char input_sha[65] = "";
-    size_t n_text = 0;
-    int *layers = NULL, n_layers = 0, *heads = NULL, n_heads = 0;
-    ap_study_config cfg = {
-        .policies = params, .n_policies = n_policies,
-        .mode = strcmp(o.mode, "cascade") == 0 ? AP_STUDY_CASCADE : AP_STUDY_ISOLATED,
-        .warmup = o.warmup, .stride = o.stride, .bootstrap = o.bootstrap, .seed = o.seed,
-        .backend = pick_backend(o.device), .precision = pick_precision(o.precision),
-        .batch_size = o.batch_size, .threads = o.threads, .max_length = o.max_length,
-        .align_index = strcmp(o.align, "index") == 0, .save_trace = kind == JOB_TRACE ? o.save : NULL,
-        .compare_to = compare_to, .sketch_memory = o.sketch_memory,
-    };
-
-    if (kind == JOB_REPLAY) {
-        ap_trace_reader *r;
-        if ((st = ap_trace_reader_open(trace_file, &r, &err))) goto out;
-        const ap_trace *info = ap_trace_reader_info(r);
-        const int n_head = info->n_head, trace_layers = info->n_layers;
-        /* --layers selects among the trace's layers (all of them by default, or "all") */
-        if (o.layers && strcmp(o.layers, "all") != 0) {
-            st = cli_parse_layers(o.layers, 1 << 20, &layers, &n_layers, &err);
-        } else if ((layers = malloc((size_t)trace_layers * sizeof *layers))) {
-            memcpy(layers, info->layers, (size_t)trace_layers * sizeof *layers);
-            n_layers = trace_layers;
-        } else {
-            st = ap_error_set(&err, AP_ERR_RUNTIME, "out of memory");
-        }
-        ap_trace_reader_close(r);
-        if (st || (st = parse_heads(o.heads, n_head, &heads, &n_heads, &err)) ||
-            (st = fit_sketch_memory(&o, params, n_policies, n_head, &err)))
-            goto out;
-        input_source = strdup(trace_file);
-        cfg.layers = layers, cfg.n_layers = n_layers, cfg.heads = heads, cfg.n_heads = n_heads;
-        cfg.input_source = input_source;
-        st = ap_study_replay(&cfg, trace_file, progress, &prog, &summary, &err);
-        goto report;
-    }
-
-    if ((st = cli_load_model(o.model, o.tokenizer, &model, &tok, &err))) goto out;
-    if (!tok) {
-        st = ap_error_set(&err, AP_ERR_USAGE, "--model %s has no tokenizer; pass --tokenizer DIR", model->source);
-        goto out;
-    }
-    if (o.input) {
-        input_source = strdup(o.input);
-    } else if (model->dir[0]) {
-        /* the model's held-out evaluation text when it ships one */
-        const size_t n = strlen(model->dir) + sizeof "/sample.txt";
-        if ((input_source = malloc(n))) {
-            snprintf(input_source, n, "%s/eval.txt", model->dir);
-            if (access(input_source, R_OK) != 0) snprintf(input_source, n, "%s/sample.txt", model->dir);
-        }
-    } else {
-        st = ap_error_set(&err, AP_ERR_USAGE, "--model %s has no sample.txt; pass --input FILE", model->source);
-        goto out;
-    }
-    if (!input_source) {
-        st = ap_error_set(&err, AP_ERR_RUNTIME, "out of memory");
-        goto out;
-    }
-    if ((st = cli_read_input(input_source, &text, &n_text, &err))) goto out;
-    ap_sha256_hex(text, n_text, input_sha);
-    char mid[16];
-    snprintf(mid, sizeof mid, "%d", model->config.n_layer / 2);
-    if ((st = cli_parse_layers(o.layers ? o.layers : mid, model->config.n_layer, &layers, &n_layers, &err)) ||
-        (st = parse_heads(o.heads, model->config.n_head, &heads, &n_heads, &err)) ||
-        (st = fit_sketch_memory(&o, params, n_policies, model->config.n_head, &err)) ||
-        (st = make_samples(&o, model, tok, input_source, text, n_text, &samples, &err)))
-        goto out;
-    cfg.layers = layers, cfg.n_layers = n_layers, cfg.heads = heads, cfg.n_heads = n_heads;
-    cfg.input_source = input_source;
-    cfg.input_sha256 = input_sha;
-    cfg.model_dtype = model->dtype;
-    if (kind == JOB_TRACE) {
-        double seconds = 0;
-        if ((st = ap_study_trace(&cfg, model, &samples, progress, &prog, &seconds, &err))) goto out;
-        if (!o.quiet)
-            printf("trace of %d samples, layers %s: %.2f s → %s\n", samples.n,
-                   o.layers ? o.layers : mid, seconds, o.save);
-        goto out;
-    }
-    st = ap_study_run(&cfg, model, &samples, progress, &prog, &summary, &err);
-report:
-    if (!st && !(summary.provenance_json = cli_provenance_json(argc, argv, started, cfg.backend == AP_BACKEND_CUDA)))
-        st = ap_error_set(&err, AP_ERR_RUNTIME, "out of memory");
-    if (!st) st = write_outputs(&o, &summary, &err);
-out:
-    ap_summary_free(&summary);
+    int n_params = 0;
+    const char *compare_to;
+    if ((st = policies_of(&o, &params, &n_params, &compare_to, &err))) return cli_fail(st, &err);
     free(params);
-    free(layers);
-    free(heads);
-    free(text);
-    free(input_source);
-    ap_samples_free(&samples);
-    ap_tokenizer_free(tok);
-    ap_model_free(model);
+    if (kind != JOB_TRACE && strstr(o.format, "json") && (st = cli_make_dir("--out", o.out, &err)))
+        return cli_fail(st, &err);
+    catch_signals();
+    ap_summary summary = {0};
+    st = study_of(kind, &o, argc, argv, trace_file, &summary, &err);
+    if (!st && kind != JOB_TRACE) st = write_outputs(&o, &summary, &err);
+    ap_summary_free(&summary);
     return st ? cli_fail(st, &err) : 0;
 }
 
 int cmd_run(int argc, char **argv) { return job(JOB_RUN, argc, argv); }
 int cmd_trace(int argc, char **argv) { return job(JOB_TRACE, argc, argv); }
 int cmd_replay(int argc, char **argv) { return job(JOB_REPLAY, argc, argv); }
+
+ap_status cli_run_check(int argc, char **argv, ap_error *err)
+{
+    run_opts o;
+    ap_status st = parse_run_opts(argc, argv, &o, err);
+    if (!st && optind < argc) st = ap_error_set(err, AP_ERR_USAGE, "unexpected argument '%s'", argv[optind]);
+    if (!st) st = check_opts(JOB_RUN, &o, 0, err);
+    ap_policy_params *params = NULL;
+    int n = 0;
+    const char *compare_to;
+    if (!st) st = policies_of(&o, &params, &n, &compare_to, err);
+    free(params);
+    return st;
+}
+
+ap_status cli_run_cell(int argc, char **argv, int quiet, ap_summary *out, ap_error *err)
+{
+    run_opts o;
+    ap_status st = parse_run_opts(argc, argv, &o, err);
+    if (st) return st;
+    o.quiet = quiet;
+    if ((st = check_opts(JOB_RUN, &o, 0, err))) return st;
+    catch_signals();
+    return study_of(JOB_RUN, &o, argc, argv, NULL, out, err);
+}

@@ -14,7 +14,8 @@ static void usage(FILE *f)
             "  run       (default) trace, replay the policies, print the table, write JSON\n"
             "  trace     --save FILE                 reference trace only\n"
             "  replay    FILE --types ...            isolated replay of a saved trace\n"
-            "  report    SUMMARY.json                the table of a saved summary\n"
+            "  batch     GRID.json --out DIR         every cell of a grid; resumable; batch.json, results.csv\n"
+            "  report    FILE... [--html F --md F]   tables and charts of summaries or a batch\n"
             "  check     --baseline A --current B [--tol kl=0.05,...]   regression gate\n"
             "  info      --model M                   model config, parameter count, checksum\n"
             "  tokenize  --model M [--input F] TEXT  token ids of a text (GPT-2 byte-level BPE)\n"
@@ -42,12 +43,12 @@ int main(int argc, char **argv)
     }
     struct { const char *name; int (*fn)(int, char **); } cmds[] = {
         {"run", cmd_run},     {"trace", cmd_trace},       {"replay", cmd_replay},
-        {"report", cmd_report}, {"check", cmd_check},     {"info", cmd_info},
+        {"report", cmd_report}, {"check", cmd_check},     {"info", cmd_info}, {"batch", cmd_batch},
         {"tokenize", cmd_tokenize}, {"prefill", cmd_prefill},
     };
     for (size_t i = 0; i < sizeof cmds / sizeof cmds[0]; i++)
         if (strcmp(cmd, cmds[i].name) == 0) return cmds[i].fn(argc - 1, argv + 1);
     fprintf(stderr, "attnprobe: unknown command '%s' (accepted: run, trace, replay, "
-            "report, check, info, tokenize, prefill; see attnprobe --help)\n", cmd);
+            "batch, report, check, info, tokenize, prefill; see attnprobe --help)\n", cmd);
     return AP_ERR_USAGE;
 }

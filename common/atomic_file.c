@@ -5,6 +5,11 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+/* The temporary file being written, for a signal handler to remove. */
+static char pending[4096];
+
+const char *ap_atomic_pending(void) { return pending[0] ? pending : NULL; }
+
 ap_status ap_atomic_begin(const char *path, char *tmp, size_t tmp_size, FILE **out, ap_error *err)
 {
     *out = NULL;
@@ -16,6 +21,7 @@ ap_status ap_atomic_begin(const char *path, char *tmp, size_t tmp_size, FILE **o
         return ap_error_set(err, AP_ERR_USAGE, "%s: path too long", path);
     if (!(*out = fopen(tmp, "wb")))
         return ap_error_set(err, AP_ERR_RUNTIME, "%s: cannot write: %s", tmp, strerror(errno));
+    snprintf(pending, sizeof pending, "%s", tmp);
     return AP_OK;
 }
 
@@ -25,7 +31,9 @@ ap_status ap_atomic_end(FILE *f, const char *tmp, const char *path, int ok, ap_e
     if (!ok || rename(tmp, path) != 0) {
         int e = errno;
         remove(tmp);
+        pending[0] = '\0';
         return ap_error_set(err, AP_ERR_RUNTIME, "%s: write failed: %s", path, strerror(e));
     }
+    pending[0] = '\0';
     return AP_OK;
 }

@@ -15,4 +15,8 @@ ap_status ap_atomic_begin(const char *path, char *tmp, size_t tmp_size, FILE **o
  * tmp otherwise. Returns AP_ERR_RUNTIME naming path on any failure. */
 ap_status ap_atomic_end(FILE *f, const char *tmp, const char *path, int ok, ap_error *err);
 
+/* The temporary file of a write in progress, or NULL: a signal handler
+ * removes it so that an interrupted command leaves nothing half-written. */
+const char *ap_atomic_pending(void);
+
 #endif

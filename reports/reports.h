@@ -60,6 +60,7 @@ typedef struct {
     int samples, tokens;
     char *config_json;   /* a JSON object: every option that shaped the numbers */
     char *provenance_json; /* a JSON object: command line, versions, libraries, time, host (or NULL) */
+    char *cell_json;       /* a JSON object: the batch cell this summary is (id, study, args), or NULL */
     char backend[16], device_name[128], precision[16];
     char model_dtype[8];   /* as the weights are stored: F32, F16, BF16 ("" unknown) */
     double trace_s;
@@ -91,6 +92,8 @@ void ap_report_run_key(const ap_report_run *r, char *buf, size_t n);
 ap_status ap_summary_write_json(const ap_summary *s, const char *path, ap_error *err);
 /* Reads a summary; AP_ERR_INPUT names the file and what is wrong. */
 ap_status ap_summary_read_json(const char *path, ap_summary *out, ap_error *err);
+/* The same from text already read; source names it in errors. */
+ap_status ap_summary_parse_json(const char *text, size_t n, const char *source, ap_summary *out, ap_error *err);
 void ap_summary_free(ap_summary *s);
 
 /* policy x metric table (mean ± sd), memory and time. */

@@ -29,6 +29,7 @@ void ap_summary_free(ap_summary *s)
     free(s->runs);
     free(s->config_json);
     free(s->provenance_json);
+    free(s->cell_json);
     memset(s, 0, sizeof *s);
 }
 
@@ -198,6 +199,8 @@ ap_status ap_summary_write_json(const ap_summary *s, const char *path, ap_error 
     cJSON_AddItemToObject(root, "config", config ? config : cJSON_CreateObject());
     cJSON *provenance = s->provenance_json ? cJSON_Parse(s->provenance_json) : NULL;
     if (provenance) cJSON_AddItemToObject(root, "provenance", provenance);
+    cJSON *cell = s->cell_json ? cJSON_Parse(s->cell_json) : NULL;
+    if (cell) cJSON_AddItemToObject(root, "cell", cell);
     cJSON *device = cJSON_AddObjectToObject(root, "device");
     cJSON_AddStringToObject(device, "backend", s->backend);
     cJSON_AddStringToObject(device, "name", s->device_name);
@@ -367,8 +370,15 @@ ap_status ap_summary_read_json(const char *path, ap_summary *s, ap_error *err)
     size_t got = text ? fread(text, 1, (size_t)size, f) : 0;
     fclose(f);
     if (!text) return ap_error_set(err, AP_ERR_RUNTIME, "out of memory");
-    cJSON *root = cJSON_ParseWithLength(text, got);
+    ap_status st = ap_summary_parse_json(text, got, path, s, err);
     free(text);
+    return st;
+}
+
+ap_status ap_summary_parse_json(const char *text, size_t n, const char *path, ap_summary *s, ap_error *err)
+{
+    memset(s, 0, sizeof *s);
+    cJSON *root = cJSON_ParseWithLength(text, n);
     const cJSON *schema = cJSON_GetObjectItemCaseSensitive(root, "schema");
     if (!root || !cJSON_IsString(schema) || strcmp(schema->valuestring, AP_SUMMARY_SCHEMA) != 0) {
         cJSON_Delete(root);
@@ -401,6 +411,8 @@ ap_status ap_summary_read_json(const char *path, ap_summary *s, ap_error *err)
     s->config_json = cJSON_IsObject(config) ? cJSON_PrintUnformatted(config) : NULL;
     const cJSON *provenance = cJSON_GetObjectItemCaseSensitive(root, "provenance");
     s->provenance_json = cJSON_IsObject(provenance) ? cJSON_PrintUnformatted(provenance) : NULL;
+    const cJSON *cell = cJSON_GetObjectItemCaseSensitive(root, "cell");
+    s->cell_json = cJSON_IsObject(cell) ? cJSON_PrintUnformatted(cell) : NULL;
     const cJSON *runs = cJSON_GetObjectItemCaseSensitive(root, "runs");
     ap_status st = AP_OK;
     if (!cJSON_IsArray(runs)) {

@@ -80,6 +80,41 @@ ap_status ap_study_trace(const ap_study_config *cfg, const ap_model *model, cons
                          ap_study_progress_fn progress, void *progress_ctx, double *seconds,
                          ap_error *err);
 
+/* ---- batch grids (docs/batch.md) ---------------------------------------------- */
+
+enum { AP_GRID_MAX_CELLS = 100000 };
+
+/* One cell of a grid: one study, given as the flags of `attnprobe run`. */
+typedef struct {
+    char *study;                  /* the study's name in the grid */
+    char *id;                     /* "<study>-<8 hex digits of the flags' SHA-256>": the cell file's name */
+    int argc;
+    char **argv;                  /* "run", "--budget", "16,32", ...; NULL-terminated */
+} ap_grid_cell;
+
+typedef struct {
+    int n_cells;
+    ap_grid_cell *cells;          /* in grid order */
+    char *grid_json;              /* the grid as read, compact JSON */
+} ap_grid;
+
+/* Parses a grid file's text: every study's settings over the defaults, one
+ * cell per combination of the values listed for the keys that change the
+ * trace (model, input, samples, max_length, mode, ...). AP_ERR_INPUT names
+ * source, the study and the key, with what is accepted. */
+ap_status ap_grid_parse(const char *text, size_t n, const char *source, ap_grid *out, ap_error *err);
+void ap_grid_free(ap_grid *g);
+
+/* A batch's files (docs/batch.md). A cell's summary carries the cell (id,
+ * study, flags); a rerun skips a cell whose file at path holds the same. */
+#define AP_BATCH_SCHEMA "attnprobe.batch/1"
+int ap_batch_cell_done(const char *path, const ap_grid_cell *cell);
+ap_status ap_batch_cell_write(const char *path, const ap_grid_cell *cell, ap_summary *summary, ap_error *err);
+/* From the cell files in cells_dir: batch.json (the grid and every cell's
+ * summary) and the tidy CSV (one row per cell x run x metric). */
+ap_status ap_batch_write_json(const ap_grid *g, const char *cells_dir, const char *path, ap_error *err);
+ap_status ap_batch_write_csv(const ap_grid *g, const char *cells_dir, const char *path, ap_error *err);
+
 /* The trace file being written right now, or NULL: a signal handler removes it. */
 const char *ap_study_temp_file(void);
 

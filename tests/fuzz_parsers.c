@@ -1,5 +1,6 @@
 /* fuzz_parsers.c — fuzzing the file parsers: safetensors, config.json,
- * llm.c checkpoints, tokenizer vocab/merges files, and text into the BPE.
+ * llm.c checkpoints, tokenizer vocab/merges files, text into the BPE, trace
+ * files, summaries and batch grid files.
  *
  * Two ways to run it:
  *   - as a ctest (default build): a seeded mutation fuzzer. It writes valid
@@ -18,12 +19,13 @@
 
 #include "engine/engine.h"
 #include "reports/reports.h"
+#include "study/study.h"
 #include "testutil.h"
 #include "tracer/tracer.h"
 
-enum { K_SAFETENSORS, K_CONFIG, K_LLMC, K_VOCAB, K_MERGES, K_TRACE, K_SUMMARY, K_TEXT, K_COUNT };
+enum { K_SAFETENSORS, K_CONFIG, K_LLMC, K_VOCAB, K_MERGES, K_TRACE, K_SUMMARY, K_TEXT, K_GRID, K_COUNT };
 static const char *const KIND_NAMES[K_COUNT] __attribute__((unused)) = {
-    "safetensors", "config.json", "llm.c", "vocab.json", "merges.txt", "trace", "summary.json", "text"};
+    "safetensors", "config.json", "llm.c", "vocab.json", "merges.txt", "trace", "summary.json", "text", "grid.json"};
 
 static char work[256];            /* folder with a valid model and tokenizer */
 static ap_tokenizer *text_tok;    /* for K_TEXT */
@@ -114,6 +116,11 @@ static int setup(void)
     const char *text = "Hello world! It's 2026 \xF0\x9F\x99\x82 the <|endoftext|> théâtre\r\n  x";
     seed_data[K_TEXT] = strdup(text);
     seed_size[K_TEXT] = strlen(text);
+    const char *grid = "{\"defaults\": {\"samples\": 3, \"layers\": [3, 6]}, \"studies\": [{\"name\": \"b\", "
+                       "\"types\": [\"h2o\", \"cms\"], \"budget\": [32, 64], \"mode\": [\"isolated\", \"cascade\"], "
+                       "\"plain_update\": true}, {\"max_length\": [200, 256.5], \"input\": \"x.txt\"}]}";
+    seed_data[K_GRID] = strdup(grid);
+    seed_size[K_GRID] = strlen(grid);
     return ap_tokenizer_load_dir(work, &text_tok, &err) == AP_OK ? 0 : -1;
 }
 
@@ -124,6 +131,12 @@ static int fuzz_one(int kind, const uint8_t *data, size_t size)
     char path[300];
     ap_error err;
     ap_status st;
+    if (kind == K_GRID) { /* a grid parses into cells or is refused */
+        ap_grid g;
+        st = ap_grid_parse((const char *)data, size, "grid.json", &g, &err);
+        if (st == AP_OK) ap_grid_free(&g);
+        return !(st == AP_OK || st == AP_ERR_INPUT);
+    }
     if (kind == K_TEXT) {
         int *ids;
         size_t n_ids;
