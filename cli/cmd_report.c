@@ -1,31 +1,168 @@
-/* cmd_report.c — report (render a saved summary) and check (the regression
+/* cmd_report.c — report (tables, Markdown, HTML with charts of saved
+ * summaries and batches) and check (the regression
  * gate users put in their CI). */
+#include <cjson/cJSON.h>
+#include <errno.h>
 #include <getopt.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "cli.h"
 #include "reports/reports.h"
+#include "study/study.h"
+
+static const char REPORT_USAGE[] =
+    "usage: attnprobe report FILE... [--metrics LIST] [--format text|md] [--md OUT.md]\n"
+    "                        [--html OUT.html] [--png DIR]\n"
+    "FILE: a summary (attnprobe run) or a batch (DIR/batch.json of attnprobe batch).\n"
+    "  (default)       the table of each summary; two files: also their differences\n"
+    "  --metrics LIST  the tables' metric columns (kl,cosine,mass_retained,topk_recall@8;\n"
+    "                  any of the summary's metrics, comma-separated)\n"
+    "  --format md     Markdown tables on stdout (a paper or a pull request can paste them)\n"
+    "  --md FILE       the same into FILE\n"
+    "  --html FILE     one self-contained HTML file: charts, tables, run metadata\n"
+    "  --png DIR       the charts as PNG files in DIR\n";
+
+/* A batch's cells become summaries labelled by their cell id. */
+static ap_status add_batch(const char *path, const char *text, size_t n, ap_summary **all, char ***labels, int *count,
+                           ap_error *err)
+{
+    cJSON *root = cJSON_ParseWithLength(text, n);
+    const cJSON *cells = cJSON_GetObjectItemCaseSensitive(root, "cells");
+    ap_status st = cJSON_IsArray(cells) ? AP_OK : ap_error_set(err, AP_ERR_INPUT, "%s: a batch without \"cells\"", path);
+    const cJSON *cell;
+    cJSON_ArrayForEach(cell, cells)
+    {
+        if (st) break;
+        const char *id = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(cell, "id"));
+        char *summary = cJSON_PrintUnformatted(cJSON_GetObjectItemCaseSensitive(cell, "summary"));
+        ap_summary *grown = realloc(*all, (size_t)(*count + 1) * sizeof *grown);
+        char **grown_labels = grown ? realloc(*labels, (size_t)(*count + 1) * sizeof *grown_labels) : NULL;
+        if (grown) *all = grown;
+        if (grown_labels) *labels = grown_labels;
+        char source[1200];
+        snprintf(source, sizeof source, "%s: cell %s", path, id ? id : "?");
+        if (!summary || !grown || !grown_labels) st = ap_error_set(err, AP_ERR_RUNTIME, "out of memory");
+        else if (!(st = ap_summary_parse_json(summary, strlen(summary), source, &(*all)[*count], err)))
+            (*labels)[(*count)++] = strdup(id ? id : "?");
+        free(summary);
+    }
+    cJSON_Delete(root);
+    return st;
+}
+
+static ap_status load_files(int n_paths, char **paths, ap_summary **all, char ***labels, int *count, ap_error *err)
+{
+    ap_status st = AP_OK;
+    for (int i = 0; i < n_paths && !st; i++) {
+        char *text;
+        size_t n;
+        if ((st = cli_read_input(paths[i], &text, &n, err))) break;
+        cJSON *root = cJSON_ParseWithLength(text, n);
+        const int batch = !strcmp(cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(root, "schema")) ?: "",
+                                  AP_BATCH_SCHEMA);
+        cJSON_Delete(root);
+        if (batch) {
+            st = add_batch(paths[i], text, n, all, labels, count, err);
+        } else {
+            ap_summary *grown = realloc(*all, (size_t)(*count + 1) * sizeof *grown);
+            char **grown_labels = grown ? realloc(*labels, (size_t)(*count + 1) * sizeof *grown_labels) : NULL;
+            if (grown) *all = grown;
+            if (grown_labels) *labels = grown_labels;
+            if (!grown || !grown_labels) st = ap_error_set(err, AP_ERR_RUNTIME, "out of memory");
+            else if (!(st = ap_summary_parse_json(text, n, paths[i], &(*all)[*count], err)))
+                (*labels)[(*count)++] = strdup(paths[i]);
+        }
+        free(text);
+    }
+    return st;
+}
 
 int cmd_report(int argc, char **argv)
 {
+    static const struct option longopts[] = {
+        {"metrics", required_argument, 0, 'm'}, {"format", required_argument, 0, 'f'},
+        {"html", required_argument, 0, 'H'},    {"md", required_argument, 0, 'M'},
+        {"png", required_argument, 0, 'p'},     {"help", no_argument, 0, 'h'}, {0, 0, 0, 0},
+    };
+    const char *metrics = NULL, *format = "text", *html = NULL, *md = NULL, *png = NULL;
     ap_error err;
-    if (argc == 2 && (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0)) {
-        printf("usage: attnprobe report SUMMARY.json\nPrints the table of a summary written by "
-               "attnprobe run.\n");
-        return 0;
+    optind = 1;
+    opterr = 0;
+    int c;
+    while ((c = getopt_long(argc, argv, "", longopts, NULL)) != -1) {
+        switch (c) {
+        case 'm': metrics = optarg; break;
+        case 'f': format = optarg; break;
+        case 'H': html = optarg; break;
+        case 'M': md = optarg; break;
+        case 'p': png = optarg; break;
+        case 'h': fputs(REPORT_USAGE, stdout); return 0;
+        default:
+            ap_error_set(&err, AP_ERR_USAGE, "%s: unknown option or missing value (see attnprobe report --help)",
+                         argv[optind - 1]);
+            return cli_fail(AP_ERR_USAGE, &err);
+        }
     }
-    if (argc != 2) {
-        ap_error_set(&err, AP_ERR_USAGE, "report takes one summary file (attnprobe report "
+    if (strcmp(format, "text") && strcmp(format, "md")) {
+        ap_error_set(&err, AP_ERR_USAGE, "--format %s: accepted: text, md", format);
+        return cli_fail(AP_ERR_USAGE, &err);
+    }
+    if (optind >= argc) {
+        ap_error_set(&err, AP_ERR_USAGE, "report takes one or more summary or batch files (attnprobe report "
                      "attnprobe-out/summary.json)");
         return cli_fail(AP_ERR_USAGE, &err);
     }
-    ap_summary s;
-    ap_status st = ap_summary_read_json(argv[1], &s, &err);
+    ap_report_set set = {0};
+    ap_status st = ap_report_set_metrics(&set, metrics, &err);
     if (st) return cli_fail(st, &err);
-    ap_summary_print_table(&s, stdout);
-    ap_summary_free(&s);
-    return 0;
+    if ((html || png) && !ap_chart_available() && png) {
+        ap_error_set(&err, AP_ERR_USAGE, "--png: this build has no PLplot (scripts/setup.sh installs it)");
+        return cli_fail(AP_ERR_USAGE, &err);
+    }
+    ap_summary *all = NULL;
+    char **labels = NULL;
+    int count = 0;
+    st = load_files(argc - optind, argv + optind, &all, &labels, &count, &err);
+    set.n = count, set.summaries = all, set.labels = (const char *const *)labels;
+    if (!st && png) st = cli_make_dir("--png", png, &err);
+    if (!st && html) st = ap_report_write_html(&set, html, png, &err);
+    if (!st && png && !html) {
+        int n_png = 0;
+        st = ap_report_write_pngs(&set, png, &n_png, &err);
+        if (!st) fprintf(stderr, "attnprobe: wrote %d chart%s to %s\n", n_png, n_png == 1 ? "" : "s", png);
+    }
+    if (!st && html) fprintf(stderr, "attnprobe: wrote %s\n", html);
+    if (!st && md) {
+        FILE *f = fopen(md, "w");
+        if (!f) {
+            st = ap_error_set(&err, AP_ERR_RUNTIME, "--md %s: cannot write: %s", md, strerror(errno));
+        } else {
+            ap_report_print_tables(&set, 1, f);
+            if (count == 2) ap_report_print_diff(&set, 1, f);
+            if (fclose(f) != 0) st = ap_error_set(&err, AP_ERR_RUNTIME, "--md %s: write failed", md);
+        }
+    }
+    if (!st && !html && !md && !png) {
+        const int markdown = !strcmp(format, "md");
+        if (markdown || metrics) {
+            ap_report_print_tables(&set, markdown, stdout);
+        } else {
+            for (int i = 0; i < count; i++) {
+                if (count > 1) printf("== %s ==\n", labels[i]);
+                ap_summary_print_table(&all[i], stdout);
+            }
+        }
+        if (count == 2) ap_report_print_diff(&set, markdown, stdout);
+    }
+    for (int i = 0; i < count; i++) {
+        ap_summary_free(&all[i]);
+        free(labels[i]);
+    }
+    free(all);
+    free(labels);
+    return st ? cli_fail(st, &err) : 0;
 }
 
 int cmd_check(int argc, char **argv)

@@ -103,7 +103,8 @@ static const char USAGE[] =
     "                 numbers are the same for any N, memory grows with it\n"
     "  --device cpu|cuda|auto (cpu)  --precision fp32|tf32|bf16 (fp32)\n"
     "output:\n"
-    "  --out DIR (attnprobe-out): writes DIR/summary.json  --format text,json (both)\n"
+    "  --out DIR (attnprobe-out): writes DIR/summary.json  --format text,json (both);\n"
+    "                 md: also DIR/report.md, html: also DIR/report.html (tables, charts)\n"
     "  --align position|index (position; index also shows the seed study's slot-index KL,\n"
     "                 cosine, L1 and RMS beside the position-aligned KL and cosine)\n"
     "  --bootstrap N (1000) resamples for the 95% CI  --quiet (no table, no progress)\n"
@@ -142,6 +143,8 @@ static ap_status parse_int_list(const char *flag, const char *text, int lo, int 
 }
 
 static ap_status parse_flags(int argc, char **argv, run_opts *o, ap_error *err);
+
+static const char *const FORMATS[] = {"text", "json", "md", "html", NULL};
 
 /* --preset NAME: the preset's flags parsed first, so that every flag given
  * beside it, before or after, overrides its value. */
@@ -259,14 +262,16 @@ static ap_status parse_flags(int argc, char **argv, run_opts *o, ap_error *err)
     int n_fmt = 0;
     for (const char *f = o->format; *f;) {
         const size_t len = strcspn(f, ",");
-        if (!((len == 4 && !strncmp(f, "text", 4)) || (len == 4 && !strncmp(f, "json", 4))))
+        int known = 0;
+        for (const char *const *k = FORMATS; *k; k++) known |= len == strlen(*k) && !strncmp(f, *k, len);
+        if (!known)
             return ap_error_set(err, AP_ERR_USAGE, "--format %s: \"%.*s\" is not available (accepted: "
-                                "text, json, comma-separated)", o->format, (int)len, f);
+                                "text, json, md, html, comma-separated)", o->format, (int)len, f);
         n_fmt++;
         f += len + (f[len] == ',');
     }
     if (n_fmt == 0)
-        return ap_error_set(err, AP_ERR_USAGE, "--format is empty (accepted: text, json, "
+        return ap_error_set(err, AP_ERR_USAGE, "--format is empty (accepted: text, json, md, html, "
                             "comma-separated)");
     return AP_OK;
 }
@@ -587,12 +592,23 @@ static ap_precision pick_precision(const char *p)
 
 /* ---- output --------------------------------------------------------------------- */
 
+static int has_format(const char *list, const char *name)
+{
+    const size_t n = strlen(name);
+    for (const char *f = list; *f;) {
+        const size_t len = strcspn(f, ",");
+        if (len == n && !strncmp(f, name, n)) return 1;
+        f += len + (f[len] == ',');
+    }
+    return 0;
+}
+
 static ap_status write_outputs(const run_opts *o, const ap_summary *summary, ap_error *err)
 {
     if (!o->quiet && summary->samples < AP_CI_MIN_SAMPLES)
         fprintf(stderr, "attnprobe: warning: %d sample%s: the 95%% CIs are unreliable (at least %d needed)\n",
                 summary->samples, summary->samples == 1 ? "" : "s", AP_CI_MIN_SAMPLES);
-    if (strstr(o->format, "json")) {
+    if (has_format(o->format, "json")) {
         const size_t n = strlen(o->out) + sizeof "/samples.jsonl"; /* the longer name */
         char *path = malloc(n);
         if (!path) return ap_error_set(err, AP_ERR_RUNTIME, "out of memory");
@@ -607,7 +623,30 @@ static ap_status write_outputs(const run_opts *o, const ap_summary *summary, ap_
         free(path);
         if (st) return st;
     }
-    if (strstr(o->format, "text") && !o->quiet) {
+    const int md = has_format(o->format, "md"), html = has_format(o->format, "html");
+    if (md || html) {
+        const size_t n = strlen(o->out) + sizeof "/report.html";
+        char *path = malloc(n);
+        const char *label = "summary.json";
+        ap_report_set set = {.n = 1, .summaries = summary, .labels = &label};
+        ap_status st = path ? ap_report_set_metrics(&set, NULL, err) : ap_error_set(err, AP_ERR_RUNTIME, "out of memory");
+        if (!st && md) {
+            snprintf(path, n, "%s/report.md", o->out);
+            FILE *f = fopen(path, "w");
+            if (!f) st = ap_error_set(err, AP_ERR_RUNTIME, "%s: cannot write: %s", path, strerror(errno));
+            if (f) ap_report_print_tables(&set, 1, f);
+            if (f && fclose(f) != 0) st = ap_error_set(err, AP_ERR_RUNTIME, "%s: write failed", path);
+            if (!st && !o->quiet) fprintf(stderr, "attnprobe: wrote %s\n", path);
+        }
+        if (!st && html) {
+            snprintf(path, n, "%s/report.html", o->out);
+            st = ap_report_write_html(&set, path, NULL, err);
+            if (!st && !o->quiet) fprintf(stderr, "attnprobe: wrote %s\n", path);
+        }
+        free(path);
+        if (st) return st;
+    }
+    if (has_format(o->format, "text") && !o->quiet) {
         ap_summary_print_table(summary, stdout);
         if (strcmp(o->align, "index") == 0) {
             printf("\n--align index: the seed study's comparison (compacted cache by slot index, zero-padded)\n");
@@ -821,7 +860,8 @@ static int job(job_kind kind, int argc, char **argv)
     const char *compare_to;
     if ((st = policies_of(&o, &params, &n_params, &compare_to, &err))) return cli_fail(st, &err);
     free(params);
-    if (kind != JOB_TRACE && strstr(o.format, "json") && (st = cli_make_dir("--out", o.out, &err)))
+    if (kind != JOB_TRACE && (has_format(o.format, "json") || has_format(o.format, "md") || has_format(o.format, "html")) &&
+        (st = cli_make_dir("--out", o.out, &err)))
         return cli_fail(st, &err);
     catch_signals();
     ap_summary summary = {0};

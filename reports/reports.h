@@ -116,4 +116,61 @@ ap_status ap_check_parse_tolerances(const char *spec, double tol[AP_M_COUNT], ap
 ap_status ap_check(const ap_summary *base, const ap_summary *cur, const double tol[AP_M_COUNT],
                    int allow_mismatch, int noise_aware, FILE *out, int *regressions, ap_error *err);
 
+/* ---- charts (chart.c, PLplot; docs/reports.md) ------------------------------ */
+
+typedef enum { AP_CHART_LINE = 0, AP_CHART_POINTS = 1, AP_CHART_GUIDE = 2 } ap_chart_style;
+
+typedef struct {
+    const char *name;             /* legend entry ("" or NULL: none) */
+    int n;
+    const double *x, *y;          /* [n]; lines join the points in this order */
+    const double *lo, *hi;        /* [n] a band (the 95% CI), or NULL */
+    ap_chart_style style;         /* line with points, points only, or a grey dashed guide */
+} ap_chart_series;
+
+typedef struct {
+    const char *title, *x_label, *y_label;
+    int log_x;                    /* x on a log2 axis (budgets, bytes) */
+    int n_series;
+    const ap_chart_series *series; /* coloured in order from the Okabe-Ito palette */
+} ap_chart_xy;
+
+typedef struct {
+    const char *title, *x_label, *y_label;
+    int n_rows, n_cols;
+    const char *const *row_names, *const *col_names;
+    const double *values;         /* [n_rows * n_cols], row-major; NAN: empty */
+    int higher_is_better;         /* dark cells are the worse end either way */
+} ap_chart_heatmap;
+
+typedef enum { AP_CHART_SVG, AP_CHART_PNG } ap_chart_format;
+
+/* Draws to path; AP_ERR_INPUT when there is nothing finite to draw,
+ * AP_ERR_USAGE when the build has no PLplot. */
+ap_status ap_chart_xy_draw(const ap_chart_xy *c, ap_chart_format fmt, const char *path, ap_error *err);
+ap_status ap_chart_heatmap_draw(const ap_chart_heatmap *c, ap_chart_format fmt, const char *path, ap_error *err);
+int ap_chart_available(void);
+
+/* ---- reports of several summaries (report.c, html.c) ------------------------------ */
+
+typedef struct {
+    int n;
+    const ap_summary *summaries;  /* [n]: files given, or a batch's cells */
+    const char *const *labels;    /* [n]: what names each (file, cell id) */
+    int metrics[AP_M_COUNT];      /* the table's metric columns, in order */
+    int n_metrics;
+} ap_report_set;
+
+/* "kl,cosine,l1": the metric columns of the tables; NULL: the defaults. */
+ap_status ap_report_set_metrics(ap_report_set *set, const char *list, ap_error *err);
+/* Every summary's table with the set's metric columns (text or Markdown). */
+void ap_report_print_tables(const ap_report_set *set, int markdown, FILE *f);
+/* Two summaries side by side: each common run's means and their difference. */
+void ap_report_print_diff(const ap_report_set *set, int markdown, FILE *f);
+/* One self-contained HTML file: tables, charts inlined as SVG, metadata.
+ * png_dir, when given, also receives every chart as PNG. */
+ap_status ap_report_write_html(const ap_report_set *set, const char *path, const char *png_dir, ap_error *err);
+/* The charts only, as PNG files in dir; *n_written: how many. */
+ap_status ap_report_write_pngs(const ap_report_set *set, const char *dir, int *n_written, ap_error *err);
+
 #endif

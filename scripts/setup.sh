@@ -6,6 +6,8 @@ set -euo pipefail
 packages=(
   build-essential cmake pkg-config
   libopenblas-dev libgsl-dev libcjson-dev libpcre2-dev libcmocka-dev libxxhash-dev
+  libplplot-dev plplot-driver-cairo fonts-dejavu-core
+  chromium-headless-shell
 )
 
 missing=()

@@ -16,7 +16,7 @@ expect_exit 2 "bad budget" "$bin" --budget 0
 expect_exit 2 "budget below sink+recent" "$bin" --types h2o --budget 8
 expect_exit 2 "bad layer" "$bin" --layer 40
 expect_exit 2 "unknown flag" "$bin" --frobnicate
-expect_exit 2 "html not available" "$bin" --format html
+expect_exit 2 "unknown format" "$bin" --format html,pdf
 expect_exit 3 "missing model" "$bin" --model /nonexistent
 expect_exit 3 "missing input" "$bin" --input /nonexistent.txt
 printf 'short\n' > short.txt
