@@ -98,6 +98,10 @@ ap_status ap_qsketch_add(ap_qsketch *q, double x, ap_error *err);
 ap_status ap_qsketch_merge(ap_qsketch *into, const ap_qsketch *from, ap_error *err);
 /* Quantile p in [0, 1] (ranks interpolated as gsl_stats_quantile does); NaN when empty. */
 double ap_qsketch_quantile(const ap_qsketch *q, double p);
+/* The sketch as bytes for another process, and back (*used: bytes read). */
+size_t ap_qsketch_packed_size(const ap_qsketch *q);
+void ap_qsketch_pack(const ap_qsketch *q, unsigned char *out);
+ap_status ap_qsketch_unpack(const unsigned char *in, size_t size, ap_qsketch *q, size_t *used, ap_error *err);
 
 /* One metric of one run over a whole study. */
 typedef struct {

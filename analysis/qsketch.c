@@ -133,3 +133,65 @@ double ap_qsketch_quantile(const ap_qsketch *q, double p)
     const double b = value_at_rank(q, lo + 1);
     return a + (h - (double)lo) * (b - a);
 }
+
+/* ---- as bytes, for another process (study/mpi.c) ------------------------------ */
+
+size_t ap_qsketch_packed_size(const ap_qsketch *q)
+{
+    return sizeof(double) + 2 * sizeof(uint64_t) + 2 * (sizeof(int64_t) + sizeof(uint64_t)) +
+           (q->store[0].n + q->store[1].n) * sizeof(uint64_t);
+}
+
+static unsigned char *put(unsigned char *p, const void *v, size_t n)
+{
+    memcpy(p, v, n);
+    return p + n;
+}
+
+void ap_qsketch_pack(const ap_qsketch *q, unsigned char *out)
+{
+    out = put(out, &q->alpha, sizeof q->alpha);
+    out = put(out, &q->zero, sizeof q->zero);
+    out = put(out, &q->count, sizeof q->count);
+    for (int side = 0; side < 2; side++) {
+        const uint64_t n = q->store[side].n;
+        out = put(out, &q->store[side].offset, sizeof q->store[side].offset);
+        out = put(out, &n, sizeof n);
+        if (n) out = put(out, q->store[side].bins, (size_t)n * sizeof *q->store[side].bins);
+    }
+}
+
+ap_status ap_qsketch_unpack(const unsigned char *in, size_t size, ap_qsketch *q, size_t *used, ap_error *err)
+{
+    const unsigned char *p = in, *end = in + size;
+    double alpha;
+    uint64_t zero, count;
+    if (size < sizeof alpha + 2 * sizeof zero) goto bad;
+    memcpy(&alpha, p, sizeof alpha), p += sizeof alpha;
+    memcpy(&zero, p, sizeof zero), p += sizeof zero;
+    memcpy(&count, p, sizeof count), p += sizeof count;
+    if (!(alpha > 0 && alpha < 1)) goto bad;
+    ap_qsketch_init(q, alpha);
+    q->zero = zero, q->count = count;
+    for (int side = 0; side < 2; side++) {
+        uint64_t n;
+        if ((size_t)(end - p) < sizeof q->store[side].offset + sizeof n) goto bad_free;
+        memcpy(&q->store[side].offset, p, sizeof q->store[side].offset), p += sizeof q->store[side].offset;
+        memcpy(&n, p, sizeof n), p += sizeof n;
+        if (n > (uint64_t)(end - p) / sizeof(uint64_t)) goto bad_free;
+        if (n) {
+            if (!(q->store[side].bins = malloc((size_t)n * sizeof(uint64_t)))) {
+                ap_qsketch_free(q);
+                return ap_error_set(err, AP_ERR_RUNTIME, "out of memory for a quantile sketch");
+            }
+            memcpy(q->store[side].bins, p, (size_t)n * sizeof(uint64_t)), p += n * sizeof(uint64_t);
+        }
+        q->store[side].n = (size_t)n;
+    }
+    *used = (size_t)(p - in);
+    return AP_OK;
+bad_free:
+    ap_qsketch_free(q);
+bad:
+    return ap_error_set(err, AP_ERR_RUNTIME, "a quantile sketch received from another process is malformed");
+}

@@ -11,10 +11,15 @@
 
 #include "analysis/analysis.h"
 #include "cli.h"
+#include "study/study.h"
 
 int cli_fail(ap_status code, const ap_error *err)
 {
-    fprintf(stderr, "attnprobe: %s\n", err->msg);
+    /* a failure all ranks agreed on is reported once, by rank 0 */
+    if (!ap_mpi_failure_reported()) {
+        if (ap_mpi_size() > 1 && ap_mpi_rank() > 0) fprintf(stderr, "attnprobe (rank %d): %s\n", ap_mpi_rank(), err->msg);
+        else fprintf(stderr, "attnprobe: %s\n", err->msg);
+    }
     return (int)code;
 }
 

@@ -88,8 +88,9 @@ static double now_s(void)
 /* cell 3/12 [name] ... ETA, one line of stderr per cell */
 static void announce(int i, int n, int done_here, double elapsed, const ap_grid_cell *c, const char *what)
 {
-    const double eta = done_here > 0 ? elapsed / done_here * (n - i) : 0;
-    fprintf(stderr, "batch: cell %d/%d %s %s", i + 1, n, c->id, what);
+    const double eta = done_here > 0 ? elapsed / done_here * (n - i) / ap_mpi_size() : 0;
+    if (ap_mpi_size() > 1) fprintf(stderr, "batch (rank %d): cell %d/%d %s %s", ap_mpi_rank(), i + 1, n, c->id, what);
+    else fprintf(stderr, "batch: cell %d/%d %s %s", i + 1, n, c->id, what);
     if (done_here > 0) fprintf(stderr, " (ETA %.0f s)", eta);
     fputc('\n', stderr);
 }
@@ -98,7 +99,8 @@ static ap_status run_cells(const ap_grid *g, const batch_opts *o, const char *ce
 {
     const double start = now_s();
     int ran = 0;
-    for (int i = 0; i < g->n_cells; i++) {
+    /* under mpirun, cell i is rank i mod size's (docs/mpi.md) */
+    for (int i = ap_mpi_rank(); i < g->n_cells; i += ap_mpi_size()) {
         const ap_grid_cell *c = &g->cells[i];
         char path[4096];
         snprintf(path, sizeof path, "%s/%s.json", cells_dir, c->id);
@@ -148,19 +150,20 @@ int cmd_batch(int argc, char **argv)
         snprintf(cells_dir, len, "%s/cells", o.out);
         st = cli_make_dir("--out", cells_dir, &err);
     }
-    if (!st) {
-        remove_leftovers(cells_dir);
-        st = run_cells(&grid, &o, cells_dir, &err);
-    }
-    if (!st) {
+    if (!st && ap_mpi_rank() == 0) remove_leftovers(cells_dir);
+    st = ap_mpi_agree(st, &err); /* also: no rank starts before the leftovers are gone */
+    if (!st) st = run_cells(&grid, &o, cells_dir, &err);
+    st = ap_mpi_agree(st, &err); /* every cell written before rank 0 reads them */
+    const int root = ap_mpi_rank() == 0;
+    if (!st && root) {
         snprintf(path, len, "%s/batch.json", o.out);
         st = ap_batch_write_json(&grid, cells_dir, path, &err);
     }
-    if (!st) {
+    if (!st && root) {
         snprintf(path, len, "%s/results.csv", o.out);
         st = ap_batch_write_csv(&grid, cells_dir, path, &err);
     }
-    if (!st && !o.quiet) fprintf(stderr, "attnprobe: wrote %s/batch.json, %s/results.csv, %d cells\n", o.out, o.out,
+    if (!st && root && !o.quiet) fprintf(stderr, "attnprobe: wrote %s/batch.json, %s/results.csv, %d cells\n", o.out, o.out,
                                  grid.n_cells);
     free(cells_dir);
     free(path);

@@ -41,6 +41,7 @@ typedef struct {
     const char *out, *format, *align, *save, *granularity, *compare_to, *sketch_memory, *seeds;
     int samples, max_length, warmup, stride, budget, sink, recent, width, depth, race_rows,
         race_bits, bootstrap, quiet, help, plain_update, threads, batch_size, log_samples;
+    int shard; /* under mpirun: split the samples over the processes (set by job, not a flag) */
     unsigned long seed;
     int_list budgets, sinks, recents, widths, depths, race_rows_l, race_bits_l; /* sweeps (n = 0: the one value) */
 } run_opts;
@@ -700,6 +701,8 @@ static ap_status check_opts(job_kind kind, const run_opts *o, int n_args, ap_err
     if (kind == JOB_REPLAY && n_args != 1)
         return ap_error_set(err, AP_ERR_USAGE, "replay takes one trace file (written by attnprobe trace --save FILE)");
     if (kind == JOB_TRACE && !o->save) return ap_error_set(err, AP_ERR_USAGE, "trace needs --save FILE");
+    if (kind == JOB_TRACE && ap_mpi_size() > 1)
+        return ap_error_set(err, AP_ERR_USAGE, "trace --save writes one file from one process: run it without mpirun");
     if (strcmp(o->device, "cpu") == 0 && strcmp(o->precision, "fp32") != 0)
         return ap_error_set(err, AP_ERR_USAGE, "--precision %s needs --device cuda (the cpu backend computes "
                             "in fp32)", o->precision);
@@ -751,7 +754,7 @@ static ap_status study_of(job_kind kind, const run_opts *o, int argc, char **arg
         .backend = pick_backend(o->device), .precision = pick_precision(o->precision),
         .batch_size = o->batch_size, .threads = o->threads, .max_length = o->max_length,
         .align_index = strcmp(o->align, "index") == 0, .save_trace = kind == JOB_TRACE ? o->save : NULL,
-        .compare_to = compare_to, .sketch_memory = o->sketch_memory,
+        .compare_to = compare_to, .sketch_memory = o->sketch_memory, .shard = o->shard,
     };
 
     if (kind == JOB_REPLAY) {
@@ -854,19 +857,23 @@ static int job(job_kind kind, int argc, char **argv)
     }
     const char *trace_file = kind == JOB_REPLAY && optind < argc ? argv[optind] : NULL;
     if ((st = check_opts(kind, &o, argc - optind, &err))) return cli_fail(st, &err);
+    /* under mpirun the ranks share the samples; rank 0 prints and writes */
+    const int root = ap_mpi_rank() == 0;
+    o.shard = 1;
+    if (!root) o.quiet = 1;
     /* the flags' policies checked before any directory is made */
     ap_policy_params *params = NULL;
     int n_params = 0;
     const char *compare_to;
     if ((st = policies_of(&o, &params, &n_params, &compare_to, &err))) return cli_fail(st, &err);
     free(params);
-    if (kind != JOB_TRACE && (has_format(o.format, "json") || has_format(o.format, "md") || has_format(o.format, "html")) &&
+    if (kind != JOB_TRACE && root && (has_format(o.format, "json") || has_format(o.format, "md") || has_format(o.format, "html")) &&
         (st = cli_make_dir("--out", o.out, &err)))
         return cli_fail(st, &err);
     catch_signals();
     ap_summary summary = {0};
     st = study_of(kind, &o, argc, argv, trace_file, &summary, &err);
-    if (!st && kind != JOB_TRACE) st = write_outputs(&o, &summary, &err);
+    if (!st && kind != JOB_TRACE && root) st = write_outputs(&o, &summary, &err);
     ap_summary_free(&summary);
     return st ? cli_fail(st, &err) : 0;
 }

@@ -3,6 +3,7 @@
 #include <string.h>
 
 #include "cli.h"
+#include "study/study.h"
 
 static void usage(FILE *f)
 {
@@ -27,7 +28,21 @@ static void usage(FILE *f)
             AP_VERSION);
 }
 
+static int dispatch(int argc, char **argv);
+
+/* Under mpirun every rank runs the same command (docs/mpi.md). */
 int main(int argc, char **argv)
+{
+    if (ap_mpi_start(&argc, &argv) != 0) {
+        fprintf(stderr, "attnprobe: MPI could not be initialised (started by mpirun or srun?)\n");
+        return AP_ERR_RUNTIME;
+    }
+    const int code = dispatch(argc, argv);
+    ap_mpi_stop(code);
+    return code;
+}
+
+static int dispatch(int argc, char **argv)
 {
     if (argc < 2) return cmd_run(argc, argv); /* the main job on the bundled model */
     const char *cmd = argv[1];
@@ -39,6 +54,9 @@ int main(int argc, char **argv)
     }
     if (strcmp(cmd, "--version") == 0) {
         printf("attnprobe %s\n", AP_VERSION);
+        /* what this build can do: scripts and tests read this line */
+        printf("features: cuda-device %s, charts %s, mpi %s\n", ap_cuda_available() ? "yes" : "no",
+               ap_chart_available() ? "yes (PLplot)" : "no", ap_mpi_built() ? "yes (Open MPI)" : "no");
         return 0;
     }
     struct { const char *name; int (*fn)(int, char **); } cmds[] = {

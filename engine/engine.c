@@ -236,6 +236,25 @@ void ap_engine_library_versions(ap_library_versions *out)
 #endif
 }
 
+int ap_cuda_devices(void)
+{
+#ifdef AP_HAVE_CUDA
+    extern int ap_cuda_device_count(void);
+    return ap_cuda_device_count();
+#else
+    return 0;
+#endif
+}
+
+ap_status ap_cuda_use_device(int index, ap_error *err)
+{
+#ifdef AP_HAVE_CUDA
+    extern int ap_cuda_select_device(int index);
+    if (ap_cuda_select_device(index) == 0) return AP_OK;
+#endif
+    return ap_error_set(err, AP_ERR_RUNTIME, "CUDA device %d cannot be selected (%d visible)", index, ap_cuda_devices());
+}
+
 int ap_cuda_available(void)
 {
 #ifdef AP_HAVE_CUDA

@@ -114,6 +114,11 @@ void ap_engine_library_versions(ap_library_versions *out);
 
 /* True when this build has the CUDA backend and a device is present. */
 int ap_cuda_available(void);
+/* CUDA devices visible to this process (0 without the backend). */
+int ap_cuda_devices(void);
+/* Engines created from now on run on CUDA device index (several processes
+ * on one node: one device each). */
+ap_status ap_cuda_use_device(int index, ap_error *err);
 
 /* Binds a backend to a model. The model must outlive the engine. */
 ap_status ap_engine_create(const ap_model *model, ap_backend backend, ap_precision precision,

@@ -8,6 +8,7 @@ packages=(
   libopenblas-dev libgsl-dev libcjson-dev libpcre2-dev libcmocka-dev libxxhash-dev
   libplplot-dev plplot-driver-cairo fonts-dejavu-core
   chromium-headless-shell
+  openmpi-bin libopenmpi-dev
 )
 
 missing=()

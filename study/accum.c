@@ -63,6 +63,7 @@ void study_acc_free(study_acc *a)
     free(a->parts);
     free(a->part_heads);
     free(a->head_on);
+    free(a->kept);
     memset(a, 0, sizeof *a);
 }
 
@@ -102,21 +103,71 @@ ap_status study_acc_values(study_acc *a, int b, int run, int head, const double 
     return st;
 }
 
-ap_status study_acc_end_batch(study_acc *a, int n, ap_error *err)
+/* A part's moments as doubles (ap_moments is six doubles). */
+#define MOMENT_DOUBLES (AP_M_COUNT * (sizeof(ap_moments) / sizeof(double)))
+
+size_t study_part_doubles(const study_acc *a) { return MOMENT_DOUBLES + 2 * (size_t)a->n_head * AP_M_COUNT; }
+
+/* Appends the batch's parts to kept, sample by sample. */
+static ap_status keep_batch(study_acc *a, int n, ap_error *err)
+{
+    const size_t part = study_part_doubles(a), per_sample = part * (size_t)a->n_runs;
+    const size_t per_head = (size_t)a->n_head * AP_M_COUNT;
+    if (a->kept_n + (size_t)n > a->kept_cap) {
+        const size_t cap = (a->kept_n + (size_t)n) * 2;
+        double *grown = realloc(a->kept, cap * per_sample * sizeof *grown);
+        if (!grown) return ap_error_set(err, AP_ERR_RUNTIME, "out of memory keeping a shard's accumulators");
+        a->kept = grown, a->kept_cap = cap;
+    }
+    for (int b = 0; b < n; b++, a->kept_n++)
+        for (int r = 0; r < a->n_runs; r++) {
+            const study_part *pt = &a->parts[(size_t)b * a->n_runs + r];
+            double *out = a->kept + a->kept_n * per_sample + (size_t)r * part;
+            memcpy(out, pt->m, sizeof pt->m);
+            memcpy(out + MOMENT_DOUBLES, pt->head_sum, 2 * per_head * sizeof(double));
+        }
+    return AP_OK;
+}
+
+/* One sample's part of one run folded into the run (sample: the study's index). */
+static ap_status fold_part(study_acc *a, int run, int sample, const study_part *part, ap_error *err)
 {
     const size_t per_head = (size_t)a->n_head * AP_M_COUNT;
+    study_run *r = &a->runs[run];
+    for (int k = 0; k < AP_M_COUNT; k++) {
+        ap_status st = ap_metric_acc_fold(&r->m[k], sample, &part->m[k], err);
+        if (st) return st;
+    }
+    for (size_t i = 0; i < per_head; i++) {
+        r->head_sum[i] += part->head_sum[i];
+        r->head_cnt[i] += part->head_cnt[i];
+    }
+    return AP_OK;
+}
+
+ap_status study_acc_fold_parts(study_acc *a, int first, int n, const double *parts, ap_error *err)
+{
+    const size_t part = study_part_doubles(a), per_head = (size_t)a->n_head * AP_M_COUNT;
+    for (int s = 0; s < n; s++)
+        for (int r = 0; r < a->n_runs; r++) {
+            const double *in = parts + ((size_t)s * a->n_runs + r) * part;
+            study_part p;
+            memcpy(p.m, in, sizeof p.m);
+            p.head_sum = (double *)in + MOMENT_DOUBLES;
+            p.head_cnt = p.head_sum + per_head;
+            ap_status st = fold_part(a, r, first + s, &p, err);
+            if (st) return st;
+        }
+    return AP_OK;
+}
+
+ap_status study_acc_end_batch(study_acc *a, int n, ap_error *err)
+{
+    if (a->keep_parts) return keep_batch(a, n, err);
     for (int b = 0; b < n; b++)
         for (int r = 0; r < a->n_runs; r++) {
-            const study_part *part = &a->parts[(size_t)b * a->n_runs + r];
-            study_run *run = &a->runs[r];
-            for (int k = 0; k < AP_M_COUNT; k++) {
-                ap_status st = ap_metric_acc_fold(&run->m[k], a->batch_first + b, &part->m[k], err);
-                if (st) return st;
-            }
-            for (size_t i = 0; i < per_head; i++) {
-                run->head_sum[i] += part->head_sum[i];
-                run->head_cnt[i] += part->head_cnt[i];
-            }
+            ap_status st = fold_part(a, r, a->batch_first + b, &a->parts[(size_t)b * a->n_runs + r], err);
+            if (st) return st;
         }
     return AP_OK;
 }

@@ -53,7 +53,8 @@ static int batch_size(const ap_study_config *cfg, size_t per_sample, int n_sampl
         n = per_sample ? (int)(budget / per_sample) : n_samples;
         if (n < 1) n = 1;
     }
-    return n < n_samples ? n : n_samples;
+    n = n < n_samples ? n : n_samples;
+    return n > 0 ? n : 1;
 }
 
 /* ---- progress ------------------------------------------------------------- */
@@ -65,18 +66,22 @@ typedef struct {
     const int *len; /* [samples_total] */
     double t0;
     int batch_first, batch_n;
+    int lo, hi;     /* this process's samples; over several processes the
+                       whole job's progress is estimated from this share */
 } progress_state;
 
 static void report(progress_state *ps, const char *stage, double done_in_batch)
 {
     if (!ps->fn) return;
     ps->p.stage = stage;
-    ps->p.samples_done = ps->batch_first + done_in_batch * ps->batch_n;
+    const double local = ps->batch_first - ps->lo + done_in_batch * ps->batch_n;
+    const double scale = ps->hi > ps->lo ? (double)ps->p.samples_total / (ps->hi - ps->lo) : 1.0;
     double tokens = 0;
-    const int whole = (int)ps->p.samples_done;
-    for (int s = 0; s < whole; s++) tokens += ps->len[s];
-    if (whole < ps->p.samples_total) tokens += (ps->p.samples_done - whole) * ps->len[whole];
-    ps->p.tokens_done = tokens;
+    const int whole = (int)local;
+    for (int s = 0; s < whole; s++) tokens += ps->len[ps->lo + s];
+    if (ps->lo + whole < ps->hi) tokens += (local - whole) * ps->len[ps->lo + whole];
+    ps->p.samples_done = local * scale;
+    ps->p.tokens_done = tokens * scale;
     ps->p.elapsed_s = now_s() - ps->t0;
     ps->fn(ps->ctx, &ps->p);
 }
@@ -269,6 +274,7 @@ typedef struct {
     ap_trace_reader *reader;
     ap_trace_writer *writer;
     int on_device; /* the trace stays on the engine's device and is replayed there */
+    int sharded;   /* one of several processes: its share of the samples only (mpi.c) */
 } batch_source;
 
 static ap_status next_batch(batch_source *src, const ap_study_config *cfg, int first, int n,
@@ -298,15 +304,19 @@ static ap_status run_batches(const ap_study_config *cfg, batch_source *src, cons
     const int S = info->n_samples;
     int max_T = 0;
     for (int s = 0; s < S; s++) max_T = info->len[s] > max_T ? info->len[s] : max_T;
-    const int B = batch_size(cfg, sample_bytes(info->n_layers, info->n_head, info->head_dim, max_T), S, src->on_device);
-    progress_state ps = {progress, ctx, {"trace", 0, S, 0, 0, 0}, info->len, now_s(), 0, 0};
+    int lo = 0, count = S;
+    if (src->sharded) study_shard_of(S, &lo, &count);
+    const int hi = lo + count;
+    const int B = batch_size(cfg, sample_bytes(info->n_layers, info->n_head, info->head_dim, max_T), count, src->on_device);
+    progress_state ps = {progress, ctx, {"trace", 0, S, 0, 0, 0}, info->len, now_s(), 0, 0, lo, hi};
     for (int s = 0; s < S; s++) ps.p.tokens_total += info->len[s];
     ap_pool *pool = NULL;
     ap_status st = AP_OK;
     if (replay && (st = study_acc_init(acc, cfg, info, B, err))) return st;
+    acc->keep_parts = src->sharded && lo > 0; /* rank 0 folds its own; the others send theirs */
     if (replay && cfg->mode == AP_STUDY_ISOLATED && (st = ap_pool_create(cfg->threads, &pool, err))) return st;
-    for (int first = 0; first < S && !st; first += B) {
-        const int n = first + B <= S ? B : S - first;
+    for (int first = lo; first < hi && !st; first += B) {
+        const int n = first + B <= hi ? B : hi - first;
         ps.batch_first = first;
         ps.batch_n = n;
         ap_trace tr = {0};
@@ -357,6 +367,26 @@ static ap_status model_info(const ap_study_config *cfg, const ap_model *model, c
     return AP_OK;
 }
 
+/* Several processes: each needs a sample, and a GPU of its own unless told
+ * to share (ATTNPROBE_SHARE_GPU=1); the same verdict on every rank. */
+static ap_status shard_check(const ap_study_config *cfg, int n_samples, ap_error *err)
+{
+    const int size = ap_mpi_size();
+    if (n_samples < size)
+        return ap_error_set(err, AP_ERR_USAGE, "%d processes for %d samples: run at most %d processes or ask for more "
+                            "samples", size, n_samples, n_samples);
+    if (cfg->save_trace) return ap_error_set(err, AP_ERR_USAGE, "a trace file is written by one process: run "
+                                             "trace --save without mpirun");
+    if (cfg->backend != AP_BACKEND_CUDA) return AP_OK;
+    const int gpus = ap_cuda_devices(), local = ap_mpi_local_rank();
+    const char *share = getenv("ATTNPROBE_SHARE_GPU");
+    if (local >= gpus && !(share && !strcmp(share, "1")))
+        return ap_error_set(err, AP_ERR_USAGE, "--device cuda: local rank %d on a node with %d GPU%s: start at "
+                            "most %d processes a node (or set ATTNPROBE_SHARE_GPU=1 to share)", local, gpus,
+                            gpus == 1 ? "" : "s", gpus);
+    return gpus > 0 ? ap_cuda_use_device(local % gpus, err) : AP_OK;
+}
+
 /* The engine, the trace file's writer (when asked) and the batches. */
 static ap_status study_model(const ap_study_config *cfg, const ap_model *model, const ap_samples *samples,
                              int replay, ap_study_progress_fn progress, void *ctx, ap_summary *out,
@@ -364,13 +394,14 @@ static ap_status study_model(const ap_study_config *cfg, const ap_model *model, 
 {
     ap_trace info;
     study_acc acc = {0};
-    batch_source src = {.model = model, .samples = samples};
+    batch_source src = {.model = model, .samples = samples, .sharded = cfg->shard && ap_mpi_size() > 1};
     const double t0 = now_s();
     const int *li = NULL;
     int *li_buf = NULL;
     *trace_s = 0;
     ap_status st = model_info(cfg, model, samples, &info, err);
     if (!st && samples->n < 1) st = ap_error_set(err, AP_ERR_INPUT, "the study has no sample");
+    if (!st && src.sharded) st = shard_check(cfg, samples->n, err);
     if (!st) st = ap_engine_create(model, cfg->backend, cfg->precision, &src.engine, err);
 #ifdef AP_HAVE_CUDA
     /* an isolated replay on a CUDA engine runs where the trace is */
@@ -392,6 +423,11 @@ static ap_status study_model(const ap_study_config *cfg, const ap_model *model, 
         ap_status close_st = ap_trace_writer_close(src.writer, !st, st ? NULL : err);
         set_temp_file(NULL);
         if (!st) st = close_st;
+    }
+    if (src.sharded) { /* every rank agrees on the outcome; rank 0 gathers the shards */
+        st = study_mpi_agree(st, err);
+        if (!st && replay) st = study_mpi_gather(&acc, samples->n, trace_s, err);
+        replay = replay && ap_mpi_rank() == 0; /* the summary is rank 0's to make */
     }
     if (!st && replay)
         st = study_summary(&acc, cfg, &info, samples->n, ap_engine_backend(src.engine) == AP_BACKEND_CUDA ? "cuda" : "cpu",
@@ -427,9 +463,9 @@ ap_status ap_study_replay(const ap_study_config *cfg, const char *trace_path, ap
     memset(out, 0, sizeof *out);
     if (cfg->mode == AP_STUDY_CASCADE)
         return ap_error_set(err, AP_ERR_USAGE, "a cascade needs the model: a saved trace replays isolated only");
-    batch_source src = {0};
+    batch_source src = {.sharded = cfg->shard && ap_mpi_size() > 1};
     ap_status st = ap_trace_reader_open(trace_path, &src.reader, err);
-    if (st) return st;
+    if (st) return src.sharded ? study_mpi_agree(st, err) : st;
     const ap_trace *info = ap_trace_reader_info(src.reader);
     /* the summary names the text and window length the trace was made from */
     ap_study_config from_trace = *cfg;
@@ -453,10 +489,17 @@ ap_status ap_study_replay(const ap_study_config *cfg, const char *trace_path, ap
     study_acc acc = {0};
     double trace_s = 0;
     const double t0 = now_s();
+    if (!st && src.sharded) st = shard_check(cfg, info->n_samples, err);
     if (!st) st = run_batches(cfg, &src, info, li, 1, progress, progress_ctx, &acc, &trace_s, err);
-    if (!st) st = study_summary(&acc, cfg, info, info->n_samples, "cpu", "(replay of a saved trace)", 0, out, err);
-    if (!st) snprintf(out->model_dtype, sizeof out->model_dtype, "%s", info->model_dtype);
-    if (!st) out->study_s = now_s() - t0;
+    int summarise = 1;
+    if (src.sharded) {
+        st = study_mpi_agree(st, err);
+        if (!st) st = study_mpi_gather(&acc, info->n_samples, &trace_s, err);
+        summarise = ap_mpi_rank() == 0;
+    }
+    if (!st && summarise) st = study_summary(&acc, cfg, info, info->n_samples, "cpu", "(replay of a saved trace)", 0, out, err);
+    if (!st && summarise) snprintf(out->model_dtype, sizeof out->model_dtype, "%s", info->model_dtype);
+    if (!st && summarise) out->study_s = now_s() - t0;
     if (st) ap_summary_free(out);
     study_acc_free(&acc);
     free(li);

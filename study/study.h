@@ -50,6 +50,9 @@ typedef struct {
     int align_index;              /* the seed study's slot-index comparison was asked for */
     /* the reference trace is also written here, sample by sample (NULL: not) */
     const char *save_trace;
+    /* started by mpirun: split the samples over the processes, rank 0 makes
+     * the summary (docs/mpi.md); 0: this process does the whole study */
+    int shard;
 } ap_study_config;
 
 /* What the study is doing, for a progress bar. */
@@ -79,6 +82,24 @@ ap_status ap_study_replay(const ap_study_config *cfg, const char *trace_path,
 ap_status ap_study_trace(const ap_study_config *cfg, const ap_model *model, const ap_samples *samples,
                          ap_study_progress_fn progress, void *progress_ctx, double *seconds,
                          ap_error *err);
+
+/* ---- several processes (mpi.c, docs/mpi.md) ------------------------------------ */
+
+/* Initialises MPI when the process was started by mpirun or srun (a plain
+ * run never touches MPI); 0 on success. */
+int ap_mpi_start(int *argc, char ***argv);
+/* Ends MPI; a failure that the ranks did not agree on (one rank failed
+ * alone) aborts every rank with code. */
+void ap_mpi_stop(int code);
+int ap_mpi_built(void);           /* this build has MPI */
+int ap_mpi_rank(void);
+int ap_mpi_size(void);
+int ap_mpi_local_rank(void);      /* the rank among the processes of this node */
+/* Every rank returns the first failing rank's status, its message naming
+ * the rank: call it on every rank at the same point. */
+ap_status ap_mpi_agree(ap_status st, ap_error *err);
+/* A failure every rank knows of, reported by rank 0: the others stay quiet. */
+int ap_mpi_failure_reported(void);
 
 /* ---- batch grids (docs/batch.md) ---------------------------------------------- */
 

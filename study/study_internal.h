@@ -33,6 +33,11 @@ typedef struct {
     study_part *parts;            /* [batch_cap * n_runs]: part of (b, run) at b * n_runs + run */
     double *part_heads;           /* storage of the parts' head arrays */
     long long tokens;             /* tokens of the samples folded */
+    /* a shard of a study over several processes (mpi.c): ranks other than
+     * the first keep their samples' parts, in order, to send to rank 0 */
+    int keep_parts;
+    double *kept;                 /* [kept_n * n_runs * study_part_doubles()] */
+    size_t kept_n, kept_cap;      /* samples kept, and room for */
 } study_acc;
 
 ap_status study_acc_init(study_acc *a, const ap_study_config *cfg, const ap_trace *info, int batch_cap,
@@ -44,8 +49,23 @@ void study_acc_begin_batch(study_acc *a, int first);
 ap_status study_acc_row(study_acc *a, int b, int run, const ap_row_event *ev, ap_error *err);
 /* The same from the row's metric values m[AP_M_COUNT] (computed on a device). */
 ap_status study_acc_values(study_acc *a, int b, int run, int head, const double *m, ap_error *err);
-/* Folds the batch's n parts into the runs, in sample order. */
+/* Folds the batch's n parts into the runs, in sample order (or, with
+ * keep_parts, appends them to kept). */
 ap_status study_acc_end_batch(study_acc *a, int n, ap_error *err);
+/* A part as doubles: its moments, then its per-head sums and counts. */
+size_t study_part_doubles(const study_acc *a);
+/* Folds n samples' parts (as kept by another process) in, the first being
+ * sample `first` of the study. */
+ap_status study_acc_fold_parts(study_acc *a, int first, int n, const double *parts, ap_error *err);
+
+/* ---- several processes (mpi.c) ---- */
+/* This process's contiguous share of n_samples. */
+void study_shard_of(int n_samples, int *first, int *count);
+/* Every rank returns the same status: the first failing rank's, its message
+ * naming the rank. */
+ap_status study_mpi_agree(ap_status st, ap_error *err);
+/* Rank 0 receives every other rank's shard and folds it in after its own. */
+ap_status study_mpi_gather(study_acc *a, int n_samples, double *trace_s, ap_error *err);
 
 /* Every option that shaped the numbers, as a JSON object (malloc'ed). */
 char *study_config_json(const ap_study_config *cfg, int n_samples);

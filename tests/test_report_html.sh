@@ -3,10 +3,15 @@
 # loads the file offline, no console error, every chart has a non-zero
 # rendered size, and a screenshot lands in the build folder. Also: the file
 # fetches nothing, report's Markdown, --metrics, two files side by side,
-# --png. Skipped (exit 77) where no Chromium is installed.
+# --png. Skipped (exit 77) in a build without PLplot; the browser part is
+# skipped where no Chromium is installed.
 #   usage: test_report_html.sh ATTNPROBE FIXTURES BUILD_DIR
 source "$(dirname "${BASH_SOURCE[0]}")/cli_lib.sh"
 build_dir=$3
+if ! "$bin" --version | grep -q "charts yes"; then
+  echo "skipped: this build has no PLplot, so no charts (scripts/setup.sh installs it)"
+  exit 77
+fi
 
 cat > grid.json <<'EOF'
 {"defaults": {"samples": 3, "max_length": 256, "layers": [3, 6, 9], "bootstrap": 200},

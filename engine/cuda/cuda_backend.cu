@@ -51,6 +51,8 @@ extern "C" int ap_cuda_device_count(void)
     return n;
 }
 
+extern "C" int ap_cuda_select_device(int index) { return cudaSetDevice(index) == cudaSuccess ? 0 : -1; }
+
 #include "kernels.cuh"
 #include "fused_attention.cuh"
 #include "decode_attention.cuh"
