@@ -261,8 +261,8 @@ ap_status ap_grid_parse(const char *text, size_t n, const char *source, ap_grid 
     for (const cJSON *s = studies ? studies->child : NULL; !st && s; s = s->next, index++) {
         snprintf(where, sizeof where, "%s: studies[%d]", source, index);
         /* the study's keys over the defaults */
-        cJSON *merged = cJSON_IsObject(s) ? cJSON_Duplicate(s, 1) : NULL;
         if ((st = check_study(s, where, err))) break;
+        cJSON *merged = cJSON_Duplicate(s, 1);
         if (!merged) {
             st = ap_error_set(err, AP_ERR_RUNTIME, "out of memory");
             break;
