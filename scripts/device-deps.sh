@@ -13,6 +13,15 @@ pkgs=(libopenblas-dev libopenblas-pthread-dev libopenblas0-pthread libgfortran5 
 if [ -z "$(ls .device/debs/*.deb 2>/dev/null)" ]; then
   (cd .device/debs && apt-get download "${pkgs[@]}" >/dev/null)
 fi
+# Open MPI's runtime (mpirun and its libraries), for bench/mpi.sh there
+mpi_pkgs=(openmpi-bin openmpi-common libopenmpi3 libopenmpi-dev libpmix2 libhwloc15 libevent-core-2.1-7
+          libevent-pthreads-2.1-7 libfabric1 libucx0 libibverbs1 librdmacm1 libnl-3-200 libnl-route-3-200
+          libpsm-infinipath1 libpsm2-2 libmunge2 libltdl7 libnuma1 libxnvctrl0 libpciaccess0 libx11-6 libxext6
+          libxcb1 libxau6 libxdmcp6 libbsd0 libmd0)
+mkdir -p .device/mpi-debs
+if [ -z "$(ls .device/mpi-debs/*.deb 2>/dev/null)" ]; then
+  (cd .device/mpi-debs && apt-get download "${mpi_pkgs[@]}" >/dev/null)
+fi
 # Text travels compressed (the device tool carries at most 64 MiB):
 # ../shared/data plus the prose of Debian documentation packages (tools/debian_text.py).
 mkdir -p .device/stage/extra
@@ -26,4 +35,4 @@ extra postgresql-docs postgresql-doc-15
 extra git-docs git-doc
 extra debian-handbook debian-handbook 'usr/share/doc/debian-handbook/html/en-US/*.html'
 tar czf .device/shared.tgz -C .device/stage data extra
-du -sh .device/debs .device/shared.tgz
+du -sh .device/debs .device/mpi-debs .device/shared.tgz

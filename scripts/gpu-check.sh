@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Run THERE (the GPU machine, through the device tool with carry [".device"]):
+# Run THERE (the GPU machine, through the device tool with carry
+# [".device/debs", ".device/mpi-debs", ".device/shared.tgz"]):
 # unpacks the carried Debian packages into a private prefix, builds attnprobe
 # with CUDA for sm_90, runs the tests (ctest, all labels) and, with
 # --bench, the benchmarks. Logs go to $OUT when set.
@@ -11,7 +12,7 @@ OUT=${OUT:-$ROOT/.device/out}
 mkdir -p "$OUT"
 PREFIX=/tmp/attnprobe-deps
 if [ ! -d "$PREFIX/usr" ]; then
-  for f in .device/debs/*.deb; do dpkg -x "$f" "$PREFIX"; done
+  for f in .device/debs/*.deb .device/mpi-debs/*.deb; do [ -e "$f" ] && dpkg -x "$f" "$PREFIX"; done
 fi
 [ -d .device/shared ] || { mkdir -p .device/shared && tar xzf .device/shared.tgz -C .device/shared; }
 LIBDIR=$PREFIX/usr/lib/x86_64-linux-gnu
@@ -19,9 +20,16 @@ ln -sf openblas-pthread/libopenblas.so.0 "$LIBDIR/libopenblas.so.0" 2>/dev/null
 export PKG_CONFIG_SYSROOT_DIR=$PREFIX
 export PKG_CONFIG_LIBDIR=$LIBDIR/pkgconfig:$LIBDIR/openblas-pthread/pkgconfig:$PREFIX/usr/share/pkgconfig
 export LD_LIBRARY_PATH=$LIBDIR:$LIBDIR/openblas-pthread:${LD_LIBRARY_PATH:-}
+mpi_flags=()
+if [ -x "$PREFIX/usr/bin/mpirun.openmpi" ]; then # Open MPI, relocated into the prefix
+  ln -sf mpirun.openmpi "$PREFIX/usr/bin/mpirun"
+  export OPAL_PREFIX=$PREFIX/usr PATH=$PREFIX/usr/bin:$PATH
+  export LD_LIBRARY_PATH=$LIBDIR/openmpi/lib:$LD_LIBRARY_PATH
+  mpi_flags=(-DMPI_C_COMPILER="$PREFIX/usr/bin/mpicc.openmpi")
+fi
 export ATTNPROBE_SHARED=$ROOT/.device/shared
 cmake -S . -B build-gpu -DCMAKE_BUILD_TYPE=Release -DATTNPROBE_CUDA=ON \
-  -DCMAKE_CUDA_ARCHITECTURES=90 -DATTNPROBE_SHARED_DIR="$ATTNPROBE_SHARED" > "$OUT/configure.log" 2>&1 \
+  -DCMAKE_CUDA_ARCHITECTURES=90 -DATTNPROBE_SHARED_DIR="$ATTNPROBE_SHARED" "${mpi_flags[@]}" > "$OUT/configure.log" 2>&1 \
   || { tail -30 "$OUT/configure.log"; exit 1; }
 cmake --build build-gpu -j16 > "$OUT/build.log" 2>&1 || { grep -E "error" -A3 "$OUT/build.log" | head -40; exit 1; }
 echo "gpu-check: built"
