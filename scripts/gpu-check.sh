@@ -14,7 +14,7 @@ PREFIX=/tmp/attnprobe-deps
 if [ ! -d "$PREFIX/usr" ]; then
   for f in .device/debs/*.deb .device/mpi-debs/*.deb; do [ -e "$f" ] && dpkg -x "$f" "$PREFIX"; done
 fi
-[ -d .device/shared ] || { mkdir -p .device/shared && tar xzf .device/shared.tgz -C .device/shared; }
+if [ ! -d .device/shared ] && [ -f .device/shared.tgz ]; then mkdir -p .device/shared && tar xzf .device/shared.tgz -C .device/shared; fi
 LIBDIR=$PREFIX/usr/lib/x86_64-linux-gnu
 ln -sf openblas-pthread/libopenblas.so.0 "$LIBDIR/libopenblas.so.0" 2>/dev/null
 export PKG_CONFIG_SYSROOT_DIR=$PREFIX
