@@ -26,8 +26,17 @@ typedef enum {
     AP_M_INDEX_RMS,   /* --align index: sqrt(mean (p_i - c_i)^2) */
     AP_M_INDEX_KL,    /* --align index: KL(p||c), eps-smoothed as kl */
     AP_M_INDEX_COSINE, /* --align index: p.c / (|p| |c|) */
+    /* the model's next-token prediction (attnprobe eval; next_token.c) */
+    AP_M_NLL,         /* -log p_policy(next token), nats; perplexity = exp(mean) */
+    AP_M_NEXT_KL,     /* KL(p_full(next) || p_policy(next)) over the vocabulary */
+    AP_M_NEXT_TOP1,   /* 1 when the policy's most likely next token is the full cache's */
+    AP_M_ARGMAX_RANK, /* rank of the full cache's most likely token under the policy (0: first) */
     AP_M_COUNT
 } ap_metric;
+
+/* The first next-token metric: attention rows fill the metrics before it,
+ * next-token rows those from it (each leaves the others NaN). */
+#define AP_M_FIRST_NEXT AP_M_NLL
 
 #define AP_KL_EPS 1e-10
 
@@ -49,6 +58,11 @@ int ap_metric_from_name(const char *name);
  * out[AP_M_COUNT]. */
 void ap_metrics_row(const float *p, const float *q, const unsigned char *kept, int n,
                     const float *v, const float *o_p, int hd, double *out);
+
+/* Next-token metrics of one position: the full cache's logits ref[vocab]
+ * and the policy's logits[vocab] at the same position, the token that
+ * follows. out[AP_M_COUNT]: the next-token metrics, NaN elsewhere. */
+void ap_next_token_row(const float *ref, const float *logits, int vocab, int next, double *out);
 
 typedef struct {
     size_t n;

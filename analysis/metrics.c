@@ -11,14 +11,14 @@ static const double M_LN2_ = 0.69314718055994530942;
 static const char *const NAMES[AP_M_COUNT] = {
     "kl", "kl_rev", "js", "tv", "cosine", "l1", "l2", "peak_shift", "mass_retained",
     "topk_recall@1", "topk_recall@8", "topk_recall@32", "out_err", "index_l1", "index_rms",
-    "index_kl", "index_cosine",
+    "index_kl", "index_cosine", "nll", "next_kl", "next_top1", "full_argmax_rank",
 };
 
 const char *ap_metric_name(ap_metric m) { return m < AP_M_COUNT ? NAMES[m] : "?"; }
 
 int ap_metric_higher_is_better(ap_metric m)
 {
-    return m == AP_M_COSINE || m == AP_M_INDEX_COSINE || m == AP_M_MASS || m == AP_M_TOP1 || m == AP_M_TOP8 ||
+    return m == AP_M_COSINE || m == AP_M_INDEX_COSINE || m == AP_M_NEXT_TOP1 || m == AP_M_MASS || m == AP_M_TOP1 || m == AP_M_TOP8 ||
            m == AP_M_TOP32;
 }
 
@@ -144,4 +144,5 @@ void ap_metrics_row(const float *p, const float *q, const unsigned char *kept, i
     out[AP_M_INDEX_RMS] = sqrt(il2 / n);
     out[AP_M_INDEX_KL] = ikl > 0 ? ikl : 0.0;
     out[AP_M_INDEX_COSINE] = np2 > 0 && nq2 > 0 ? idot / sqrt(np2 * nq2) : 0.0;
+    for (int m = AP_M_FIRST_NEXT; m < AP_M_COUNT; m++) out[m] = NAN;
 }

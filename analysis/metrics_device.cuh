@@ -169,6 +169,7 @@ __device__ static void ap_metrics_row_warp(const float *p, const ap_row_set *set
         out[AP_M_INDEX_RMS] = sqrt(il2 / n);
         out[AP_M_INDEX_KL] = ikl > 0 ? ikl : 0.0;
         out[AP_M_INDEX_COSINE] = np2 > 0 && nq2 > 0 ? idot / sqrt(np2 * nq2) : 0.0;
+        for (int m = AP_M_FIRST_NEXT; m < AP_M_COUNT; m++) out[m] = NAN; /* next-token metrics: eval's */
     }
 }
 

@@ -100,7 +100,7 @@ static int run_cascade(ap_engine *e, const ap_model *m, const ap_samples *sample
         params[i].budget = 256;
     }
     long rows = 0;
-    ap_replay_opts o = {64, 16, null_sink, &rows, NULL, NULL, host_policies};
+    ap_replay_opts o = {.warmup = 64, .stride = 16, .sink = null_sink, .sink_ctx = &rows, .host_policies = host_policies};
     ap_replay_cost cost[10];
     const double t0 = now_s();
     const ap_status st = ap_replay_cascade(e, &tr, params, 10, &o, cost, err);

@@ -67,7 +67,7 @@ int main(int argc, char **argv)
         for (int with = 0; with < 2; with++) {
             double times[5], sum = 0;
             for (int r = 0; r < 5; r++) {
-                ap_replay_opts o = {64, 16, with ? metrics_sink : NULL, &sum, NULL, NULL, 0};
+                ap_replay_opts o = {.warmup = 64, .stride = 16, .sink = with ? metrics_sink : NULL, .sink_ctx = &sum};
                 ap_replay_cost cost;
                 double t0 = now_s();
                 if (ap_replay_isolated(&tr, 0, 0, &p, &o, &cost, &err)) {

@@ -15,6 +15,7 @@ int cmd_replay(int argc, char **argv);
 int cmd_report(int argc, char **argv);
 int cmd_check(int argc, char **argv);
 int cmd_batch(int argc, char **argv);
+int cmd_eval(int argc, char **argv);
 
 /* What batch needs of run (cmd_run.c): the flags of `attnprobe run` given as
  * argv checked before any work, and the study they ask for into out

@@ -98,7 +98,8 @@ static const char USAGE[] =
     "  --sketch-memory match|SIZE  size the sketches' counters (cms, count_sketch: width; race:\n"
     "                 bits, then rows) to h2o's scores at the same budget, or to SIZE bytes a\n"
     "                 layer (4096, 4KiB, 1MiB), split over the heads\n"
-    "  --mode isolated|cascade (isolated)  --warmup W (64)  --stride S (16)\n"
+    "  --mode isolated|cascade|eval (isolated; eval: attnprobe eval, docs/eval.md)\n"
+    "  --warmup W (64)  --stride S (16)\n"
     "  --threads N (0: one per core) isolated replays run in parallel; same results for any N\n"
     "  --batch-size N (0: from free memory) samples traced and replayed at a time; the\n"
     "                 numbers are the same for any N, memory grows with it\n"
@@ -246,7 +247,7 @@ static ap_status parse_flags(int argc, char **argv, run_opts *o, ap_error *err)
             return ap_error_set(err, AP_ERR_USAGE, "%s: a path of %zu bytes (at most %d accepted)",
                                 paths[i].flag, strlen(paths[i].value), AP_PATH_LIMIT);
     const struct { const char *flag, *value, *accepted; } choices[] = {
-        {"--mode", o->mode, "isolated cascade"}, {"--device", o->device, "cpu cuda auto"},
+        {"--mode", o->mode, "isolated cascade eval"}, {"--device", o->device, "cpu cuda auto"},
         {"--precision", o->precision, "fp32 tf32 bf16"}, {"--align", o->align, "position index"},
         {"--granularity", o->granularity, "head layer"},
     };
@@ -332,7 +333,7 @@ static ap_status parse_types(const run_opts *o, ap_policy_params **params, int *
     *params = NULL;
     *n = 0;
     const size_t len = strlen(o->types);
-    ap_policy_params *p = calloc(len / 2 + 1, sizeof *p); /* at most one name per 2 bytes */
+    ap_policy_params *p = calloc(len / 2 + 2, sizeof *p); /* at most one name per 2 bytes, and full */
     if (!p) return ap_error_set(err, AP_ERR_RUNTIME, "out of memory");
     for (const char *t = o->types; *t;) {
         const size_t w = strcspn(t, ",");
@@ -365,6 +366,14 @@ static ap_status parse_types(const run_opts *o, ap_policy_params **params, int *
     if (*n == 0) {
         free(p);
         return ap_error_set(err, AP_ERR_USAGE, "--types: empty list (accepted: %s)", ap_policy_names());
+    }
+    int has_full = 0;
+    for (int i = 0; i < *n; i++) has_full |= !strcmp(p[i].name, "full");
+    if (!strcmp(o->mode, "eval") && !has_full) { /* eval scores every policy against the full cache */
+        memmove(&p[1], &p[0], (size_t)*n * sizeof *p);
+        ap_policy_params_default(&p[0], "full");
+        p[0].granularity = p[1].granularity;
+        (*n)++;
     }
     *params = p;
     return AP_OK;
@@ -507,6 +516,10 @@ static ap_status pick_compare(const run_opts *o, const ap_policy_params *p, int 
 {
     *out = NULL;
     if (o->compare_to && !strcmp(o->compare_to, "none")) return AP_OK;
+    if (!o->compare_to && !strcmp(o->mode, "eval")) { /* eval: against the full cache */
+        *out = "full";
+        return AP_OK;
+    }
     for (int i = 0; i < n; i++) {
         const char *name = p[i].name;
         const int scored = strcmp(name, "full") && strcmp(name, "window") && strcmp(name, "sink") && strcmp(name, "random");
@@ -647,7 +660,9 @@ static ap_status write_outputs(const run_opts *o, const ap_summary *summary, ap_
         free(path);
         if (st) return st;
     }
-    if (has_format(o->format, "text") && !o->quiet) {
+    if (has_format(o->format, "text") && !o->quiet && !strcmp(o->mode, "eval")) {
+        ap_summary_print_eval(summary, stdout);
+    } else if (has_format(o->format, "text") && !o->quiet) {
         ap_summary_print_table(summary, stdout);
         if (strcmp(o->align, "index") == 0) {
             printf("\n--align index: the seed study's comparison (compacted cache by slot index, zero-padded)\n");
@@ -678,7 +693,12 @@ static ap_status make_samples(const run_opts *o, const ap_model *model, ap_token
     if (o->max_length > c->n_ctx)
         return ap_error_set(err, AP_ERR_USAGE, "--max-length %d: the model %s has %d positions "
                             "(accepted: 2..%d)", o->max_length, model->source, c->n_ctx, c->n_ctx);
-    const int first = o->warmup % o->stride ? (o->warmup / o->stride + 1) * o->stride : o->warmup;
+    /* the first measured step; eval measures every step from warmup on that has a next token */
+    const int eval = !strcmp(o->mode, "eval");
+    const int first = eval ? o->warmup + 1 : o->warmup % o->stride ? (o->warmup / o->stride + 1) * o->stride : o->warmup;
+    if (eval && first + 1 > o->max_length)
+        return ap_error_set(err, AP_ERR_USAGE, "--warmup %d measures no next token of a %d-token sample (eval "
+                            "needs --max-length of at least warmup + 2)", o->warmup, o->max_length);
     if (first + 1 > o->max_length)
         return ap_error_set(err, AP_ERR_USAGE, "--warmup %d and --stride %d measure no step of a "
                             "%d-token sample (the first measured step is %d)",
@@ -709,8 +729,10 @@ static ap_status check_opts(job_kind kind, const run_opts *o, int n_args, ap_err
     if (strcmp(o->device, "cuda") == 0 && !ap_cuda_available())
         return ap_error_set(err, AP_ERR_USAGE, "--device cuda: no CUDA device is visible, or this build has no "
                             "CUDA backend (accepted here: --device cpu or auto)");
-    if (kind == JOB_REPLAY && strcmp(o->mode, "cascade") == 0)
-        return ap_error_set(err, AP_ERR_USAGE, "--mode cascade needs the model: use attnprobe run");
+    if (kind == JOB_REPLAY && strcmp(o->mode, "isolated") != 0)
+        return ap_error_set(err, AP_ERR_USAGE, "--mode %s needs the model: use attnprobe run", o->mode);
+    if (!strcmp(o->mode, "eval") && o->heads)
+        return ap_error_set(err, AP_ERR_USAGE, "--heads: eval measures the model's output, not heads (leave it out)");
     return AP_OK;
 }
 
@@ -749,7 +771,7 @@ static ap_status study_of(job_kind kind, const run_opts *o, int argc, char **arg
     int *layers = NULL, n_layers = 0, *heads = NULL, n_heads = 0;
     ap_study_config cfg = {
         .policies = params, .n_policies = n_policies,
-        .mode = strcmp(o->mode, "cascade") == 0 ? AP_STUDY_CASCADE : AP_STUDY_ISOLATED,
+        .mode = !strcmp(o->mode, "cascade") ? AP_STUDY_CASCADE : !strcmp(o->mode, "eval") ? AP_STUDY_EVAL : AP_STUDY_ISOLATED,
         .warmup = o->warmup, .stride = o->stride, .bootstrap = o->bootstrap, .seed = o->seed,
         .backend = pick_backend(o->device), .precision = pick_precision(o->precision),
         .batch_size = o->batch_size, .threads = o->threads, .max_length = o->max_length,
@@ -808,9 +830,14 @@ static ap_status study_of(job_kind kind, const run_opts *o, int argc, char **arg
     ap_sha256_hex(text, n_text, input_sha);
     char mid[16];
     snprintf(mid, sizeof mid, "%d", model->config.n_layer / 2);
-    if ((st = cli_parse_layers(o->layers ? o->layers : mid, model->config.n_layer, &layers, &n_layers, err)) ||
-        (st = parse_heads(o->heads, model->config.n_head, &heads, &n_heads, err)) ||
-        (st = fit_sketch_memory(o, params, n_policies, model->config.n_head, err)) ||
+    if (cfg.mode == AP_STUDY_EVAL) { /* the model's output, not a layer: one pseudo-layer -1 */
+        if (!(layers = malloc(sizeof *layers))) st = ap_error_set(err, AP_ERR_RUNTIME, "out of memory");
+        else layers[0] = -1, n_layers = 1;
+    } else {
+        st = cli_parse_layers(o->layers ? o->layers : mid, model->config.n_layer, &layers, &n_layers, err);
+    }
+    if (!st && cfg.mode != AP_STUDY_EVAL) st = parse_heads(o->heads, model->config.n_head, &heads, &n_heads, err);
+    if (st || (st = fit_sketch_memory(o, params, n_policies, model->config.n_head, err)) ||
         (st = make_samples(o, model, tok, input_source, text, n_text, &samples, err)))
         goto out;
     cfg.layers = layers, cfg.n_layers = n_layers, cfg.heads = heads, cfg.n_heads = n_heads;
@@ -879,6 +906,23 @@ static int job(job_kind kind, int argc, char **argv)
 }
 
 int cmd_run(int argc, char **argv) { return job(JOB_RUN, argc, argv); }
+
+/* attnprobe eval = attnprobe run --mode eval (docs/eval.md). */
+int cmd_eval(int argc, char **argv)
+{
+    char **args = malloc(((size_t)argc + 3) * sizeof *args);
+    if (!args) {
+        ap_error err;
+        ap_error_set(&err, AP_ERR_RUNTIME, "out of memory");
+        return cli_fail(AP_ERR_RUNTIME, &err);
+    }
+    args[0] = argv[0], args[1] = "--mode", args[2] = "eval";
+    for (int i = 1; i < argc; i++) args[i + 2] = argv[i];
+    args[argc + 2] = NULL;
+    const int code = job(JOB_RUN, argc + 2, args);
+    free(args);
+    return code;
+}
 int cmd_trace(int argc, char **argv) { return job(JOB_TRACE, argc, argv); }
 int cmd_replay(int argc, char **argv) { return job(JOB_REPLAY, argc, argv); }
 

@@ -15,6 +15,7 @@ static void usage(FILE *f)
             "  run       (default) trace, replay the policies, print the table, write JSON\n"
             "  trace     --save FILE                 reference trace only\n"
             "  replay    FILE --types ...            isolated replay of a saved trace\n"
+            "  eval      --types ... --budget 64     perplexity and next-token fidelity of capped caches\n"
             "  batch     GRID.json --out DIR         every cell of a grid; resumable; batch.json, results.csv\n"
             "  report    FILE... [--html F --md F]   tables and charts of summaries or a batch\n"
             "  check     --baseline A --current B [--tol kl=0.05,...]   regression gate\n"
@@ -61,12 +62,12 @@ static int dispatch(int argc, char **argv)
     }
     struct { const char *name; int (*fn)(int, char **); } cmds[] = {
         {"run", cmd_run},     {"trace", cmd_trace},       {"replay", cmd_replay},
-        {"report", cmd_report}, {"check", cmd_check},     {"info", cmd_info}, {"batch", cmd_batch},
+        {"report", cmd_report}, {"check", cmd_check},     {"info", cmd_info}, {"batch", cmd_batch}, {"eval", cmd_eval},
         {"tokenize", cmd_tokenize}, {"prefill", cmd_prefill},
     };
     for (size_t i = 0; i < sizeof cmds / sizeof cmds[0]; i++)
         if (strcmp(cmd, cmds[i].name) == 0) return cmds[i].fn(argc - 1, argv + 1);
     fprintf(stderr, "attnprobe: unknown command '%s' (accepted: run, trace, replay, "
-            "batch, report, check, info, tokenize, prefill; see attnprobe --help)\n", cmd);
+            "eval, batch, report, check, info, tokenize, prefill; see attnprobe --help)\n", cmd);
     return AP_ERR_USAGE;
 }

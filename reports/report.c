@@ -607,3 +607,37 @@ ap_status report_chart_draw(const report_chart *c, ap_chart_format fmt, const ch
 {
     return c->is_heatmap ? ap_chart_heatmap_draw(&c->heatmap, fmt, path, err) : ap_chart_xy_draw(&c->xy, fmt, path, err);
 }
+
+/* ---- eval ------------------------------------------------------------------------ */
+
+void ap_summary_print_eval(const ap_summary *s, FILE *f)
+{
+    fprintf(f, "model %s (%d layers, %d heads) · %d samples, %d tokens · %s %s\n", s->model_source, s->n_layer,
+            s->n_head, s->samples, s->tokens, s->backend, s->precision);
+    fprintf(f, "next-token prediction with each policy's cache at every layer; mean [95%% CI] over samples\n");
+    fprintf(f, "%-24s %26s %26s %9s %7s %9s %14s %12s\n", "policy", "perplexity", "ratio to full", "next_kl",
+            "top-1", "rank", "KV fp16 model", "state bytes");
+    const char *label = "summary";
+    const ap_report_set one = {.n = 1, .summaries = s, .labels = &label};
+    for (int r = 0; r < s->n_runs; r++) {
+        const ap_report_run *run = &s->runs[r];
+        const ap_stats *nll = &run->stats[AP_M_NLL];
+        if (!nll->n) continue;
+        char name[160], ppl[64], ratio[64] = "–";
+        series_name(&one, 0, run, NULL, 0, name, sizeof name);
+        snprintf(ppl, sizeof ppl, "%.3f [%.3f, %.3f]", exp(nll->mean), exp(nll->ci_lo), exp(nll->ci_hi));
+        const ap_paired *d = &run->compare[AP_M_NLL];
+        if (run->compare_to[0] && d->n > 0)
+            snprintf(ratio, sizeof ratio, "%.4f [%.4f, %.4f]", exp(d->delta), exp(d->ci_lo), exp(d->ci_hi));
+        else if (!strcmp(run->policy, "full"))
+            snprintf(ratio, sizeof ratio, "1");
+        ap_report_memory mem;
+        ap_report_memory_of(run, s->n_layer, s->n_embd, s->n_head, s->model_dtype, &mem);
+        fprintf(f, "%-24s %26s %26s %9.4f %7.4f %9.2f %10.3f MiB %12.0f\n", name, ppl, ratio,
+                run->stats[AP_M_NEXT_KL].mean, run->stats[AP_M_NEXT_TOP1].mean, run->stats[AP_M_ARGMAX_RANK].mean,
+                mem.model_fp16 / 1048576.0, mem.state_bytes);
+    }
+    if (s->n_runs > 0 && s->runs[0].replay_s > 0)
+        fprintf(f, "decode: %d streams a step, %.0f tokens/s a stream (the streams decode together, %.2f s)\n",
+                s->n_runs, s->runs[0].tokens_per_s, s->runs[0].replay_s);
+}

@@ -98,6 +98,9 @@ void ap_summary_free(ap_summary *s);
 
 /* policy x metric table (mean ± sd), memory and time. */
 void ap_summary_print_table(const ap_summary *s, FILE *f);
+/* An eval summary's table: perplexity, its ratio to full, next-token KL,
+ * top-1 agreement, the rank of the full cache's first choice, memory. */
+void ap_summary_print_eval(const ap_summary *s, FILE *f);
 
 /* Default absolute tolerances on metric means (kl 0.05, cosine 0.01, …). */
 void ap_check_default_tolerances(double tol[AP_M_COUNT]);

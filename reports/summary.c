@@ -71,6 +71,28 @@ static cJSON *compare_json(const ap_report_run *r)
     return o;
 }
 
+/* eval runs: perplexity = exp(mean next-token NLL), with the CI's bounds
+ * mapped the same way; against the compared run, the perplexity ratio
+ * exp(mean paired NLL difference) and its CI (docs/eval.md). */
+static void add_perplexity(cJSON *o, const ap_report_run *r)
+{
+    const ap_stats *nll = &r->stats[AP_M_NLL];
+    if (!nll->n) return;
+    cJSON *ppl = cJSON_AddObjectToObject(o, "perplexity");
+    cJSON_AddItemToObject(ppl, "value", number(exp(nll->mean)));
+    cJSON *ci = cJSON_AddArrayToObject(ppl, "ci95");
+    cJSON_AddItemToArray(ci, number(exp(nll->ci_lo)));
+    cJSON_AddItemToArray(ci, number(exp(nll->ci_hi)));
+    if (!r->compare_to[0]) return;
+    const ap_paired *d = &r->compare[AP_M_NLL];
+    cJSON *ratio = cJSON_AddObjectToObject(ppl, "ratio_to");
+    cJSON_AddStringToObject(ratio, "policy", r->compare_to);
+    cJSON_AddItemToObject(ratio, "value", number(exp(d->delta)));
+    cJSON *rci = cJSON_AddArrayToObject(ratio, "ci95");
+    cJSON_AddItemToArray(rci, number(exp(d->ci_lo)));
+    cJSON_AddItemToArray(rci, number(exp(d->ci_hi)));
+}
+
 static cJSON *run_json(const ap_summary *s, const ap_report_run *r)
 {
     cJSON *o = cJSON_CreateObject();
@@ -100,6 +122,7 @@ static cJSON *run_json(const ap_summary *s, const ap_report_run *r)
         cJSON_AddItemToArray(heads, ho);
     }
     if (r->compare_to[0]) cJSON_AddItemToObject(o, "compare", compare_json(r));
+    add_perplexity(o, r);
     cJSON *mem = cJSON_AddObjectToObject(o, "memory");
     ap_report_memory m;
     ap_report_memory_of(r, s->n_layer, s->n_embd, s->n_head, s->model_dtype, &m);

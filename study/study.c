@@ -126,7 +126,7 @@ static ap_status isolated_item(void *ctx, int item, ap_error *err)
     const int b = item / acc->n_runs, run = item % acc->n_runs;
     const int p = run / cfg->n_layers, l = run % cfg->n_layers;
     item_sink is = {acc, b, run};
-    ap_replay_opts o = {cfg->warmup, cfg->stride, sink_item, &is, NULL, NULL, 0};
+    ap_replay_opts o = {.warmup = cfg->warmup, .stride = cfg->stride, .sink = sink_item, .sink_ctx = &is};
     ap_replay_cost cost;
     ap_status st = ap_replay_isolated(ib->tr, b, ib->li[l], &cfg->policies[p], &o, &cost, err);
     if (st) return st;
@@ -236,22 +236,36 @@ static void cascade_progress(void *ctx, const char *what, double fraction)
     report(ctx, "cascade", 0.5 + 0.5 * fraction);
 }
 
-static ap_status replay_cascade_batch(study_acc *acc, ap_engine *engine, const ap_trace *tr,
+/* The index of `full` among the policies, or -1. */
+static int full_index(const ap_study_config *cfg)
+{
+    for (int p = 0; p < cfg->n_policies; p++)
+        if (!strcmp(cfg->policies[p].name, "full")) return p;
+    return -1;
+}
+
+static ap_status replay_cascade_batch(study_acc *acc, ap_engine *engine, const ap_trace *tr, ap_pool *pool,
                                       progress_state *ps, ap_error *err)
 {
     const ap_study_config *cfg = acc->cfg;
-    const int L = ap_engine_config(engine)->n_layer;
+    const int L = ap_engine_config(engine)->n_layer, eval = cfg->mode == AP_STUDY_EVAL;
     int *li_of_layer = malloc((size_t)L * sizeof *li_of_layer);
     ap_replay_cost *cost = calloc((size_t)cfg->n_policies, sizeof *cost);
-    if (!li_of_layer || !cost) {
-        free(li_of_layer), free(cost);
+    int *ref_of = malloc(((size_t)tr->n_samples + 1) * sizeof *ref_of);
+    if (!li_of_layer || !cost || !ref_of) {
+        free(li_of_layer), free(cost), free(ref_of);
         return ap_error_set(err, AP_ERR_RUNTIME, "out of memory");
     }
     for (int l = 0; l < L; l++) li_of_layer[l] = -1;
-    for (int l = 0; l < cfg->n_layers; l++) li_of_layer[cfg->layers[l]] = l;
+    for (int l = 0; l < cfg->n_layers && !eval; l++) li_of_layer[cfg->layers[l]] = l;
     cascade_sink cs = {acc, li_of_layer};
-    ap_replay_opts o = {cfg->warmup, cfg->stride, sink_cascade, &cs, cascade_progress, ps, 0};
-    ap_status st = ap_replay_cascade(engine, tr, cfg->policies, cfg->n_policies, &o, cost, err);
+    study_eval ev = {acc, tr, full_index(cfg), ref_of, pool};
+    ap_replay_opts o = {.warmup = cfg->warmup, .stride = cfg->stride, .sink = sink_cascade, .sink_ctx = &cs,
+                        .progress = cascade_progress, .progress_ctx = ps,
+                        .logits_sink = eval ? study_eval_step : NULL, .logits_ctx = &ev};
+    ap_status st = eval && ev.full_policy < 0
+                       ? ap_error_set(err, AP_ERR_USAGE, "eval compares every policy with full: list full in the policies")
+                       : ap_replay_cascade(engine, tr, cfg->policies, cfg->n_policies, &o, cost, err);
     for (int p = 0; p < cfg->n_policies && !st; p++)
         for (int l = 0; l < cfg->n_layers; l++) {
             study_run *r = &acc->runs[p * cfg->n_layers + l];
@@ -261,6 +275,7 @@ static ap_status replay_cascade_batch(study_acc *acc, ap_engine *engine, const a
         }
     free(li_of_layer);
     free(cost);
+    free(ref_of);
     return st;
 }
 
@@ -287,9 +302,10 @@ static ap_status next_batch(batch_source *src, const ap_study_config *cfg, int f
         return st;
     }
     ap_samples view = {n, src->samples->len + first, src->samples->ids + first, 0, 0};
+    const int n_layers = cfg->mode == AP_STUDY_EVAL ? 0 : cfg->n_layers; /* eval captures no attention */
     st = src->on_device
-             ? ap_trace_run_device(src->engine, src->model, &view, cfg->layers, cfg->n_layers, tr, trace_progress, ps, err)
-             : ap_trace_run(src->engine, src->model, &view, cfg->layers, cfg->n_layers, tr, trace_progress, ps, err);
+             ? ap_trace_run_device(src->engine, src->model, &view, cfg->layers, n_layers, tr, trace_progress, ps, err)
+             : ap_trace_run(src->engine, src->model, &view, cfg->layers, n_layers, tr, trace_progress, ps, err);
     if (st) return st;
     *trace_s += tr->seconds;
     if (src->writer && (st = ap_trace_writer_add(src->writer, tr, err))) ap_trace_free(tr);
@@ -314,7 +330,7 @@ static ap_status run_batches(const ap_study_config *cfg, batch_source *src, cons
     ap_status st = AP_OK;
     if (replay && (st = study_acc_init(acc, cfg, info, B, err))) return st;
     acc->keep_parts = src->sharded && lo > 0; /* rank 0 folds its own; the others send theirs */
-    if (replay && cfg->mode == AP_STUDY_ISOLATED && (st = ap_pool_create(cfg->threads, &pool, err))) return st;
+    if (replay && cfg->mode != AP_STUDY_CASCADE && (st = ap_pool_create(cfg->threads, &pool, err))) return st;
     for (int first = lo; first < hi && !st; first += B) {
         const int n = first + B <= hi ? B : hi - first;
         ps.batch_first = first;
@@ -323,8 +339,8 @@ static ap_status run_batches(const ap_study_config *cfg, batch_source *src, cons
         if ((st = next_batch(src, cfg, first, n, &ps, &tr, trace_s, err))) break;
         if (replay) {
             study_acc_begin_batch(acc, first);
-            if (cfg->mode == AP_STUDY_CASCADE)
-                st = replay_cascade_batch(acc, src->engine, &tr, &ps, err);
+            if (cfg->mode != AP_STUDY_ISOLATED)
+                st = replay_cascade_batch(acc, src->engine, &tr, pool, &ps, err);
 #ifdef AP_HAVE_CUDA
             else if (src->on_device)
                 st = replay_device_batch(acc, &tr, pool, &ps, err);
@@ -335,7 +351,7 @@ static ap_status run_batches(const ap_study_config *cfg, batch_source *src, cons
             for (int b = 0; b < n; b++) acc->tokens += tr.len[b];
         }
         ap_trace_free(&tr);
-        report(&ps, replay ? (cfg->mode == AP_STUDY_CASCADE ? "cascade" : "replay") : "trace", 1.0);
+        report(&ps, replay ? (cfg->mode == AP_STUDY_ISOLATED ? "replay" : "cascade") : "trace", 1.0);
     }
     ap_pool_free(pool);
     return st;
@@ -461,8 +477,8 @@ ap_status ap_study_replay(const ap_study_config *cfg, const char *trace_path, ap
                           void *progress_ctx, ap_summary *out, ap_error *err)
 {
     memset(out, 0, sizeof *out);
-    if (cfg->mode == AP_STUDY_CASCADE)
-        return ap_error_set(err, AP_ERR_USAGE, "a cascade needs the model: a saved trace replays isolated only");
+    if (cfg->mode != AP_STUDY_ISOLATED)
+        return ap_error_set(err, AP_ERR_USAGE, "a cascade or an eval needs the model: a saved trace replays isolated only");
     batch_source src = {.sharded = cfg->shard && ap_mpi_size() > 1};
     ap_status st = ap_trace_reader_open(trace_path, &src.reader, err);
     if (st) return src.sharded ? study_mpi_agree(st, err) : st;

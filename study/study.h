@@ -16,7 +16,11 @@
 #include "../reports/reports.h"
 #include "../tracer/tracer.h"
 
-typedef enum { AP_STUDY_ISOLATED = 0, AP_STUDY_CASCADE = 1 } ap_study_mode;
+/* isolated and cascade measure attention at the probed layers; eval
+ * decodes as cascade does and measures the next-token prediction (the
+ * config's layers are then {-1}: the model's output; `full` must be among
+ * the policies, as every stream's reference; docs/eval.md). */
+typedef enum { AP_STUDY_ISOLATED = 0, AP_STUDY_CASCADE = 1, AP_STUDY_EVAL = 2 } ap_study_mode;
 
 typedef struct {
     /* what is measured */

@@ -5,6 +5,7 @@
 #include <pthread.h>
 
 #include "../analysis/analysis.h"
+#include "../common/pool.h"
 #include "study.h"
 
 /* One run (policy × layer) over the whole study. */
@@ -57,6 +58,18 @@ size_t study_part_doubles(const study_acc *a);
 /* Folds n samples' parts (as kept by another process) in, the first being
  * sample `first` of the study. */
 ap_status study_acc_fold_parts(study_acc *a, int first, int n, const double *parts, ap_error *err);
+
+/* ---- eval (eval.c) ---- */
+/* What a cascade's logits sink needs to score a batch's streams. */
+typedef struct {
+    study_acc *acc;
+    const ap_trace *tr;          /* the batch: its token ids and lengths */
+    int full_policy;             /* the index of `full` among the config's policies */
+    int *ref_of;                 /* [tr->n_samples] scratch */
+    ap_pool *pool;
+} study_eval;
+/* An ap_logits_sink: each stream's next-token metrics into its part. */
+ap_status study_eval_step(void *ctx, const ap_logits_step *step, ap_error *err);
 
 /* ---- several processes (mpi.c) ---- */
 /* This process's contiguous share of n_samples. */

@@ -65,7 +65,7 @@ char *study_config_json(const ap_study_config *cfg, int n_samples)
     cJSON *c = cJSON_CreateObject();
     if (!c) return NULL;
     const ap_policy_params *p0 = &cfg->policies[0];
-    cJSON_AddStringToObject(c, "mode", cfg->mode == AP_STUDY_CASCADE ? "cascade" : "isolated");
+    cJSON_AddStringToObject(c, "mode", cfg->mode == AP_STUDY_CASCADE ? "cascade" : cfg->mode == AP_STUDY_EVAL ? "eval" : "isolated");
     cJSON_AddNumberToObject(c, "samples", n_samples);
     cJSON_AddNumberToObject(c, "max_length", cfg->max_length);
     cJSON_AddNumberToObject(c, "warmup", cfg->warmup);
@@ -130,7 +130,7 @@ static ap_status fill_run(const study_acc *a, const ap_study_config *cfg, int p,
     r->counter_bytes = (double)ap_policy_counter_bytes(&cfg->policies[p]) * H;
     /* kv_bytes is fp32 k and v of one layer (isolated) or of every layer (cascade) */
     const double per_position = 2.0 * (double)a->head_dim * sizeof(float);
-    r->kv_positions = acc->kv_bytes / per_position / (cfg->mode == AP_STUDY_CASCADE ? a->model_n_layer : 1);
+    r->kv_positions = acc->kv_bytes / per_position / (cfg->mode != AP_STUDY_ISOLATED ? a->model_n_layer : 1);
     r->replay_s = acc->replay_s;
     r->tokens_per_s = acc->replay_s > 0 ? (double)a->tokens / acc->replay_s : 0;
     return sample_means(acc, n_samples, r, err);

@@ -267,7 +267,7 @@ static void cascade_params(ap_engine *e, const ap_trace *tr, const ap_policy_par
 {
     recorder parts[MAX_SAMPLES] = {{0}};
     assert_true(tr->n_samples <= MAX_SAMPLES);
-    ap_replay_opts o = {0, 1, record, parts, NULL, NULL, host_policies};
+    ap_replay_opts o = {.warmup = 0, .stride = 1, .sink = record, .sink_ctx = parts, .host_policies = host_policies};
     ap_replay_cost cost;
     ap_error err;
     if (ap_replay_cascade(e, tr, p, 1, &o, &cost, &err)) fail_msg("%s", err.msg);

@@ -110,7 +110,7 @@ static void isolated(const ap_trace *tr, const char *name, int budget, collect *
     ap_policy_params p;
     ap_policy_params_default(&p, name);
     p.budget = budget;
-    ap_replay_opts o = {WARMUP, STRIDE, sink, c, NULL, NULL, 0};
+    ap_replay_opts o = {.warmup = WARMUP, .stride = STRIDE, .sink = sink, .sink_ctx = c};
     ap_replay_cost cost;
     ap_error err;
     for (int smp = 0; smp < tr->n_samples; smp++)
@@ -185,7 +185,7 @@ static void test_cascade_full_equals_reference(void **state)
     ap_policy_params p[2];
     ap_policy_params_default(&p[0], "full");
     ap_policy_params_default(&p[1], "h2o");
-    ap_replay_opts o = {WARMUP, STRIDE, sink, &c, NULL, NULL, 0};
+    ap_replay_opts o = {.warmup = WARMUP, .stride = STRIDE, .sink = sink, .sink_ctx = &c};
     ap_replay_cost cost[2];
     ap_error err;
     /* full alone: its rows must be the reference rows */

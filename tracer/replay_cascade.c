@@ -66,7 +66,7 @@ ap_status ap_replay_cascade(ap_engine *engine, const ap_trace *tr, const ap_poli
         return ap_error_set(err, AP_ERR_INPUT, "the trace has %d heads of %d, the model %d of %d",
                             H, D, c->n_head, c->n_embd / c->n_head);
 #ifdef AP_HAVE_CUDA
-    if (ap_engine_backend(engine) == AP_BACKEND_CUDA && !opts->host_policies)
+    if (ap_engine_backend(engine) == AP_BACKEND_CUDA && !opts->host_policies && !opts->logits_sink)
         return ap_replay_cascade_gpu(engine, tr, params, n_policies, opts, cost, err);
 #endif
     const int n_streams = tr->n_samples * n_policies;
@@ -85,9 +85,13 @@ ap_status ap_replay_cascade(ap_engine *engine, const ap_trace *tr, const ap_poli
     const int *const **kept = malloc((size_t)n_streams * sizeof *kept);
     const int **n_kept = malloc((size_t)n_streams * sizeof *n_kept);
     unsigned char *mask = malloc((size_t)max_T);
+    /* eval: the step's next-token logits, and whose they are */
+    const int V = c->vocab_size;
+    float *logits = opts->logits_sink ? malloc((size_t)n_streams * V * sizeof *logits) : NULL;
+    int *of_sample = malloc((size_t)n_streams * sizeof *of_sample), *of_policy = malloc((size_t)n_streams * sizeof *of_policy);
     memset(cost, 0, (size_t)n_policies * sizeof *cost);
     if (!cs || !layers || !attn || !q || !k || !active || !active_idx || !tokens || !kept_flat ||
-        !n_kept_flat || !kept || !n_kept || !mask) {
+        !n_kept_flat || !kept || !n_kept || !mask || (opts->logits_sink && !logits) || !of_sample || !of_policy) {
         st = ap_error_set(err, AP_ERR_RUNTIME, "out of memory for cascade replay");
         goto done;
     }
@@ -135,12 +139,17 @@ ap_status ap_replay_cascade(ap_engine *engine, const ap_trace *tr, const ap_poli
                 }
             kept[a] = &kept_flat[(size_t)a * L * H];
             n_kept[a] = &n_kept_flat[(size_t)a * L * H];
+            of_sample[a] = str->sample, of_policy[a] = str->policy;
         }
         ap_decode_batch b = {n_active, active, tokens, kept, n_kept};
-        ap_capture cap = {.n_capture = L, .layers = layers, .attn = attn, .q = q, .k = k};
+        ap_capture cap = {.n_capture = L, .layers = layers, .attn = attn, .q = q, .k = k, .logits = logits};
         const double t_decode = replay_now_s();
         if ((st = ap_engine_decode_step(engine, &b, &cap, err))) break;
         decode_s += replay_now_s() - t_decode;
+        if (opts->logits_sink) {
+            const ap_logits_step step = {t, n_active, V, of_sample, of_policy, logits};
+            if ((st = opts->logits_sink(opts->logits_ctx, &step, err))) break;
+        }
         /* Emit the probed layers' rows (before the policies see step t, so
          * the masks are the sets the step attended to), one thread... */
         for (int a = 0; a < n_active && !st && opts->sink && replay_measured(opts, t); a++) {
@@ -195,5 +204,6 @@ done:
     }
     free(layers), free(attn), free(q), free(k), free(active), free(active_idx), free(tokens);
     free(kept_flat), free(n_kept_flat), free(kept), free(n_kept), free(mask);
+    free(logits), free(of_sample), free(of_policy);
     return st;
 }

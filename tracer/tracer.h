@@ -124,6 +124,16 @@ typedef struct {
 
 typedef ap_status (*ap_row_sink)(void *ctx, const ap_row_event *ev, ap_error *err);
 
+/* One cascade decode step's next-token logits (attnprobe eval): the step at
+ * position t of n_active streams, stream a being (sample[a], policy[a]). */
+typedef struct {
+    int t, n_active, vocab;
+    const int *sample, *policy; /* [n_active] */
+    const float *logits;        /* [n_active, vocab] */
+} ap_logits_step;
+
+typedef ap_status (*ap_logits_sink)(void *ctx, const ap_logits_step *step, ap_error *err);
+
 typedef struct {
     int warmup, stride;      /* rows at t >= warmup with t % stride == 0 are emitted */
     ap_row_sink sink;
@@ -133,6 +143,10 @@ typedef struct {
     /* cascade on a CUDA engine: run the policies on the host instead of the
      * device (the same retained sets, slower; for comparison) */
     int host_policies;
+    /* cascade: every step's next-token logits go here too (NULL: none); the
+     * policies then run on the host */
+    ap_logits_sink logits_sink;
+    void *logits_ctx;
 } ap_replay_opts;
 
 /* Memory a policy used, the most over samples (and layers in cascade). */
