@@ -197,7 +197,8 @@ int cmd_check(int argc, char **argv)
                    "worse side (noise-aware; --tolerance-only: the tolerance alone).\n"
                    "A mean worse than the baseline's by more than its tolerance is a regression.\n"
                    "Default tolerances: kl 0.05, kl_rev 0.05, js 0.01, cosine 0.01, mass_retained 0.01,\n"
-                   "l1 0.04, peak_shift 1, the rest 0.02.\n"
+                   "l1 0.04, peak_shift 1, the rest 0.02. Eval summaries: ppl=0.5%% lets the perplexity\n"
+                   "grow by 0.5%% (the mean next-token NLL by ln 1.005).\n"
                    "Exit: 0 no regression, 1 regression, 2 usage, 3 unreadable or mismatched summary.\n");
             return 0;
         default:

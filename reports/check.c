@@ -20,6 +20,10 @@ void ap_check_default_tolerances(double tol[AP_M_COUNT])
     tol[AP_M_PEAK_SHIFT] = 1.0;
     tol[AP_M_INDEX_KL] = 0.05;
     tol[AP_M_INDEX_COSINE] = 0.01;
+    tol[AP_M_NLL] = 0.02; /* about 2% of perplexity */
+    tol[AP_M_NEXT_KL] = 0.05;
+    tol[AP_M_NEXT_TOP1] = 0.01;
+    tol[AP_M_ARGMAX_RANK] = 1.0;
 }
 
 ap_status ap_check_parse_tolerances(const char *spec, double tol[AP_M_COUNT], ap_error *err)
@@ -32,6 +36,12 @@ ap_status ap_check_parse_tolerances(const char *spec, double tol[AP_M_COUNT], ap
         double v = eq ? strtod(eq + 1, &end) : NAN;
         if (eq) *eq = '\0';
         int m = ap_metric_from_name(item);
+        /* ppl=P%: perplexity exp(nll) may grow by P percent, i.e. the mean NLL by ln(1 + P/100) */
+        const int ppl = !strcmp(item, "ppl") && eq && end && end != eq + 1 && !strcmp(end, "%");
+        if (ppl) {
+            m = AP_M_NLL, end++;
+            v = log1p(v / 100);
+        }
         if (!eq || m < 0 || end == eq + 1 || *end != '\0' || !(v >= 0) || !isfinite(v)) {
             char names[512] = "";
             for (int k = 0; k < AP_M_COUNT; k++)
@@ -39,7 +49,7 @@ ap_status ap_check_parse_tolerances(const char *spec, double tol[AP_M_COUNT], ap
                          ap_metric_name(k));
             return ap_error_set(err, AP_ERR_USAGE,
                                 "tolerances %s: \"%s\" is not METRIC=VALUE with a known metric and a "
-                                "finite value >= 0 (metrics: %s)", spec, item, names);
+                                "finite value >= 0, or ppl=P%% (metrics: %s)", spec, item, names);
         }
         tol[m] = v;
     }

@@ -19,6 +19,11 @@ expect_exit 2 "unknown flag" "$bin" --frobnicate
 expect_exit 2 "unknown format" "$bin" --format html,pdf
 expect_exit 3 "missing model" "$bin" --model /nonexistent
 expect_exit 3 "missing input" "$bin" --input /nonexistent.txt
+printf 'A short text of a few words.\n' > tiny.txt
+expect_exit 3 "eval of a text shorter than warmup + 2 tokens" "$bin" eval --input tiny.txt --warmup 64
+grep -q "no sample of at least 66 tokens" err.txt && ok "eval: says the length needed" || bad "eval short: $(cat err.txt)"
+expect_exit 2 "eval with --heads" "$bin" eval --heads 0,1
+expect_exit 2 "replay --mode eval" "$bin" replay x.safetensors --mode eval
 printf 'short\n' > short.txt
 expect_exit 3 "too short input" "$bin" --input short.txt
 expect_exit 2 "--precision bf16 on the cpu" "$bin" --precision bf16

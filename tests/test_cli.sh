@@ -157,4 +157,32 @@ grep -q "index_kl" out.txt && ok "slot-index table printed" || bad "no index tab
 expect_exit 2 "--preset unknown" "$bin" --preset paper
 grep -q "accepted: seed" err.txt && ok "names the presets" || bad "error text: $(cat err.txt)"
 
+# eval: perplexity and next-token fidelity with capped caches at every layer
+expect_exit 0 "eval" "$bin" eval --samples 6 --max-length 200 --types window,sink,h2o --budget 64 --out ev
+grep -q "perplexity" out.txt && grep -q "^sink " out.txt && ok "eval table" || bad "eval table: $(head -4 out.txt)"
+python3 - ev/summary.json <<'PY' && ok "eval summary: full first, perplexity and its ratio to full" || bad "eval summary wrong"
+import json, math, sys
+s = json.load(open(sys.argv[1]))
+assert s["config"]["mode"] == "eval" and s["runs"][0]["policy"] == "full"
+for r in s["runs"]:
+    nll = r["metrics"]["nll"]
+    assert abs(r["perplexity"]["value"] - math.exp(nll["mean"])) < 1e-9 * r["perplexity"]["value"]
+    assert r["metrics"]["kl"]["n"] == 0 and nll["n"] > 0
+    if r["policy"] != "full":
+        assert r["perplexity"]["ratio_to"]["policy"] == "full" and r["perplexity"]["ratio_to"]["value"] > 1
+full = s["runs"][0]["metrics"]
+assert full["next_kl"]["max"] == 0 and full["next_top1"]["min"] == 1
+# a perplexity 1% worse for the check below
+for r in s["runs"]:
+    if r["policy"] == "sink":
+        r["metrics"]["nll"]["mean"] += math.log(1.01)
+json.dump(s, open("ev/worse.json", "w"))
+PY
+expect_exit 1 "check --tol ppl=0.5% finds a 1% worse perplexity" "$bin" check --baseline ev/summary.json --current ev/worse.json --tol ppl=0.5% --tolerance-only
+grep -q "sink .* nll .*REGRESSION" out.txt && ok "the sink's nll flagged" || bad "$(grep nll out.txt)"
+expect_exit 0 "check --tol ppl=2% lets it pass" "$bin" check --baseline ev/summary.json --current ev/worse.json --tol ppl=2% --tolerance-only
+expect_exit 0 "eval sweep and batch grid key mode=eval" "$bin" eval --samples 3 --max-length 128 --types sink --budget 32,64 --quiet --out evs
+python3 -c "import json; s = json.load(open('evs/summary.json')); assert len(s['runs']) == 3, len(s['runs'])" \
+  && ok "eval sweep: full + sink x 2 budgets" || bad "eval sweep runs"
+
 finish
