@@ -59,10 +59,21 @@ int ap_metric_from_name(const char *name);
 void ap_metrics_row(const float *p, const float *q, const unsigned char *kept, int n,
                     const float *v, const float *o_p, int hd, double *out);
 
-/* Next-token metrics of one position: the full cache's logits ref[vocab]
- * and the policy's logits[vocab] at the same position, the token that
- * follows. out[AP_M_COUNT]: the next-token metrics, NaN elsewhere. */
-void ap_next_token_row(const float *ref, const float *logits, int vocab, int next, double *out);
+/* The full cache's next-token distribution at one position, prepared once
+ * for every policy compared with it: its logits[vocab], their log-sum-exp
+ * and argmax, and the probabilities in prob[vocab] (caller's buffer). */
+typedef struct {
+    const float *logits;
+    double *prob;
+    double log_z;
+    int vocab, argmax;
+} ap_next_ref;
+void ap_next_ref_init(ap_next_ref *ref, const float *logits, int vocab, double *prob);
+
+/* Next-token metrics of one position: the policy's logits[vocab] at the
+ * position ref was made for, and the token that follows.
+ * out[AP_M_COUNT]: the next-token metrics, NaN elsewhere. */
+void ap_next_token_row(const ap_next_ref *ref, const float *logits, int next, double *out);
 
 typedef struct {
     size_t n;

@@ -259,7 +259,7 @@ static ap_status replay_cascade_batch(study_acc *acc, ap_engine *engine, const a
     for (int l = 0; l < L; l++) li_of_layer[l] = -1;
     for (int l = 0; l < cfg->n_layers && !eval; l++) li_of_layer[cfg->layers[l]] = l;
     cascade_sink cs = {acc, li_of_layer};
-    study_eval ev = {acc, tr, full_index(cfg), ref_of, pool};
+    study_eval ev = {acc, tr, full_index(cfg), ref_of, pool, NULL, NULL};
     ap_replay_opts o = {.warmup = cfg->warmup, .stride = cfg->stride, .sink = sink_cascade, .sink_ctx = &cs,
                         .progress = cascade_progress, .progress_ctx = ps,
                         .logits_sink = eval ? study_eval_step : NULL, .logits_ctx = &ev};
@@ -276,6 +276,7 @@ static ap_status replay_cascade_batch(study_acc *acc, ap_engine *engine, const a
     free(li_of_layer);
     free(cost);
     free(ref_of);
+    study_eval_free(&ev);
     return st;
 }
 

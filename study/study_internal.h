@@ -67,9 +67,12 @@ typedef struct {
     int full_policy;             /* the index of `full` among the config's policies */
     int *ref_of;                 /* [tr->n_samples] scratch */
     ap_pool *pool;
+    ap_next_ref *refs;           /* [tr->n_samples]: each sample's full cache, this step */
+    double *prob;                /* [tr->n_samples * vocab]: their probabilities */
 } study_eval;
 /* An ap_logits_sink: each stream's next-token metrics into its part. */
 ap_status study_eval_step(void *ctx, const ap_logits_step *step, ap_error *err);
+void study_eval_free(study_eval *ev);
 
 /* ---- several processes (mpi.c) ---- */
 /* This process's contiguous share of n_samples. */

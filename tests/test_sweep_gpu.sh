@@ -41,4 +41,18 @@ if mode == "cascade":
 PY
   done
 done
+# eval on the CUDA backend: full's perplexity against the CPU's (fp32 within 1e-5)
+evc=(eval --samples 3 --max-length 200 --types full,sink,h2o --budget 64 --quiet)
+expect_exit 0 "eval on cuda" "$bin" "${evc[@]}" --device cuda --out ev-cuda
+expect_exit 0 "eval on cpu" "$bin" "${evc[@]}" --out ev-cpu
+python3 - ev-cuda/summary.json ev-cpu/summary.json <<'PY' && ok "eval: CUDA = CPU (full within 1e-5; next_kl 0, top-1 1)" || bad "eval on CUDA"
+import json, sys
+g, c = (json.load(open(p)) for p in sys.argv[1:3])
+for rg, rc in zip(g["runs"], c["runs"]):
+    a, b = rg["perplexity"]["value"], rc["perplexity"]["value"]
+    print(f"{rg['policy']}: perplexity cuda {a:.6f} cpu {b:.6f}")
+    if rg["policy"] == "full":
+        assert abs(a - b) <= 1e-5 * b
+        assert rg["metrics"]["next_kl"]["max"] == 0 and rg["metrics"]["next_top1"]["min"] == 1
+PY
 finish
