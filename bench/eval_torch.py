@@ -16,14 +16,8 @@ import math
 import time
 
 import torch
-from safetensors import safe_open
+from trace_ids import load_ids
 from transformers import DynamicCache, GPT2LMHeadModel
-
-
-def load_ids(path):
-    with safe_open(path, "pt") as f:
-        names = sorted((k for k in f.keys() if k.startswith("ids.")), key=lambda k: int(k[4:]))
-        return [f.get_tensor(k).long() for k in names]
 
 
 def crop(cache, budget):

@@ -9,12 +9,7 @@ build=$1 text=$2 n=${3:-32}
 here=$(dirname "$0")
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
-python3 - "$work/model" <<'PY'
-import sys, torch
-from transformers import GPT2Config, GPT2LMHeadModel
-torch.manual_seed(0)
-GPT2LMHeadModel(GPT2Config()).save_pretrained(sys.argv[1], safe_serialization=True)
-PY
+python3 "$here/hf_random_gpt2.py" "$work/model" || exit 1
 tok="$here/../tests/fixtures/gpt2-tokenizer"
 common=(--model "$work/model" --tokenizer "$tok" --input "$text" --samples "$n" --max-length 1024)
 "$build/attnprobe" trace "${common[@]}" --layers 0 --quiet --save "$work/ids.safetensors" || exit 1

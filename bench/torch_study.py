@@ -23,18 +23,12 @@ import json
 import time
 
 import torch
-from safetensors import safe_open
+from trace_ids import load_ids
 from transformers import GPT2LMHeadModel
 
 POLICIES = ["window", "sink", "random", "h2o", "tova"]
 METRICS = ["kl", "kl_rev", "js", "tv", "cosine", "l1", "l2", "mass_retained"]
 EPS = 1e-10
-
-
-def load_ids(path):
-    with safe_open(path, "pt") as f:
-        names = sorted((k for k in f.keys() if k.startswith("ids.")), key=lambda k: int(k[4:]))
-        return [f.get_tensor(k).long() for k in names]
 
 
 def metrics(p, q, kept):

@@ -24,6 +24,25 @@ static const char REPORT_USAGE[] =
     "  --html FILE     one self-contained HTML file: charts, tables, run metadata\n"
     "  --png DIR       the charts as PNG files in DIR\n";
 
+/* One more summary, from JSON text, labelled. */
+static ap_status add_summary(const char *text, size_t n, const char *source, const char *label, ap_summary **all,
+                             char ***labels, int *count, ap_error *err)
+{
+    ap_summary *grown = realloc(*all, (size_t)(*count + 1) * sizeof *grown);
+    if (grown) *all = grown;
+    char **grown_labels = grown ? realloc(*labels, (size_t)(*count + 1) * sizeof *grown_labels) : NULL;
+    if (grown_labels) *labels = grown_labels;
+    char *copy = strdup(label);
+    if (!grown || !grown_labels || !copy) {
+        free(copy);
+        return ap_error_set(err, AP_ERR_RUNTIME, "out of memory");
+    }
+    ap_status st = ap_summary_parse_json(text, n, source, &(*all)[*count], err);
+    if (st) free(copy);
+    else (*labels)[(*count)++] = copy;
+    return st;
+}
+
 /* A batch's cells become summaries labelled by their cell id. */
 static ap_status add_batch(const char *path, const char *text, size_t n, ap_summary **all, char ***labels, int *count,
                            ap_error *err)
@@ -37,15 +56,10 @@ static ap_status add_batch(const char *path, const char *text, size_t n, ap_summ
         if (st) break;
         const char *id = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(cell, "id"));
         char *summary = cJSON_PrintUnformatted(cJSON_GetObjectItemCaseSensitive(cell, "summary"));
-        ap_summary *grown = realloc(*all, (size_t)(*count + 1) * sizeof *grown);
-        char **grown_labels = grown ? realloc(*labels, (size_t)(*count + 1) * sizeof *grown_labels) : NULL;
-        if (grown) *all = grown;
-        if (grown_labels) *labels = grown_labels;
         char source[1200];
         snprintf(source, sizeof source, "%s: cell %s", path, id ? id : "?");
-        if (!summary || !grown || !grown_labels) st = ap_error_set(err, AP_ERR_RUNTIME, "out of memory");
-        else if (!(st = ap_summary_parse_json(summary, strlen(summary), source, &(*all)[*count], err)))
-            (*labels)[(*count)++] = strdup(id ? id : "?");
+        st = summary ? add_summary(summary, strlen(summary), source, id ? id : "?", all, labels, count, err)
+                     : ap_error_set(err, AP_ERR_INPUT, "%s: no summary", source);
         free(summary);
     }
     cJSON_Delete(root);
@@ -63,17 +77,8 @@ static ap_status load_files(int n_paths, char **paths, ap_summary **all, char **
         const int batch = !strcmp(cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(root, "schema")) ?: "",
                                   AP_BATCH_SCHEMA);
         cJSON_Delete(root);
-        if (batch) {
-            st = add_batch(paths[i], text, n, all, labels, count, err);
-        } else {
-            ap_summary *grown = realloc(*all, (size_t)(*count + 1) * sizeof *grown);
-            char **grown_labels = grown ? realloc(*labels, (size_t)(*count + 1) * sizeof *grown_labels) : NULL;
-            if (grown) *all = grown;
-            if (grown_labels) *labels = grown_labels;
-            if (!grown || !grown_labels) st = ap_error_set(err, AP_ERR_RUNTIME, "out of memory");
-            else if (!(st = ap_summary_parse_json(text, n, paths[i], &(*all)[*count], err)))
-                (*labels)[(*count)++] = strdup(paths[i]);
-        }
+        st = batch ? add_batch(paths[i], text, n, all, labels, count, err)
+                   : add_summary(text, n, paths[i], paths[i], all, labels, count, err);
         free(text);
     }
     return st;

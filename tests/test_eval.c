@@ -19,6 +19,7 @@
 #include <cmocka.h>
 
 #include "study/study.h"
+#include "testutil.h"
 
 #define MODEL AP_SOURCE_DIR "/models/attnprobe-mini"
 enum { T = 80, WARMUP = 16, N_SAMPLES = 5 };
@@ -30,21 +31,7 @@ static const int LAYERS[1] = {-1};
 static int setup(void **state)
 {
     (void)state;
-    ap_error err;
-    ap_tokenizer *tok;
-    char *text = malloc(1 << 16);
-    FILE *f = fopen(MODEL "/sample.txt", "rb");
-    if (!f || !text) return -1;
-    const size_t n = fread(text, 1, 1 << 16, f);
-    fclose(f);
-    if (ap_model_load(MODEL, &model, &err) || ap_tokenizer_load_dir(MODEL, &tok, &err) ||
-        ap_samples_make(tok, text, n, N_SAMPLES, T, WARMUP + 2, &samples, &err)) {
-        fprintf(stderr, "%s\n", err.msg);
-        return -1;
-    }
-    free(text);
-    ap_tokenizer_free(tok);
-    return samples.n == N_SAMPLES ? 0 : -1;
+    return testutil_model_samples(MODEL, N_SAMPLES, T, WARMUP + 2, &model, &samples);
 }
 
 static int teardown(void **state)

@@ -15,6 +15,7 @@
 #include <cmocka.h>
 
 #include "study/study.h"
+#include "testutil.h"
 
 #define MODEL AP_SOURCE_DIR "/models/attnprobe-mini"
 enum { T = 96, WARMUP = 16, STRIDE = 8, N_SAMPLES = 7 };
@@ -29,26 +30,12 @@ static const char *const NAMES[10] = {"full", "window", "sink", "random", "h2o",
 static int setup(void **state)
 {
     (void)state;
-    ap_error err;
-    ap_tokenizer *tok;
-    size_t n = 0;
-    char *text = malloc(1 << 16);
-    FILE *f = fopen(MODEL "/sample.txt", "rb");
-    if (!f || !text) return -1;
-    n = fread(text, 1, 1 << 16, f);
-    fclose(f);
-    if (ap_model_load(MODEL, &model, &err) || ap_tokenizer_load_dir(MODEL, &tok, &err) ||
-        ap_samples_make(tok, text, n, N_SAMPLES, T, WARMUP + 1, &samples, &err)) {
-        fprintf(stderr, "%s\n", err.msg);
-        return -1;
-    }
-    free(text);
-    ap_tokenizer_free(tok);
+    if (testutil_model_samples(MODEL, N_SAMPLES, T, WARMUP + 1, &model, &samples)) return -1;
     for (int i = 0; i < 10; i++) {
         ap_policy_params_default(&policies[i], NAMES[i]);
         policies[i].budget = 24;
     }
-    return samples.n == N_SAMPLES ? 0 : -1;
+    return 0;
 }
 
 static int teardown(void **state)

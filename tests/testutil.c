@@ -124,3 +124,19 @@ int testutil_write_llmc(const ap_model *m, const char *path, int version)
     put_tensor(f, w->lnf_b, 1, 1, C, bf);
     return fclose(f) == 0 ? 0 : -1;
 }
+
+int testutil_model_samples(const char *model_dir, int n, int len, int min_len, ap_model **model, ap_samples *samples)
+{
+    char path[1024];
+    snprintf(path, sizeof path, "%s/sample.txt", model_dir);
+    size_t size = 0;
+    char *text = testutil_read_file(path, &size);
+    ap_tokenizer *tok = NULL;
+    ap_error err;
+    int rc = !text || ap_model_load(model_dir, model, &err) || ap_tokenizer_load_dir(model_dir, &tok, &err) ||
+             ap_samples_make(tok, text, size, n, len, min_len, samples, &err);
+    if (rc) fprintf(stderr, "testutil: %s: %s\n", model_dir, text ? err.msg : "no sample.txt");
+    free(text);
+    ap_tokenizer_free(tok);
+    return rc || samples->n != n;
+}

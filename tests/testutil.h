@@ -3,6 +3,7 @@
 #define AP_TESTUTIL_H
 
 #include "engine/engine.h"
+#include "tracer/tracer.h"
 
 /* Writes dir/config.json and dir/model.safetensors (F32, Hugging Face names,
  * "transformer." prefix when prefixed) for the model. Returns 0 on success. */
@@ -19,5 +20,9 @@ char *testutil_read_file(const char *path, size_t *n);
 
 /* A fresh empty directory under /tmp; returns its path (static buffer). */
 const char *testutil_tmpdir(const char *tag);
+
+/* The model in model_dir and n samples of its sample.txt, windows of len
+ * tokens of which at least min_len; 0 when there are n of them. */
+int testutil_model_samples(const char *model_dir, int n, int len, int min_len, ap_model **model, ap_samples *samples);
 
 #endif
