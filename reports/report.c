@@ -15,6 +15,7 @@ ap_status ap_report_set_metrics(ap_report_set *set, const char *list, ap_error *
 {
     static const int DEFAULTS[] = {AP_M_KL, AP_M_COSINE, AP_M_MASS, AP_M_TOP8};
     set->n_metrics = 0;
+    set->metrics_given = list != NULL;
     if (!list) {
         for (size_t i = 0; i < sizeof DEFAULTS / sizeof DEFAULTS[0]; i++) set->metrics[set->n_metrics++] = DEFAULTS[i];
         return AP_OK;
@@ -107,10 +108,21 @@ static void series_name(const ap_report_set *set, int si, const ap_report_run *r
 
 /* ---- tables --------------------------------------------------------------------- */
 
-static void print_row_cells(const ap_report_run *r, const ap_report_set *set, int markdown, FILE *f)
+/* The metric columns of a summary's table: the set's, or for an eval
+ * summary without columns asked for, the next-token metrics. */
+static const int NEXT_COLUMNS[4] = {AP_M_NLL, AP_M_NEXT_KL, AP_M_NEXT_TOP1, AP_M_ARGMAX_RANK};
+static void columns_of(const ap_report_set *set, const ap_summary *s, const int **cols, int *n)
 {
-    for (int k = 0; k < set->n_metrics; k++) {
-        const ap_stats *st = &r->stats[set->metrics[k]];
+    char mode[16];
+    report_config_text(s, "mode", mode, sizeof mode);
+    if (!set->metrics_given && !strcmp(mode, "eval")) *cols = NEXT_COLUMNS, *n = 4;
+    else *cols = set->metrics, *n = set->n_metrics;
+}
+
+static void print_row_cells(const ap_report_run *r, const int *cols, int n_cols, int markdown, FILE *f)
+{
+    for (int k = 0; k < n_cols; k++) {
+        const ap_stats *st = &r->stats[cols[k]];
         char cell[64];
         if (!st->n || !isfinite(st->mean)) snprintf(cell, sizeof cell, "–");
         else if (isfinite(st->ci_lo)) snprintf(cell, sizeof cell, "%.4f [%.4f, %.4f]", st->mean, st->ci_lo, st->ci_hi);
@@ -125,19 +137,22 @@ void ap_report_print_tables(const ap_report_set *set, int markdown, FILE *f)
         const ap_summary *s = &set->summaries[i];
         char mode[32];
         report_config_text(s, "mode", mode, sizeof mode);
+        const int *cols;
+        int n_cols;
+        columns_of(set, s, &cols, &n_cols);
         fprintf(f, markdown ? "### %s\n\n" : "== %s ==\n", set->labels[i]);
         fprintf(f, markdown ? "%s on %s: %d samples, %d tokens, %s replay; mean [95%% CI]\n\n"
                             : "%s on %s: %d samples, %d tokens, %s replay; mean [95%% CI]\n",
                 s->model_source, s->input_source, s->samples, s->tokens, mode);
         if (markdown) {
             fputs("| run | layer |", f);
-            for (int k = 0; k < set->n_metrics; k++) fprintf(f, " %s |", ap_metric_name(set->metrics[k]));
+            for (int k = 0; k < n_cols; k++) fprintf(f, " %s |", ap_metric_name(cols[k]));
             fputs(" KV fp16, model |\n|---|---:|", f);
-            for (int k = 0; k < set->n_metrics; k++) fputs("---:|", f);
+            for (int k = 0; k < n_cols; k++) fputs("---:|", f);
             fputs("---:|\n", f);
         } else {
             fprintf(f, "%-28s %5s", "run", "layer");
-            for (int k = 0; k < set->n_metrics; k++) fprintf(f, " %26s", ap_metric_name(set->metrics[k]));
+            for (int k = 0; k < n_cols; k++) fprintf(f, " %26s", ap_metric_name(cols[k]));
             fprintf(f, " %14s\n", "KV fp16 model");
         }
         for (int r = 0; r < s->n_runs; r++) {
@@ -149,7 +164,7 @@ void ap_report_print_tables(const ap_report_set *set, int markdown, FILE *f)
             ap_report_memory_of(run, s->n_layer, s->n_embd, s->n_head, s->model_dtype, &mem);
             if (markdown) fprintf(f, "| %s | %d |", name, run->layer);
             else fprintf(f, "%-28s %5d", name, run->layer);
-            print_row_cells(run, set, markdown, f);
+            print_row_cells(run, cols, n_cols, markdown, f);
             fprintf(f, markdown ? " %.3f MiB |\n" : " %10.3f MiB\n", mem.model_fp16 / 1048576.0);
         }
         fputc('\n', f);
@@ -298,14 +313,14 @@ static int cmp_double(const void *a, const void *b)
 static int middle_layer(const point *pts, int n)
 {
     int *layers = malloc((size_t)n * sizeof *layers), m = 0;
-    if (!layers) return pts[0].run->layer;
+    if (!layers) return -1;
     for (int i = 0; i < n; i++) {
-        int seen = 0;
+        int seen = pts[i].run->layer < 0; /* eval runs have no layer */
         for (int k = 0; k < m; k++) seen |= layers[k] == pts[i].run->layer;
         if (!seen) layers[m++] = pts[i].run->layer;
     }
     qsort(layers, (size_t)m, sizeof *layers, cmp_int_fn);
-    const int mid = layers[(m - 1) / 2];
+    const int mid = m ? layers[(m - 1) / 2] : -1;
     free(layers);
     return mid;
 }
@@ -330,8 +345,21 @@ static const char *metric_title(int m)
     case AP_M_COSINE: return "cosine similarity";
     case AP_M_MASS: return "attention mass retained";
     case AP_M_TOP8: return "top-8 recall";
+    case AP_M_NLL: return "perplexity";
+    case AP_M_NEXT_KL: return "next-token KL(full || policy)";
+    case AP_M_NEXT_TOP1: return "top-1 agreement with full";
     default: return ap_metric_name(m);
     }
+}
+
+/* What a chart shows of a metric's mean or bound: perplexity for the NLL. */
+static double shown(int metric, double v) { return metric == AP_M_NLL ? exp(v) : v; }
+
+/* "layer 6", or for eval runs (layer -1) what they measure. */
+static void where_text(int layer, char *out, size_t n)
+{
+    if (layer < 0) snprintf(out, n, "next token, every layer capped");
+    else snprintf(out, n, "layer %d", layer);
 }
 
 /* fidelity against budget: one line per series, the 95% CI as a band */
@@ -364,7 +392,8 @@ static ap_status chart_budget(const point *pts, int n, int layer, int metric, re
                 if (!strcmp(pts[i].series, pts[first[s]].series) && pts[i].run->layer == layer &&
                     pts[i].budget == budgets[b]) {
                     const ap_stats *st = &pts[i].run->stats[metric];
-                    x[k] = budgets[b], y[k] = st->n ? st->mean : NAN, lo[k] = st->ci_lo, hi[k] = st->ci_hi;
+                    x[k] = budgets[b], y[k] = st->n ? shown(metric, st->mean) : NAN;
+                    lo[k] = shown(metric, st->ci_lo), hi[k] = shown(metric, st->ci_hi);
                     k++;
                     break;
                 }
@@ -373,15 +402,16 @@ static ap_status chart_budget(const point *pts, int n, int layer, int metric, re
                                 .lo = lo, .hi = hi, .style = AP_CHART_LINE};
     }
     free(first), free(budgets);
-    char title[200];
-    snprintf(title, sizeof title, "%s against budget, layer %d", metric_title(metric), layer);
+    char title[200], where[64];
+    where_text(layer, where, sizeof where);
+    snprintf(title, sizeof title, "%s against budget, %s", metric_title(metric), where);
     c->xy = (ap_chart_xy){.title = bag_strdup(&c->bag, title), .x_label = "KV budget (positions kept)",
                           .y_label = metric_title(metric), .log_x = 1, .n_series = used, .series = series};
     snprintf(c->id, sizeof c->id, "budget-%s", ap_metric_name(metric));
     for (char *q = c->id; *q; q++)
         if (*q == '@') *q = '_';
-    snprintf(c->caption, sizeof c->caption, "%s of each policy against its KV budget at layer %d: mean over "
-             "samples, band: 95%% bootstrap CI.", metric_title(metric), layer);
+    snprintf(c->caption, sizeof c->caption, "%s of each policy against its KV budget (%s): mean over "
+             "samples, band: 95%% bootstrap CI.", metric_title(metric), where);
     return series ? (used ? AP_OK : AP_ERR_INPUT) : AP_ERR_RUNTIME;
 }
 
@@ -394,7 +424,7 @@ static ap_status chart_heatmap(const ap_report_set *set, const point *pts, int n
     const int n_series = distinct_series(pts, n, first, 0);
     int layers[512], n_layers = 0, n_head = set->summaries[0].n_head;
     for (int i = 0; i < n && !per_head; i++) {
-        int seen = 0;
+        int seen = pts[i].run->layer < 0; /* eval runs: no layer */
         for (int k = 0; k < n_layers; k++) seen |= layers[k] == pts[i].run->layer;
         if (!seen && n_layers < 512) layers[n_layers++] = pts[i].run->layer;
     }
@@ -453,7 +483,8 @@ static ap_status chart_heatmap(const ap_report_set *set, const point *pts, int n
 
 /* KL against memory (the whole model's KV cache in fp16 plus the policy's
  * state), one point per run at the layer, the Pareto front as a guide */
-static ap_status chart_memory(const ap_report_set *set, const point *pts, int n, int layer, report_chart *c)
+static ap_status chart_memory(const ap_report_set *set, const point *pts, int n, int layer, int metric,
+                              report_chart *c)
 {
     int *first = malloc(((size_t)n + 1) * sizeof *first);
     double *fx = bag_alloc(&c->bag, ((size_t)n + 1) * sizeof *fx), *fy = bag_alloc(&c->bag, ((size_t)n + 1) * sizeof *fy);
@@ -470,14 +501,15 @@ static ap_status chart_memory(const ap_report_set *set, const point *pts, int n,
         int k = 0;
         for (int i = 0; i < n; i++) {
             const ap_report_run *r = pts[i].run;
-            if (strcmp(pts[i].series, pts[first[s]].series) || r->layer != layer || !r->stats[AP_M_KL].n) continue;
+            if (strcmp(pts[i].series, pts[first[s]].series) || r->layer != layer || !r->stats[metric].n) continue;
             const ap_summary *sm = &set->summaries[pts[i].summary];
             ap_report_memory mem;
             ap_report_memory_of(r, sm->n_layer, sm->n_embd, sm->n_head, sm->model_dtype, &mem);
             const double kib = (mem.model_fp16 + mem.state_bytes) / 1024.0;
-            if (!(kib > 0) || !isfinite(r->stats[AP_M_KL].mean)) continue;
-            x[k] = kib, y[k] = r->stats[AP_M_KL].mean, k++;
-            fx[n_front] = kib, fy[n_front++] = r->stats[AP_M_KL].mean;
+            const double v = shown(metric, r->stats[metric].mean);
+            if (!(kib > 0) || !isfinite(v)) continue;
+            x[k] = kib, y[k] = v, k++;
+            fx[n_front] = kib, fy[n_front++] = v;
         }
         if (k) series[used++] = (ap_chart_series){.name = bag_strdup(&c->bag, pts[first[s]].series), .n = k, .x = x,
                                                   .y = y, .style = AP_CHART_POINTS};
@@ -494,14 +526,15 @@ static ap_status chart_memory(const ap_report_set *set, const point *pts, int n,
     for (int i = 0; i < n_front; i++)
         if (m == 0 || fy[i] < fy[m - 1]) fx[m] = fx[i], fy[m++] = fy[i];
     series[used++] = (ap_chart_series){.name = "Pareto front", .n = m, .x = fx, .y = fy, .style = AP_CHART_GUIDE};
-    char title[200];
-    snprintf(title, sizeof title, "KL against memory, layer %d", layer);
+    char title[200], where[64];
+    where_text(layer, where, sizeof where);
+    snprintf(title, sizeof title, "%s against memory, %s", metric == AP_M_KL ? "KL" : metric_title(metric), where);
     c->xy = (ap_chart_xy){.title = bag_strdup(&c->bag, title), .x_label = "KV cache (fp16, whole model) + policy state, KiB",
-                          .y_label = "KL(reference || policy)", .log_x = 1, .n_series = used, .series = series};
-    snprintf(c->id, sizeof c->id, "memory");
-    snprintf(c->caption, sizeof c->caption, "Each run's mean KL at layer %d against the memory it keeps: the whole "
-             "model's capped KV cache in fp16 plus the policy's state (sketch counters or scores). The dashed line "
-             "joins the runs no cheaper run beats (the Pareto front).", layer);
+                          .y_label = metric_title(metric), .log_x = 1, .n_series = used, .series = series};
+    snprintf(c->id, sizeof c->id, metric == AP_M_KL ? "memory" : "memory-%s", ap_metric_name(metric));
+    snprintf(c->caption, sizeof c->caption, "Each run's %s (%s) against the memory it keeps: the whole model's capped "
+             "KV cache in fp16 plus the policy's state (sketch counters or scores). The dashed line joins the runs no "
+             "cheaper run beats (the Pareto front).", metric_title(metric), where);
     return AP_OK;
 }
 
@@ -571,12 +604,14 @@ ap_status report_charts_make(const ap_report_set *set, report_chart *charts, int
         if (!seen && isfinite(pts[i].budget)) b[n_budgets++] = pts[i].budget;
         int lseen = 0;
         for (int k = 0; k < i; k++) lseen |= pts[k].run->layer == pts[i].run->layer;
-        n_layers += !lseen;
+        n_layers += !lseen && pts[i].run->layer >= 0;
         modes |= !strcmp(pts[i].mode, "cascade") ? 2 : 1;
     }
     free(b);
-    const int layer = middle_layer(pts, n);
+    const int layer = middle_layer(pts, n); /* -1 when there are eval runs only */
     const double budget = common_budget(pts, n);
+    int has_eval = 0;
+    for (int i = 0; i < n; i++) has_eval |= pts[i].run->layer < 0 && pts[i].run->stats[AP_M_NLL].n > 0;
     ap_status st = AP_OK;
     int k = 0;
     /* each chart in turn; one its data cannot fill (AP_ERR_INPUT) is left out */
@@ -587,11 +622,18 @@ ap_status report_charts_make(const ap_report_set *set, report_chart *charts, int
         if (st == AP_ERR_INPUT) report_charts_free(&charts[k], 1), st = AP_OK;                                  \
         else k++;                                                                                                \
     } while (0)
+    /* attention runs (at the middle probed layer), then eval runs (layer -1) */
     static const int METRICS[4] = {AP_M_KL, AP_M_COSINE, AP_M_MASS, AP_M_TOP8};
-    for (int m = 0; m < 4 && n_budgets >= 2 && !st; m++) ADD_CHART(chart_budget(pts, n, layer, METRICS[m], &charts[k]));
+    static const int NEXT[3] = {AP_M_NLL, AP_M_NEXT_KL, AP_M_NEXT_TOP1};
+    for (int m = 0; m < 4 && layer >= 0 && n_budgets >= 2 && !st; m++)
+        ADD_CHART(chart_budget(pts, n, layer, METRICS[m], &charts[k]));
     if (!st && n_layers >= 2) ADD_CHART(chart_heatmap(set, pts, n, budget, 0, layer, &charts[k]));
-    if (!st && set->summaries[0].n_head >= 2) ADD_CHART(chart_heatmap(set, pts, n, budget, 1, layer, &charts[k]));
-    if (!st) ADD_CHART(chart_memory(set, pts, n, layer, &charts[k]));
+    if (!st && layer >= 0 && set->summaries[0].n_head >= 2)
+        ADD_CHART(chart_heatmap(set, pts, n, budget, 1, layer, &charts[k]));
+    if (!st && layer >= 0) ADD_CHART(chart_memory(set, pts, n, layer, AP_M_KL, &charts[k]));
+    for (int m = 0; m < 3 && has_eval && n_budgets >= 2 && !st; m++)
+        ADD_CHART(chart_budget(pts, n, -1, NEXT[m], &charts[k]));
+    if (!st && has_eval) ADD_CHART(chart_memory(set, pts, n, -1, AP_M_NLL, &charts[k]));
     if (!st && modes == 3) ADD_CHART(chart_modes(pts, n, &charts[k]));
 #undef ADD_CHART
     free(pts);

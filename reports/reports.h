@@ -162,6 +162,7 @@ typedef struct {
     const char *const *labels;    /* [n]: what names each (file, cell id) */
     int metrics[AP_M_COUNT];      /* the table's metric columns, in order */
     int n_metrics;
+    int metrics_given;            /* asked for; else eval summaries show their own columns */
 } ap_report_set;
 
 /* "kl,cosine,l1": the metric columns of the tables; NULL: the defaults. */
