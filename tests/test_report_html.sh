@@ -40,6 +40,12 @@ grep -q "B - A" out.txt && ok "differences printed" || bad "no difference table"
 expect_exit 0 "run --format md,html" "$bin" --samples 2 --max-length 256 --types h2o,window --budget 32,64 --format json,md,html --out fm --quiet
 [ -s fm/report.html ] && [ -s fm/report.md ] && ok "run writes report.md and report.html" || bad "run formats: $(ls fm)"
 expect_exit 2 "run --format pdf" "$bin" --format text,pdf
+expect_exit 0 "eval for the report" "$bin" eval --samples 3 --max-length 160 --types sink,h2o --budget 32,64 --quiet --out ev
+expect_exit 0 "report of an eval, charts" "$bin" report ev/summary.json --png evpng
+ls evpng | grep -q "budget-nll.png" && ls evpng | grep -q "memory-nll.png" && ok "eval charts: perplexity against budget and memory" \
+  || bad "eval charts: $(ls evpng)"
+expect_exit 0 "report of an eval, table" "$bin" report ev/summary.json
+grep -q "perplexity" out.txt && ok "eval table in report" || bad "report of an eval: $(head -3 out.txt)"
 
 browser=$(command -v chromium-headless-shell || command -v chromium || command -v chromium-browser || true)
 if [ -z "$browser" ]; then
