@@ -34,6 +34,10 @@ typedef enum {
     AP_M_COUNT
 } ap_metric;
 
+/* Metrics from this one on were added after summaries were first written:
+ * a summary without them is read as having none measured. */
+#define AP_M_FIRST_ADDED AP_M_INDEX_KL
+
 /* The first next-token metric: attention rows fill the metrics before it,
  * next-token rows those from it (each leaves the others NaN). */
 #define AP_M_FIRST_NEXT AP_M_NLL

@@ -113,7 +113,8 @@ static ap_status run_cells(const ap_grid *g, const batch_opts *o, const char *ce
         ap_status st = cli_run_cell(c->argc, c->argv, o->quiet, &summary, err);
         if (!st) st = ap_batch_cell_write(path, c, &summary, err);
         ap_summary_free(&summary);
-        if (st) return ap_error_wrap(err, st, "batch cell %s (study %s)", c->id, c->study);
+        /* what a cell's run refuses (a layer the model lacks, a missing text) is the grid's fault */
+        if (st) return ap_error_wrap(err, st == AP_ERR_USAGE ? AP_ERR_INPUT : st, "batch cell %s (study %s)", c->id, c->study);
         ran++;
     }
     return AP_OK;
@@ -150,6 +151,9 @@ int cmd_batch(int argc, char **argv)
         snprintf(cells_dir, len, "%s/cells", o.out);
         st = cli_make_dir("--out", cells_dir, &err);
     }
+    /* under mpirun each rank runs its cells on its node's GPU of its local rank,
+     * round-robin when there are more ranks than GPUs */
+    if (!st && ap_mpi_size() > 1) st = ap_mpi_use_local_gpu(1, &err);
     if (!st && ap_mpi_rank() == 0) remove_leftovers(cells_dir);
     st = ap_mpi_agree(st, &err); /* also: no rank starts before the leftovers are gone */
     if (!st) st = run_cells(&grid, &o, cells_dir, &err);

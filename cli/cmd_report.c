@@ -130,6 +130,7 @@ int cmd_report(int argc, char **argv)
     char **labels = NULL;
     int count = 0;
     st = load_files(argc - optind, argv + optind, &all, &labels, &count, &err);
+    if (!st && count == 0) st = ap_error_set(&err, AP_ERR_INPUT, "%s: no summary to report (an empty batch?)", argv[optind]);
     set.n = count, set.summaries = all, set.labels = (const char *const *)labels;
     if (!st && png) st = cli_make_dir("--png", png, &err);
     if (!st && html) st = ap_report_write_html(&set, html, png, &err);

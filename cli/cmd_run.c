@@ -178,7 +178,11 @@ static ap_status parse_run_opts(int argc, char **argv, run_opts *o, ap_error *er
                     .warmup = 64, .stride = 16, .budget = 64, .sink = 4, .recent = 16, .width = 512,
                     .depth = 4, .race_rows = 16, .race_bits = 9, .bootstrap = 1000, .seed = 1};
     ap_status st = apply_preset(argc, argv, o, err);
-    return st ? st : parse_flags(argc, argv, o, err);
+    const char *preset_heads = o->heads;
+    if (!st) st = parse_flags(argc, argv, o, err);
+    /* eval measures the model's output: a preset's heads do not apply (heads asked for are refused) */
+    if (!st && !strcmp(o->mode, "eval") && preset_heads && o->heads == preset_heads) o->heads = NULL;
+    return st;
 }
 
 static ap_status parse_flags(int argc, char **argv, run_opts *o, ap_error *err)
@@ -868,32 +872,38 @@ out:
     return st;
 }
 
+/* The flags checked before any work: every rank of an mpirun finds the same
+ * verdict and agrees on it, so that one message is printed (rank 0's). */
+static ap_status check_job(job_kind kind, int argc, char **argv, run_opts *o, ap_error *err)
+{
+    ap_status st = parse_run_opts(argc, argv, o, err);
+    if (!st && o->help) return AP_OK;
+    if (!st && kind != JOB_REPLAY && optind < argc)
+        st = ap_error_set(err, AP_ERR_USAGE, "unexpected argument '%s' (see attnprobe --help)", argv[optind]);
+    if (!st) st = check_opts(kind, o, argc - optind, err);
+    ap_policy_params *params = NULL;
+    int n_params = 0;
+    const char *compare_to;
+    if (!st) st = policies_of(o, &params, &n_params, &compare_to, err);
+    free(params);
+    return ap_mpi_agree(st, err);
+}
+
 static int job(job_kind kind, int argc, char **argv)
 {
     run_opts o;
     ap_error err;
-    ap_status st = parse_run_opts(argc, argv, &o, &err);
+    ap_status st = check_job(kind, argc, argv, &o, &err);
     if (st) return cli_fail(st, &err);
     if (o.help) {
-        fputs(USAGE, stdout);
+        if (ap_mpi_rank() == 0) fputs(USAGE, stdout);
         return 0;
     }
-    if (kind != JOB_REPLAY && optind < argc) {
-        ap_error_set(&err, AP_ERR_USAGE, "unexpected argument '%s' (see attnprobe --help)", argv[optind]);
-        return cli_fail(AP_ERR_USAGE, &err);
-    }
     const char *trace_file = kind == JOB_REPLAY && optind < argc ? argv[optind] : NULL;
-    if ((st = check_opts(kind, &o, argc - optind, &err))) return cli_fail(st, &err);
     /* under mpirun the ranks share the samples; rank 0 prints and writes */
     const int root = ap_mpi_rank() == 0;
     o.shard = 1;
     if (!root) o.quiet = 1;
-    /* the flags' policies checked before any directory is made */
-    ap_policy_params *params = NULL;
-    int n_params = 0;
-    const char *compare_to;
-    if ((st = policies_of(&o, &params, &n_params, &compare_to, &err))) return cli_fail(st, &err);
-    free(params);
     if (kind != JOB_TRACE && root && (has_format(o.format, "json") || has_format(o.format, "md") || has_format(o.format, "html")) &&
         (st = cli_make_dir("--out", o.out, &err)))
         return cli_fail(st, &err);

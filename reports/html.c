@@ -168,8 +168,22 @@ static ap_status write_charts(const ap_report_set *set, FILE *f, const char *png
     if (fd < 0) st = ap_error_set(err, AP_ERR_RUNTIME, "cannot make a temporary file: %s", strerror(errno));
     else close(fd);
     for (int i = 0; i < n && !st; i++) {
+        /* a chart its data cannot draw (nothing finite, x <= 0 on a log axis) is left out, said so */
+        ap_error why;
+        st = report_chart_draw(&charts[i], AP_CHART_SVG, tmp, &why);
+        if (st == AP_ERR_INPUT) {
+            fputs("<p>A chart was left out: ", f);
+            html_escape(f, why.msg);
+            fputs("</p>\n", f);
+            st = AP_OK;
+            continue;
+        }
+        if (st) {
+            *err = why;
+            break;
+        }
         fprintf(f, "<figure id=\"%s\"><div class=\"chart\">\n", charts[i].id);
-        if (!(st = report_chart_draw(&charts[i], AP_CHART_SVG, tmp, err))) st = inline_svg(tmp, f, err);
+        st = inline_svg(tmp, f, err);
         fputs("</div><figcaption>", f);
         html_escape(f, charts[i].caption);
         fputs("</figcaption></figure>\n", f);
@@ -230,6 +244,10 @@ ap_status ap_report_write_pngs(const ap_report_set *set, const char *dir, int *n
         if (!(st = png_path(dir, &charts[i], png, sizeof png, err)) &&
             !(st = report_chart_draw(&charts[i], AP_CHART_PNG, png, err)))
             (*n_written)++;
+        if (st == AP_ERR_INPUT) { /* nothing this chart could draw: left out */
+            fprintf(stderr, "attnprobe: chart %s left out: %s\n", charts[i].id, err->msg);
+            st = AP_OK;
+        }
     }
     report_charts_free(charts, n);
     return st;

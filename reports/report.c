@@ -415,14 +415,22 @@ static ap_status chart_budget(const point *pts, int n, int layer, int metric, re
     return series ? (used ? AP_OK : AP_ERR_INPUT) : AP_ERR_RUNTIME;
 }
 
+/* A heatmap shows at most this many rows (policies in first-seen order). */
+enum { HEATMAP_ROWS = 40 };
+
 /* policy x layer (or x head at one layer) heatmap of KL at one budget */
-static ap_status chart_heatmap(const ap_report_set *set, const point *pts, int n, double budget, int per_head,
+static ap_status chart_heatmap(const point *pts, int n, double budget, int per_head,
                                int layer, report_chart *c)
 {
     int *first = malloc(((size_t)n + 1) * sizeof *first);
     if (!first) return AP_ERR_RUNTIME;
     const int n_series = distinct_series(pts, n, first, 0);
-    int layers[512], n_layers = 0, n_head = set->summaries[0].n_head;
+    int layers[512], n_layers = 0, n_head = 0;
+    for (int i = 0; i < n; i++) n_head = pts[i].run->n_head > n_head ? pts[i].run->n_head : n_head;
+    if (per_head && (n_head < 2 || n_head > 1024)) { /* nothing to show, or a file's n_head not to be trusted */
+        free(first);
+        return AP_ERR_INPUT;
+    }
     for (int i = 0; i < n && !per_head; i++) {
         int seen = pts[i].run->layer < 0; /* eval runs: no layer */
         for (int k = 0; k < n_layers; k++) seen |= layers[k] == pts[i].run->layer;
@@ -443,7 +451,7 @@ static ap_status chart_heatmap(const ap_report_set *set, const point *pts, int n
         cols[k] = bag_strdup(&c->bag, name);
     }
     int n_rows = 0;
-    for (int s = 0; s < n_series; s++) {
+    for (int s = 0; s < n_series && n_rows < HEATMAP_ROWS; s++) {
         int any = 0;
         for (int k = 0; k < n_cols; k++) v[n_rows * n_cols + k] = NAN;
         for (int i = 0; i < n; i++) {
@@ -474,10 +482,10 @@ static ap_status chart_heatmap(const ap_report_set *set, const point *pts, int n
     snprintf(c->id, sizeof c->id, per_head ? "heads-layer%d" : "policy-layer", layer);
     if (per_head)
         snprintf(c->caption, sizeof c->caption, "Mean KL of each head at layer %d (budget %g); darker is further "
-                 "from the full cache.", layer, budget);
+                 "from the full cache.%s", layer, budget, n_series > HEATMAP_ROWS ? " The first 40 runs only." : "");
     else
         snprintf(c->caption, sizeof c->caption, "Mean KL of each policy at each probed layer (budget %g); darker "
-                 "is further from the full cache.", budget);
+                 "is further from the full cache.%s", budget, n_series > HEATMAP_ROWS ? " The first 40 runs only." : "");
     return n_rows ? AP_OK : AP_ERR_INPUT;
 }
 
@@ -627,9 +635,9 @@ ap_status report_charts_make(const ap_report_set *set, report_chart *charts, int
     static const int NEXT[3] = {AP_M_NLL, AP_M_NEXT_KL, AP_M_NEXT_TOP1};
     for (int m = 0; m < 4 && layer >= 0 && n_budgets >= 2 && !st; m++)
         ADD_CHART(chart_budget(pts, n, layer, METRICS[m], &charts[k]));
-    if (!st && n_layers >= 2) ADD_CHART(chart_heatmap(set, pts, n, budget, 0, layer, &charts[k]));
-    if (!st && layer >= 0 && set->summaries[0].n_head >= 2)
-        ADD_CHART(chart_heatmap(set, pts, n, budget, 1, layer, &charts[k]));
+    if (!st && n_layers >= 2) ADD_CHART(chart_heatmap(pts, n, budget, 0, layer, &charts[k]));
+    if (!st && layer >= 0)
+        ADD_CHART(chart_heatmap(pts, n, budget, 1, layer, &charts[k]));
     if (!st && layer >= 0) ADD_CHART(chart_memory(set, pts, n, layer, AP_M_KL, &charts[k]));
     for (int m = 0; m < 3 && has_eval && n_budgets >= 2 && !st; m++)
         ADD_CHART(chart_budget(pts, n, -1, NEXT[m], &charts[k]));

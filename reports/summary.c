@@ -319,7 +319,14 @@ static ap_status read_run(const cJSON *jr, ap_report_run *r, const char *path, i
         const cJSON *st = cJSON_GetObjectItemCaseSensitive(metrics, ap_metric_name(m));
         ap_stats *o = &r->stats[m];
         /* every metric is written; one missing, or rows without a mean, is a
-         * malformed file (a regression gate must not skip what it cannot read) */
+         * malformed file (a regression gate must not skip what it cannot read),
+         * except the metrics later versions added: a summary written before
+         * them has none measured */
+        if (!cJSON_IsObject(st) && m >= AP_M_FIRST_ADDED) {
+            *o = (ap_stats){.mean = NAN, .sd = NAN, .median = NAN, .p05 = NAN, .p95 = NAN, .min = NAN, .max = NAN,
+                            .ci_lo = NAN, .ci_hi = NAN};
+            continue;
+        }
         if (!cJSON_IsObject(st))
             return ap_error_set(err, AP_ERR_INPUT, "%s: runs[%d] (%s) has no metric %s", path, index,
                                 r->policy, ap_metric_name(m));

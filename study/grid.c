@@ -115,6 +115,9 @@ static ap_status check_study(const cJSON *study, const char *where, ap_error *er
 {
     if (!cJSON_IsObject(study)) return ap_error_set(err, AP_ERR_INPUT, "%s: accepted: an object of settings", where);
     for (const cJSON *k = study->child; k; k = k->next) {
+        for (const cJSON *e = study->child; e != k; e = e->next)
+            if (!strcmp(e->string, k->string))
+                return ap_error_set(err, AP_ERR_INPUT, "%s: the key \"%s\" is given twice", where, k->string);
         if (!strcmp(k->string, "name")) continue;
         if (!IN(k->string, KEYS)) return keys_error(where, k->string, err);
         if (!strcmp(k->string, "plain_update")) {
@@ -170,11 +173,13 @@ static ap_status make_cell(const cJSON *study, const char *name, const int *pick
         char digest[65];
         ap_sha256_hex(joined, strlen(joined), digest);
         free(joined);
-        const size_t n = strlen(name) + 10;
+        const size_t n = strlen(name) + 14;
         if (!(cell->id = malloc(n)) || !(cell->study = strdup(name))) {
+            free(cell->id);
+            cell->id = NULL;
             st = ap_error_set(err, AP_ERR_RUNTIME, "out of memory");
         } else {
-            snprintf(cell->id, n, "%s-%.8s", name, digest);
+            snprintf(cell->id, n, "%s-%.12s", name, digest);
             cell->argc = a.argc;
             cell->argv = a.argv;
             return AP_OK;
@@ -205,19 +210,22 @@ static ap_status study_name(const cJSON *study, int index, const char *where, ch
 
 static ap_status add_cells(const cJSON *study, const char *name, const char *where, ap_grid *g, ap_error *err)
 {
-    int sizes[16], n_axes = 0, total = 1;
-    for (const cJSON *k = study->child; k; k = k->next)
+    enum { MAX_AXES = sizeof AXES / sizeof AXES[0] }; /* keys are distinct (check_study) */
+    int sizes[MAX_AXES], n_axes = 0;
+    long long total = 1;
+    for (const cJSON *k = study->child; k && n_axes < MAX_AXES; k = k->next)
         if (cJSON_IsArray(k) && IN(k->string, AXES)) {
             sizes[n_axes] = cJSON_GetArraySize(k) ? cJSON_GetArraySize(k) : 1;
             total *= sizes[n_axes++];
+            if (g->n_cells + total > AP_GRID_MAX_CELLS)
+                return ap_error_set(err, AP_ERR_INPUT, "%s: the grid makes more than %d cells", where,
+                                    AP_GRID_MAX_CELLS);
         }
-    if (g->n_cells + total > AP_GRID_MAX_CELLS)
-        return ap_error_set(err, AP_ERR_INPUT, "%s: the grid makes more than %d cells", where, AP_GRID_MAX_CELLS);
     ap_grid_cell *grown = realloc(g->cells, (size_t)(g->n_cells + total) * sizeof *grown);
     if (!grown) return ap_error_set(err, AP_ERR_RUNTIME, "out of memory");
     g->cells = grown;
-    for (int c = 0; c < total; c++) {
-        int pick[16], rest = c;
+    for (int c = 0; c < (int)total; c++) {
+        int pick[MAX_AXES], rest = c;
         for (int x = n_axes - 1; x >= 0; x--) { /* the last axis varies fastest */
             pick[x] = rest % sizes[x];
             rest /= sizes[x];

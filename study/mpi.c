@@ -5,6 +5,7 @@
  * after its own in sample order, so the statistics are the single process's
  * to the last bit. Without Open MPI (or when not started by mpirun) there
  * is one process and every function here is trivial. */
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -95,6 +96,19 @@ ap_status study_mpi_agree(ap_status st, ap_error *err)
 
 ap_status ap_mpi_agree(ap_status st, ap_error *err) { return study_mpi_agree(st, err); }
 
+ap_status ap_mpi_use_local_gpu(int share, ap_error *err)
+{
+    const int gpus = ap_cuda_devices(), local = ap_mpi_local_rank();
+    const char *env = getenv("ATTNPROBE_SHARE_GPU");
+    share = share || (env && !strcmp(env, "1"));
+    if (gpus == 0) return AP_OK; /* the engine says what is missing when one is asked for */
+    if (local >= gpus && !share)
+        return ap_error_set(err, AP_ERR_USAGE, "--device cuda: local rank %d on a node with %d GPU%s: start at "
+                            "most %d processes a node (or set ATTNPROBE_SHARE_GPU=1 to share)", local, gpus,
+                            gpus == 1 ? "" : "s", gpus);
+    return ap_cuda_use_device(local % gpus, err);
+}
+
 void study_shard_of(int n_samples, int *first, int *count)
 {
     const long long lo = (long long)n_samples * rank_ / size_, hi = (long long)n_samples * (rank_ + 1) / size_;
@@ -105,60 +119,73 @@ void study_shard_of(int n_samples, int *first, int *count)
 #ifdef AP_HAVE_MPI
 enum { TAG_HEAD = 1, TAG_PARTS, TAG_COSTS, TAG_SKETCH_SIZE, TAG_SKETCHES };
 
-/* Rank r > 0: its shard's parts, costs and sketches to rank 0. */
-static ap_status send_shard(const study_acc *a, double trace_s, ap_error *err)
+/* What a rank other than the first sends: made before anything is sent, so
+ * that a failure here is agreed on, not met by rank 0 waiting for a message. */
+typedef struct {
+    double head[3];        /* samples kept, tokens, trace seconds */
+    size_t n_parts;        /* doubles in the kept parts */
+    double *costs;         /* [n_runs * 3]: replay seconds, kv bytes, state bytes */
+    unsigned char *sketches;
+    unsigned long long bytes;
+} shard_message;
+
+static ap_status pack_shard(const study_acc *a, double trace_s, shard_message *msg, ap_error *err)
 {
-    const double head[3] = {(double)a->kept_n, (double)a->tokens, trace_s};
-    MPI_Send(head, 3, MPI_DOUBLE, 0, TAG_HEAD, MPI_COMM_WORLD);
-    const size_t part = study_part_doubles(a);
-    MPI_Send(a->kept, (int)(a->kept_n * (size_t)a->n_runs * part), MPI_DOUBLE, 0, TAG_PARTS, MPI_COMM_WORLD);
-    double *costs = malloc((size_t)a->n_runs * 3 * sizeof *costs);
-    size_t bytes = 0;
+    *msg = (shard_message){{(double)a->kept_n, (double)a->tokens, trace_s}, 0, NULL, NULL, 0};
+    msg->n_parts = a->kept_n * (size_t)a->n_runs * study_part_doubles(a);
     for (int r = 0; r < a->n_runs; r++)
-        for (int m = 0; m < AP_M_COUNT; m++) bytes += ap_qsketch_packed_size(&a->runs[r].m[m].q);
-    unsigned char *sketches = malloc(bytes ? bytes : 1);
-    if (!costs || !sketches) {
-        free(costs), free(sketches);
-        return ap_error_set(err, AP_ERR_RUNTIME, "out of memory sending a shard's accumulators");
-    }
-    unsigned char *p = sketches;
+        for (int m = 0; m < AP_M_COUNT; m++) msg->bytes += ap_qsketch_packed_size(&a->runs[r].m[m].q);
+    if (msg->n_parts > INT_MAX || msg->bytes > INT_MAX)
+        return ap_error_set(err, AP_ERR_USAGE, "rank %d's shard is too large to send in one message (%zu values): "
+                            "run more processes", rank_, msg->n_parts);
+    msg->costs = malloc((size_t)a->n_runs * 3 * sizeof *msg->costs);
+    msg->sketches = malloc(msg->bytes ? (size_t)msg->bytes : 1);
+    if (!msg->costs || !msg->sketches)
+        return ap_error_set(err, AP_ERR_RUNTIME, "out of memory packing rank %d's accumulators", rank_);
+    unsigned char *p = msg->sketches;
     for (int r = 0; r < a->n_runs; r++) {
-        costs[3 * r] = a->runs[r].replay_s, costs[3 * r + 1] = a->runs[r].kv_bytes;
-        costs[3 * r + 2] = a->runs[r].sketch_bytes;
+        msg->costs[3 * r] = a->runs[r].replay_s, msg->costs[3 * r + 1] = a->runs[r].kv_bytes;
+        msg->costs[3 * r + 2] = a->runs[r].sketch_bytes;
         for (int m = 0; m < AP_M_COUNT; m++) {
             ap_qsketch_pack(&a->runs[r].m[m].q, p);
             p += ap_qsketch_packed_size(&a->runs[r].m[m].q);
         }
     }
-    const unsigned long long n = bytes;
-    MPI_Send(costs, a->n_runs * 3, MPI_DOUBLE, 0, TAG_COSTS, MPI_COMM_WORLD);
-    MPI_Send(&n, 1, MPI_UNSIGNED_LONG_LONG, 0, TAG_SKETCH_SIZE, MPI_COMM_WORLD);
-    MPI_Send(sketches, (int)bytes, MPI_BYTE, 0, TAG_SKETCHES, MPI_COMM_WORLD);
-    free(costs), free(sketches);
     return AP_OK;
 }
 
-/* Rank 0: rank `from`'s shard, its samples starting at `first`, folded in. */
-static ap_status receive_shard(study_acc *a, int from, int first, double *trace_s, ap_error *err)
+static void send_shard(const study_acc *a, const shard_message *msg)
 {
+    MPI_Send(msg->head, 3, MPI_DOUBLE, 0, TAG_HEAD, MPI_COMM_WORLD);
+    MPI_Send(a->kept, (int)msg->n_parts, MPI_DOUBLE, 0, TAG_PARTS, MPI_COMM_WORLD);
+    MPI_Send(msg->costs, a->n_runs * 3, MPI_DOUBLE, 0, TAG_COSTS, MPI_COMM_WORLD);
+    MPI_Send(&msg->bytes, 1, MPI_UNSIGNED_LONG_LONG, 0, TAG_SKETCH_SIZE, MPI_COMM_WORLD);
+    MPI_Send(msg->sketches, (int)msg->bytes, MPI_BYTE, 0, TAG_SKETCHES, MPI_COMM_WORLD);
+}
+
+/* Rank 0: rank `from`'s shard, its samples starting at `first`, folded in.
+ * The senders are committed once they start, so a failure here (memory, a
+ * malformed sketch) cannot be agreed on: it ends every rank (MPI_Abort). */
+static void receive_shard(study_acc *a, int from, int first, double *trace_s)
+{
+    ap_error err;
     double head[3];
     MPI_Recv(head, 3, MPI_DOUBLE, from, TAG_HEAD, MPI_COMM_WORLD, MPI_STATUS_IGNORE);
     const int n = (int)head[0];
-    const size_t part = study_part_doubles(a), n_parts = (size_t)n * (size_t)a->n_runs * part;
+    const size_t n_parts = (size_t)n * (size_t)a->n_runs * study_part_doubles(a);
     double *parts = malloc((n_parts ? n_parts : 1) * sizeof *parts);
     double *costs = malloc((size_t)a->n_runs * 3 * sizeof *costs);
-    if (!parts || !costs) {
-        free(parts), free(costs);
-        return ap_error_set(err, AP_ERR_RUNTIME, "out of memory receiving rank %d's accumulators", from);
-    }
-    MPI_Recv(parts, (int)n_parts, MPI_DOUBLE, from, TAG_PARTS, MPI_COMM_WORLD, MPI_STATUS_IGNORE);
-    MPI_Recv(costs, a->n_runs * 3, MPI_DOUBLE, from, TAG_COSTS, MPI_COMM_WORLD, MPI_STATUS_IGNORE);
+    ap_status st = parts && costs ? AP_OK : ap_error_set(&err, AP_ERR_RUNTIME, "out of memory");
     unsigned long long bytes = 0;
-    MPI_Recv(&bytes, 1, MPI_UNSIGNED_LONG_LONG, from, TAG_SKETCH_SIZE, MPI_COMM_WORLD, MPI_STATUS_IGNORE);
-    unsigned char *sketches = malloc(bytes ? (size_t)bytes : 1);
-    ap_status st = sketches ? AP_OK : ap_error_set(err, AP_ERR_RUNTIME, "out of memory receiving sketches");
+    unsigned char *sketches = NULL;
+    if (!st) {
+        MPI_Recv(parts, (int)n_parts, MPI_DOUBLE, from, TAG_PARTS, MPI_COMM_WORLD, MPI_STATUS_IGNORE);
+        MPI_Recv(costs, a->n_runs * 3, MPI_DOUBLE, from, TAG_COSTS, MPI_COMM_WORLD, MPI_STATUS_IGNORE);
+        MPI_Recv(&bytes, 1, MPI_UNSIGNED_LONG_LONG, from, TAG_SKETCH_SIZE, MPI_COMM_WORLD, MPI_STATUS_IGNORE);
+        if (!(sketches = malloc(bytes ? (size_t)bytes : 1))) st = ap_error_set(&err, AP_ERR_RUNTIME, "out of memory");
+    }
     if (!st) MPI_Recv(sketches, (int)bytes, MPI_BYTE, from, TAG_SKETCHES, MPI_COMM_WORLD, MPI_STATUS_IGNORE);
-    if (!st) st = study_acc_fold_parts(a, first, n, parts, err);
+    if (!st) st = study_acc_fold_parts(a, first, n, parts, &err);
     const unsigned char *p = sketches;
     size_t left = (size_t)bytes;
     for (int r = 0; r < a->n_runs && !st; r++) {
@@ -169,17 +196,20 @@ static ap_status receive_shard(study_acc *a, int from, int first, double *trace_
         for (int m = 0; m < AP_M_COUNT && !st; m++) {
             ap_qsketch q;
             size_t used = 0;
-            if (!(st = ap_qsketch_unpack(p, left, &q, &used, err))) {
-                st = ap_qsketch_merge(&run->m[m].q, &q, err);
+            if (!(st = ap_qsketch_unpack(p, left, &q, &used, &err))) {
+                st = ap_qsketch_merge(&run->m[m].q, &q, &err);
                 ap_qsketch_free(&q);
                 p += used, left -= used;
             }
         }
     }
+    free(parts), free(costs), free(sketches);
+    if (st) {
+        fprintf(stderr, "attnprobe: rank 0 of %d: gathering rank %d's shard: %s\n", size_, from, err.msg);
+        MPI_Abort(MPI_COMM_WORLD, st);
+    }
     a->tokens += (long long)head[1];
     if (head[2] > *trace_s) *trace_s = head[2]; /* the ranks trace side by side */
-    free(parts), free(costs), free(sketches);
-    return st;
 }
 #endif
 
@@ -187,16 +217,15 @@ ap_status study_mpi_gather(study_acc *a, int n_samples, double *trace_s, ap_erro
 {
 #ifdef AP_HAVE_MPI
     if (!started || size_ == 1) return AP_OK;
-    ap_status st = AP_OK;
-    if (rank_ != 0) {
-        st = send_shard(a, *trace_s, err);
-    } else {
-        for (int r = 1; r < size_ && !st; r++) {
-            const int first = (int)((long long)n_samples * r / size_);
-            st = receive_shard(a, r, first, trace_s, err);
-        }
+    shard_message msg = {{0}, 0, NULL, NULL, 0};
+    ap_status st = rank_ != 0 ? pack_shard(a, *trace_s, &msg, err) : AP_OK;
+    if (!(st = study_mpi_agree(st, err))) {
+        if (rank_ != 0) send_shard(a, &msg);
+        for (int r = 1; rank_ == 0 && r < size_; r++)
+            receive_shard(a, r, (int)((long long)n_samples * r / size_), trace_s);
     }
-    return study_mpi_agree(st, err);
+    free(msg.costs), free(msg.sketches);
+    return st;
 #else
     (void)a, (void)n_samples, (void)trace_s, (void)err;
     return AP_OK;

@@ -394,14 +394,7 @@ static ap_status shard_check(const ap_study_config *cfg, int n_samples, ap_error
                             "samples", size, n_samples, n_samples);
     if (cfg->save_trace) return ap_error_set(err, AP_ERR_USAGE, "a trace file is written by one process: run "
                                              "trace --save without mpirun");
-    if (cfg->backend != AP_BACKEND_CUDA) return AP_OK;
-    const int gpus = ap_cuda_devices(), local = ap_mpi_local_rank();
-    const char *share = getenv("ATTNPROBE_SHARE_GPU");
-    if (local >= gpus && !(share && !strcmp(share, "1")))
-        return ap_error_set(err, AP_ERR_USAGE, "--device cuda: local rank %d on a node with %d GPU%s: start at "
-                            "most %d processes a node (or set ATTNPROBE_SHARE_GPU=1 to share)", local, gpus,
-                            gpus == 1 ? "" : "s", gpus);
-    return gpus > 0 ? ap_cuda_use_device(local % gpus, err) : AP_OK;
+    return cfg->backend == AP_BACKEND_CUDA ? ap_mpi_use_local_gpu(0, err) : AP_OK;
 }
 
 /* The engine, the trace file's writer (when asked) and the batches. */

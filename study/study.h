@@ -102,17 +102,21 @@ int ap_mpi_local_rank(void);      /* the rank among the processes of this node *
 /* Every rank returns the first failing rank's status, its message naming
  * the rank: call it on every rank at the same point. */
 ap_status ap_mpi_agree(ap_status st, ap_error *err);
+/* Binds this process to the GPU of its local rank; more ranks on a node than
+ * GPUs is AP_ERR_USAGE unless share (or ATTNPROBE_SHARE_GPU=1): then they
+ * take the GPUs round-robin. Without GPUs: nothing. */
+ap_status ap_mpi_use_local_gpu(int share, ap_error *err);
 /* A failure every rank knows of, reported by rank 0: the others stay quiet. */
 int ap_mpi_failure_reported(void);
 
 /* ---- batch grids (docs/batch.md) ---------------------------------------------- */
 
-enum { AP_GRID_MAX_CELLS = 100000 };
+enum { AP_GRID_MAX_CELLS = 10000 };
 
 /* One cell of a grid: one study, given as the flags of `attnprobe run`. */
 typedef struct {
     char *study;                  /* the study's name in the grid */
-    char *id;                     /* "<study>-<8 hex digits of the flags' SHA-256>": the cell file's name */
+    char *id;                     /* "<study>-<12 hex digits of the flags' SHA-256>": the cell file's name */
     int argc;
     char **argv;                  /* "run", "--budget", "16,32", ...; NULL-terminated */
 } ap_grid_cell;

@@ -60,6 +60,20 @@ done
 same cplain/summary.json cnp2/summary.json cnp3/summary.json \
   && ok "cascade: -np 2, 3 = the plain run, bit for bit" || bad "cascade summaries differ"
 
+ev=(eval --samples 4 --max-length 128 --warmup 16 --types sink,h2o --budget 32 --quiet)
+expect_exit 0 "eval, one process" "$bin" "${ev[@]}" --out eplain
+expect_exit 0 "eval, mpirun -np 2" "${mpi[@]}" -np 2 "$bin" "${ev[@]}" --out enp2
+python3 - eplain/summary.json enp2/summary.json <<'PY' && ok "eval: -np 2 = one process within 1e-12" || bad "eval under mpirun differs"
+import json, sys
+a, b = (json.load(open(p)) for p in sys.argv[1:3])
+for ra, rb in zip(a["runs"], b["runs"]):
+    for m in ("nll", "next_kl", "next_top1", "full_argmax_rank"):
+        x, y = ra["metrics"][m], rb["metrics"][m]
+        assert x["n"] == y["n"]
+        for k in ("mean", "sd", "min", "max"):
+            assert abs(x[k] - y[k]) <= 1e-12 * max(abs(x[k]), 1e-3), (ra["policy"], m, k, x[k], y[k])
+PY
+
 cat > grid.json <<'GRID'
 {"defaults": {"samples": 3, "max_length": 256, "bootstrap": 200, "types": "h2o,cms", "layers": "3,6"},
  "studies": [{"name": "a", "budget": [24, 32]}, {"name": "b", "budget": 48, "mode": ["isolated", "cascade"]},
