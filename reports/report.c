@@ -56,54 +56,98 @@ void report_config_text(const ap_summary *s, const char *key, char *out, size_t 
 
 /* ---- what tells runs apart -------------------------------------------------------- */
 
-/* Whether the set's summaries measured different things (model, text, samples). */
-static int inputs_differ(const ap_report_set *set)
+/* What tells a set's runs apart, found once for the set: whether its
+ * summaries measured different things (model, text, samples), whether their
+ * modes differ, each summary's mode, and for each (policy, parameter)
+ * whether the runs' values differ. */
+typedef struct {
+    int inputs_vary, modes_vary;
+    char (*mode)[16];   /* [set->n] */
+    struct variation {
+        char policy[32], param[24];
+        double value;
+        int varies;
+    } *v;
+    int n_v;
+} run_context;
+
+static void context_free(run_context *c)
 {
-    for (int i = 1; i < set->n; i++) {
+    free(c->mode);
+    free(c->v);
+    *c = (run_context){0};
+}
+
+static int context_make(const ap_report_set *set, run_context *c)
+{
+    *c = (run_context){0};
+    int total = 0;
+    for (int i = 0; i < set->n; i++) total += set->summaries[i].n_runs * AP_MAX_PARAMS;
+    c->mode = calloc((size_t)set->n + 1, sizeof *c->mode);
+    c->v = calloc((size_t)total + 1, sizeof *c->v);
+    if (!c->mode || !c->v) {
+        context_free(c);
+        return -1;
+    }
+    for (int i = 0; i < set->n; i++) {
         const ap_summary *a = &set->summaries[0], *b = &set->summaries[i];
-        if (strcmp(a->model_sha256, b->model_sha256) || strcmp(a->input_sha256, b->input_sha256) ||
-            a->samples != b->samples || a->tokens != b->tokens)
-            return 1;
+        report_config_text(b, "mode", c->mode[i], sizeof c->mode[i]);
+        c->inputs_vary |= strcmp(a->model_sha256, b->model_sha256) || strcmp(a->input_sha256, b->input_sha256) ||
+                          a->samples != b->samples || a->tokens != b->tokens;
+        c->modes_vary |= strcmp(c->mode[0], c->mode[i]) != 0;
+        for (int r = 0; r < b->n_runs; r++) {
+            const ap_report_run *run = &b->runs[r];
+            for (int p = 0; p < run->n_params; p++) {
+                int k = 0;
+                while (k < c->n_v && (strcmp(c->v[k].policy, run->policy) || strcmp(c->v[k].param, run->param_name[p])))
+                    k++;
+                if (k == c->n_v) {
+                    snprintf(c->v[k].policy, sizeof c->v[k].policy, "%s", run->policy);
+                    snprintf(c->v[k].param, sizeof c->v[k].param, "%s", run->param_name[p]);
+                    c->v[k].value = run->param_value[p];
+                    c->n_v++;
+                }
+                c->v[k].varies |= c->v[k].value != run->param_value[p];
+            }
+        }
     }
     return 0;
 }
 
-static int modes_differ(const ap_report_set *set)
+static int param_varies(const run_context *c, const char *policy, const char *param)
 {
-    char a[32], b[32];
-    for (int i = 1; i < set->n; i++) {
-        report_config_text(&set->summaries[0], "mode", a, sizeof a);
-        report_config_text(&set->summaries[i], "mode", b, sizeof b);
-        if (strcmp(a, b)) return 1;
-    }
+    for (int k = 0; k < c->n_v; k++)
+        if (!strcmp(c->v[k].policy, policy) && !strcmp(c->v[k].param, param)) return c->v[k].varies;
     return 0;
 }
 
 /* A series' name: the policy, the parameters other than skip whose values
  * differ between the set's runs of that policy, the mode when the set has
  * both, and the summary's label when the summaries measured different things. */
-static void series_name(const ap_report_set *set, int si, const ap_report_run *r, const char *skip, int with_mode,
-                        char *out, size_t n)
+static void series_name(const ap_report_set *set, const run_context *c, int si, const ap_report_run *r,
+                        const char *skip, int with_mode, char *out, size_t n)
 {
     size_t used = (size_t)snprintf(out, n, "%s", r->policy);
     for (int p = 0; p < r->n_params && used < n; p++) {
         if (skip && !strcmp(r->param_name[p], skip)) continue;
-        int differs = 0;
-        for (int i = 0; i < set->n && !differs; i++)
-            for (int k = 0; k < set->summaries[i].n_runs && !differs; k++) {
-                const ap_report_run *o = &set->summaries[i].runs[k];
-                if (strcmp(o->policy, r->policy)) continue;
-                const double v = ap_report_run_param(o, r->param_name[p]);
-                differs = !isnan(v) && v != r->param_value[p];
-            }
-        if (differs) used += (size_t)snprintf(out + used, n - used, " %s=%g", r->param_name[p], r->param_value[p]);
+        if (param_varies(c, r->policy, r->param_name[p]))
+            used += (size_t)snprintf(out + used, n - used, " %s=%g", r->param_name[p], r->param_value[p]);
     }
-    if (with_mode && modes_differ(set) && used < n) {
-        char mode[32];
-        report_config_text(&set->summaries[si], "mode", mode, sizeof mode);
-        used += (size_t)snprintf(out + used, n - used, " [%s]", mode);
+    if (with_mode && c->modes_vary && used < n) used += (size_t)snprintf(out + used, n - used, " [%s]", c->mode[si]);
+    if (c->inputs_vary && used < n) snprintf(out + used, n - used, " (%s)", set->labels[si]);
+}
+
+/* The name of a run among its own summary's runs. */
+static void run_name(const ap_summary *s, const char *label, const ap_report_run *r, char *out, size_t n)
+{
+    const ap_report_set one = {.n = 1, .summaries = s, .labels = &label};
+    run_context c;
+    if (context_make(&one, &c)) {
+        snprintf(out, n, "%s", r->policy);
+        return;
     }
-    if (inputs_differ(set) && used < n) snprintf(out + used, n - used, " (%s)", set->labels[si]);
+    series_name(&one, &c, 0, r, NULL, 0, out, n);
+    context_free(&c);
 }
 
 /* ---- tables --------------------------------------------------------------------- */
@@ -158,8 +202,7 @@ void ap_report_print_tables(const ap_report_set *set, int markdown, FILE *f)
         for (int r = 0; r < s->n_runs; r++) {
             const ap_report_run *run = &s->runs[r];
             char name[160];
-            series_name(&(ap_report_set){.n = 1, .summaries = s, .labels = set->labels + i}, 0, run, NULL, 0, name,
-                        sizeof name);
+            run_name(s, set->labels[i], run, name, sizeof name);
             ap_report_memory mem;
             ap_report_memory_of(run, s->n_layer, s->n_embd, s->n_head, s->model_dtype, &mem);
             if (markdown) fprintf(f, "| %s | %d |", name, run->layer);
@@ -208,7 +251,7 @@ void ap_report_print_diff(const ap_report_set *set, int markdown, FILE *f)
             continue;
         }
         char name[160];
-        series_name(&(ap_report_set){.n = 1, .summaries = a, .labels = set->labels}, 0, ra, NULL, 0, name, sizeof name);
+        run_name(a, set->labels[0], ra, name, sizeof name);
         if (markdown) fprintf(f, "| %s | %d |", name, ra->layer);
         else fprintf(f, "%-28s %5d", name, ra->layer);
         for (int k = 0; k < set->n_metrics; k++) {
@@ -267,17 +310,22 @@ static int collect(const ap_report_set *set, point **out, int *n)
     int total = 0;
     for (int i = 0; i < set->n; i++) total += set->summaries[i].n_runs;
     point *p = calloc((size_t)total + 1, sizeof *p);
-    if (!p) return -1;
+    run_context c;
+    if (!p || context_make(set, &c)) {
+        free(p);
+        return -1;
+    }
     int k = 0;
     for (int i = 0; i < set->n; i++)
         for (int r = 0; r < set->summaries[i].n_runs; r++, k++) {
             p[k].summary = i;
             p[k].run = &set->summaries[i].runs[r];
-            series_name(set, i, p[k].run, "budget", 1, p[k].series, sizeof p[k].series);
-            series_name(set, i, p[k].run, "budget", 0, p[k].series_nomode, sizeof p[k].series_nomode);
-            report_config_text(&set->summaries[i], "mode", p[k].mode, sizeof p[k].mode);
+            series_name(set, &c, i, p[k].run, "budget", 1, p[k].series, sizeof p[k].series);
+            series_name(set, &c, i, p[k].run, "budget", 0, p[k].series_nomode, sizeof p[k].series_nomode);
+            snprintf(p[k].mode, sizeof p[k].mode, "%s", c.mode[i]);
             p[k].budget = ap_report_run_param(p[k].run, "budget");
         }
+    context_free(&c);
     *out = p;
     *n = total;
     return 0;
@@ -668,13 +716,12 @@ void ap_summary_print_eval(const ap_summary *s, FILE *f)
     fprintf(f, "%-24s %26s %26s %9s %7s %9s %14s %12s\n", "policy", "perplexity", "ratio to full", "next_kl",
             "top-1", "rank", "KV fp16 model", "state bytes");
     const char *label = "summary";
-    const ap_report_set one = {.n = 1, .summaries = s, .labels = &label};
     for (int r = 0; r < s->n_runs; r++) {
         const ap_report_run *run = &s->runs[r];
         const ap_stats *nll = &run->stats[AP_M_NLL];
         if (!nll->n) continue;
         char name[160], ppl[64], ratio[64] = "–";
-        series_name(&one, 0, run, NULL, 0, name, sizeof name);
+        run_name(s, label, run, name, sizeof name);
         snprintf(ppl, sizeof ppl, "%.3f [%.3f, %.3f]", exp(nll->mean), exp(nll->ci_lo), exp(nll->ci_hi));
         const ap_paired *d = &run->compare[AP_M_NLL];
         if (run->compare_to[0] && d->n > 0)
