@@ -106,7 +106,17 @@ expect_exit 3 "the same cell twice" "$bin" batch bad4.json --out bad
 echo '{"studies": [{"plain_update": "yes"}]}' > bad5.json
 expect_exit 3 "a flag's value not a boolean" "$bin" batch bad5.json --out bad
 expect_exit 3 "missing grid file" "$bin" batch nothing.json --out bad
+echo '{"studies": [{"warmup": [0], "warmup": [1]}]}' > bad6.json
+expect_exit 3 "a key given twice" "$bin" batch bad6.json --out bad
+grep -q 'the key "warmup" is given twice' err.txt && ok "names the repeated key" || bad "$(cat err.txt)"
+python3 -c 'import json; print(json.dumps({"studies": [{"samples": list(range(1, 201)), "warmup": list(range(0, 51))}]}))' > bad7.json
+expect_exit 3 "more than 10,000 cells" "$bin" batch bad7.json --out bad
+echo '{"studies": [{"name": "l", "layers": "99"}]}' > bad8.json
+expect_exit 3 "a layer the model lacks (found when the cell runs)" "$bin" batch bad8.json --out bad8 --quiet
+grep -q "batch cell l-" err.txt && ok "names the cell" || bad "$(cat err.txt)"
 [ -e bad ] && bad "a bad grid made the output folder" || ok "nothing written for bad grids"
+echo '{"schema": "attnprobe.batch/1", "grid": {}, "cells": []}' > empty-batch.json
+expect_exit 3 "report of an empty batch" "$bin" report empty-batch.json
 expect_exit 2 "no grid given" "$bin" batch --out bad
 
 finish
