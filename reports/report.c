@@ -713,7 +713,7 @@ void ap_summary_print_eval(const ap_summary *s, FILE *f)
     fprintf(f, "model %s (%d layers, %d heads) · %d samples, %d tokens · %s %s\n", s->model_source, s->n_layer,
             s->n_head, s->samples, s->tokens, s->backend, s->precision);
     fprintf(f, "next-token prediction with each policy's cache at every layer; mean [95%% CI] over samples\n");
-    fprintf(f, "%-24s %26s %26s %9s %7s %9s %14s %12s\n", "policy", "perplexity", "ratio to full", "next_kl",
+    fprintf(f, "%-24s %32s %28s %9s %7s %9s %14s %12s\n", "policy", "perplexity", "ratio to full", "next_kl",
             "top-1", "rank", "KV fp16 model", "state bytes");
     const char *label = "summary";
     for (int r = 0; r < s->n_runs; r++) {
@@ -730,7 +730,7 @@ void ap_summary_print_eval(const ap_summary *s, FILE *f)
             snprintf(ratio, sizeof ratio, "1");
         ap_report_memory mem;
         ap_report_memory_of(run, s->n_layer, s->n_embd, s->n_head, s->model_dtype, &mem);
-        fprintf(f, "%-24s %26s %26s %9.4f %7.4f %9.2f %10.3f MiB %12.0f\n", name, ppl, ratio,
+        fprintf(f, "%-24s %32s %28s %9.4f %7.4f %9.2f %10.3f MiB %12.0f\n", name, ppl, ratio,
                 run->stats[AP_M_NEXT_KL].mean, run->stats[AP_M_NEXT_TOP1].mean, run->stats[AP_M_ARGMAX_RANK].mean,
                 mem.model_fp16 / 1048576.0, mem.state_bytes);
     }
