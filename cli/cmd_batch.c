@@ -53,12 +53,31 @@ static ap_status parse_opts(int argc, char **argv, batch_opts *o, ap_error *err)
     return AP_OK;
 }
 
-/* Every cell's flags checked before any cell runs: a bad value names its cell. */
+/* The files a cell names exist: its model (unless random:), tokenizer and
+ * input, so that a typo in the grid is found before the first cell runs. */
+static ap_status check_files(const ap_grid_cell *c, ap_error *err)
+{
+    for (int i = 1; i + 1 < c->argc; i++) {
+        const char *flag = c->argv[i], *value = c->argv[i + 1];
+        const int model = !strcmp(flag, "--model"), file = !strcmp(flag, "--input") || !strcmp(flag, "--tokenizer");
+        if (!model && !file) continue;
+        if (!strcmp(flag, "--input") && !strcmp(value, "-"))
+            return ap_error_set(err, AP_ERR_INPUT, "input -: a batch reads its texts from files, not stdin");
+        if (model && !strncmp(value, "random:", 7)) continue;
+        if (access(value, R_OK) != 0)
+            return ap_error_set(err, AP_ERR_INPUT, "%s %s: cannot read it: %s", flag, value, strerror(errno));
+    }
+    return AP_OK;
+}
+
+/* Every cell's flags and files checked before any cell runs: a bad value
+ * names its cell. */
 static ap_status check_cells(const ap_grid *g, const char *grid_path, ap_error *err)
 {
     for (int i = 0; i < g->n_cells; i++) {
         const ap_grid_cell *c = &g->cells[i];
         ap_status st = cli_run_check(c->argc, c->argv, err);
+        if (!st) st = check_files(c, err);
         if (st) return ap_error_wrap(err, AP_ERR_INPUT, "%s: study %s, cell %s", grid_path, c->study, c->id);
     }
     return AP_OK;

@@ -111,6 +111,10 @@ expect_exit 3 "a key given twice" "$bin" batch bad6.json --out bad
 grep -q 'the key "warmup" is given twice' err.txt && ok "names the repeated key" || bad "$(cat err.txt)"
 python3 -c 'import json; print(json.dumps({"studies": [{"samples": list(range(1, 201)), "warmup": list(range(0, 51))}]}))' > bad7.json
 expect_exit 3 "more than 10,000 cells" "$bin" batch bad7.json --out bad
+echo '{"studies": [{"name": "a", "budget": 32}, {"name": "b", "input": ["sample-missing.txt"]}]}' > bad9.json
+expect_exit 3 "a missing input file, found before any cell runs" "$bin" batch bad9.json --out bad9 --quiet
+grep -q "cell b-.*--input sample-missing.txt: cannot read" err.txt && [ ! -e bad9/cells/*.json ] \
+  && ok "names the cell and the file; no cell ran" || bad "$(cat err.txt); $(ls bad9/cells 2>&1)"
 echo '{"studies": [{"name": "l", "layers": "99"}]}' > bad8.json
 expect_exit 3 "a layer the model lacks (found when the cell runs)" "$bin" batch bad8.json --out bad8 --quiet
 grep -q "batch cell l-" err.txt && ok "names the cell" || bad "$(cat err.txt)"
