@@ -156,11 +156,9 @@ int cmd_report(int argc, char **argv)
             ap_report_print_tables(&set, markdown, stdout);
         } else {
             for (int i = 0; i < count; i++) {
-                char mode[16] = "";
+                char mode[16];
                 if (count > 1) printf("== %s ==\n", labels[i]);
-                cJSON *config = all[i].config_json ? cJSON_Parse(all[i].config_json) : NULL;
-                snprintf(mode, sizeof mode, "%s", cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(config, "mode")) ?: "");
-                cJSON_Delete(config);
+                ap_summary_config_text(&all[i], "mode", mode, sizeof mode);
                 if (!strcmp(mode, "eval")) ap_summary_print_eval(&all[i], stdout);
                 else ap_summary_print_table(&all[i], stdout);
             }

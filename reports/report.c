@@ -39,7 +39,7 @@ ap_status ap_report_set_metrics(ap_report_set *set, const char *list, ap_error *
     return AP_OK;
 }
 
-void report_config_text(const ap_summary *s, const char *key, char *out, size_t n)
+void ap_summary_config_text(const ap_summary *s, const char *key, char *out, size_t n)
 {
     out[0] = '\0';
     cJSON *c = s->config_json ? cJSON_Parse(s->config_json) : NULL;
@@ -91,7 +91,7 @@ static int context_make(const ap_report_set *set, run_context *c)
     }
     for (int i = 0; i < set->n; i++) {
         const ap_summary *a = &set->summaries[0], *b = &set->summaries[i];
-        report_config_text(b, "mode", c->mode[i], sizeof c->mode[i]);
+        ap_summary_config_text(b, "mode", c->mode[i], sizeof c->mode[i]);
         c->inputs_vary |= strcmp(a->model_sha256, b->model_sha256) || strcmp(a->input_sha256, b->input_sha256) ||
                           a->samples != b->samples || a->tokens != b->tokens;
         c->modes_vary |= strcmp(c->mode[0], c->mode[i]) != 0;
@@ -137,17 +137,31 @@ static void series_name(const ap_report_set *set, const run_context *c, int si, 
     if (c->inputs_vary && used < n) snprintf(out + used, n - used, " (%s)", set->labels[si]);
 }
 
-/* The name of a run among its own summary's runs. */
-static void run_name(const ap_summary *s, const char *label, const ap_report_run *r, char *out, size_t n)
-{
-    const ap_report_set one = {.n = 1, .summaries = s, .labels = &label};
+/* Names of runs among their own summary's runs: what tells them apart is
+ * found once a summary (names_make), then each run named from it. */
+typedef struct {
+    const char *label;
+    ap_report_set one;
     run_context c;
-    if (context_make(&one, &c)) {
-        snprintf(out, n, "%s", r->policy);
-        return;
-    }
-    series_name(&one, &c, 0, r, NULL, 0, out, n);
-    context_free(&c);
+    int ok;
+} run_names;
+
+static void names_make(run_names *nm, const ap_summary *s, const char *label)
+{
+    nm->label = label;
+    nm->one = (ap_report_set){.n = 1, .summaries = s, .labels = &nm->label};
+    nm->ok = context_make(&nm->one, &nm->c) == 0;
+}
+
+static void name_of(const run_names *nm, const ap_report_run *r, char *out, size_t n)
+{
+    if (nm->ok) series_name(&nm->one, &nm->c, 0, r, NULL, 0, out, n);
+    else snprintf(out, n, "%s", r->policy); /* out of memory: the policy alone */
+}
+
+static void names_free(run_names *nm)
+{
+    if (nm->ok) context_free(&nm->c);
 }
 
 /* ---- tables --------------------------------------------------------------------- */
@@ -158,7 +172,7 @@ static const int NEXT_COLUMNS[4] = {AP_M_NLL, AP_M_NEXT_KL, AP_M_NEXT_TOP1, AP_M
 static void columns_of(const ap_report_set *set, const ap_summary *s, const int **cols, int *n)
 {
     char mode[16];
-    report_config_text(s, "mode", mode, sizeof mode);
+    ap_summary_config_text(s, "mode", mode, sizeof mode);
     if (!set->metrics_given && !strcmp(mode, "eval")) *cols = NEXT_COLUMNS, *n = 4;
     else *cols = set->metrics, *n = set->n_metrics;
 }
@@ -180,7 +194,7 @@ void ap_report_print_tables(const ap_report_set *set, int markdown, FILE *f)
     for (int i = 0; i < set->n; i++) {
         const ap_summary *s = &set->summaries[i];
         char mode[32];
-        report_config_text(s, "mode", mode, sizeof mode);
+        ap_summary_config_text(s, "mode", mode, sizeof mode);
         const int *cols;
         int n_cols;
         columns_of(set, s, &cols, &n_cols);
@@ -199,10 +213,12 @@ void ap_report_print_tables(const ap_report_set *set, int markdown, FILE *f)
             for (int k = 0; k < n_cols; k++) fprintf(f, " %26s", ap_metric_name(cols[k]));
             fprintf(f, " %14s\n", "KV fp16 model");
         }
+        run_names names;
+        names_make(&names, s, set->labels[i]);
         for (int r = 0; r < s->n_runs; r++) {
             const ap_report_run *run = &s->runs[r];
             char name[160];
-            run_name(s, set->labels[i], run, name, sizeof name);
+            name_of(&names, run, name, sizeof name);
             ap_report_memory mem;
             ap_report_memory_of(run, s->n_layer, s->n_embd, s->n_head, s->model_dtype, &mem);
             if (markdown) fprintf(f, "| %s | %d |", name, run->layer);
@@ -210,6 +226,7 @@ void ap_report_print_tables(const ap_report_set *set, int markdown, FILE *f)
             print_row_cells(run, cols, n_cols, markdown, f);
             fprintf(f, markdown ? " %.3f MiB |\n" : " %10.3f MiB\n", mem.model_fp16 / 1048576.0);
         }
+        names_free(&names);
         fputc('\n', f);
     }
 }
@@ -244,6 +261,8 @@ void ap_report_print_diff(const ap_report_set *set, int markdown, FILE *f)
         fputc('\n', f);
     }
     int unmatched = 0;
+    run_names names;
+    names_make(&names, a, set->labels[0]);
     for (int r = 0; r < a->n_runs; r++) {
         const ap_report_run *ra = &a->runs[r], *rb = twin_of(b, ra);
         if (!rb) {
@@ -251,7 +270,7 @@ void ap_report_print_diff(const ap_report_set *set, int markdown, FILE *f)
             continue;
         }
         char name[160];
-        run_name(a, set->labels[0], ra, name, sizeof name);
+        name_of(&names, ra, name, sizeof name);
         if (markdown) fprintf(f, "| %s | %d |", name, ra->layer);
         else fprintf(f, "%-28s %5d", name, ra->layer);
         for (int k = 0; k < set->n_metrics; k++) {
@@ -260,6 +279,7 @@ void ap_report_print_diff(const ap_report_set *set, int markdown, FILE *f)
         }
         fputc('\n', f);
     }
+    names_free(&names);
     if (unmatched) fprintf(f, "(%d run%s of A not in B)\n", unmatched, unmatched == 1 ? "" : "s");
     fputc('\n', f);
 }
@@ -715,13 +735,14 @@ void ap_summary_print_eval(const ap_summary *s, FILE *f)
     fprintf(f, "next-token prediction with each policy's cache at every layer; mean [95%% CI] over samples\n");
     fprintf(f, "%-24s %32s %28s %9s %7s %9s %14s %12s\n", "policy", "perplexity", "ratio to full", "next_kl",
             "top-1", "rank", "KV fp16 model", "state bytes");
-    const char *label = "summary";
+    run_names names;
+    names_make(&names, s, "summary");
     for (int r = 0; r < s->n_runs; r++) {
         const ap_report_run *run = &s->runs[r];
         const ap_stats *nll = &run->stats[AP_M_NLL];
         if (!nll->n) continue;
         char name[160], ppl[64], ratio[64] = "–";
-        run_name(s, label, run, name, sizeof name);
+        name_of(&names, run, name, sizeof name);
         snprintf(ppl, sizeof ppl, "%.3f [%.3f, %.3f]", exp(nll->mean), exp(nll->ci_lo), exp(nll->ci_hi));
         const ap_paired *d = &run->compare[AP_M_NLL];
         if (run->compare_to[0] && d->n > 0)
@@ -734,6 +755,7 @@ void ap_summary_print_eval(const ap_summary *s, FILE *f)
                 run->stats[AP_M_NEXT_KL].mean, run->stats[AP_M_NEXT_TOP1].mean, run->stats[AP_M_ARGMAX_RANK].mean,
                 mem.model_fp16 / 1048576.0, mem.state_bytes);
     }
+    names_free(&names);
     if (s->n_runs > 0 && s->runs[0].replay_s > 0)
         fprintf(f, "decode: %d streams a step, %.0f tokens/s a stream (the streams decode together, %.2f s)\n",
                 s->n_runs, s->runs[0].tokens_per_s, s->runs[0].replay_s);

@@ -29,7 +29,4 @@ ap_status report_charts_make(const ap_report_set *set, report_chart *charts, int
 ap_status report_chart_draw(const report_chart *c, ap_chart_format fmt, const char *path, ap_error *err);
 void report_charts_free(report_chart *charts, int n);
 
-/* The summary's config value of key as text ("" when absent). */
-void report_config_text(const ap_summary *s, const char *key, char *out, size_t n);
-
 #endif

@@ -88,6 +88,10 @@ void ap_seed_spread(const ap_summary *s, const ap_seed_group *g, int metric, ap_
 /* "budget=64,sink=4,…" — what check matches runs by (with policy and layer). */
 void ap_report_run_key(const ap_report_run *r, char *buf, size_t n);
 
+/* The summary's config value of key as text ("" when absent): strings as
+ * they are, anything else as compact JSON. */
+void ap_summary_config_text(const ap_summary *s, const char *key, char *out, size_t n);
+
 /* Writes the summary through a temporary file renamed into place. */
 ap_status ap_summary_write_json(const ap_summary *s, const char *path, ap_error *err);
 /* Reads a summary; AP_ERR_INPUT names the file and what is wrong. */

@@ -54,10 +54,3 @@ void ap_seed_spread(const ap_summary *s, const ap_seed_group *g, int metric, ap_
     out->max = n ? gsl_stats_max(means, 1, n) : NAN;
     out->median = out->p05 = out->p95 = out->ci_lo = out->ci_hi = NAN;
 }
-
-double ap_report_run_param(const ap_report_run *r, const char *name)
-{
-    for (int i = 0; i < r->n_params; i++)
-        if (!strcmp(r->param_name[i], name)) return r->param_value[i];
-    return NAN;
-}

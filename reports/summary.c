@@ -20,6 +20,13 @@ void ap_report_run_key(const ap_report_run *r, char *buf, size_t n)
     if (used < n) snprintf(buf + used, n - used, "%sgranularity=%s", used ? "," : "", r->granularity);
 }
 
+double ap_report_run_param(const ap_report_run *r, const char *name)
+{
+    for (int i = 0; i < r->n_params; i++)
+        if (!strcmp(r->param_name[i], name)) return r->param_value[i];
+    return NAN;
+}
+
 void ap_summary_free(ap_summary *s)
 {
     for (int i = 0; s->runs && i < s->n_runs; i++) {

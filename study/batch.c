@@ -148,8 +148,8 @@ static void csv_header(FILE *f)
 
 static void csv_cell(FILE *f, const ap_grid_cell *c, const ap_summary *s)
 {
-    cJSON *config = s->config_json ? cJSON_Parse(s->config_json) : NULL;
-    const char *mode = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(config, "mode"));
+    char mode[16];
+    ap_summary_config_text(s, "mode", mode, sizeof mode);
     for (int r = 0; r < s->n_runs; r++) {
         const ap_report_run *run = &s->runs[r];
         ap_report_memory mem;
@@ -163,7 +163,7 @@ static void csv_cell(FILE *f, const ap_grid_cell *c, const ap_summary *s)
             csv_text(f, s->model_source);
             fputc(',', f);
             csv_text(f, s->input_source);
-            fprintf(f, ",%s,%d,%d,%s", mode ? mode : "", s->samples, s->tokens, run->policy);
+            fprintf(f, ",%s,%d,%d,%s", mode, s->samples, s->tokens, run->policy);
             for (int p = 0; p < N_CSV_PARAMS; p++) csv_num(f, ap_report_run_param(run, CSV_PARAMS[p]));
             fprintf(f, ",%s,%d,%s,%zu", run->granularity, run->layer, ap_metric_name(m), st->n);
             const double v[9] = {st->mean, st->sd, st->ci_lo, st->ci_hi, st->median, st->p05, st->p95, st->min, st->max};
@@ -173,7 +173,6 @@ static void csv_cell(FILE *f, const ap_grid_cell *c, const ap_summary *s)
             fputc('\n', f);
         }
     }
-    cJSON_Delete(config);
 }
 
 ap_status ap_batch_write_csv(const ap_grid *g, const char *cells_dir, const char *path, ap_error *err)

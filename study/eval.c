@@ -49,10 +49,12 @@ ap_status study_eval_step(void *ctx, const ap_logits_step *step, ap_error *err)
 {
     study_eval *ev = ctx;
     const int S = ev->tr->n_samples;
-    if (!ev->prob) { /* the references' probabilities: a vocabulary a sample */
+    if (!ev->prob) { /* the references and their probabilities: a vocabulary a sample */
         ev->prob = malloc((size_t)S * step->vocab * sizeof *ev->prob);
         ev->refs = calloc((size_t)S, sizeof *ev->refs);
-        if (!ev->prob || !ev->refs) return ap_error_set(err, AP_ERR_RUNTIME, "out of memory for eval's references");
+        ev->ref_of = malloc((size_t)S * sizeof *ev->ref_of);
+        if (!ev->prob || !ev->refs || !ev->ref_of)
+            return ap_error_set(err, AP_ERR_RUNTIME, "out of memory for eval's references");
     }
     for (int s = 0; s < S; s++) ev->ref_of[s] = -1;
     for (int a = 0; a < step->n_active; a++)
@@ -66,5 +68,6 @@ void study_eval_free(study_eval *ev)
 {
     free(ev->prob);
     free(ev->refs);
-    ev->prob = NULL, ev->refs = NULL;
+    free(ev->ref_of);
+    ev->prob = NULL, ev->refs = NULL, ev->ref_of = NULL;
 }

@@ -73,7 +73,7 @@ int ap_mpi_local_rank(void)
     return v ? atoi(v) : 0;
 }
 
-ap_status study_mpi_agree(ap_status st, ap_error *err)
+ap_status ap_mpi_agree(ap_status st, ap_error *err)
 {
 #ifdef AP_HAVE_MPI
     if (!started || size_ == 1) return st;
@@ -93,8 +93,6 @@ ap_status study_mpi_agree(ap_status st, ap_error *err)
     return st;
 #endif
 }
-
-ap_status ap_mpi_agree(ap_status st, ap_error *err) { return study_mpi_agree(st, err); }
 
 ap_status ap_mpi_use_local_gpu(int share, ap_error *err)
 {
@@ -219,7 +217,7 @@ ap_status study_mpi_gather(study_acc *a, int n_samples, double *trace_s, ap_erro
     if (!started || size_ == 1) return AP_OK;
     shard_message msg = {{0}, 0, NULL, NULL, 0};
     ap_status st = rank_ != 0 ? pack_shard(a, *trace_s, &msg, err) : AP_OK;
-    if (!(st = study_mpi_agree(st, err))) {
+    if (!(st = ap_mpi_agree(st, err))) {
         if (rank_ != 0) send_shard(a, &msg);
         for (int r = 1; rank_ == 0 && r < size_; r++)
             receive_shard(a, r, (int)((long long)n_samples * r / size_), trace_s);

@@ -251,15 +251,14 @@ static ap_status replay_cascade_batch(study_acc *acc, ap_engine *engine, const a
     const int L = ap_engine_config(engine)->n_layer, eval = cfg->mode == AP_STUDY_EVAL;
     int *li_of_layer = malloc((size_t)L * sizeof *li_of_layer);
     ap_replay_cost *cost = calloc((size_t)cfg->n_policies, sizeof *cost);
-    int *ref_of = malloc(((size_t)tr->n_samples + 1) * sizeof *ref_of);
-    if (!li_of_layer || !cost || !ref_of) {
-        free(li_of_layer), free(cost), free(ref_of);
+    if (!li_of_layer || !cost) {
+        free(li_of_layer), free(cost);
         return ap_error_set(err, AP_ERR_RUNTIME, "out of memory");
     }
     for (int l = 0; l < L; l++) li_of_layer[l] = -1;
     for (int l = 0; l < cfg->n_layers && !eval; l++) li_of_layer[cfg->layers[l]] = l;
     cascade_sink cs = {acc, li_of_layer};
-    study_eval ev = {acc, tr, full_index(cfg), ref_of, pool, NULL, NULL};
+    study_eval ev = {acc, tr, full_index(cfg), pool, NULL, NULL, NULL};
     ap_replay_opts o = {.warmup = cfg->warmup, .stride = cfg->stride, .sink = sink_cascade, .sink_ctx = &cs,
                         .progress = cascade_progress, .progress_ctx = ps,
                         .logits_sink = eval ? study_eval_step : NULL, .logits_ctx = &ev};
@@ -275,7 +274,6 @@ static ap_status replay_cascade_batch(study_acc *acc, ap_engine *engine, const a
         }
     free(li_of_layer);
     free(cost);
-    free(ref_of);
     study_eval_free(&ev);
     return st;
 }
@@ -435,7 +433,7 @@ static ap_status study_model(const ap_study_config *cfg, const ap_model *model, 
         if (!st) st = close_st;
     }
     if (src.sharded) { /* every rank agrees on the outcome; rank 0 gathers the shards */
-        st = study_mpi_agree(st, err);
+        st = ap_mpi_agree(st, err);
         if (!st && replay) st = study_mpi_gather(&acc, samples->n, trace_s, err);
         replay = replay && ap_mpi_rank() == 0; /* the summary is rank 0's to make */
     }
@@ -475,7 +473,7 @@ ap_status ap_study_replay(const ap_study_config *cfg, const char *trace_path, ap
         return ap_error_set(err, AP_ERR_USAGE, "a cascade or an eval needs the model: a saved trace replays isolated only");
     batch_source src = {.sharded = cfg->shard && ap_mpi_size() > 1};
     ap_status st = ap_trace_reader_open(trace_path, &src.reader, err);
-    if (st) return src.sharded ? study_mpi_agree(st, err) : st;
+    if (st) return src.sharded ? ap_mpi_agree(st, err) : st;
     const ap_trace *info = ap_trace_reader_info(src.reader);
     /* the summary names the text and window length the trace was made from */
     ap_study_config from_trace = *cfg;
@@ -503,7 +501,7 @@ ap_status ap_study_replay(const ap_study_config *cfg, const char *trace_path, ap
     if (!st) st = run_batches(cfg, &src, info, li, 1, progress, progress_ctx, &acc, &trace_s, err);
     int summarise = 1;
     if (src.sharded) {
-        st = study_mpi_agree(st, err);
+        st = ap_mpi_agree(st, err);
         if (!st) st = study_mpi_gather(&acc, info->n_samples, &trace_s, err);
         summarise = ap_mpi_rank() == 0;
     }

@@ -65,8 +65,9 @@ typedef struct {
     study_acc *acc;
     const ap_trace *tr;          /* the batch: its token ids and lengths */
     int full_policy;             /* the index of `full` among the config's policies */
-    int *ref_of;                 /* [tr->n_samples] scratch */
     ap_pool *pool;
+    /* made at the first step, freed by study_eval_free */
+    int *ref_of;                 /* [tr->n_samples]: the active index of each sample's full stream */
     ap_next_ref *refs;           /* [tr->n_samples]: each sample's full cache, this step */
     double *prob;                /* [tr->n_samples * vocab]: their probabilities */
 } study_eval;
@@ -77,9 +78,6 @@ void study_eval_free(study_eval *ev);
 /* ---- several processes (mpi.c) ---- */
 /* This process's contiguous share of n_samples. */
 void study_shard_of(int n_samples, int *first, int *count);
-/* Every rank returns the same status: the first failing rank's, its message
- * naming the rank. */
-ap_status study_mpi_agree(ap_status st, ap_error *err);
 /* Rank 0 receives every other rank's shard and folds it in after its own. */
 ap_status study_mpi_gather(study_acc *a, int n_samples, double *trace_s, ap_error *err);
 
