@@ -2,8 +2,12 @@
 #ifndef AP_CLI_H
 #define AP_CLI_H
 
+#include <getopt.h>
+#include <stdio.h>
+
 #include "engine/engine.h"
 #include "reports/reports.h"
+#include "sketch/policy.h"
 
 /* Each sub-command takes argv after its name and returns an exit code. */
 int cmd_info(int argc, char **argv);
@@ -22,6 +26,40 @@ int cmd_eval(int argc, char **argv);
  * (nothing printed but the progress bar unless quiet, nothing written). */
 ap_status cli_run_check(int argc, char **argv, ap_error *err);
 ap_status cli_run_cell(int argc, char **argv, int quiet, ap_summary *out, ap_error *err);
+
+/* ---- the policies' flags (policy_flags.c), from the policy registry ---- */
+
+enum { CLI_SWEEP_MAX = 64, CLI_POLICY_FLAGS_MAX = 48 };
+/* A policy option's values: one, or a sweep's list (n = 0: not given). */
+typedef struct {
+    int n, v[CLI_SWEEP_MAX];
+} cli_int_list;
+
+typedef struct {
+    cli_int_list budget, sink, recent;
+    cli_int_list value[CLI_POLICY_FLAGS_MAX]; /* the registry's parameters, by flag index */
+    int plain_update;
+    const char *allocate;                     /* uniform, pyramid, adakv */
+    double beta, alpha;
+} cli_policy_opts;
+
+void cli_policy_opts_default(cli_policy_opts *o);
+/* The policy flags as getopt_long entries with codes first_code, first_code
+ * + 1, ... (out has room for 8 + CLI_POLICY_FLAGS_MAX); returns their number. */
+int cli_policy_longopts(struct option *out, int first_code);
+/* The value of the flag with code first_code + index. */
+ap_status cli_policy_flag(cli_policy_opts *o, int index, const char *value, ap_error *err);
+/* The registry's parameter flags: how many, and the name of each (race_bits). */
+int cli_policy_flag_count(void);
+const char *cli_policy_flag_name(int i);
+void cli_policy_usage(FILE *f);
+/* --types (a list, or all) into one parameter set per policy (malloc'ed). */
+ap_status cli_policy_types(const cli_policy_opts *o, const char *types, ap_policy_params **params, int *n,
+                           ap_error *err);
+/* Every policy once per combination of the listed values that shape it. */
+ap_status cli_policy_sweeps(const cli_policy_opts *o, ap_policy_params **params, int *n, ap_error *err);
+/* Each parameter set can make its policy (the error names the values). */
+ap_status cli_policy_probe(const ap_policy_params *p, int n, ap_error *err);
 
 /* Creates dir and its parents, writable (flag names it in errors). */
 ap_status cli_make_dir(const char *flag, const char *dir, ap_error *err);

@@ -30,31 +30,24 @@
     "--types window,h2o,cms,count_sketch --budget 64,128,256 --recent 64 --sink 0 --mode cascade "          \
     "--layers all --heads 0,1,2,3 --align index"
 
-/* A numeric policy option given as a list (a sweep): --budget 16,32,64. */
-enum { SWEEP_MAX = 64 };
-typedef struct {
-    int n, v[SWEEP_MAX];
-} int_list;
-
 typedef struct {
     const char *model, *tokenizer, *input, *layers, *heads, *types, *mode, *device, *precision;
     const char *out, *format, *align, *save, *granularity, *compare_to, *sketch_memory, *seeds;
-    int samples, max_length, warmup, stride, budget, sink, recent, width, depth, race_rows,
-        race_bits, bootstrap, quiet, help, plain_update, threads, batch_size, log_samples;
+    int samples, max_length, warmup, stride, bootstrap, quiet, help, threads, batch_size, log_samples;
     int shard; /* under mpirun: split the samples over the processes (set by job, not a flag) */
     unsigned long seed;
-    int_list budgets, sinks, recents, widths, depths, race_rows_l, race_bits_l; /* sweeps (n = 0: the one value) */
+    cli_policy_opts policy; /* --budget, --width, ...: the registry's flags (policy_flags.c) */
 } run_opts;
 
 enum {
     O_MODEL = 1000, O_TOKENIZER, O_INPUT, O_LAYERS, O_HEADS, O_TYPES, O_MODE, O_DEVICE,
     O_PRECISION, O_OUT, O_FORMAT, O_ALIGN, O_SAVE, O_GRAN, O_SAMPLES, O_MAXLEN, O_WARMUP,
-    O_STRIDE, O_BUDGET, O_SINK, O_RECENT, O_WIDTH, O_DEPTH, O_RROWS, O_RBITS, O_BOOT, O_SEED,
-    O_QUIET, O_HELP, O_PLAIN, O_THREADS, O_BATCH, O_COMPARE, O_LOG_SAMPLES, O_SKETCH_MEMORY, O_SEEDS,
-    O_PRESET
+    O_STRIDE, O_BOOT, O_SEED, O_QUIET, O_HELP, O_THREADS, O_BATCH, O_COMPARE, O_LOG_SAMPLES,
+    O_SKETCH_MEMORY, O_SEEDS, O_PRESET,
+    O_POLICY = 2000 /* the policy flags, cli_policy_longopts */
 };
 
-static const struct option LONGOPTS[] = {
+static const struct option FIXED_OPTS[] = {
     {"model", required_argument, 0, O_MODEL}, {"tokenizer", required_argument, 0, O_TOKENIZER},
     {"input", required_argument, 0, O_INPUT}, {"layers", required_argument, 0, O_LAYERS},
     {"layer", required_argument, 0, O_LAYERS}, {"heads", required_argument, 0, O_HEADS},
@@ -64,17 +57,26 @@ static const struct option LONGOPTS[] = {
     {"align", required_argument, 0, O_ALIGN}, {"save", required_argument, 0, O_SAVE},
     {"granularity", required_argument, 0, O_GRAN}, {"samples", required_argument, 0, O_SAMPLES},
     {"max-length", required_argument, 0, O_MAXLEN}, {"warmup", required_argument, 0, O_WARMUP},
-    {"stride", required_argument, 0, O_STRIDE}, {"budget", required_argument, 0, O_BUDGET},
-    {"sink", required_argument, 0, O_SINK}, {"recent", required_argument, 0, O_RECENT},
-    {"width", required_argument, 0, O_WIDTH}, {"depth", required_argument, 0, O_DEPTH},
-    {"race-rows", required_argument, 0, O_RROWS}, {"race-bits", required_argument, 0, O_RBITS},
+    {"stride", required_argument, 0, O_STRIDE},
     {"bootstrap", required_argument, 0, O_BOOT}, {"seed", required_argument, 0, O_SEED},
-    {"plain-update", no_argument, 0, O_PLAIN}, {"quiet", no_argument, 0, O_QUIET},
+    {"quiet", no_argument, 0, O_QUIET},
     {"threads", required_argument, 0, O_THREADS}, {"batch-size", required_argument, 0, O_BATCH},
     {"compare-to", required_argument, 0, O_COMPARE}, {"log-samples", no_argument, 0, O_LOG_SAMPLES},
     {"sketch-memory", required_argument, 0, O_SKETCH_MEMORY}, {"seeds", required_argument, 0, O_SEEDS},
-    {"preset", required_argument, 0, O_PRESET}, {"help", no_argument, 0, O_HELP}, {0, 0, 0, 0},
+    {"preset", required_argument, 0, O_PRESET}, {"help", no_argument, 0, O_HELP},
 };
+enum { N_FIXED_OPTS = sizeof FIXED_OPTS / sizeof FIXED_OPTS[0] };
+
+/* The fixed options and the policy registry's, ended by zeros. */
+static const struct option *longopts(void)
+{
+    static struct option all[N_FIXED_OPTS + 8 + CLI_POLICY_FLAGS_MAX + 1];
+    if (!all[0].name) {
+        memcpy(all, FIXED_OPTS, sizeof FIXED_OPTS);
+        cli_policy_longopts(all + N_FIXED_OPTS, O_POLICY);
+    }
+    return all;
+}
 
 static const char USAGE[] =
     "usage: attnprobe [run] [options]            trace, replay the policies, report\n"
@@ -86,15 +88,9 @@ static const char USAGE[] =
     "  --samples N (16)  --max-length T (512)  --layers 6|0,6,11|all (middle layer)\n"
     "  --heads all|0,3 (all)\n"
     "replay:\n"
-    "  --types LIST (" DEFAULT_TYPES ")\n"
-    "  --budget B (64)  --sink S (4)  --recent R (16)  --granularity head|layer (head)\n"
-    "  (--budget, --sink, --recent, --width, --depth, --race-rows, --race-bits take lists too,\n"
-    "   16,32,64: every policy runs once per combination of the values that shape it, all\n"
-    "   on one reference trace)\n"
-    "  --width W (512)  --depth D (4)  --plain-update (Count-Min without conservative update)\n"
-    "  --race-rows R (16)  --race-bits B (9)  --seed N (1)\n"
-    "  --seeds 1-5|1,4,9  run each randomised policy (random, cms, count_sketch, race,\n"
-    "                 race_kde) once per seed and report the spread of its means\n"
+    "  --types LIST|all (" DEFAULT_TYPES ")\n"
+    "  --granularity head|layer (head)  --seed N (1)\n"
+    "  --seeds 1-5|1,4,9  run each randomised policy once per seed and report the spread of its means\n"
     "  --sketch-memory match|SIZE  size the sketches' counters (cms, count_sketch: width; race:\n"
     "                 bits, then rows) to h2o's scores at the same budget, or to SIZE bytes a\n"
     "                 layer (4096, 4KiB, 1MiB), split over the heads\n"
@@ -115,34 +111,6 @@ static const char USAGE[] =
     "  --log-samples  also write DIR/samples.jsonl: every sample's mean of every metric\n"
     "presets (flags given beside one override its values):\n"
     "  --preset seed  the seed study's configuration (docs/seed-study.md): " SEED_PRESET "\n";
-
-/* "16,32,64": distinct integers in [lo, hi], at most SWEEP_MAX; *first gets the first. */
-static ap_status parse_int_list(const char *flag, const char *text, int lo, int hi, int_list *list, int *first,
-                                ap_error *err)
-{
-    list->n = 0;
-    for (const char *t = text;;) {
-        const size_t w = strcspn(t, ",");
-        char item[32];
-        if (w == 0 || w >= sizeof item)
-            return ap_error_set(err, AP_ERR_USAGE, "%s %s: accepted: integers %d..%d separated by commas", flag,
-                                text, lo, hi);
-        memcpy(item, t, w);
-        item[w] = '\0';
-        int v;
-        ap_status st = cli_parse_int(flag, item, lo, hi, &v, err);
-        if (st) return st;
-        for (int i = 0; i < list->n; i++)
-            if (list->v[i] == v) return ap_error_set(err, AP_ERR_USAGE, "%s %s: %d is listed twice", flag, text, v);
-        if (list->n == SWEEP_MAX)
-            return ap_error_set(err, AP_ERR_USAGE, "%s %s: at most %d values", flag, text, SWEEP_MAX);
-        list->v[list->n++] = v;
-        if (!t[w]) break;
-        t += w + 1;
-    }
-    *first = list->v[0];
-    return AP_OK;
-}
 
 static ap_status parse_flags(int argc, char **argv, run_opts *o, ap_error *err);
 
@@ -175,8 +143,8 @@ static ap_status parse_run_opts(int argc, char **argv, run_opts *o, ap_error *er
     *o = (run_opts){.types = DEFAULT_TYPES, .mode = "isolated", .device = "cpu",
                     .precision = "fp32", .out = "attnprobe-out", .format = "text,json",
                     .align = "position", .granularity = "head", .samples = 16, .max_length = 512,
-                    .warmup = 64, .stride = 16, .budget = 64, .sink = 4, .recent = 16, .width = 512,
-                    .depth = 4, .race_rows = 16, .race_bits = 9, .bootstrap = 1000, .seed = 1};
+                    .warmup = 64, .stride = 16, .bootstrap = 1000, .seed = 1};
+    cli_policy_opts_default(&o->policy);
     ap_status st = apply_preset(argc, argv, o, err);
     const char *preset_heads = o->heads;
     if (!st) st = parse_flags(argc, argv, o, err);
@@ -191,7 +159,11 @@ static ap_status parse_flags(int argc, char **argv, run_opts *o, ap_error *err)
     opterr = 0;
     int c;
     ap_status st = AP_OK;
-    while ((c = getopt_long(argc, argv, "", LONGOPTS, NULL)) != -1 && !st) {
+    while ((c = getopt_long(argc, argv, "", longopts(), NULL)) != -1 && !st) {
+        if (c >= O_POLICY) {
+            st = cli_policy_flag(&o->policy, c - O_POLICY, optarg, err);
+            continue;
+        }
         switch (c) {
         case O_MODEL: o->model = optarg; break;
         case O_TOKENIZER: o->tokenizer = optarg; break;
@@ -211,13 +183,6 @@ static ap_status parse_flags(int argc, char **argv, run_opts *o, ap_error *err)
         case O_MAXLEN: st = cli_parse_int("--max-length", optarg, 2, 1 << 20, &o->max_length, err); break;
         case O_WARMUP: st = cli_parse_int("--warmup", optarg, 0, 1 << 20, &o->warmup, err); break;
         case O_STRIDE: st = cli_parse_int("--stride", optarg, 1, 1 << 20, &o->stride, err); break;
-        case O_BUDGET: st = parse_int_list("--budget", optarg, 1, 1 << 20, &o->budgets, &o->budget, err); break;
-        case O_SINK: st = parse_int_list("--sink", optarg, 0, 1 << 20, &o->sinks, &o->sink, err); break;
-        case O_RECENT: st = parse_int_list("--recent", optarg, 0, 1 << 20, &o->recents, &o->recent, err); break;
-        case O_WIDTH: st = parse_int_list("--width", optarg, 1, 1 << 26, &o->widths, &o->width, err); break;
-        case O_DEPTH: st = parse_int_list("--depth", optarg, 1, 64, &o->depths, &o->depth, err); break;
-        case O_RROWS: st = parse_int_list("--race-rows", optarg, 1, 4096, &o->race_rows_l, &o->race_rows, err); break;
-        case O_RBITS: st = parse_int_list("--race-bits", optarg, 1, 20, &o->race_bits_l, &o->race_bits, err); break;
         case O_BOOT: st = cli_parse_int("--bootstrap", optarg, 0, 1000000, &o->bootstrap, err); break;
         case O_SEED: {
             int seed;
@@ -225,7 +190,6 @@ static ap_status parse_flags(int argc, char **argv, run_opts *o, ap_error *err)
             o->seed = (unsigned long)seed;
             break;
         }
-        case O_PLAIN: o->plain_update = 1; break;
         case O_THREADS: st = cli_parse_int("--threads", optarg, 0, 4096, &o->threads, err); break;
         case O_BATCH: st = cli_parse_int("--batch-size", optarg, 0, 1000000, &o->batch_size, err); break;
         case O_COMPARE: o->compare_to = optarg; break;
@@ -331,129 +295,31 @@ static void catch_signals(void)
 
 /* ---- the study's config ------------------------------------------------------- */
 
-/* --types: known, distinct policies (malloc'ed names into params). */
+/* --types with the policy flags; eval adds full, its every stream's reference. */
 static ap_status parse_types(const run_opts *o, ap_policy_params **params, int *n, ap_error *err)
 {
-    *params = NULL;
-    *n = 0;
-    const size_t len = strlen(o->types);
-    ap_policy_params *p = calloc(len / 2 + 2, sizeof *p); /* at most one name per 2 bytes, and full */
-    if (!p) return ap_error_set(err, AP_ERR_RUNTIME, "out of memory");
-    for (const char *t = o->types; *t;) {
-        const size_t w = strcspn(t, ",");
-        char name[32];
-        snprintf(name, sizeof name, "%.*s", (int)(w < 31 ? w : 31), t);
-        if (w >= 32 || !ap_policy_known(name)) {
-            free(p);
-            return ap_error_set(err, AP_ERR_USAGE, "--types: unknown policy '%.*s' (accepted: %s)",
-                                (int)(w < 64 ? w : 64), t, ap_policy_names());
-        }
-        for (int i = 0; i < *n; i++)
-            if (!strcmp(p[i].name, name)) {
-                free(p);
-                return ap_error_set(err, AP_ERR_USAGE, "--types: %s is listed twice", name);
-            }
-        ap_policy_params *q = &p[(*n)++];
-        ap_policy_params_default(q, name);
-        q->budget = o->budget;
-        q->sink = o->sink;
-        q->recent = o->recent;
-        q->width = o->width;
-        q->depth = o->depth;
-        q->conservative = !o->plain_update;
-        q->race_rows = o->race_rows;
-        q->race_bits = o->race_bits;
-        q->granularity = strcmp(o->granularity, "layer") == 0 ? AP_GRAN_LAYER : AP_GRAN_HEAD;
-        q->seed = o->seed;
-        t += w + (t[w] == ',');
-    }
-    if (*n == 0) {
-        free(p);
-        return ap_error_set(err, AP_ERR_USAGE, "--types: empty list (accepted: %s)", ap_policy_names());
+    ap_status st = cli_policy_types(&o->policy, o->types, params, n, err);
+    if (st) return st;
+    ap_policy_params *p = *params;
+    for (int i = 0; i < *n; i++) {
+        p[i].granularity = strcmp(o->granularity, "layer") == 0 ? AP_GRAN_LAYER : AP_GRAN_HEAD;
+        p[i].seed = o->seed;
     }
     int has_full = 0;
     for (int i = 0; i < *n; i++) has_full |= !strcmp(p[i].name, "full");
-    if (!strcmp(o->mode, "eval") && !has_full) { /* eval scores every policy against the full cache */
+    if (!strcmp(o->mode, "eval") && !has_full) {
+        ap_policy_params *grown = realloc(p, ((size_t)*n + 1) * sizeof *p);
+        if (!grown) {
+            free(p);
+            *params = NULL;
+            return ap_error_set(err, AP_ERR_RUNTIME, "out of memory");
+        }
+        p = *params = grown;
         memmove(&p[1], &p[0], (size_t)*n * sizeof *p);
         ap_policy_params_default(&p[0], "full");
         p[0].granularity = p[1].granularity;
         (*n)++;
     }
-    *params = p;
-    return AP_OK;
-}
-
-/* Every parameter set can make its policy: checked before any work. */
-static ap_status probe_params(const ap_policy_params *p, int n, ap_error *err)
-{
-    for (int i = 0; i < n; i++) {
-        ap_policy *probe;
-        ap_status st = ap_policy_create(&p[i], 1, 1, &probe, err);
-        if (st)
-            return ap_error_wrap(err, st, "--budget %d --sink %d --recent %d --width %d --depth %d --race-rows %d "
-                                 "--race-bits %d", p[i].budget, p[i].sink, p[i].recent, p[i].width, p[i].depth,
-                                 p[i].race_rows, p[i].race_bits);
-        ap_policy_free(probe);
-    }
-    return AP_OK;
-}
-
-/* Sweeps: each policy once per combination of the listed values of the
- * options that shape it (the budget for all but full; sink and recent for
- * the policies that protect positions; width and depth for the sketches;
- * rows and bits for RACE). */
-enum { SWEEP_RUNS_MAX = 4096 };
-static ap_status expand_sweeps(const run_opts *o, ap_policy_params **params, int *n, ap_error *err)
-{
-    const int_list one = {0, {0}};
-    const int_list *lists[7] = {&o->budgets, &o->sinks, &o->recents, &o->widths, &o->depths, &o->race_rows_l,
-                                &o->race_bits_l};
-    int swept = 0;
-    for (int k = 0; k < 7; k++) swept |= lists[k]->n > 1;
-    if (!swept) return AP_OK;
-    ap_policy_params *out = NULL;
-    int m = 0, cap = 0;
-    for (int i = 0; i < *n; i++) {
-        const ap_policy_params *b = &(*params)[i];
-        const char *name = b->name;
-        const int full = !strcmp(name, "full"), window = !strcmp(name, "window");
-        const int sketch = !strcmp(name, "cms") || !strcmp(name, "count_sketch");
-        const int race = !strcmp(name, "race") || !strcmp(name, "race_kde");
-        const int matters[7] = {!full, !full && !window, !full && !window, sketch, sketch, race, race};
-        int count[7], total = 1;
-        for (int k = 0; k < 7; k++) {
-            count[k] = matters[k] && lists[k]->n > 1 ? lists[k]->n : 1;
-            total *= count[k];
-        }
-        if (m + total > SWEEP_RUNS_MAX) {
-            free(out);
-            return ap_error_set(err, AP_ERR_USAGE, "the sweep makes more than %d policy runs a layer; list fewer "
-                                "values", SWEEP_RUNS_MAX);
-        }
-        if (m + total > cap) {
-            cap = (m + total) * 2;
-            ap_policy_params *grown = realloc(out, (size_t)cap * sizeof *out);
-            if (!grown) {
-                free(out);
-                return ap_error_set(err, AP_ERR_RUNTIME, "out of memory");
-            }
-            out = grown;
-        }
-        for (int c = 0; c < total; c++) {
-            ap_policy_params q = *b;
-            int rest = c;
-            int *field[7] = {&q.budget, &q.sink, &q.recent, &q.width, &q.depth, &q.race_rows, &q.race_bits};
-            for (int k = 6; k >= 0; k--) { /* the last option varies fastest */
-                const int_list *l = count[k] > 1 ? lists[k] : &one;
-                if (count[k] > 1) *field[k] = l->v[rest % count[k]];
-                rest /= count[k];
-            }
-            out[m++] = q;
-        }
-    }
-    free(*params);
-    *params = out;
-    *n = m;
     return AP_OK;
 }
 
@@ -499,9 +365,7 @@ static ap_status expand_seeds(const run_opts *o, ap_policy_params **params, int 
     if (!out) return ap_error_set(err, AP_ERR_RUNTIME, "out of memory");
     int m = 0;
     for (int i = 0; i < *n; i++) {
-        const char *name = (*params)[i].name;
-        const int randomised = !strcmp(name, "random") || !strcmp(name, "cms") || !strcmp(name, "count_sketch") ||
-                               !strcmp(name, "race") || !strcmp(name, "race_kde");
+        const int randomised = ap_policy_find((*params)[i].name)->randomised;
         for (int k = 0; k < (randomised ? n_seeds : 1); k++) {
             out[m] = (*params)[i];
             if (randomised) out[m].seed = seeds[k];
@@ -526,7 +390,7 @@ static ap_status pick_compare(const run_opts *o, const ap_policy_params *p, int 
     }
     for (int i = 0; i < n; i++) {
         const char *name = p[i].name;
-        const int scored = strcmp(name, "full") && strcmp(name, "window") && strcmp(name, "sink") && strcmp(name, "random");
+        const int scored = ap_policy_find(name)->scored;
         if (o->compare_to ? !strcmp(name, o->compare_to) : scored) {
             *out = name;
             return AP_OK;
@@ -745,8 +609,8 @@ static ap_status policies_of(const run_opts *o, ap_policy_params **params, int *
                              ap_error *err)
 {
     ap_status st;
-    if ((st = parse_types(o, params, n, err)) || (st = expand_sweeps(o, params, n, err)) ||
-        (st = expand_seeds(o, params, n, err)) || (st = probe_params(*params, *n, err)) ||
+    if ((st = parse_types(o, params, n, err)) || (st = cli_policy_sweeps(&o->policy, params, n, err)) ||
+        (st = expand_seeds(o, params, n, err)) || (st = cli_policy_probe(*params, *n, err)) ||
         (st = pick_compare(o, *params, *n, compare_to, err))) {
         free(*params);
         *params = NULL;
@@ -896,7 +760,10 @@ static int job(job_kind kind, int argc, char **argv)
     ap_status st = check_job(kind, argc, argv, &o, &err);
     if (st) return cli_fail(st, &err);
     if (o.help) {
-        if (ap_mpi_rank() == 0) fputs(USAGE, stdout);
+        if (ap_mpi_rank() == 0) {
+            fputs(USAGE, stdout);
+            cli_policy_usage(stdout);
+        }
         return 0;
     }
     const char *trace_file = kind == JOB_REPLAY && optind < argc ? argv[optind] : NULL;

@@ -113,8 +113,24 @@ ap_status ap_batch_write_json(const ap_grid *g, const char *cells_dir, const cha
 
 /* ---- results.csv ------------------------------------------------------------ */
 
-static const char *const CSV_PARAMS[] = {"budget", "sink", "recent", "width", "depth", "race_rows", "race_bits", "seed"};
-enum { N_CSV_PARAMS = sizeof CSV_PARAMS / sizeof CSV_PARAMS[0] };
+/* The parameter columns: budget, sink, recent, every parameter of the
+ * policy registry (in its order, each once), the allocation's, the seed. */
+enum { CSV_PARAMS_MAX = 64 };
+static int csv_params(const char **names)
+{
+    int n = 0;
+    names[n++] = "budget", names[n++] = "sink", names[n++] = "recent";
+    for (int i = 0; i < ap_policy_count(); i++) {
+        const ap_policy_info *info = ap_policy_info_at(i);
+        for (int k = 0; k < ap_policy_n_params(info) && n < CSV_PARAMS_MAX - 3; k++) {
+            int seen = 0;
+            for (int j = 0; j < n; j++) seen |= !strcmp(names[j], info->params[k].name);
+            if (!seen) names[n++] = info->params[k].name;
+        }
+    }
+    names[n++] = "pyramid_beta", names[n++] = "adakv_alpha", names[n++] = "seed";
+    return n;
+}
 
 /* A CSV field: quoted when it holds a comma, a quote or a line break. */
 static void csv_text(FILE *f, const char *s)
@@ -141,7 +157,9 @@ static void csv_num(FILE *f, double v)
 static void csv_header(FILE *f)
 {
     fputs("cell,study,model,input,mode,samples,tokens,policy", f);
-    for (int p = 0; p < N_CSV_PARAMS; p++) fprintf(f, ",%s", CSV_PARAMS[p]);
+    const char *params[CSV_PARAMS_MAX];
+    const int n_params = csv_params(params);
+    for (int p = 0; p < n_params; p++) fprintf(f, ",%s", params[p]);
     fputs(",granularity,layer,metric,n,mean,sd,ci_low,ci_high,median,p05,p95,min,max,kv_bytes_model_fp16,"
           "state_bytes\n", f);
 }
@@ -164,7 +182,9 @@ static void csv_cell(FILE *f, const ap_grid_cell *c, const ap_summary *s)
             fputc(',', f);
             csv_text(f, s->input_source);
             fprintf(f, ",%s,%d,%d,%s", mode, s->samples, s->tokens, run->policy);
-            for (int p = 0; p < N_CSV_PARAMS; p++) csv_num(f, ap_report_run_param(run, CSV_PARAMS[p]));
+            const char *params[CSV_PARAMS_MAX];
+            const int n_params = csv_params(params);
+            for (int p = 0; p < n_params; p++) csv_num(f, ap_report_run_param(run, params[p]));
             fprintf(f, ",%s,%d,%s,%zu", run->granularity, run->layer, ap_metric_name(m), st->n);
             const double v[9] = {st->mean, st->sd, st->ci_lo, st->ci_hi, st->median, st->p05, st->p95, st->min, st->max};
             for (int k = 0; k < 9; k++) csv_num(f, st->n ? v[k] : NAN);

@@ -13,13 +13,25 @@
 #include "study.h"
 
 /* The grid's keys: the run's flags that a batch lets a study set (not its
- * outputs: the batch owns --out and --format). */
+ * outputs: the batch owns --out and --format), and every parameter of the
+ * policy registry (sketch/policy.h). */
 static const char *const KEYS[] = {
     "model", "tokenizer", "input", "samples", "max_length", "warmup", "stride", "layers", "heads",
-    "types", "budget", "sink", "recent", "width", "depth", "race_rows", "race_bits", "plain_update",
+    "types", "budget", "sink", "recent", "plain_update", "allocate", "beta", "alpha_safeguard",
     "granularity", "mode", "device", "precision", "seed", "seeds", "bootstrap", "compare_to",
     "sketch_memory", "align", "threads", "batch_size", "preset",
 };
+
+/* A policy's own parameter (width, race_bits, window, ...). */
+static int policy_param(const char *key)
+{
+    for (int i = 0; i < ap_policy_count(); i++) {
+        const ap_policy_info *info = ap_policy_info_at(i);
+        for (int k = 0; k < ap_policy_n_params(info); k++)
+            if (!strcmp(info->params[k].name, key)) return 1;
+    }
+    return 0;
+}
 /* Keys whose list makes one cell per value: each value needs its own trace. */
 static const char *const AXES[] = {"model", "tokenizer", "input", "samples", "max_length", "mode",
                                    "device", "precision", "warmup", "stride"};
@@ -34,9 +46,21 @@ static int in_list(const char *key, const char *const *list, size_t n)
 
 static ap_status keys_error(const char *where, const char *key, ap_error *err)
 {
-    char accepted[600] = "";
+    char accepted[1200] = "";
     for (size_t i = 0; i < sizeof KEYS / sizeof KEYS[0]; i++)
         snprintf(accepted + strlen(accepted), sizeof accepted - strlen(accepted), "%s%s", i ? ", " : "", KEYS[i]);
+    const char *seen[64];
+    int n_seen = 0;
+    for (int i = 0; i < ap_policy_count(); i++) {
+        const ap_policy_info *info = ap_policy_info_at(i);
+        for (int k = 0; k < ap_policy_n_params(info) && n_seen < 64; k++) {
+            int dup = 0;
+            for (int j = 0; j < n_seen; j++) dup |= !strcmp(seen[j], info->params[k].name);
+            if (dup) continue;
+            seen[n_seen++] = info->params[k].name;
+            snprintf(accepted + strlen(accepted), sizeof accepted - strlen(accepted), ", %s", info->params[k].name);
+        }
+    }
     return ap_error_set(err, AP_ERR_INPUT, "%s: unknown key \"%s\" (accepted: name, %s)", where, key, accepted);
 }
 
@@ -119,7 +143,7 @@ static ap_status check_study(const cJSON *study, const char *where, ap_error *er
             if (!strcmp(e->string, k->string))
                 return ap_error_set(err, AP_ERR_INPUT, "%s: the key \"%s\" is given twice", where, k->string);
         if (!strcmp(k->string, "name")) continue;
-        if (!IN(k->string, KEYS)) return keys_error(where, k->string, err);
+        if (!IN(k->string, KEYS) && !policy_param(k->string)) return keys_error(where, k->string, err);
         if (!strcmp(k->string, "plain_update")) {
             if (!cJSON_IsBool(k)) return ap_error_set(err, AP_ERR_INPUT, "%s.plain_update: accepted: true or false", where);
         } else if (cJSON_IsArray(k)) {

@@ -413,8 +413,10 @@ static ap_status study_model(const ap_study_config *cfg, const ap_model *model, 
     if (!st) st = ap_engine_create(model, cfg->backend, cfg->precision, &src.engine, err);
 #ifdef AP_HAVE_CUDA
     /* an isolated replay on a CUDA engine runs where the trace is */
+    int device_policies = 1; /* a policy the CUDA policies lack (docs/policies.md) replays on the host */
+    for (int p = 0; p < cfg->n_policies; p++) device_policies &= ap_policy_params_on_device(&cfg->policies[p]);
     src.on_device = !st && replay && cfg->mode == AP_STUDY_ISOLATED && !cfg->host_replay && !cfg->save_trace &&
-                    ap_engine_backend(src.engine) == AP_BACKEND_CUDA; /* a file is written from host memory */
+                    device_policies && ap_engine_backend(src.engine) == AP_BACKEND_CUDA; /* a file is written from host memory */
 #endif
     if (!st && cfg->save_trace) {
         if (!(info.config_json = study_config_json(cfg, samples->n)))

@@ -10,53 +10,52 @@
 #include "../common/pool.h"
 #include "study_internal.h"
 
-/* The parameters that shape a policy's numbers, for the summary. */
+/* The parameters that shape a policy's numbers, for the summary: the
+ * budget, protection, the registry's parameters, the allocation, the seed. */
 static void run_params(const ap_policy_params *p, ap_report_run *r)
 {
-    const char *name = p->name;
-    const int sketch = !strcmp(name, "cms") || !strcmp(name, "count_sketch");
-    const int race = !strcmp(name, "race") || !strcmp(name, "race_kde");
+    const ap_policy_info *info = ap_policy_find(p->name);
     int n = 0;
 #define PARAM(key, value) (snprintf(r->param_name[n], sizeof r->param_name[n], "%s", key), r->param_value[n++] = (value))
-    if (strcmp(name, "full") != 0) PARAM("budget", p->budget);
-    if (strcmp(name, "full") != 0 && strcmp(name, "window") != 0) {
+    if (!info->never_evicts) PARAM("budget", p->budget);
+    if (info->protects) {
         PARAM("sink", p->sink);
         PARAM("recent", p->recent);
     }
-    if (sketch) {
-        PARAM("width", p->width);
-        PARAM("depth", p->depth);
-    }
-    if (!strcmp(name, "cms")) PARAM("conservative", p->conservative);
-    if (race) {
-        PARAM("race_rows", p->race_rows);
-        PARAM("race_bits", p->race_bits);
-    }
-    if (sketch || race || !strcmp(name, "random")) PARAM("seed", (double)p->seed);
+    for (int k = 0; k < ap_policy_n_params(info) && n < AP_MAX_PARAMS - 3; k++) PARAM(info->params[k].name, p->value[k]);
+    if (p->allocate == AP_ALLOC_PYRAMID) PARAM("pyramid_beta", p->beta);
+    if (p->allocate == AP_ALLOC_ADAKV) PARAM("adakv_alpha", p->alpha);
+    if (info->randomised) PARAM("seed", (double)p->seed);
 #undef PARAM
     r->n_params = n;
     snprintf(r->granularity, sizeof r->granularity, "%s", p->granularity == AP_GRAN_LAYER ? "layer" : "head");
 }
 
-/* An int option of the policies: its value, or the distinct values of a sweep (in order). */
-static void add_param(cJSON *c, const char *key, const ap_study_config *cfg, size_t offset)
+/* An int option of the policies that have it: its value, or the distinct
+ * values of a sweep (in order); left out when no policy has it. */
+static void add_param(cJSON *c, const char *key, const ap_study_config *cfg)
 {
     cJSON *values = cJSON_CreateArray();
-    int n = 0, first = 0;
+    int n = 0, first = 0, any = 0;
     for (int p = 0; p < cfg->n_policies; p++) {
-        const int v = *(const int *)((const char *)&cfg->policies[p] + offset);
+        const ap_policy_params *q = &cfg->policies[p];
+        int v;
+        if (!strcmp(key, "budget")) v = q->budget;
+        else if (!strcmp(key, "sink")) v = q->sink;
+        else if (!strcmp(key, "recent")) v = q->recent;
+        else if (!ap_policy_param_get(q, key, &v)) continue;
         int seen = 0;
         const cJSON *e;
         cJSON_ArrayForEach(e, values) seen |= (int)e->valuedouble == v;
         if (!seen) cJSON_AddItemToArray(values, cJSON_CreateNumber(v)), n++;
-        if (p == 0) first = v;
+        if (!any) first = v, any = 1;
     }
     if (n > 1) {
         cJSON_AddItemToObject(c, key, values);
-    } else {
-        cJSON_Delete(values);
-        cJSON_AddNumberToObject(c, key, first);
+        return;
     }
+    cJSON_Delete(values);
+    if (any) cJSON_AddNumberToObject(c, key, first);
 }
 
 /* Every option that shaped the numbers, as a JSON object. */
@@ -80,14 +79,21 @@ char *study_config_json(const ap_study_config *cfg, int n_samples)
     }
     cJSON *types = cJSON_AddArrayToObject(c, "types");
     for (int i = 0; i < cfg->n_policies; i++) cJSON_AddItemToArray(types, cJSON_CreateString(cfg->policies[i].name));
-    add_param(c, "budget", cfg, offsetof(ap_policy_params, budget));
-    add_param(c, "sink", cfg, offsetof(ap_policy_params, sink));
-    add_param(c, "recent", cfg, offsetof(ap_policy_params, recent));
-    add_param(c, "width", cfg, offsetof(ap_policy_params, width));
-    add_param(c, "depth", cfg, offsetof(ap_policy_params, depth));
-    cJSON_AddBoolToObject(c, "conservative_update", p0->conservative);
-    add_param(c, "race_rows", cfg, offsetof(ap_policy_params, race_rows));
-    add_param(c, "race_bits", cfg, offsetof(ap_policy_params, race_bits));
+    add_param(c, "budget", cfg);
+    add_param(c, "sink", cfg);
+    add_param(c, "recent", cfg);
+    /* every registered parameter some policy of the study has */
+    for (int i = 0; i < ap_policy_count(); i++) {
+        const ap_policy_info *info = ap_policy_info_at(i);
+        for (int k = 0; k < ap_policy_n_params(info); k++) {
+            const char *key = info->params[k].name;
+            if (!cJSON_GetObjectItemCaseSensitive(c, key)) add_param(c, key, cfg);
+        }
+    }
+    cJSON_AddStringToObject(c, "allocate", p0->allocate == AP_ALLOC_PYRAMID ? "pyramid"
+                                           : p0->allocate == AP_ALLOC_ADAKV ? "adakv" : "uniform");
+    if (p0->allocate == AP_ALLOC_PYRAMID) cJSON_AddNumberToObject(c, "beta", p0->beta);
+    if (p0->allocate == AP_ALLOC_ADAKV) cJSON_AddNumberToObject(c, "alpha_safeguard", p0->alpha);
     cJSON_AddStringToObject(c, "granularity", p0->granularity == AP_GRAN_LAYER ? "layer" : "head");
     cJSON_AddStringToObject(c, "align", cfg->align_index ? "index" : "position");
     cJSON_AddNumberToObject(c, "seed", (double)cfg->seed);

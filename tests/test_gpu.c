@@ -359,13 +359,14 @@ static void test_cascade_params(void **state)
     if (ap_trace_run(gpu, m, &samples, layers, 2, &tr, NULL, NULL, &err)) fail_msg("%s", err.msg);
     ap_policy_params p[5];
     ap_policy_params_default(&p[0], "cms");
-    p[0].depth = 40, p[0].width = 64, p[0].conservative = 0;
+    ap_policy_param_set(&p[0], "depth", 40), ap_policy_param_set(&p[0], "width", 64);
+    ap_policy_param_set(&p[0], "conservative", 0);
     ap_policy_params_default(&p[1], "cms");
-    p[1].depth = 40, p[1].width = 64;
+    ap_policy_param_set(&p[1], "depth", 40), ap_policy_param_set(&p[1], "width", 64);
     ap_policy_params_default(&p[2], "count_sketch");
-    p[2].depth = 5, p[2].width = 32;
+    ap_policy_param_set(&p[2], "depth", 5), ap_policy_param_set(&p[2], "width", 32);
     ap_policy_params_default(&p[3], "race");
-    p[3].race_rows = 32, p[3].race_bits = 10;
+    ap_policy_param_set(&p[3], "race_rows", 32), ap_policy_param_set(&p[3], "race_bits", 10);
     ap_policy_params_default(&p[4], "race_kde");
     p[4].granularity = AP_GRAN_LAYER;
     for (int i = 0; i < 5; i++) {
@@ -375,10 +376,8 @@ static void test_cascade_params(void **state)
         cascade_params(gpu, &tr, &p[i], 0, &b);
         assert_int_equal(a.used, b.used);
         assert_memory_equal(a.masks, b.masks, a.used);
-        print_message("%s depth %d width %d conservative %d rows %d bits %d granularity %d: retained sets "
-                      "identical on cpu and cuda\n",
-                      p[i].name, p[i].depth, p[i].width, p[i].conservative, p[i].race_rows, p[i].race_bits,
-                      (int)p[i].granularity);
+        print_message("%s parameters %d %d %d granularity %d: retained sets identical on cpu and cuda\n",
+                      p[i].name, p[i].value[0], p[i].value[1], p[i].value[2], (int)p[i].granularity);
         free(a.masks), free(b.masks), free(a.rows), free(b.rows);
     }
     ap_trace_free(&tr);

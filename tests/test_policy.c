@@ -219,9 +219,13 @@ static void test_sketches_without_collisions_equal_h2o(void **state)
     run_policy(&params, ev_h2o, NULL);
     const char *names[] = {"cms", "count_sketch"};
     for (int which = 0; which < 2; which++) {
-        snprintf(params.name, sizeof params.name, "%s", names[which]);
-        params.width = 1 << 20;
-        params.depth = 2;
+        ap_policy_params_default(&params, names[which]);
+        params.budget = 24;
+        params.recent = 6;
+        params.seed = 5;
+        ap_policy_param_set(&params, "width", 1 << 20);
+        ap_policy_param_set(&params, "depth", 2);
+        const int width = 1 << 20, depth = 2;
         /* Rebuild each head's sketch hashes as the policy does (seeds drawn in
          * head order from params.seed) and assert no two positions collide. */
         uint64_t seeds = params.seed;
@@ -231,8 +235,8 @@ static void test_sketches_without_collisions_equal_h2o(void **state)
             static char used[1 << 20];
             if (which == 0) {
                 ap_cms s;
-                ap_cms_init(&s, params.depth, params.width, 1, seed, &err);
-                for (int r = 0; r < params.depth; r++) {
+                ap_cms_init(&s, depth, width, 1, seed, &err);
+                for (int r = 0; r < depth; r++) {
                     memset(used, 0, sizeof used);
                     for (int j = 0; j < T; j++) {
                         int b = ap_cms_bucket(&s, r, (uint64_t)j);
@@ -243,8 +247,8 @@ static void test_sketches_without_collisions_equal_h2o(void **state)
                 ap_cms_free(&s);
             } else {
                 ap_count_sketch s;
-                ap_cs_init(&s, params.depth, params.width, seed, &err);
-                for (int r = 0; r < params.depth; r++) {
+                ap_cs_init(&s, depth, width, seed, &err);
+                for (int r = 0; r < depth; r++) {
                     memset(used, 0, sizeof used);
                     for (int j = 0; j < T; j++) {
                         int b = ap_cs_bucket(&s, r, (uint64_t)j);

@@ -66,9 +66,16 @@ ap_status ap_replay_cascade(ap_engine *engine, const ap_trace *tr, const ap_poli
         return ap_error_set(err, AP_ERR_INPUT, "the trace has %d heads of %d, the model %d of %d",
                             H, D, c->n_head, c->n_embd / c->n_head);
 #ifdef AP_HAVE_CUDA
-    if (ap_engine_backend(engine) == AP_BACKEND_CUDA && !opts->host_policies && !opts->logits_sink)
+    int on_device = 1;
+    for (int p = 0; p < n_policies; p++) on_device &= ap_policy_params_on_device(&params[p]);
+    if (ap_engine_backend(engine) == AP_BACKEND_CUDA && !opts->host_policies && !opts->logits_sink && on_device)
         return ap_replay_cascade_gpu(engine, tr, params, n_policies, opts, cost, err);
 #endif
+    for (int p = 0; p < n_policies; p++)
+        if (ap_policy_find(params[p].name) && ap_policy_find(params[p].name)->selects)
+            return ap_error_set(err, AP_ERR_USAGE, "policy %s chooses its set from each query, which the cascade's "
+                                "decode step computes after the sets are given (accepted: --mode isolated)",
+                                params[p].name);
     const int n_streams = tr->n_samples * n_policies;
     int max_T = 0;
     for (int s = 0; s < tr->n_samples; s++) max_T = tr->len[s] > max_T ? tr->len[s] : max_T;
@@ -115,8 +122,11 @@ ap_status ap_replay_cascade(ap_engine *engine, const ap_trace *tr, const ap_poli
                 st = ap_error_set(err, AP_ERR_RUNTIME, "out of memory");
                 goto done;
             }
-            for (int l = 0; l < L; l++)
-                if ((st = ap_policy_create(&params[p], H, D, &str->layer_policy[l], err))) goto done;
+            for (int l = 0; l < L; l++) {
+                ap_policy_params at_layer; /* the layer's budget (docs/policies.md, "Budget allocation") */
+                ap_policy_params_at_layer(&params[p], l, L, &at_layer);
+                if ((st = ap_policy_create(&at_layer, H, D, &str->layer_policy[l], err))) goto done;
+            }
         }
     ap_pool *pool = NULL;
     if ((st = ap_pool_create(0, &pool, err))) goto done;

@@ -24,9 +24,7 @@ static inline double replay_kv_bytes(const ap_policy *pol, int n_head, int head_
 {
     double positions = 0;
     for (int h = 0; h < n_head; h++) {
-        int n;
-        ap_policy_kept(pol, ap_policy_set_of(pol, h), &n);
-        positions += n;
+        positions += ap_policy_resident(pol, ap_policy_set_of(pol, h));
     }
     return positions * 2.0 * head_dim * sizeof(float);
 }

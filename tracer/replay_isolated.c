@@ -32,8 +32,15 @@ ap_status ap_replay_isolated(const ap_trace *tr, int s, int li, const ap_policy_
         const size_t i = (size_t)s * tr->n_layers + li;
         const float *attn = tr->attn[i], *q = tr->q[i], *k = tr->k[i], *v = tr->v[i], *o = tr->o[i];
         ap_policy *pol;
-        if ((st = ap_policy_create(params, H, D, &pol, err))) goto done;
+        ap_policy_params at_layer; /* the layer's budget (docs/policies.md, "Budget allocation") */
+        ap_policy_params_at_layer(params, tr->layers[li], tr->model_n_layer, &at_layer);
+        if ((st = ap_policy_create(&at_layer, H, D, &pol, err))) goto done;
         for (int t = 0; t < T && !st; t++) {
+            for (int h = 0; h < H; h++) {
+                memcpy(qt + (size_t)h * D, q + ((size_t)h * T + t) * D, (size_t)D * sizeof *qt);
+                memcpy(kt + (size_t)h * D, k + ((size_t)h * T + t) * D, (size_t)D * sizeof *kt);
+            }
+            if ((st = ap_policy_select(pol, t, qt, err))) break; /* quest: the set query t attends to */
             /* The policy reads only the retained positions and t, so it is
              * given the reference rows in place, each scaled by 1 / the mass
              * it retains. Dense policy rows are built only for the steps whose
@@ -47,8 +54,6 @@ ap_status ap_replay_isolated(const ap_trace *tr, int s, int li, const ap_policy_
                 if (n < t)
                     for (int x = 0; x < n; x++) mass += p[kept[x]];
                 scale[h] = n == t || !(mass > 0) ? 1.0f : (float)(1.0 / mass);
-                memcpy(qt + (size_t)h * D, q + ((size_t)h * T + t) * D, (size_t)D * sizeof *qt);
-                memcpy(kt + (size_t)h * D, k + ((size_t)h * T + t) * D, (size_t)D * sizeof *kt);
                 if (!emit) continue;
                 /* reference row p; policy row = p on kept ∪ {t}, renormalised */
                 float *row = rows + (size_t)h * max_T;

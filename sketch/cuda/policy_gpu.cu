@@ -158,19 +158,21 @@ static ap_status make_policy(const ap_policy_params *p, int n_head, int head_dim
     const ap_policy_method *m = ap_policy_method_of(host);
     memset(P, 0, sizeof *P);
     P->kind = kind_of(p->name);
-    if (P->kind < 0) {
+    if (P->kind < 0 || !ap_policy_params_on_device(p)) {
         ap_policy_free(host);
         return ap_error_set(err, AP_ERR_USAGE, "policy %s has no device implementation", p->name);
     }
-    P->never_evicts = m->never_evicts;
-    P->protects = m->protects;
+    P->never_evicts = m->info.never_evicts;
+    P->protects = m->info.protects;
     P->layer_sets = p->granularity == AP_GRAN_LAYER;
-    P->words = m->slot_words(p);
+    P->words = m->slot_words ? m->slot_words(p) : 0;
     P->budget = p->budget, P->sink = p->sink, P->recent = p->recent;
-    P->depth = p->depth, P->width = p->width, P->conservative = p->conservative;
-    P->rows = p->race_rows, P->bits = p->race_bits;
-    if (P->kind == K_CMS || P->kind == K_CS) P->state_words = (long long)p->depth * p->width;
-    if (P->kind == K_RACE || P->kind == K_RACE_KDE) P->state_words = (long long)p->race_rows << p->race_bits;
+    /* the sketches' shapes, by the registry's names (sketch/policies/counters.h) */
+    ap_policy_param_get(p, "depth", &P->depth), ap_policy_param_get(p, "width", &P->width);
+    ap_policy_param_get(p, "conservative", &P->conservative);
+    ap_policy_param_get(p, "race_rows", &P->rows), ap_policy_param_get(p, "race_bits", &P->bits);
+    if (P->kind == K_CMS || P->kind == K_CS) P->state_words = (long long)P->depth * P->width;
+    if (P->kind == K_RACE || P->kind == K_RACE_KDE) P->state_words = (long long)P->rows << P->bits;
     if (P->kind == K_RANDOM) P->state_words = MT_WORDS;
     st = describe(host, P, n_head, head_dim, max_T, tables, n_tables, init, err);
     ap_policy_free(host);

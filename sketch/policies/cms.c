@@ -5,7 +5,9 @@
  * vector's values would make collisions depend on the data. */
 #include <stdlib.h>
 
-#include "method.h"
+#include "counters.h"
+
+enum { CONSERVATIVE = 2 };
 
 static ap_status init(void **state, const ap_policy_params *p, int head_dim, uint64_t seed,
                       ap_error *err)
@@ -13,7 +15,7 @@ static ap_status init(void **state, const ap_policy_params *p, int head_dim, uin
     (void)head_dim;
     ap_cms *s = malloc(sizeof *s);
     if (!s) return ap_error_set(err, AP_ERR_RUNTIME, "cms policy: out of memory");
-    ap_status st = ap_cms_init(s, p->depth, p->width, p->conservative, seed, err);
+    ap_status st = ap_cms_init(s, p->value[GRID_DEPTH], p->value[GRID_WIDTH], p->value[CONSERVATIVE], seed, err);
     if (st) {
         free(s);
         return st;
@@ -31,7 +33,7 @@ static void free_state(void *state)
 static size_t bytes(const void *state) { return ap_cms_bytes(state); }
 
 /* Each retained position keeps its buckets (depth words): hashed once. */
-static int slots(const ap_policy_params *p) { return p->depth; }
+static int slots(const ap_policy_params *p) { return p->value[GRID_DEPTH]; }
 
 static void observe(void *state, const ap_step *step, const int *kept, ap_slot_word *slot, int n,
                     ap_slot_word *new_slot)
@@ -49,5 +51,11 @@ static double score(void *state, const ap_step *step, int pos, const ap_slot_wor
 }
 
 const ap_policy_method ap_method_cms = {
-    "cms", 0, 1, 0, slots, init, free_state, bytes, observe, score,
+    .info = {.name = "cms", .summary = "h2o's accumulated attention in a Count-Min sketch",
+             .paper = "Cormode & Muthukrishnan, An Improved Data Stream Summary: the Count-Min Sketch, 2005",
+             .params = {AP_PARAM_WIDTH, AP_PARAM_DEPTH,
+                        {"conservative", 1, 0, 1, "conservative update (0: plain, as --plain-update)"}},
+             .protects = 1, .randomised = 1, .scored = 1, .on_device = 1},
+    .slot_words = slots, .init = init, .free = free_state, .state_bytes = bytes, .observe = observe,
+    .score = score, .counter_bytes = ap_grid_counter_bytes, .fit_counters = ap_grid_fit_counters,
 };

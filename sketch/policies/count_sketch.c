@@ -2,7 +2,7 @@
  * keyed by absolute position: unbiased per row, median over rows. */
 #include <stdlib.h>
 
-#include "method.h"
+#include "counters.h"
 
 static ap_status init(void **state, const ap_policy_params *p, int head_dim, uint64_t seed,
                       ap_error *err)
@@ -10,7 +10,7 @@ static ap_status init(void **state, const ap_policy_params *p, int head_dim, uin
     (void)head_dim;
     ap_count_sketch *s = malloc(sizeof *s);
     if (!s) return ap_error_set(err, AP_ERR_RUNTIME, "count_sketch policy: out of memory");
-    ap_status st = ap_cs_init(s, p->depth, p->width, seed, err);
+    ap_status st = ap_cs_init(s, p->value[GRID_DEPTH], p->value[GRID_WIDTH], seed, err);
     if (st) {
         free(s);
         return st;
@@ -28,7 +28,7 @@ static void free_state(void *state)
 static size_t bytes(const void *state) { return ap_cs_bytes(state); }
 
 /* Each retained position keeps its buckets (depth words): hashed once. */
-static int slots(const ap_policy_params *p) { return p->depth; }
+static int slots(const ap_policy_params *p) { return p->value[GRID_DEPTH]; }
 
 static void observe(void *state, const ap_step *step, const int *kept, ap_slot_word *slot, int n,
                     ap_slot_word *new_slot)
@@ -46,5 +46,10 @@ static double score(void *state, const ap_step *step, int pos, const ap_slot_wor
 }
 
 const ap_policy_method ap_method_count_sketch = {
-    "count_sketch", 0, 1, 0, slots, init, free_state, bytes, observe, score,
+    .info = {.name = "count_sketch", .summary = "h2o's accumulated attention in a Count Sketch (median of rows)",
+             .paper = "Charikar, Chen & Farach-Colton, Finding Frequent Items in Data Streams, ICALP 2002",
+             .params = {AP_PARAM_WIDTH, AP_PARAM_DEPTH}, .protects = 1, .randomised = 1, .scored = 1,
+             .on_device = 1},
+    .slot_words = slots, .init = init, .free = free_state, .state_bytes = bytes, .observe = observe,
+    .score = score, .counter_bytes = ap_grid_counter_bytes, .fit_counters = ap_grid_fit_counters,
 };

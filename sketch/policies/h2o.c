@@ -24,6 +24,12 @@ static double score(void *state, const ap_step *step, int pos, const ap_slot_wor
     return slot->f;
 }
 
+/* Its scores are the state --sketch-memory matches the sketches to. */
+static size_t counter_bytes(const ap_policy_params *p) { return ((size_t)p->budget + 1) * sizeof(float); }
+
 const ap_policy_method ap_method_h2o = {
-    "h2o", 0, 1, 0, slots, ap_method_no_init, ap_method_no_free, ap_method_no_bytes, observe, score,
+    .info = {.name = "h2o", .summary = "evicts the least attention received so far (exact)",
+             .paper = "Zhang et al., H2O: Heavy-Hitter Oracle for Efficient Generative Inference, NeurIPS 2023",
+             .protects = 1, .scored = 1, .on_device = 1},
+    .slot_words = slots, .observe = observe, .score = score, .counter_bytes = counter_bytes,
 };

@@ -8,16 +8,16 @@
  *           Σ_t (1 − θ(q_t, k_j)/π)^bits. Needs no attention weights. */
 #include <stdlib.h>
 
-#include "method.h"
+#include "counters.h"
 
-static int slots(const ap_policy_params *p) { return p->race_rows; }
+static int slots(const ap_policy_params *p) { return p->value[RACE_ROWS]; }
 
 static ap_status init(void **state, const ap_policy_params *p, int head_dim, uint64_t seed,
                       ap_error *err)
 {
     ap_race *s = malloc(sizeof *s);
     if (!s) return ap_error_set(err, AP_ERR_RUNTIME, "race policy: out of memory");
-    ap_status st = ap_race_init(s, p->race_rows, p->race_bits, head_dim, seed, err);
+    ap_status st = ap_race_init(s, p->value[RACE_ROWS], p->value[RACE_BITS], head_dim, seed, err);
     if (st) {
         free(s);
         return st;
@@ -59,10 +59,20 @@ static double score(void *state, const ap_step *step, int pos, const ap_slot_wor
     return ap_race_query_buckets(state, &slot->u);
 }
 
+#define RACE_PAPER "Coleman & Shrivastava, Sub-linear RACE Sketches for Approximate Kernel Density Estimation, WWW 2020"
+
 const ap_policy_method ap_method_race = {
-    "race", 0, 1, 1, slots, init, free_state, bytes, observe_mass, score,
+    .info = {.name = "race", .summary = "attention mass received by similar keys (RACE sketch over LSH cells)",
+             .paper = RACE_PAPER, .params = {AP_PARAM_RACE_ROWS, AP_PARAM_RACE_BITS}, .protects = 1,
+             .needs_qk = 1, .randomised = 1, .scored = 1, .on_device = 1},
+    .slot_words = slots, .init = init, .free = free_state, .state_bytes = bytes, .observe = observe_mass,
+    .score = score, .counter_bytes = ap_race_counter_bytes, .fit_counters = ap_race_fit_counters,
 };
 
 const ap_policy_method ap_method_race_kde = {
-    "race_kde", 0, 1, 1, slots, init, free_state, bytes, observe_queries, score,
+    .info = {.name = "race_kde", .summary = "density of past queries at the key (RACE KDE; no attention read)",
+             .paper = RACE_PAPER, .params = {AP_PARAM_RACE_ROWS, AP_PARAM_RACE_BITS}, .protects = 1,
+             .needs_qk = 1, .randomised = 1, .scored = 1, .on_device = 1},
+    .slot_words = slots, .init = init, .free = free_state, .state_bytes = bytes, .observe = observe_queries,
+    .score = score, .counter_bytes = ap_race_counter_bytes, .fit_counters = ap_race_fit_counters,
 };

@@ -18,10 +18,7 @@ static ap_status init(void **state, const ap_policy_params *p, int head_dim, uin
 
 static void free_state(void *state) { gsl_rng_free(state); }
 
-static size_t bytes(const void *state)
-{
-    return gsl_rng_size(state);
-}
+static size_t bytes(const void *state) { return gsl_rng_size(state); }
 
 static double score(void *state, const ap_step *step, int pos, const ap_slot_word *slot)
 {
@@ -30,5 +27,7 @@ static double score(void *state, const ap_step *step, int pos, const ap_slot_wor
 }
 
 const ap_policy_method ap_method_random = {
-    "random", 0, 1, 0, ap_method_no_slots, init, free_state, bytes, ap_method_no_observe, score,
+    .info = {.name = "random", .summary = "evicts a random unprotected position (the control)", .paper = "-",
+             .protects = 1, .randomised = 1, .on_device = 1},
+    .init = init, .free = free_state, .state_bytes = bytes, .score = score,
 };

@@ -14,16 +14,20 @@ static double score_position(void *state, const ap_step *step, int pos, const ap
 }
 
 const ap_policy_method ap_method_full = {
-    "full", 1, 0, 0, ap_method_no_slots, ap_method_no_init, ap_method_no_free,
-    ap_method_no_bytes, ap_method_no_observe, score_position,
+    .info = {.name = "full", .summary = "never evicts: the reference, KL exactly 0", .paper = "-",
+             .never_evicts = 1, .on_device = 1},
+    .score = score_position,
 };
 
 const ap_policy_method ap_method_window = {
-    "window", 0, 0, 0, ap_method_no_slots, ap_method_no_init, ap_method_no_free,
-    ap_method_no_bytes, ap_method_no_observe, score_position,
+    .info = {.name = "window", .summary = "the last budget positions (sliding window)", .paper = "-",
+             .on_device = 1},
+    .score = score_position,
 };
 
 const ap_policy_method ap_method_sink = {
-    "sink", 0, 1, 0, ap_method_no_slots, ap_method_no_init, ap_method_no_free,
-    ap_method_no_bytes, ap_method_no_observe, score_position,
+    .info = {.name = "sink", .summary = "the first sink positions and the most recent ones",
+             .paper = "Xiao et al., Efficient Streaming Language Models with Attention Sinks, ICLR 2024",
+             .protects = 1, .on_device = 1},
+    .score = score_position,
 };

@@ -10,6 +10,8 @@ static double score(void *state, const ap_step *step, int pos, const ap_slot_wor
 }
 
 const ap_policy_method ap_method_tova = {
-    "tova", 0, 1, 0, ap_method_no_slots, ap_method_no_init, ap_method_no_free,
-    ap_method_no_bytes, ap_method_no_observe, score,
+    .info = {.name = "tova", .summary = "evicts what the current query attends to least",
+             .paper = "Oren et al., Transformers are Multi-State RNNs, 2024", .protects = 1, .scored = 1,
+             .on_device = 1},
+    .score = score,
 };
