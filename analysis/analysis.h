@@ -26,6 +26,8 @@ typedef enum {
     AP_M_INDEX_RMS,   /* --align index: sqrt(mean (p_i - c_i)^2) */
     AP_M_INDEX_KL,    /* --align index: KL(p||c), eps-smoothed as kl */
     AP_M_INDEX_COSINE, /* --align index: p.c / (|p| |c|) */
+    AP_M_TOP10,       /* topk_recall@10 (Quest's reported recall) */
+    AP_M_ATTN_LOSS,   /* attention_loss: sum of p outside the retained set / sum of p (kvpress) */
     /* the model's next-token prediction (attnprobe eval; next_token.c) */
     AP_M_NLL,         /* -log p_policy(next token), nats; perplexity = exp(mean) */
     AP_M_NEXT_KL,     /* KL(p_full(next) || p_policy(next)) over the vocabulary */

@@ -11,7 +11,7 @@ static const double M_LN2_ = 0.69314718055994530942;
 static const char *const NAMES[AP_M_COUNT] = {
     "kl", "kl_rev", "js", "tv", "cosine", "l1", "l2", "peak_shift", "mass_retained",
     "topk_recall@1", "topk_recall@8", "topk_recall@32", "out_err", "index_l1", "index_rms",
-    "index_kl", "index_cosine", "nll", "next_kl", "next_top1", "full_argmax_rank",
+    "index_kl", "index_cosine", "topk_recall@10", "attention_loss", "nll", "next_kl", "next_top1", "full_argmax_rank",
 };
 
 const char *ap_metric_name(ap_metric m) { return m < AP_M_COUNT ? NAMES[m] : "?"; }
@@ -19,7 +19,7 @@ const char *ap_metric_name(ap_metric m) { return m < AP_M_COUNT ? NAMES[m] : "?"
 int ap_metric_higher_is_better(ap_metric m)
 {
     return m == AP_M_COSINE || m == AP_M_INDEX_COSINE || m == AP_M_NEXT_TOP1 || m == AP_M_MASS || m == AP_M_TOP1 || m == AP_M_TOP8 ||
-           m == AP_M_TOP32;
+           m == AP_M_TOP10 || m == AP_M_TOP32;
 }
 
 int ap_metric_from_name(const char *name)
@@ -37,9 +37,9 @@ static int argmax(const float *x, int n)
     return best;
 }
 
-/* Recall of the top-k positions of p (k = 1, 8, 32, clipped to n; ties in
- * p go to the earlier position) among the kept ones. */
-static void topk_recall(const float *p, const unsigned char *kept, int n, double out[3])
+/* Recall of the top-k positions of p (k = 1, 8, 32 into out[0..2], 10 into
+ * *out10; clipped to n; ties in p go to the earlier position) among the kept ones. */
+static void topk_recall(const float *p, const unsigned char *kept, int n, double out[3], double *out10)
 {
     enum { KMAX = 32 };
     int top[KMAX], m = 0; /* indices of the largest values, descending */
@@ -52,11 +52,11 @@ static void topk_recall(const float *p, const unsigned char *kept, int n, double
         }
         top[i] = j;
     }
-    const int ks[3] = {1, 8, 32};
-    for (int r = 0; r < 3; r++) {
+    const int ks[4] = {1, 8, 32, 10};
+    for (int r = 0; r < 4; r++) {
         int k = ks[r] < n ? ks[r] : n, hits = 0;
         for (int i = 0; i < k; i++) hits += kept[top[i]] != 0;
-        out[r] = (double)hits / k;
+        *(r < 3 ? &out[r] : out10) = (double)hits / k;
     }
 }
 
@@ -93,7 +93,7 @@ void ap_metrics_row(const float *p, const float *q, const unsigned char *kept, i
         sq += q[j];
     }
     const double zp = sp + n * AP_KL_EPS, zq = sq + n * AP_KL_EPS;
-    double kl = 0, kl_rev = 0, js = 0, l1 = 0, l2 = 0, dot = 0, np2 = 0, nq2 = 0, mass = 0;
+    double kl = 0, kl_rev = 0, js = 0, l1 = 0, l2 = 0, dot = 0, np2 = 0, nq2 = 0, mass = 0, lost = 0;
     for (int j = 0; j < n; j++) {
         const double a = p[j], b = q[j];
         const double as = (a + AP_KL_EPS) / zp, bs = (b + AP_KL_EPS) / zq;
@@ -111,6 +111,7 @@ void ap_metrics_row(const float *p, const float *q, const unsigned char *kept, i
         np2 += a * a;
         nq2 += b * b;
         if (kept[j]) mass += a;
+        else lost += a;
     }
     out[AP_M_KL] = kl > 0 ? kl : 0.0; /* rounding can give -1e-17 for identical rows */
     out[AP_M_KL_REV] = kl_rev;
@@ -122,7 +123,8 @@ void ap_metrics_row(const float *p, const float *q, const unsigned char *kept, i
     out[AP_M_PEAK_SHIFT] = abs(argmax(p, n) - argmax(q, n));
     /* relative to the row's own total, so keeping everything gives exactly 1 */
     out[AP_M_MASS] = sp > 0 ? mass / sp : 0.0;
-    topk_recall(p, kept, n, &out[AP_M_TOP1]); /* TOP1, TOP8, TOP32 are consecutive */
+    out[AP_M_ATTN_LOSS] = sp > 0 ? lost / sp : 0.0;
+    topk_recall(p, kept, n, &out[AP_M_TOP1], &out[AP_M_TOP10]); /* TOP1, TOP8, TOP32 are consecutive */
     out[AP_M_OUT_ERR] = v ? output_error(p, q, n, v, o_p, hd) : NAN;
     /* The seed study's comparison: the compacted cache's row (retained
      * positions in order, zero-padded) against the reference by slot index. */

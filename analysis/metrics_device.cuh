@@ -96,7 +96,8 @@ __device__ static void ap_metrics_row_warp(const float *p, const ap_row_set *set
     sp = ap_warp_sum(sp);
     sq = ap_warp_sum(sq);
     const double zp = sp + n * AP_KL_EPS, zq = sq + n * AP_KL_EPS, ln2 = 0.69314718055994530942;
-    double kl = 0, kl_rev = 0, js = 0, l1 = 0, l2 = 0, dot = 0, np2 = 0, nq2 = 0, mk = 0, il1 = 0, il2 = 0, ikl = 0, idot = 0;
+    double kl = 0, kl_rev = 0, js = 0, l1 = 0, l2 = 0, dot = 0, np2 = 0, nq2 = 0, mk = 0, lost = 0, il1 = 0, il2 = 0,
+           ikl = 0, idot = 0;
     float best_p = -1.0f, best_q = -1.0f;
     int arg_p = -1, arg_q = -1;
     for (int j = lane; j < n; j += 32) {
@@ -116,6 +117,7 @@ __device__ static void ap_metrics_row_warp(const float *p, const ap_row_set *set
         np2 += a * a;
         nq2 += b * b;
         if (kept[j]) mk += a;
+        else lost += a;
         if (p[j] > best_p) best_p = p[j], arg_p = j;
         if (q[j] > best_q) best_q = q[j], arg_q = j;
         /* the seed study's slot-index comparison: the j-th retained entry against p_j */
@@ -129,14 +131,14 @@ __device__ static void ap_metrics_row_warp(const float *p, const ap_row_set *set
     }
     kl = ap_warp_sum(kl), kl_rev = ap_warp_sum(kl_rev), js = ap_warp_sum(js), l1 = ap_warp_sum(l1);
     l2 = ap_warp_sum(l2), dot = ap_warp_sum(dot), np2 = ap_warp_sum(np2), nq2 = ap_warp_sum(nq2);
-    mk = ap_warp_sum(mk), il1 = ap_warp_sum(il1), il2 = ap_warp_sum(il2);
+    mk = ap_warp_sum(mk), lost = ap_warp_sum(lost), il1 = ap_warp_sum(il1), il2 = ap_warp_sum(il2);
     ikl = ap_warp_sum(ikl), idot = ap_warp_sum(idot);
     ap_warp_argmax(&best_p, &arg_p);
     ap_warp_argmax(&best_q, &arg_q);
     /* recall of p's top positions (given, best first) among the kept ones */
     const int kmax = n < 32 ? n : 32;
     const unsigned hit = __ballot_sync(0xffffffffu, lane < kmax && (kept[top[lane < kmax ? lane : 0]] & 1));
-    const int hits[3] = {(int)(hit & 1u), __popc(hit & 0xffu), __popc(hit)};
+    const int hits[4] = {(int)(hit & 1u), __popc(hit & 0xffu), __popc(hit), __popc(hit & 0x3ffu)};
     /* the attention output over the policy's row, each dimension's sum in
      * the host's position order */
     double num = 0, den = 0;
@@ -164,6 +166,8 @@ __device__ static void ap_metrics_row_warp(const float *p, const ap_row_set *set
         out[AP_M_MASS] = sp > 0 ? mk / sp : 0.0;
         const int ks[3] = {1, 8, 32};
         for (int r = 0; r < 3; r++) out[AP_M_TOP1 + r] = (double)hits[r] / (ks[r] < n ? ks[r] : n);
+        out[AP_M_TOP10] = (double)hits[3] / (10 < n ? 10 : n);
+        out[AP_M_ATTN_LOSS] = sp > 0 ? lost / sp : 0.0;
         out[AP_M_OUT_ERR] = hd <= 512 ? (den > 0 ? sqrt(num / den) : 0.0) : NAN;
         out[AP_M_INDEX_L1] = il1 / n;
         out[AP_M_INDEX_RMS] = sqrt(il2 / n);

@@ -22,8 +22,6 @@ int main(int argc, char **argv)
 {
     const int H = argc > 1 ? atoi(argv[1]) : 12, HD = argc > 2 ? atoi(argv[2]) : 64;
     const int max_t = 8192;
-    const char *names[] = {"full", "window", "sink", "random", "h2o",
-                           "tova", "cms", "count_sketch", "race", "race_kde"};
     float *rows = malloc((size_t)H * max_t * sizeof *rows);
     float *qk = malloc((size_t)2 * max_t * H * HD * sizeof *qk);
     uint64_t x = 88172645463325252ull;
@@ -37,11 +35,12 @@ int main(int argc, char **argv)
     }
     printf("%d heads, head_dim %d; ns per step (one layer, all heads) and state bytes\n", H, HD);
     printf("%-13s %7s %7s %12s %12s\n", "policy", "budget", "steps", "ns/step", "state_bytes");
-    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
+    for (int i = 0; i < ap_policy_count(); i++) /* every registered policy */
         for (int budget = 64; budget <= 256; budget *= 4)
             for (int steps = 1024; steps <= max_t; steps *= 8) {
                 ap_policy_params params;
-                ap_policy_params_default(&params, names[i]);
+                const char *name = ap_policy_info_at(i)->name;
+                ap_policy_params_default(&params, name);
                 params.budget = budget;
                 ap_policy *p;
                 ap_error err;
@@ -52,13 +51,13 @@ int main(int argc, char **argv)
                 double t0 = now_s();
                 for (int t = 0; t < steps; t++) {
                     const float *q = qk + (size_t)t * 2 * H * HD, *k = q + (size_t)H * HD;
-                    if (ap_policy_observe(p, t, rows, max_t, q, k, &err)) {
+                    if (ap_policy_select(p, t, q, &err) || ap_policy_observe(p, t, rows, max_t, q, k, &err)) {
                         fprintf(stderr, "%s\n", err.msg);
                         return 1;
                     }
                 }
                 double ns = (now_s() - t0) * 1e9 / steps;
-                printf("%-13s %7d %7d %12.0f %12zu\n", names[i], budget, steps, ns,
+                printf("%-13s %7d %7d %12.0f %12zu\n", name, budget, steps, ns,
                        ap_policy_state_bytes(p));
                 ap_policy_free(p);
             }

@@ -605,13 +605,25 @@ static ap_status check_opts(job_kind kind, const run_opts *o, int n_args, ap_err
 }
 
 /* The policies' parameter sets the flags ask for (malloc'ed), checked. */
+/* A selecting policy (quest) needs each query before its set is given,
+ * which only the isolated replay has. */
+static ap_status check_modes(const run_opts *o, const ap_policy_params *p, int n, ap_error *err)
+{
+    for (int i = 0; i < n && strcmp(o->mode, "isolated"); i++)
+        if (ap_policy_find(p[i].name)->selects)
+            return ap_error_set(err, AP_ERR_USAGE, "--types %s with --mode %s: %s chooses its set from each query, "
+                                "which the cascade's decode step computes after the sets are given (accepted: "
+                                "--mode isolated)", o->types, o->mode, p[i].name);
+    return AP_OK;
+}
+
 static ap_status policies_of(const run_opts *o, ap_policy_params **params, int *n, const char **compare_to,
                              ap_error *err)
 {
     ap_status st;
     if ((st = parse_types(o, params, n, err)) || (st = cli_policy_sweeps(&o->policy, params, n, err)) ||
         (st = expand_seeds(o, params, n, err)) || (st = cli_policy_probe(*params, *n, err)) ||
-        (st = pick_compare(o, *params, *n, compare_to, err))) {
+        (st = pick_compare(o, *params, *n, compare_to, err)) || (st = check_modes(o, *params, *n, err))) {
         free(*params);
         *params = NULL;
     }

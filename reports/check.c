@@ -20,6 +20,7 @@ void ap_check_default_tolerances(double tol[AP_M_COUNT])
     tol[AP_M_PEAK_SHIFT] = 1.0;
     tol[AP_M_INDEX_KL] = 0.05;
     tol[AP_M_INDEX_COSINE] = 0.01;
+    tol[AP_M_ATTN_LOSS] = 0.01;
     tol[AP_M_NLL] = 0.02; /* about 2% of perplexity */
     tol[AP_M_NEXT_KL] = 0.05;
     tol[AP_M_NEXT_TOP1] = 0.01;

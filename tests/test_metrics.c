@@ -30,7 +30,8 @@ static void test_identical_rows(void **state)
     CLOSE(m[AP_M_COSINE], 1.0, 1e-12);
     CLOSE(m[AP_M_MASS], 1.0, 1e-7);
     assert_true(m[AP_M_PEAK_SHIFT] == 0.0);
-    assert_true(m[AP_M_TOP1] == 1.0 && m[AP_M_TOP8] == 1.0 && m[AP_M_TOP32] == 1.0);
+    assert_true(m[AP_M_TOP1] == 1.0 && m[AP_M_TOP8] == 1.0 && m[AP_M_TOP10] == 1.0 && m[AP_M_TOP32] == 1.0);
+    assert_true(m[AP_M_ATTN_LOSS] == 0.0);
     assert_true(isnan(m[AP_M_OUT_ERR]));
 }
 
@@ -69,6 +70,8 @@ static void test_hand_computed(void **state)
     assert_true(m[AP_M_PEAK_SHIFT] == 0.0);
     assert_true(m[AP_M_TOP1] == 1.0);
     CLOSE(m[AP_M_TOP8], 2.0 / 3, 1e-12); /* k clipped to n = 3: positions 0,1,2; 1 evicted */
+    CLOSE(m[AP_M_TOP10], 2.0 / 3, 1e-12);
+    CLOSE(m[AP_M_ATTN_LOSS], 0.25, 1e-7); /* the evicted position's reference mass */
     /* o_p = (0.75, 0.5), o_q = (1, 1/3): |o_q - o_p| / |o_p| */
     CLOSE(m[AP_M_OUT_ERR], sqrt(0.0625 + 1.0 / 36) / sqrt(0.5625 + 0.25), 1e-7);
     /* index alignment: compacted (2/3, 1/3, 0) against (1/2, 1/4, 1/4) */
@@ -90,6 +93,17 @@ static void test_peak_shift_and_recall(void **state)
     ap_metrics_row(p, q, kept, 5, NULL, NULL, 0, m);
     assert_true(m[AP_M_PEAK_SHIFT] == 3.0); /* argmax 1 vs 4 */
     assert_true(m[AP_M_TOP1] == 0.0);
+    /* twenty positions, p falling with j except the largest at 19; the top ten
+     * are 19 and 0..8, of which 2, 5 and 19 are evicted: recall@10 = 7/10 */
+    float p20[20], q20[20] = {0};
+    unsigned char k20[20];
+    double sum = 0;
+    for (int j = 0; j < 20; j++) p20[j] = j == 19 ? 0.3f : 0.05f - 0.002f * j, sum += p20[j];
+    for (int j = 0; j < 20; j++) k20[j] = !(j == 2 || j == 5 || j == 19);
+    ap_metrics_row(p20, q20, k20, 20, NULL, NULL, 0, m);
+    CLOSE(m[AP_M_TOP10], 0.7, 1e-12);
+    assert_true(m[AP_M_TOP1] == 0.0);
+    CLOSE(m[AP_M_ATTN_LOSS], (p20[2] + p20[5] + p20[19]) / sum, 1e-6);
 }
 
 /* Straightforward double-precision reference on random rows. */

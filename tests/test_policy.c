@@ -70,17 +70,21 @@ static void run_policy(const ap_policy_params *params, int evictions[T][H], floa
     ap_error err;
     if (ap_policy_create(params, H, HD, &p, &err)) fail_msg("%s", err.msg);
     float rows[H * T], q[H * HD], k[H * HD];
-    const int full = strcmp(params->name, "full") == 0;
-    const int protects = strcmp(params->name, "full") && strcmp(params->name, "window");
+    const ap_policy_info *info = ap_policy_find(params->name);
+    const int full = info->never_evicts, protects = info->protects, selects = info->selects;
     for (int t = 0; t < T; t++) {
-        make_rows(p, t, rows);
-        if (all_rows) memcpy(all_rows + (size_t)t * H * T, rows, sizeof rows);
         for (int h = 0; h < H; h++) {
             memcpy(q + h * HD, qs[h][t], sizeof qs[h][t]);
             memcpy(k + h * HD, ks[h][t], sizeof ks[h][t]);
         }
+        /* a selecting policy (quest) chooses query t's set first; its set is checked as the others' */
+        if (ap_policy_select(p, t, q, &err)) fail_msg("%s", err.msg);
+        make_rows(p, t, rows);
+        if (all_rows) memcpy(all_rows + (size_t)t * H * T, rows, sizeof rows);
         if (ap_policy_observe(p, t, rows, T, q, k, &err)) fail_msg("%s", err.msg);
-        for (int s = 0; s < ap_policy_n_sets(p); s++) {
+        const int now = selects ? t - 1 : t; /* the newest position of the set just checked */
+        if (selects && ap_policy_select(p, t + 1, q, &err)) fail_msg("%s", err.msg);
+        for (int s = 0; s < ap_policy_n_sets(p) && now >= 0; s++) {
             int n;
             const int *kept = ap_policy_kept(p, s, &n);
             int ev = ap_policy_evicted(p, s);
@@ -90,9 +94,18 @@ static void run_policy(const ap_policy_params *params, int evictions[T][H], floa
                 assert_int_equal(ev, -1);
             } else {
                 assert_true(n <= params->budget);
-                assert_int_equal(n, t + 1 < params->budget ? t + 1 : params->budget);
+                if (!selects) assert_int_equal(n, t + 1 < params->budget ? t + 1 : params->budget);
             }
             for (int i = 1; i < n; i++) assert_true(kept[i - 1] < kept[i]);
+            if (selects) {
+                assert_true(n == 0 || kept[n - 1] <= t);
+                assert_int_equal(ap_policy_resident(p, s), t + 1);
+                int need = 0, have = 0; /* query t + 1's protected positions are all chosen */
+                for (int j = 0; j <= t; j++) need += j < params->sink || j > t + 1 - params->recent;
+                for (int i = 0; i < n; i++) have += kept[i] < params->sink || kept[i] > t + 1 - params->recent;
+                assert_int_equal(have, need);
+                continue;
+            }
             assert_int_equal(kept[n - 1], t);
             if (ev >= 0 && protects) {
                 assert_true(ev >= params->sink);
@@ -111,17 +124,15 @@ static void run_policy(const ap_policy_params *params, int evictions[T][H], floa
     ap_policy_free(p);
 }
 
-static const char *const NAMES[] = {"full", "window", "sink", "random", "h2o",
-                                    "tova", "cms", "count_sketch", "race", "race_kde"};
-
+/* Every registered policy, at both granularities. */
 static void test_conformance_and_determinism(void **state)
 {
     (void)state;
     static int ev1[T][H], ev2[T][H];
-    for (size_t i = 0; i < sizeof NAMES / sizeof NAMES[0]; i++)
+    for (int i = 0; i < ap_policy_count(); i++)
         for (int gran = 0; gran < 2; gran++) {
             ap_policy_params params;
-            ap_policy_params_default(&params, NAMES[i]);
+            ap_policy_params_default(&params, ap_policy_info_at(i)->name);
             params.budget = 32;
             params.recent = 8;
             params.granularity = gran ? AP_GRAN_LAYER : AP_GRAN_HEAD;

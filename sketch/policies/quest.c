@@ -146,7 +146,7 @@ static int select_set(void *const *states, const ap_step *steps, int n_heads, co
 const ap_policy_method ap_method_quest = {
     .info = {.name = "quest", .summary = "each query attends to the pages of highest key bound (no eviction)",
              .paper = "Tang et al., Quest: Query-Aware Sparsity for Efficient Long-Context LLM Inference, ICML 2024",
-             .params = {{"page", 16, 1, 4096, "quest: positions a page"}}, .protects = 1, .needs_qk = 1,
+             .params = {{"page", 16, 1, 4096, "positions a page"}}, .protects = 1, .needs_qk = 1,
              .scored = 1, .selects = 1},
     .init = init, .free = free_state, .state_bytes = bytes, .observe = observe, .select = select_set,
 };

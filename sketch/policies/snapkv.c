@@ -78,9 +78,9 @@ static void score_all(void *state, const ap_step *step, const int *kept, const a
 const ap_policy_method ap_method_snapkv = {
     .info = {.name = "snapkv", .summary = "attention from the last window queries, pooled over neighbours",
              .paper = "Li et al., SnapKV: LLM Knows What You are Looking for Before Generation, 2024",
-             .params = {{"window", 32, 1, 1024, "snapkv: queries whose attention scores a position"},
-                        {"kernel", 5, 1, 63, "snapkv: positions pooled around each (odd)"},
-                        {"max_pool", 0, 0, 1, "snapkv: 1 pools by the maximum, 0 by the average"}},
+             .params = {{"window", 32, 1, 1024, "queries whose attention scores a position"},
+                        {"kernel", 5, 1, 63, "positions pooled around each (odd)"},
+                        {"max_pool", 0, 0, 1, "1 pools by the maximum, 0 by the average"}},
              .protects = 1, .scored = 1},
     .slot_words = slots, .init = init, .free = free_state, .state_bytes = bytes, .observe = observe,
     .score_all = score_all,
