@@ -29,7 +29,7 @@ ap_status cli_run_cell(int argc, char **argv, int quiet, ap_summary *out, ap_err
 
 /* ---- the policies' flags (policy_flags.c), from the policy registry ---- */
 
-enum { CLI_SWEEP_MAX = 64, CLI_POLICY_FLAGS_MAX = 48 };
+enum { CLI_SWEEP_MAX = 64, CLI_POLICY_FLAGS_MAX = 48 }; /* room: 10 fixed + CLI_POLICY_FLAGS_MAX flags */
 /* A policy option's values: one, or a sweep's list (n = 0: not given). */
 typedef struct {
     int n, v[CLI_SWEEP_MAX];
@@ -41,11 +41,12 @@ typedef struct {
     int plain_update;
     const char *allocate;                     /* uniform, pyramid, adakv */
     double beta, alpha;
+    ap_quant quant;                           /* --quant, --group-size, --residual */
 } cli_policy_opts;
 
 void cli_policy_opts_default(cli_policy_opts *o);
 /* The policy flags as getopt_long entries with codes first_code, first_code
- * + 1, ... (out has room for 8 + CLI_POLICY_FLAGS_MAX); returns their number. */
+ * + 1, ... (out has room for 16 + CLI_POLICY_FLAGS_MAX); returns their number. */
 int cli_policy_longopts(struct option *out, int first_code);
 /* The value of the flag with code first_code + index. */
 ap_status cli_policy_flag(cli_policy_opts *o, int index, const char *value, ap_error *err);

@@ -70,7 +70,7 @@ enum { N_FIXED_OPTS = sizeof FIXED_OPTS / sizeof FIXED_OPTS[0] };
 /* The fixed options and the policy registry's, ended by zeros. */
 static const struct option *longopts(void)
 {
-    static struct option all[N_FIXED_OPTS + 8 + CLI_POLICY_FLAGS_MAX + 1];
+    static struct option all[N_FIXED_OPTS + 16 + CLI_POLICY_FLAGS_MAX + 1];
     if (!all[0].name) {
         memcpy(all, FIXED_OPTS, sizeof FIXED_OPTS);
         cli_policy_longopts(all + N_FIXED_OPTS, O_POLICY);
@@ -609,6 +609,10 @@ static ap_status check_opts(job_kind kind, const run_opts *o, int n_args, ap_err
  * which only the isolated replay has. */
 static ap_status check_modes(const run_opts *o, const ap_policy_params *p, int n, ap_error *err)
 {
+    if (strcmp(o->mode, "isolated") && o->policy.quant.bits)
+        return ap_error_set(err, AP_ERR_USAGE, "--quant with --mode %s: the quantised cache's rows are recomputed "
+                            "from the trace's queries and keys, which only the isolated replay has (accepted: "
+                            "--mode isolated)", o->mode);
     for (int i = 0; i < n && strcmp(o->mode, "isolated"); i++)
         if (ap_policy_find(p[i].name)->selects)
             return ap_error_set(err, AP_ERR_USAGE, "--types %s with --mode %s: %s chooses its set from each query, "

@@ -57,9 +57,9 @@ const char *cli_policy_flag_name(int i)
 }
 
 /* The flags every policy shares, before the registry's. */
-enum { F_BUDGET, F_SINK, F_RECENT, F_PLAIN, F_ALLOCATE, F_BETA, F_ALPHA, F_FIXED };
+enum { F_BUDGET, F_SINK, F_RECENT, F_PLAIN, F_ALLOCATE, F_BETA, F_ALPHA, F_QUANT, F_GROUP, F_RESIDUAL, F_FIXED };
 static const char *const FIXED[F_FIXED] = {"budget", "sink", "recent", "plain-update", "allocate", "beta",
-                                           "alpha-safeguard"};
+                                           "alpha-safeguard", "quant", "group-size", "residual"};
 
 int cli_policy_longopts(struct option *out, int first_code)
 {
@@ -78,6 +78,7 @@ void cli_policy_opts_default(cli_policy_opts *o)
     o->allocate = "uniform";
     o->beta = 20;
     o->alpha = 0.2;
+    o->quant = (ap_quant){0, 32, 32};
 }
 
 /* "16,32,64": distinct integers in [lo, hi], at most CLI_SWEEP_MAX. */
@@ -130,6 +131,18 @@ ap_status cli_policy_flag(cli_policy_opts *o, int index, const char *value, ap_e
         return AP_OK;
     case F_BETA: return parse_real("--beta", value, 1, 1e6, &o->beta, err);
     case F_ALPHA: return parse_real("--alpha-safeguard", value, 0, 1, &o->alpha, err);
+    case F_QUANT: {
+        const char *const names[4] = {"none", "kivi2", "kivi4", "int8"};
+        const int bits[4] = {0, 2, 4, 8};
+        for (int i = 0; i < 4; i++)
+            if (!strcmp(value, names[i])) {
+                o->quant.bits = bits[i];
+                return AP_OK;
+            }
+        return ap_error_set(err, AP_ERR_USAGE, "--quant %s: accepted: none, kivi2, kivi4, int8", value);
+    }
+    case F_GROUP: return cli_parse_int("--group-size", value, 1, 4096, &o->quant.group, err);
+    case F_RESIDUAL: return cli_parse_int("--residual", value, 0, 1 << 20, &o->quant.residual, err);
     }
     const int f = index - F_FIXED;
     if (f < 0 || f >= cli_policy_flag_count()) return ap_error_set(err, AP_ERR_USAGE, "unknown policy option");
@@ -157,7 +170,10 @@ void cli_policy_usage(FILE *f)
                "  --allocate uniform|pyramid|adakv (uniform)  how a budget is shared: pyramid, per-layer\n"
                "                 budgets falling with depth (PyramidKV; --beta X (20)); adakv, one pool a\n"
                "                 layer shared by its heads (AdaKV; --alpha-safeguard X (0.2) of the budget\n"
-               "                 a head keeps at least)\n");
+               "                 a head keeps at least)\n"
+               "  --quant none|kivi2|kivi4|int8 (none)  the retained cache quantised as KIVI does: keys per\n"
+               "                 channel over --group-size N (32) positions, values per position over N\n"
+               "                 channels, the last --residual R (32) positions exact (isolated mode)\n");
 }
 
 /* ---- the parameter sets ----------------------------------------------------------- */
@@ -177,6 +193,7 @@ static void params_of(const cli_policy_opts *o, const char *name, ap_policy_para
                                                   : AP_ALLOC_UNIFORM;
     q->beta = o->beta;
     q->alpha = o->alpha;
+    q->quant = o->quant;
 }
 
 /* --types: known, distinct policies ("all": every registered one). */

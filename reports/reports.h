@@ -10,7 +10,7 @@
 #define AP_SUMMARY_SCHEMA "attnprobe.summary/1"
 /* Fewer samples than this: the bootstrap CI is marked unreliable. */
 #define AP_CI_MIN_SAMPLES 5
-enum { AP_MAX_PARAMS = 16 };
+enum { AP_MAX_PARAMS = 24 };
 
 typedef struct {
     char policy[32];
@@ -26,6 +26,7 @@ typedef struct {
                                               layer; cascade: every layer), policy state */
     double counter_bytes;                  /* the score state a layer keeps: sketch counters or
                                               h2o's scores (ap_policy_counter_bytes x heads) */
+    double kv_quant_bytes;                 /* --quant: the probed layer's cache as quantised (0: none) */
     double kv_positions;                   /* retained positions at the end, summed over heads,
                                               one layer (the most over samples) */
     double replay_s, tokens_per_s;

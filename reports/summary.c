@@ -141,6 +141,10 @@ static cJSON *run_json(const ap_summary *s, const ap_report_run *r)
         cJSON_AddNumberToObject(mem, "kv_bytes_per_layer", m.per_layer_stored);
         cJSON_AddNumberToObject(mem, "kv_bytes_model", m.model_stored);
     }
+    if (r->kv_quant_bytes > 0) { /* --quant: codes, scales and the fp16 residual */
+        cJSON_AddNumberToObject(mem, "kv_bytes_per_layer_quantised", r->kv_quant_bytes);
+        cJSON_AddNumberToObject(mem, "kv_bytes_model_quantised", r->kv_quant_bytes * s->n_layer);
+    }
     cJSON_AddNumberToObject(mem, "state_bytes", m.state_bytes);
     cJSON_AddNumberToObject(mem, "counter_bytes_per_layer", r->counter_bytes);
     cJSON_AddNumberToObject(mem, "kv_bytes", r->kv_bytes);         /* as measured, fp32 */
@@ -383,6 +387,8 @@ static ap_status read_run(const cJSON *jr, ap_report_run *r, const char *path, i
     const cJSON *mem = cJSON_GetObjectItemCaseSensitive(jr, "memory");
     const cJSON *timing = cJSON_GetObjectItemCaseSensitive(jr, "timing");
     r->kv_bytes = get_num(mem, "kv_bytes");
+    const double quant = get_num(mem, "kv_bytes_per_layer_quantised");
+    r->kv_quant_bytes = isnan(quant) ? 0 : quant;
     r->kv_positions = get_num(mem, "kv_positions_per_layer");
     r->counter_bytes = get_num(mem, "counter_bytes_per_layer");
     r->sketch_bytes = get_num(mem, "sketch_bytes");

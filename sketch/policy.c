@@ -82,6 +82,7 @@ void ap_policy_params_default(ap_policy_params *p, const char *name)
     p->allocate = AP_ALLOC_UNIFORM;
     p->beta = 20;
     p->alpha = 0.2;
+    p->quant = (ap_quant){0, 32, 32};
     const ap_policy_info *info = ap_policy_find(name);
     for (int i = 0; info && i < ap_policy_n_params(info); i++) p->value[i] = info->params[i].def;
 }
@@ -152,7 +153,7 @@ ap_status ap_policy_params_fit_counters(ap_policy_params *p, size_t bytes_per_he
 int ap_policy_params_on_device(const ap_policy_params *p)
 {
     const ap_policy_info *info = ap_policy_find(p->name);
-    return info && info->on_device && p->allocate == AP_ALLOC_UNIFORM;
+    return info && info->on_device && p->allocate == AP_ALLOC_UNIFORM && p->quant.bits == 0;
 }
 
 /* ---- lifetime -------------------------------------------------------------- */
@@ -200,6 +201,12 @@ static ap_status check_params(const ap_policy_method *m, const ap_policy_params 
             return ap_error_set(err, AP_ERR_USAGE, "policy %s: adakv alpha %g (accepted: 0..1)", params->name,
                                 params->alpha);
     }
+    const ap_quant *q = &params->quant;
+    if ((q->bits != 0 && q->bits != 2 && q->bits != 4 && q->bits != 8) || q->group < 1 || q->group > 4096 ||
+        q->residual < 0)
+        return ap_error_set(err, AP_ERR_USAGE, "policy %s: quantisation bits %d, group %d, residual %d (accepted: "
+                            "bits 0, 2, 4 or 8; group 1..4096; residual >= 0)", params->name, q->bits, q->group,
+                            q->residual);
     return AP_OK;
 }
 

@@ -67,6 +67,7 @@ typedef struct {
     ap_allocation allocate;
     double beta;           /* pyramid: the top layer's share of the evictable budget is 1 / beta (20) */
     double alpha;          /* adakv: each head keeps at least alpha x budget (0.2) */
+    ap_quant quant;        /* the retained cache quantised (KIVI; bits 0: not), isolated replay only */
     int value[AP_POLICY_MAX_PARAMS]; /* the policy's own parameters, in its info's order */
 } ap_policy_params;
 
@@ -99,7 +100,7 @@ size_t ap_policy_counter_bytes(const ap_policy_params *p);
  * count_sketch: the width; race and race_kde: the bits, then the rows);
  * the other policies are left as they are. */
 ap_status ap_policy_params_fit_counters(ap_policy_params *p, size_t bytes_per_head, ap_error *err);
-/* 1 when the CUDA policies can run p (its policy, uniform allocation). */
+/* 1 when the CUDA policies can run p (its policy, uniform allocation, no quantisation). */
 int ap_policy_params_on_device(const ap_policy_params *p);
 
 /* Comma-separated list of the policy names. */

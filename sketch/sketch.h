@@ -97,4 +97,30 @@ void ap_race_add(ap_race *s, const float *x, float weight);
 float ap_race_query(ap_race *s, const float *x);
 size_t ap_race_bytes(const ap_race *s);
 
+/* ---- KIVI quantisation of the cache (quant.c, docs/policies.md) ---------- */
+
+/* How a cache is quantised: bits 0 (none), 2, 4 or 8; keys per channel over
+ * blocks of `group` consecutive positions, values per position over groups
+ * of `group` channels; the last `residual` positions in full precision. */
+typedef struct {
+    int bits, group, residual;
+} ap_quant;
+
+/* Asymmetric min-max quantisation of x[i * stride], i < n, to 2^bits levels,
+ * dequantised into out[i * stride]: |x - out| <= (max - min) / (2^bits - 1) / 2. */
+void ap_quant_span(const float *x, size_t stride, int n, int bits, float *out);
+/* Keys [T, D] as the quantised cache holds them once their block is quantised
+ * (a last incomplete block is copied: it is never quantised). */
+void ap_quant_keys(const ap_quant *q, const float *k, int T, int D, float *k_hat);
+/* Values [T, D] as they are once quantised. */
+void ap_quant_values(const ap_quant *q, const float *v, int T, int D, float *v_hat);
+/* At step t: is position j's key (its whole block older than the residual
+ * window) or value (itself older than it) held quantised? */
+int ap_quant_key_held(const ap_quant *q, int j, int t);
+int ap_quant_value_held(const ap_quant *q, int j, int t);
+/* Bytes a head's quantised cache holds at step t for the retained positions
+ * kept[0..n) (ascending): b-bit codes, an fp16 scale and minimum per key
+ * block and channel and per value group, fp16 for what is not quantised. */
+double ap_quant_bytes(const ap_quant *q, const int *kept, int n, int t, int D);
+
 #endif

@@ -122,13 +122,14 @@ static int csv_params(const char **names)
     names[n++] = "budget", names[n++] = "sink", names[n++] = "recent";
     for (int i = 0; i < ap_policy_count(); i++) {
         const ap_policy_info *info = ap_policy_info_at(i);
-        for (int k = 0; k < ap_policy_n_params(info) && n < CSV_PARAMS_MAX - 3; k++) {
+        for (int k = 0; k < ap_policy_n_params(info) && n < CSV_PARAMS_MAX - 6; k++) {
             int seen = 0;
             for (int j = 0; j < n; j++) seen |= !strcmp(names[j], info->params[k].name);
             if (!seen) names[n++] = info->params[k].name;
         }
     }
-    names[n++] = "pyramid_beta", names[n++] = "adakv_alpha", names[n++] = "seed";
+    names[n++] = "pyramid_beta", names[n++] = "adakv_alpha", names[n++] = "quant_bits", names[n++] = "group_size";
+    names[n++] = "residual", names[n++] = "seed";
     return n;
 }
 

@@ -18,6 +18,7 @@
 static const char *const KEYS[] = {
     "model", "tokenizer", "input", "samples", "max_length", "warmup", "stride", "layers", "heads",
     "types", "budget", "sink", "recent", "plain_update", "allocate", "beta", "alpha_safeguard",
+    "quant", "group_size", "residual",
     "granularity", "mode", "device", "precision", "seed", "seeds", "bootstrap", "compare_to",
     "sketch_memory", "align", "threads", "batch_size", "preset",
 };

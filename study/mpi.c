@@ -119,10 +119,12 @@ enum { TAG_HEAD = 1, TAG_PARTS, TAG_COSTS, TAG_SKETCH_SIZE, TAG_SKETCHES };
 
 /* What a rank other than the first sends: made before anything is sent, so
  * that a failure here is agreed on, not met by rank 0 waiting for a message. */
+enum { N_COSTS = 4 }; /* a run's costs a rank sends */
+
 typedef struct {
     double head[3];        /* samples kept, tokens, trace seconds */
     size_t n_parts;        /* doubles in the kept parts */
-    double *costs;         /* [n_runs * 3]: replay seconds, kv bytes, state bytes */
+    double *costs;         /* [n_runs * N_COSTS]: replay seconds, kv bytes, quantised kv bytes, state bytes */
     unsigned char *sketches;
     unsigned long long bytes;
 } shard_message;
@@ -136,14 +138,15 @@ static ap_status pack_shard(const study_acc *a, double trace_s, shard_message *m
     if (msg->n_parts > INT_MAX || msg->bytes > INT_MAX)
         return ap_error_set(err, AP_ERR_USAGE, "rank %d's shard is too large to send in one message (%zu values): "
                             "run more processes", rank_, msg->n_parts);
-    msg->costs = malloc((size_t)a->n_runs * 3 * sizeof *msg->costs);
+    msg->costs = malloc((size_t)a->n_runs * N_COSTS * sizeof *msg->costs);
     msg->sketches = malloc(msg->bytes ? (size_t)msg->bytes : 1);
     if (!msg->costs || !msg->sketches)
         return ap_error_set(err, AP_ERR_RUNTIME, "out of memory packing rank %d's accumulators", rank_);
     unsigned char *p = msg->sketches;
     for (int r = 0; r < a->n_runs; r++) {
-        msg->costs[3 * r] = a->runs[r].replay_s, msg->costs[3 * r + 1] = a->runs[r].kv_bytes;
-        msg->costs[3 * r + 2] = a->runs[r].sketch_bytes;
+        double *c = &msg->costs[N_COSTS * r];
+        c[0] = a->runs[r].replay_s, c[1] = a->runs[r].kv_bytes, c[2] = a->runs[r].kv_quant_bytes;
+        c[3] = a->runs[r].sketch_bytes;
         for (int m = 0; m < AP_M_COUNT; m++) {
             ap_qsketch_pack(&a->runs[r].m[m].q, p);
             p += ap_qsketch_packed_size(&a->runs[r].m[m].q);
@@ -156,7 +159,7 @@ static void send_shard(const study_acc *a, const shard_message *msg)
 {
     MPI_Send(msg->head, 3, MPI_DOUBLE, 0, TAG_HEAD, MPI_COMM_WORLD);
     MPI_Send(a->kept, (int)msg->n_parts, MPI_DOUBLE, 0, TAG_PARTS, MPI_COMM_WORLD);
-    MPI_Send(msg->costs, a->n_runs * 3, MPI_DOUBLE, 0, TAG_COSTS, MPI_COMM_WORLD);
+    MPI_Send(msg->costs, a->n_runs * N_COSTS, MPI_DOUBLE, 0, TAG_COSTS, MPI_COMM_WORLD);
     MPI_Send(&msg->bytes, 1, MPI_UNSIGNED_LONG_LONG, 0, TAG_SKETCH_SIZE, MPI_COMM_WORLD);
     MPI_Send(msg->sketches, (int)msg->bytes, MPI_BYTE, 0, TAG_SKETCHES, MPI_COMM_WORLD);
 }
@@ -172,13 +175,13 @@ static void receive_shard(study_acc *a, int from, int first, double *trace_s)
     const int n = (int)head[0];
     const size_t n_parts = (size_t)n * (size_t)a->n_runs * study_part_doubles(a);
     double *parts = malloc((n_parts ? n_parts : 1) * sizeof *parts);
-    double *costs = malloc((size_t)a->n_runs * 3 * sizeof *costs);
+    double *costs = malloc((size_t)a->n_runs * N_COSTS * sizeof *costs);
     ap_status st = parts && costs ? AP_OK : ap_error_set(&err, AP_ERR_RUNTIME, "out of memory");
     unsigned long long bytes = 0;
     unsigned char *sketches = NULL;
     if (!st) {
         MPI_Recv(parts, (int)n_parts, MPI_DOUBLE, from, TAG_PARTS, MPI_COMM_WORLD, MPI_STATUS_IGNORE);
-        MPI_Recv(costs, a->n_runs * 3, MPI_DOUBLE, from, TAG_COSTS, MPI_COMM_WORLD, MPI_STATUS_IGNORE);
+        MPI_Recv(costs, a->n_runs * N_COSTS, MPI_DOUBLE, from, TAG_COSTS, MPI_COMM_WORLD, MPI_STATUS_IGNORE);
         MPI_Recv(&bytes, 1, MPI_UNSIGNED_LONG_LONG, from, TAG_SKETCH_SIZE, MPI_COMM_WORLD, MPI_STATUS_IGNORE);
         if (!(sketches = malloc(bytes ? (size_t)bytes : 1))) st = ap_error_set(&err, AP_ERR_RUNTIME, "out of memory");
     }
@@ -188,9 +191,11 @@ static void receive_shard(study_acc *a, int from, int first, double *trace_s)
     size_t left = (size_t)bytes;
     for (int r = 0; r < a->n_runs && !st; r++) {
         study_run *run = &a->runs[r];
-        run->replay_s += costs[3 * r];
-        if (costs[3 * r + 1] > run->kv_bytes) run->kv_bytes = costs[3 * r + 1];
-        if (costs[3 * r + 2] > run->sketch_bytes) run->sketch_bytes = costs[3 * r + 2];
+        const double *c = &costs[N_COSTS * r];
+        run->replay_s += c[0];
+        if (c[1] > run->kv_bytes) run->kv_bytes = c[1];
+        if (c[2] > run->kv_quant_bytes) run->kv_quant_bytes = c[2];
+        if (c[3] > run->sketch_bytes) run->sketch_bytes = c[3];
         for (int m = 0; m < AP_M_COUNT && !st; m++) {
             ap_qsketch q;
             size_t used = 0;

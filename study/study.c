@@ -134,6 +134,7 @@ static ap_status isolated_item(void *ctx, int item, ap_error *err)
     pthread_mutex_lock(&r->lock);
     r->replay_s += cost.seconds;
     if (cost.kv_bytes > r->kv_bytes) r->kv_bytes = cost.kv_bytes;
+    if (cost.kv_quant_bytes > r->kv_quant_bytes) r->kv_quant_bytes = cost.kv_quant_bytes;
     if (cost.sketch_bytes > r->sketch_bytes) r->sketch_bytes = cost.sketch_bytes;
     pthread_mutex_unlock(&r->lock);
     pthread_mutex_lock(&ib->lock);

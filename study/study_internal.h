@@ -13,7 +13,7 @@ typedef struct {
     ap_metric_acc m[AP_M_COUNT];
     double *head_sum, *head_cnt;  /* [n_head * AP_M_COUNT] */
     pthread_mutex_t lock;         /* guards the sketches and the costs */
-    double replay_s, kv_bytes, sketch_bytes;
+    double replay_s, kv_bytes, kv_quant_bytes, sketch_bytes;
 } study_run;
 
 /* One sample's share of a run, folded into the run in sample order. */

@@ -22,9 +22,14 @@ static void run_params(const ap_policy_params *p, ap_report_run *r)
         PARAM("sink", p->sink);
         PARAM("recent", p->recent);
     }
-    for (int k = 0; k < ap_policy_n_params(info) && n < AP_MAX_PARAMS - 3; k++) PARAM(info->params[k].name, p->value[k]);
+    for (int k = 0; k < ap_policy_n_params(info) && n < AP_MAX_PARAMS - 5; k++) PARAM(info->params[k].name, p->value[k]);
     if (p->allocate == AP_ALLOC_PYRAMID) PARAM("pyramid_beta", p->beta);
     if (p->allocate == AP_ALLOC_ADAKV) PARAM("adakv_alpha", p->alpha);
+    if (p->quant.bits) {
+        PARAM("quant_bits", p->quant.bits);
+        PARAM("group_size", p->quant.group);
+        PARAM("residual", p->quant.residual);
+    }
     if (info->randomised) PARAM("seed", (double)p->seed);
 #undef PARAM
     r->n_params = n;
@@ -94,6 +99,12 @@ char *study_config_json(const ap_study_config *cfg, int n_samples)
                                            : p0->allocate == AP_ALLOC_ADAKV ? "adakv" : "uniform");
     if (p0->allocate == AP_ALLOC_PYRAMID) cJSON_AddNumberToObject(c, "beta", p0->beta);
     if (p0->allocate == AP_ALLOC_ADAKV) cJSON_AddNumberToObject(c, "alpha_safeguard", p0->alpha);
+    const char *quant = p0->quant.bits == 2 ? "kivi2" : p0->quant.bits == 4 ? "kivi4" : p0->quant.bits == 8 ? "int8" : "none";
+    cJSON_AddStringToObject(c, "quant", quant);
+    if (p0->quant.bits) {
+        cJSON_AddNumberToObject(c, "group_size", p0->quant.group);
+        cJSON_AddNumberToObject(c, "residual", p0->quant.residual);
+    }
     cJSON_AddStringToObject(c, "granularity", p0->granularity == AP_GRAN_LAYER ? "layer" : "head");
     cJSON_AddStringToObject(c, "align", cfg->align_index ? "index" : "position");
     cJSON_AddNumberToObject(c, "seed", (double)cfg->seed);
@@ -132,6 +143,7 @@ static ap_status fill_run(const study_acc *a, const ap_study_config *cfg, int p,
     for (int i = 0; i < H * AP_M_COUNT; i++)
         r->head_mean[i] = acc->head_cnt[i] > 0 ? acc->head_sum[i] / acc->head_cnt[i] : NAN;
     r->kv_bytes = acc->kv_bytes;
+    r->kv_quant_bytes = acc->kv_quant_bytes; /* isolated only: one layer */
     r->sketch_bytes = acc->sketch_bytes;
     r->counter_bytes = (double)ap_policy_counter_bytes(&cfg->policies[p]) * H;
     /* kv_bytes is fp32 k and v of one layer (isolated) or of every layer (cascade) */

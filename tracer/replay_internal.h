@@ -29,6 +29,19 @@ static inline double replay_kv_bytes(const ap_policy *pol, int n_head, int head_
     return positions * 2.0 * head_dim * sizeof(float);
 }
 
+/* The policy row under a quantised cache (replay_quant.c). */
+typedef struct {
+    ap_quant quant;
+    int T, D;
+    float *k_hat, *v_hat; /* [H, T, D]: keys and values as held once quantised */
+    float *v_row;         /* [H, T, D]: the values one step attends to, as held then */
+} replay_quant;
+ap_status replay_quant_open(replay_quant *rq, const ap_quant *quant, const float *k, const float *v, int H, int T,
+                            int D, ap_error *err);
+void replay_quant_close(replay_quant *rq);
+const float *replay_quant_row(replay_quant *rq, int h, int t, const float *q_t, const float *k, const float *v,
+                              const int *w, int n_w, float *row);
+
 #ifdef AP_HAVE_CUDA
 /* ap_replay_cascade with the policies on the device (sketch/policy_gpu.h);
  * the engine must be a CUDA engine. */

@@ -32,9 +32,14 @@ ap_status ap_replay_isolated(const ap_trace *tr, int s, int li, const ap_policy_
         const size_t i = (size_t)s * tr->n_layers + li;
         const float *attn = tr->attn[i], *q = tr->q[i], *k = tr->k[i], *v = tr->v[i], *o = tr->o[i];
         ap_policy *pol;
+        replay_quant rq = {0}; /* --quant: the cache's keys and values as held quantised */
+        if (params->quant.bits && (st = replay_quant_open(&rq, &params->quant, k, v, H, T, D, err))) goto done;
         ap_policy_params at_layer; /* the layer's budget (docs/policies.md, "Budget allocation") */
         ap_policy_params_at_layer(params, tr->layers[li], tr->model_n_layer, &at_layer);
-        if ((st = ap_policy_create(&at_layer, H, D, &pol, err))) goto done;
+        if ((st = ap_policy_create(&at_layer, H, D, &pol, err))) {
+            replay_quant_close(&rq);
+            goto done;
+        }
         for (int t = 0; t < T && !st; t++) {
             for (int h = 0; h < H; h++) {
                 memcpy(qt + (size_t)h * D, q + ((size_t)h * T + t) * D, (size_t)D * sizeof *qt);
@@ -75,8 +80,13 @@ ap_status ap_replay_isolated(const ap_trace *tr, int s, int li, const ap_policy_
                     }
                     q_row = row;
                 }
-                ap_row_event ev = {0, s, tr->layers[li], h, t, t + 1, p, q_row, m,
-                                   v + (size_t)h * T * D, o + ((size_t)h * T + t) * D, D};
+                const float *values = v + (size_t)h * T * D;
+                if (rq.quant.bits) { /* the row and output the quantised cache gives */
+                    values = replay_quant_row(&rq, h, t, qt + (size_t)h * D, k, v, w, n_written[h], row);
+                    q_row = row;
+                }
+                ap_row_event ev = {0, s, tr->layers[li], h, t, t + 1, p, q_row, m, values,
+                                   o + ((size_t)h * T + t) * D, D};
                 if ((st = opts->sink(opts->sink_ctx, &ev, err))) break;
             }
             if (!st)
@@ -85,6 +95,13 @@ ap_status ap_replay_isolated(const ap_trace *tr, int s, int li, const ap_policy_
         }
         double kv = replay_kv_bytes(pol, H, D), sk = (double)ap_policy_state_bytes(pol);
         cost->kv_bytes = kv > cost->kv_bytes ? kv : cost->kv_bytes;
+        if (rq.quant.bits) /* the cache as quantised after the last step */
+            for (int h = 0; h < H; h++) {
+                int n;
+                const int *kept = ap_policy_kept(pol, ap_policy_set_of(pol, h), &n);
+                cost->kv_quant_bytes += ap_quant_bytes(&rq.quant, kept, n, T - 1, D);
+            }
+        replay_quant_close(&rq);
         cost->sketch_bytes = sk > cost->sketch_bytes ? sk : cost->sketch_bytes;
         ap_policy_free(pol);
     }

@@ -117,7 +117,7 @@ typedef struct {
     int sample, layer, head, t, n;
     const float *p, *q;
     const unsigned char *kept;
-    const float *v;   /* [n, head_dim] reference values */
+    const float *v;   /* [n, head_dim] values: the reference ones (--quant: as the quantised cache holds them) */
     const float *o_p; /* [head_dim] reference attention output of row t */
     int head_dim;
 } ap_row_event;
@@ -152,6 +152,7 @@ typedef struct {
 /* Memory a policy used, the most over samples (and layers in cascade). */
 typedef struct {
     double kv_bytes;     /* retained positions x (k + v) x head_dim x fp32, all heads */
+    double kv_quant_bytes; /* --quant: the same cache as quantised (codes, scales, fp16 residual); else 0 */
     double sketch_bytes; /* ap_policy_state_bytes */
     double seconds;
     /* cascade only, shared by all policies: of `seconds`, the time inside the
