@@ -24,7 +24,7 @@ expect_exit 1 "check finds the regression (--allow-mismatch)" "$bin" check --bas
 grep -q REGRESSION out.txt && ok "regression listed" || bad "no REGRESSION line"
 grep -q "note: config.max_length differs" out.txt && ok "the mismatch is noted" || bad "no mismatch note"
 expect_exit 0 "check with loose tolerances" "$bin" check --allow-mismatch --baseline base/summary.json \
-  --current worse/summary.json --tol kl=100,kl_rev=100,js=1,tv=1,l1=2,l2=1,mass_retained=1,topk_recall@1=1,topk_recall@8=1,topk_recall@32=1,out_err=100,peak_shift=1000,cosine=1,index_l1=1,index_rms=1,index_kl=100,index_cosine=1
+  --current worse/summary.json --tol kl=100,kl_rev=100,js=1,tv=1,l1=2,l2=1,mass_retained=1,topk_recall@1=1,topk_recall@8=1,topk_recall@32=1,out_err=100,peak_shift=1000,cosine=1,index_l1=1,index_rms=1,index_kl=100,index_cosine=1,topk_recall@10=1,attention_loss=1
 expect_exit 3 "check: missing runs" "$bin" check --baseline base/summary.json --current attnprobe-out/summary.json
 expect_exit 3 "check: unreadable file" "$bin" check --baseline nothing.json --current base/summary.json
 echo '{"schema": "other"}' > other.json
