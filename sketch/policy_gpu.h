@@ -19,6 +19,10 @@
 
 typedef struct ap_policy_gpu ap_policy_gpu;
 
+/* 1 when the device has a kernel for policy `name` (the registry's on_device
+ * says the same; tests/test_gpu.c checks). */
+int ap_policy_gpu_runs(const char *name);
+
 /* Device buffers shared with the decode step. */
 typedef struct {
     const int *off; /* [lists]: where each list's positions and rows start */

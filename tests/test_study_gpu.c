@@ -17,8 +17,6 @@
 
 #include "study/study.h"
 
-static const char *const NAMES[10] = {"full", "window", "sink", "random", "h2o",
-                                      "tova", "cms", "count_sketch", "race", "race_kde"};
 
 static double rel(double a, double b)
 {
@@ -74,15 +72,18 @@ static void device_vs_host(const char *spec, int n_layers)
     }
     ap_samples samples = {5, (int *)lens, ids, 5, 0};
     const int layers[2] = {0, n_layers - 1};
-    ap_policy_params pol[10];
+    ap_policy_params pol[64];
     worst w = {0, 0, 0};
+    int n_pol = 0;
     for (int gran = AP_GRAN_HEAD; gran <= AP_GRAN_LAYER; gran++) {
-        for (int i = 0; i < 10; i++) {
-            ap_policy_params_default(&pol[i], NAMES[i]);
-            pol[i].budget = 24;
-            pol[i].granularity = (ap_granularity)gran;
+        n_pol = 0; /* every policy the device runs (the registry's on_device; full first) */
+        for (int i = 0; i < ap_policy_count() && n_pol < 64; i++) {
+            if (!ap_policy_info_at(i)->on_device) continue;
+            ap_policy_params_default(&pol[n_pol], ap_policy_info_at(i)->name);
+            pol[n_pol].budget = 24;
+            pol[n_pol++].granularity = (ap_granularity)gran;
         }
-        ap_study_config cfg = {.layers = layers, .n_layers = 2, .policies = pol, .n_policies = 10,
+        ap_study_config cfg = {.layers = layers, .n_layers = 2, .policies = pol, .n_policies = n_pol,
                                .mode = AP_STUDY_ISOLATED, .warmup = 16, .stride = 4, .bootstrap = 200,
                                .seed = 5, .backend = AP_BACKEND_CUDA, .precision = AP_PRECISION_FP32,
                                .max_length = 256};
@@ -103,9 +104,9 @@ static void device_vs_host(const char *spec, int n_layers)
         ap_summary_free(&dev2);
         ap_summary_free(&host);
     }
-    print_message("%s: device vs host replay, 10 policies x 2 granularities x 2 layers: statistics %.3g, "
+    print_message("%s: device vs host replay, %d policies x 2 granularities x 2 layers: statistics %.3g, "
                   "per-head means %.3g, quantiles %.3g (relative, worst)\n",
-                  spec, w.stats, w.heads, w.quantiles);
+                  spec, n_pol, w.stats, w.heads, w.quantiles);
     for (int s = 0; s < 5; s++) free(ids[s]);
     ap_model_free(model);
 }

@@ -11,7 +11,7 @@
 #include <stdint.h>
 
 /* The policies with a device implementation (policy_gpu.cu names them in this order). */
-enum { K_FULL, K_WINDOW, K_SINK, K_RANDOM, K_H2O, K_TOVA, K_CMS, K_CS, K_RACE, K_RACE_KDE };
+enum { K_FULL, K_WINDOW, K_SINK, K_RANDOM, K_H2O, K_TOVA, K_CMS, K_CS, K_RACE, K_RACE_KDE, K_KNORM, K_SNAPKV };
 enum { MT_N = 624, MT_M = 397, MT_WORDS = MT_N + 1 }; /* state, then the index */
 enum { CS_NEG = 1u << 31 };
 enum { MAX_DEPTH = 64 }; /* ap_cms_init / ap_cs_init accept depth <= 64 */
@@ -24,6 +24,7 @@ typedef struct {
     int kind, never_evicts, protects, layer_sets, words;
     int budget, sink, recent;
     int depth, width, conservative, rows, bits;
+    int window, kernel, max_pool; /* snapkv */
     long long table;       /* cms/cs: buckets [n_head][max_T][depth]; race: planes [n_head][rows*bits*dim] */
     long long state_words; /* per head: counters, or the generator */
 } gpu_policy;
@@ -268,9 +269,45 @@ __device__ static void observe_head(const gpu_policy *P, const step_view *v, int
         add_in_order(counts, 1 << P->bits, slots, P->rows, row, n, lane);
         break;
     }
+    case K_KNORM: /* the key's norm, summed in order in double (squares of floats are exact there) */
+        if (lane == 0) {
+            double sq = 0;
+            for (int d = 0; d < v->D; d++) sq += (double)k[d] * k[d];
+            fresh[0] = __float_as_uint((float)-sqrt(sq));
+        }
+        break;
+    case K_SNAPKV: { /* each position's ring of the last `window` attentions: entry t % window is t's */
+        const int at = t % P->window;
+        for (int i = lane; i < n; i += 32) slots[(size_t)i * P->words + at] = __float_as_uint(row[i]);
+        for (int j = lane; j < P->window; j += 32) fresh[j] = __float_as_uint(j == at ? row[n] : 0.0f);
+        break;
+    }
     default: /* full, window, sink, random, tova keep no per-step state */
         break;
     }
+}
+
+/* snapkv: a position's window sum, its ring's entries in order in double (the host's). */
+__device__ static double window_sum(const gpu_policy *P, const uint32_t *slots, int i)
+{
+    double a = 0;
+    for (int j = 0; j < P->window; j++) a += as_float(slots[(size_t)i * P->words + j]);
+    return a;
+}
+
+/* snapkv: position i's pooled score from the window sums sums[0..n) of its
+ * retained neighbours, as the host pools them (zero padding; avg: divided by
+ * the kernel). */
+__device__ static double pooled(const gpu_policy *P, const double *sums, int i, int n)
+{
+    const int half = P->kernel / 2;
+    double s = P->max_pool ? sums[i] : 0;
+    for (int x = i - half; x <= i + half; x++) {
+        if (x < 0 || x >= n) continue;
+        if (P->max_pool) s = sums[x] > s ? sums[x] : s;
+        else s += sums[x];
+    }
+    return P->max_pool ? s : s / P->kernel;
 }
 
 /* The median of a Count Sketch estimate of depth d <= CS_SMALL in registers:
@@ -308,7 +345,8 @@ __device__ static double score_head(const gpu_policy *P, const float *row, const
     const float *counts = (const float *)state;
     const uint32_t *slot = slots + (size_t)i * P->words;
     switch (P->kind) {
-    case K_H2O: return as_float(slot[0]);
+    case K_H2O:
+    case K_KNORM: return as_float(slot[0]);
     case K_TOVA: return row[i];
     case K_CMS: {
         float est = FLT_MAX;
@@ -478,12 +516,20 @@ __global__ void __launch_bounds__(128, 6) observe_kernel(step_view v, const int 
                 for (int j = 0; j < SCORE_BATCH; j++)
                     if (i0 + 32 * j < n) score[i0 + 32 * j] = s[j];
             }
+        if (P.kind == K_SNAPKV) { /* every head's window sums first: a score pools its neighbours' */
+            for (int h = h0; h <= h1; h++)
+                for (int i = lane; i < n; i += 32)
+                    v.scratch[v.off[base + h] + i] = window_sum(&P, v.slots + v.slot_off[base + h], i);
+            __syncwarp();
+        }
         double best = 0;
         int victim = -1;
         for (int i = lane; i < n; i += 32) {
             if (!evictable(&P, kp[i], t)) continue;
             double s = 0;
-            if (P.kind == K_RANDOM || sketch) s = score[i];
+            if (P.kind == K_SNAPKV)
+                for (int h = h0; h <= h1; h++) s += pooled(&P, v.scratch + v.off[base + h], i, n);
+            else if (P.kind == K_RANDOM || sketch) s = score[i];
             else
                 for (int h = h0; h <= h1; h++)
                     s += score_head(&P, v.rows + v.off[base + h], v.slots + v.slot_off[base + h], STATE_OF(h), i,

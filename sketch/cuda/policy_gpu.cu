@@ -29,8 +29,10 @@ extern "C" {
 
 #include "observe.cuh"
 
-static const char *const KIND_NAMES[] = {"full", "window", "sink",         "random", "h2o",
-                                         "tova", "cms",    "count_sketch", "race",   "race_kde"};
+/* The policies the device runs (observe.cuh's kinds, in order); the
+ * registry marks them on_device (test_registry checks both agree). */
+static const char *const KIND_NAMES[] = {"full", "window", "sink",         "random", "h2o",      "tova",
+                                         "cms",  "count_sketch", "race", "race_kde", "knorm", "snapkv"};
 enum { N_KINDS = sizeof KIND_NAMES / sizeof KIND_NAMES[0] };
 
 struct ap_policy_gpu {
@@ -84,7 +86,7 @@ typedef void (*observe_fn)(step_view, const int *, const int *, int, int);
 static const observe_fn OBSERVE[N_KINDS] = {
     observe_kernel<K_FULL>, observe_kernel<K_WINDOW>, observe_kernel<K_SINK>, observe_kernel<K_RANDOM>,
     observe_kernel<K_H2O>,  observe_kernel<K_TOVA>,   observe_kernel<K_CMS>,  observe_kernel<K_CS>,
-    observe_kernel<K_RACE>, observe_kernel<K_RACE_KDE>};
+    observe_kernel<K_RACE>, observe_kernel<K_RACE_KDE>, observe_kernel<K_KNORM>, observe_kernel<K_SNAPKV>};
 
 /* Warps a block of observe_kernel: up to four, within the default 48 KB of
  * shared memory for their staged sketches. */
@@ -102,6 +104,8 @@ static int kind_of(const char *name)
         if (!strcmp(KIND_NAMES[i], name)) return i;
     return -1;
 }
+
+int ap_policy_gpu_runs(const char *name) { return kind_of(name) >= 0; }
 
 /* GSL's mt19937 state (gsl/rng/mt.c): what gsl_rng_state points to. */
 typedef struct {
@@ -171,6 +175,8 @@ static ap_status make_policy(const ap_policy_params *p, int n_head, int head_dim
     ap_policy_param_get(p, "depth", &P->depth), ap_policy_param_get(p, "width", &P->width);
     ap_policy_param_get(p, "conservative", &P->conservative);
     ap_policy_param_get(p, "race_rows", &P->rows), ap_policy_param_get(p, "race_bits", &P->bits);
+    ap_policy_param_get(p, "window", &P->window), ap_policy_param_get(p, "kernel", &P->kernel);
+    ap_policy_param_get(p, "max_pool", &P->max_pool);
     if (P->kind == K_CMS || P->kind == K_CS) P->state_words = (long long)P->depth * P->width;
     if (P->kind == K_RACE || P->kind == K_RACE_KDE) P->state_words = (long long)P->rows << P->bits;
     if (P->kind == K_RANDOM) P->state_words = MT_WORDS;

@@ -33,6 +33,6 @@ const ap_policy_method ap_method_knorm = {
     .info = {.name = "knorm", .summary = "evicts the key of largest L2 norm (no attention read)",
              .paper = "Devoto et al., A Simple and Effective L2 Norm-Based Strategy for KV Cache Compression, "
                       "EMNLP 2024",
-             .protects = 1, .needs_qk = 1, .scored = 1},
+             .protects = 1, .needs_qk = 1, .scored = 1, .on_device = 1},
     .slot_words = slots, .observe = observe, .score = score,
 };

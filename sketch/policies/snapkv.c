@@ -81,7 +81,7 @@ const ap_policy_method ap_method_snapkv = {
              .params = {{"window", 32, 1, 1024, "queries whose attention scores a position"},
                         {"kernel", 5, 1, 63, "positions pooled around each (odd)"},
                         {"max_pool", 0, 0, 1, "1 pools by the maximum, 0 by the average"}},
-             .protects = 1, .scored = 1},
+             .protects = 1, .scored = 1, .on_device = 1},
     .slot_words = slots, .init = init, .free = free_state, .state_bytes = bytes, .observe = observe,
     .score_all = score_all,
 };
