@@ -1,7 +1,8 @@
 /* observe.cuh — the device side of policy_gpu.cu: what a policy's set does
  * each decode step (observe_kernel: observe, retain t, evict, one warp a set)
  * and the copies of the sets the step attended to (keep_kernel), with the
- * helpers they share. Included once, by policy_gpu.cu, which says why the
+ * helpers the policies share; each policy's own code is its file in
+ * policies/. Included once, by policy_gpu.cu, which says why the
  * arithmetic is the host's. */
 #ifndef AP_SKETCH_OBSERVE_CUH
 #define AP_SKETCH_OBSERVE_CUH
@@ -47,129 +48,6 @@ typedef struct {
 
 __device__ static inline float as_float(uint32_t u) { return __uint_as_float(u); }
 
-/* GSL's mt19937 (gsl_rng_uniform), a warp at a time. The state's words are
- * rewritten in the host's order 32 at a time: word kk reads kk + 1 (not yet
- * rewritten) and kk + M (likewise) below N - M, kk + M - N (rewritten, in an
- * earlier batch: N - M = 227 > 32) above. */
-__device__ static void mt_twist(uint32_t *mt, int lane)
-{
-    for (int k0 = 0; k0 < MT_N - 1; k0 += 32) {
-        const int kk = k0 + lane;
-        uint32_t next = 0;
-        if (kk < MT_N - 1) {
-            const uint32_t y = (mt[kk] & 0x80000000u) | (mt[kk + 1] & 0x7fffffffu);
-            next = mt[kk < MT_N - MT_M ? kk + MT_M : kk + MT_M - MT_N] ^ (y >> 1) ^ (y & 1 ? 0x9908b0dfu : 0u);
-        }
-        __syncwarp();
-        if (kk < MT_N - 1) mt[kk] = next;
-        __syncwarp();
-    }
-    if (lane == 0) {
-        const uint32_t y = (mt[MT_N - 1] & 0x80000000u) | (mt[0] & 0x7fffffffu);
-        mt[MT_N - 1] = mt[MT_M - 1] ^ (y >> 1) ^ (y & 1 ? 0x9908b0dfu : 0u);
-    }
-    __syncwarp();
-}
-
-__device__ static inline double mt_uniform(uint32_t k)
-{
-    k ^= k >> 11;
-    k ^= (k << 7) & 0x9d2c5680u;
-    k ^= (k << 15) & 0xefc60000u;
-    k ^= k >> 18;
-    return k / 4294967296.0;
-}
-
-/* x . plane over dim floats (16-byte aligned when dim % 4 == 0). */
-template <int DIM>
-__device__ static float dot_fixed(const float *plane, const float *x)
-{
-    float acc[4] = {0, 0, 0, 0};
-#pragma unroll
-    for (int d = 0; d < DIM; d += 4) { /* every load in flight at once */
-        const float4 p4 = *(const float4 *)(plane + d), x4 = *(const float4 *)(x + d);
-        acc[0] += p4.x * x4.x, acc[1] += p4.y * x4.y, acc[2] += p4.z * x4.z, acc[3] += p4.w * x4.w;
-    }
-    return (acc[0] + acc[1]) + (acc[2] + acc[3]);
-}
-
-__device__ static float dot(const float *plane, const float *x, int dim)
-{
-    if (dim == 64) return dot_fixed<64>(plane, x);
-    if (dim == 32) return dot_fixed<32>(plane, x);
-    float acc[4] = {0, 0, 0, 0};
-    int d = 0;
-    if (dim % 4 == 0)
-        for (; d < dim; d += 4) {
-            const float4 p4 = *(const float4 *)(plane + d), x4 = *(const float4 *)(x + d);
-            acc[0] += p4.x * x4.x, acc[1] += p4.y * x4.y, acc[2] += p4.z * x4.z, acc[3] += p4.w * x4.w;
-        }
-    for (; d < dim; d++) acc[0] += plane[d] * x[d];
-    return (acc[0] + acc[1]) + (acc[2] + acc[3]);
-}
-
-/* RACE buckets of x[dim], the warp together: one lane per hyperplane, the
- * signs gathered by ballot (up to 32 * HASH_MASKS hyperplanes, else lane r
- * takes row r's alone); lane r < rows writes row r's bucket. */
-enum { HASH_MASKS = 8 };
-__device__ static void race_hash(const gpu_policy *P, const float *planes, int dim, const float *x,
-                                 uint32_t *buckets, int lane)
-{
-    const int n_planes = P->rows * P->bits;
-    if (n_planes <= 32 * HASH_MASKS) {
-        uint32_t masks[HASH_MASKS];
-        for (int m = 0; m * 32 < n_planes; m++) {
-            const int j = m * 32 + lane;
-            masks[m] = __ballot_sync(0xffffffffu, j < n_planes && dot(planes + (size_t)j * dim, x, dim) >= 0);
-        }
-        for (int r = lane; r < P->rows; r += 32) {
-            uint32_t b = 0;
-            for (int i = 0; i < P->bits; i++) {
-                const int j = r * P->bits + i;
-                b |= (masks[j / 32] >> (j % 32) & 1u) << i;
-            }
-            buckets[r] = b;
-        }
-        return;
-    }
-    for (int r = lane; r < P->rows; r += 32) {
-        uint32_t b = 0;
-        for (int i = 0; i < P->bits; i++)
-            b |= (uint32_t)(dot(planes + ((size_t)r * P->bits + i) * dim, x, dim) >= 0) << i;
-        buckets[r] = b;
-    }
-}
-
-/* Count-Min update; lane r owns sketch rows r and r + 32, whose buckets
- * it passes in b[0], b[1]. */
-__device__ static void cms_update(const gpu_policy *P, float *counts, const uint32_t *b, float value, int lane)
-{
-    /* loops over j have constant bounds (the arrays stay in registers) */
-    float c[MAX_DEPTH / 32];
-    float est = FLT_MAX;
-#pragma unroll
-    for (int j = 0; j < MAX_DEPTH / 32; j++)
-        if (lane + 32 * j < P->depth) {
-            c[j] = counts[(size_t)(lane + 32 * j) * P->width + b[j]];
-            est = fminf(est, c[j]);
-        }
-    if (!P->conservative) {
-#pragma unroll
-        for (int j = 0; j < MAX_DEPTH / 32; j++)
-            if (lane + 32 * j < P->depth) counts[(size_t)(lane + 32 * j) * P->width + b[j]] = c[j] + value;
-        return;
-    }
-    /* rows sit in lanes 0..depth-1 (and 32.. for depth > 32): the min of
-     * the first power-of-two group of lanes covers them */
-    int span = 1;
-    while (span < P->depth && span < 32) span <<= 1;
-    for (int o = span / 2; o > 0; o >>= 1) est = fminf(est, __shfl_xor_sync(0xffffffffu, est, o));
-    const float target = est + value;
-#pragma unroll
-    for (int j = 0; j < MAX_DEPTH / 32; j++)
-        if (lane + 32 * j < P->depth && c[j] < target) counts[(size_t)(lane + 32 * j) * P->width + b[j]] = target;
-}
-
 /* counts[r][bucket] += ±row[i] for i = 0..n in order, the buckets of i at
  * slots + i * n_rows (Count Sketch's sign in bit 31; RACE's buckets never
  * reach it); lane r owns row r. The sketch may sit in global memory, so the
@@ -213,6 +91,15 @@ __device__ static void add_in_order(float *counts, int row_len, const uint32_t *
     }
 }
 
+/* One file per policy (sketch/cuda/policies/), as on the host: each
+ * holds its observe and score; the kernels below dispatch on the kind. */
+#include "policies/cms.cuh"
+#include "policies/count_sketch.cuh"
+#include "policies/h2o.cuh"
+#include "policies/knorm.cuh"
+#include "policies/race.cuh"
+#include "policies/snapkv.cuh"
+
 /* One head's ingestion of the step (method.h's observe): kept i has
  * attention row[i], t has row[n]; the new slot is at slots + n * words. */
 __device__ static void observe_head(const gpu_policy *P, const step_view *v, int t, int h, const float *row,
@@ -222,123 +109,20 @@ __device__ static void observe_head(const gpu_policy *P, const step_view *v, int
     uint32_t *fresh = slots + (size_t)n * P->words;
     float *counts = (float *)state;
     switch (P->kind) {
-    case K_H2O:
-        for (int i = lane; i < n; i += 32) slots[i] = __float_as_uint(as_float(slots[i]) + row[i]);
-        if (lane == 0) fresh[0] = __float_as_uint(row[n]);
-        break;
-    case K_CMS:
-    case K_CS: {
-        const uint32_t *key = v->tables + P->table + ((size_t)h * v->max_T + t) * P->depth;
-        for (int r = lane; r < P->depth; r += 32) fresh[r] = key[r];
-        __syncwarp();
-        if (P->kind == K_CMS) { /* positions in order (i == n: t's own), buckets loaded ahead */
-            for (int i0 = 0; i0 <= n; i0 += PREFETCH) {
-                uint32_t b[PREFETCH][MAX_DEPTH / 32];
-                float w[PREFETCH];
-#pragma unroll
-                for (int j = 0; j < PREFETCH; j++) {
-                    if (i0 + j > n) break;
-                    w[j] = row[i0 + j];
-#pragma unroll
-                    for (int x = 0; x < MAX_DEPTH / 32; x++)
-                        if (lane + 32 * x < P->depth) b[j][x] = slots[(size_t)(i0 + j) * P->depth + lane + 32 * x];
-                }
-#pragma unroll
-                for (int j = 0; j < PREFETCH; j++)
-                    if (i0 + j <= n) cms_update(P, counts, b[j], w[j], lane);
-            }
-            break;
-        }
-        add_in_order(counts, P->width, slots, P->depth, row, n, lane);
-        break;
-    }
-    case K_RACE:
-    case K_RACE_KDE: {
-        const float *planes = (const float *)(v->tables + P->table) + (size_t)h * P->rows * P->bits * v->D;
-        if (P->kind == K_RACE_KDE) {
-            /* one unit of query mass in each row, at the query's buckets
-             * (hashed into t's slot, which the key's buckets then replace) */
-            race_hash(P, planes, v->D, q, fresh, lane);
-            for (int r = lane; r < P->rows; r += 32) counts[((size_t)r << P->bits) + fresh[r]] += 1.0f;
-            __syncwarp();
-            race_hash(P, planes, v->D, k, fresh, lane);
-            break;
-        }
-        race_hash(P, planes, v->D, k, fresh, lane);
-        __syncwarp();
-        add_in_order(counts, 1 << P->bits, slots, P->rows, row, n, lane);
-        break;
-    }
-    case K_KNORM: /* the key's norm, summed in order in double (squares of floats are exact there) */
-        if (lane == 0) {
-            double sq = 0;
-            for (int d = 0; d < v->D; d++) sq += (double)k[d] * k[d];
-            fresh[0] = __float_as_uint((float)-sqrt(sq));
-        }
-        break;
-    case K_SNAPKV: { /* each position's ring of the last `window` attentions: entry t % window is t's */
-        const int at = t % P->window;
-        for (int i = lane; i < n; i += 32) slots[(size_t)i * P->words + at] = __float_as_uint(row[i]);
-        for (int j = lane; j < P->window; j += 32) fresh[j] = __float_as_uint(j == at ? row[n] : 0.0f);
-        break;
-    }
+    case K_H2O: observe_h2o(P, v, t, h, row, slots, counts, fresh, q, k, n, lane); break;
+    case K_CMS: observe_cms(P, v, t, h, row, slots, counts, fresh, q, k, n, lane); break;
+    case K_CS: observe_count_sketch(P, v, t, h, row, slots, counts, fresh, q, k, n, lane); break;
+    case K_RACE: observe_race(P, v, t, h, row, slots, counts, fresh, q, k, n, lane); break;
+    case K_RACE_KDE: observe_race_kde(P, v, t, h, row, slots, counts, fresh, q, k, n, lane); break;
+    case K_KNORM: observe_knorm(P, v, t, h, row, slots, counts, fresh, q, k, n, lane); break;
+    case K_SNAPKV: observe_snapkv(P, v, t, h, row, slots, counts, fresh, q, k, n, lane); break;
     default: /* full, window, sink, random, tova keep no per-step state */
         break;
     }
 }
 
-/* snapkv: a position's window sum, its ring's entries in order in double (the host's). */
-__device__ static double window_sum(const gpu_policy *P, const uint32_t *slots, int i)
-{
-    double a = 0;
-    for (int j = 0; j < P->window; j++) a += as_float(slots[(size_t)i * P->words + j]);
-    return a;
-}
-
-/* snapkv: position i's pooled score from the window sums sums[0..n) of its
- * retained neighbours, as the host pools them (zero padding; avg: divided by
- * the kernel). */
-__device__ static double pooled(const gpu_policy *P, const double *sums, int i, int n)
-{
-    const int half = P->kernel / 2;
-    double s = P->max_pool ? sums[i] : 0;
-    for (int x = i - half; x <= i + half; x++) {
-        if (x < 0 || x >= n) continue;
-        if (P->max_pool) s = sums[x] > s ? sums[x] : s;
-        else s += sums[x];
-    }
-    return P->max_pool ? s : s / P->kernel;
-}
-
-/* The median of a Count Sketch estimate of depth d <= CS_SMALL in registers:
- * value r lands where the host's (stable) insertion sort puts it, at the
- * number of smaller values plus the equal ones before it, so the middle
- * values are the host's. */
-enum { CS_SMALL = 8 };
-__device__ static float cs_median_small(const float *counts, int width, const uint32_t *slot, int d)
-{
-    float x[CS_SMALL];
-#pragma unroll
-    for (int r = 0; r < CS_SMALL; r++)
-        if (r < d) {
-            const float c = counts[(size_t)r * width + (slot[r] & ~CS_NEG)];
-            x[r] = slot[r] & CS_NEG ? -c : c;
-        }
-    float lo = 0, hi = 0; /* sorted values d/2 - 1 and d/2 */
-#pragma unroll
-    for (int r = 0; r < CS_SMALL; r++) {
-        if (r >= d) break;
-        int rank = 0;
-#pragma unroll
-        for (int j = 0; j < CS_SMALL; j++)
-            if (j < d) rank += x[j] < x[r] || (x[j] == x[r] && j < r);
-        if (rank == d / 2 - 1) lo = x[r];
-        if (rank == d / 2) hi = x[r];
-    }
-    return d % 2 ? hi : 0.5f * (lo + hi);
-}
-
-/* Head h's score of retained index i (position pos) (method.h's score). */
+/* Head h's score of retained index i (position pos) (method.h's score);
+ * snapkv's pooled score is the kernel's (it needs the neighbours'). */
 __device__ static double score_head(const gpu_policy *P, const float *row, const uint32_t *slots,
                                     const uint32_t *state, int i, int pos)
 {
@@ -346,37 +130,12 @@ __device__ static double score_head(const gpu_policy *P, const float *row, const
     const uint32_t *slot = slots + (size_t)i * P->words;
     switch (P->kind) {
     case K_H2O:
-    case K_KNORM: return as_float(slot[0]);
-    case K_TOVA: return row[i];
-    case K_CMS: {
-        float est = FLT_MAX;
-#pragma unroll 4
-        for (int r = 0; r < P->depth; r++) est = fminf(est, counts[(size_t)r * P->width + slot[r]]);
-        return est;
-    }
-    case K_CS: { /* median, by the host's insertion sort */
-        if (P->depth <= CS_SMALL) return cs_median_small(counts, P->width, slot, P->depth);
-        float s[MAX_DEPTH];
-        for (int r = 0; r < P->depth; r++) {
-            const float c = counts[(size_t)r * P->width + (slot[r] & ~CS_NEG)];
-            const float x = slot[r] & CS_NEG ? -c : c;
-            int j = r;
-            while (j > 0 && s[j - 1] > x) {
-                s[j] = s[j - 1];
-                j--;
-            }
-            s[j] = x;
-        }
-        const int d = P->depth;
-        return d % 2 ? s[d / 2] : 0.5f * (s[d / 2 - 1] + s[d / 2]);
-    }
+    case K_KNORM: return score_slot(slot);
+    case K_TOVA: return row[i]; /* tova.c: the current query's attention */
+    case K_CMS: return score_cms(P, counts, slot);
+    case K_CS: return score_count_sketch(P, counts, slot);
     case K_RACE:
-    case K_RACE_KDE: {
-        double sum = 0;
-#pragma unroll 16
-        for (int r = 0; r < P->rows; r++) sum += counts[((size_t)r << P->bits) + slot[r]];
-        return (float)(sum / P->rows);
-    }
+    case K_RACE_KDE: return score_race(P, counts, slot);
     default: return pos; /* full, window, sink: the oldest goes */
     }
 }
@@ -386,34 +145,7 @@ __device__ static int evictable(const gpu_policy *P, int pos, int t)
     return !P->protects || (pos >= P->sink && pos <= t - P->recent);
 }
 
-/* score[i] += the next draw of generator mt for each evictable position i
- * in order, as one mt19937 draw after the other: a position's draw is the
- * state word at the generator's index plus its rank among the evictable
- * positions, past the end of the state from the next state. */
-__device__ static void draw_evictable(const gpu_policy *P, uint32_t *mt, double *score, const int *kp, int n, int t,
-                                      int lane)
-{
-    const int index = (int)mt[MT_N], left = MT_N - index; /* draws the state has left */
-    int total = 0;
-    for (int pass = 0; pass < 2; pass++) {
-        int rank = 0;
-        for (int i0 = 0; i0 < n; i0 += 32) {
-            const int i = i0 + lane, e = i < n && evictable(P, kp[i], t);
-            const unsigned mask = __ballot_sync(0xffffffffu, e);
-            const int r = rank + __popc(mask & ((1u << lane) - 1));
-            if (e && pass == 0 && r < left) score[i] += mt_uniform(mt[index + r]);
-            if (e && pass == 1 && r >= left) score[i] += mt_uniform(mt[r - left]);
-            rank += __popc(mask);
-        }
-        total = rank;
-        if (pass == 1 || total <= left) break;
-        __syncwarp();
-        mt_twist(mt, lane);
-    }
-    __syncwarp();
-    if (lane == 0) mt[MT_N] = total <= left ? index + total : total - left;
-    __syncwarp();
-}
+#include "policies/random.cuh"
 
 /* Removes index x of n from a warp-shared array of `words`-word entries.
  * The shift goes in batches of SHIFT_LOADS words per lane, all loaded before
