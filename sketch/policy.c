@@ -338,6 +338,29 @@ static int lowest(const ap_policy *p, int set, int t, const double *scores)
     return victim;
 }
 
+/* The set's lowest-scored evictable entry, the oldest on ties: scored in
+ * one pass (no scores stored) unless the method scores all at once. */
+static int victim_of(ap_policy *p, int set, int t)
+{
+    if (p->m->score_all) {
+        double *scores = p->scores + (size_t)set * p->cap;
+        score_set(p, set, t, scores);
+        return lowest(p, set, t, scores);
+    }
+    const int n = p->n_kept[set], h0 = first_head(p, set), h1 = last_head(p, set);
+    const int *kept = p->kept[set];
+    int victim = -1;
+    double best = 0;
+    for (int i = 0; i < n; i++) {
+        if (!evictable(p, kept[i], t)) continue;
+        double score = 0;
+        for (int h = h0; h <= h1; h++)
+            score += p->m->score(p->state[h], &p->steps[h], kept[i], p->words ? &p->slots[h][(size_t)i * p->words] : NULL);
+        if (victim < 0 || score < best) victim = i, best = score;
+    }
+    return victim;
+}
+
 /* AdaKV (Feng et al., "Ada-KV: Optimizing KV Cache Eviction by Adaptive
  * Budget Allocation", 2024): the layer's heads share n_head x budget; the
  * globally lowest score goes, from a head holding more than its floor of
@@ -430,10 +453,8 @@ ap_status ap_policy_observe_scaled(ap_policy *p, int t, const float *rows, size_
     }
     for (int s = 0; s < p->n_sets; s++) {
         if (p->n_kept[s] <= p->params.budget) continue;
-        double *scores = p->scores + (size_t)s * p->cap;
-        score_set(p, s, t, scores);
         /* create() guarantees a candidate: budget >= sink + recent */
-        remove_at(p, s, lowest(p, s, t, scores));
+        remove_at(p, s, victim_of(p, s, t));
     }
     return AP_OK;
 }
