@@ -79,6 +79,14 @@ static void assert_same_sets(const ap_policy *p, const ref_sets *r, int t)
     }
 }
 
+static ap_policy_params params_of(const char *name, int budget, int sink, int recent)
+{
+    ap_policy_params p;
+    ap_policy_params_default(&p, name);
+    p.budget = budget, p.sink = sink, p.recent = recent;
+    return p;
+}
+
 static int evictable(const ap_policy_params *p, int j, int t) { return j >= p->sink && j <= t - p->recent; }
 
 static void remove_entry(ref_sets *r, int h, int i)
@@ -204,9 +212,7 @@ static void check_against(const ap_policy_params *params, ref_score_fn ref_score
 static void test_knorm(void **state)
 {
     (void)state;
-    ap_policy_params params;
-    ap_policy_params_default(&params, "knorm");
-    params.budget = 40, params.sink = 2, params.recent = 6;
+    ap_policy_params params = params_of("knorm", 40, 2, 6);
     check_against(&params, knorm_ref);
 }
 
@@ -215,9 +221,7 @@ static void test_snapkv(void **state)
     (void)state;
     const int settings[4][3] = {{32, 5, 0}, {8, 3, 1}, {1, 1, 0}, {50, 7, 1}};
     for (int i = 0; i < 4; i++) {
-        ap_policy_params params;
-        ap_policy_params_default(&params, "snapkv");
-        params.budget = 36, params.sink = 3, params.recent = 5;
+        ap_policy_params params = params_of("snapkv", 36, 3, 5);
         ap_policy_param_set(&params, "window", settings[i][0]);
         ap_policy_param_set(&params, "kernel", settings[i][1]);
         ap_policy_param_set(&params, "max_pool", settings[i][2]);
@@ -283,9 +287,7 @@ static void test_quest(void **state)
     (void)state;
     const int pages[3] = {16, 5, 1};
     for (int c = 0; c < 3; c++) {
-        ap_policy_params params;
-        ap_policy_params_default(&params, "quest");
-        params.budget = 48, params.sink = 4, params.recent = 8;
+        ap_policy_params params = params_of("quest", 48, 4, 8);
         ap_policy_param_set(&params, "page", pages[c]);
         ap_policy *p;
         ap_error err;
@@ -361,9 +363,7 @@ static void test_adakv(void **state)
     (void)state;
     const double alphas[3] = {0.2, 0.0, 1.0};
     for (int a = 0; a < 3; a++) {
-        ap_policy_params params;
-        ap_policy_params_default(&params, "h2o");
-        params.budget = 30, params.sink = 2, params.recent = 4;
+        ap_policy_params params = params_of("h2o", 30, 2, 4);
         params.allocate = AP_ALLOC_ADAKV;
         params.alpha = alphas[a];
         ap_policy *p;
