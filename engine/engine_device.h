@@ -40,6 +40,8 @@ typedef struct {
  *   max_cnt    host: no cnt[i] exceeds it (the attention's grid is sized by
  *              it); 0 when unknown (bounded by the streams' lengths)
  *   hook       work run inside the step (see ap_step_hook), or NULL
+ *   logits     device [n_stream, vocab] for the step's logits, written
+ *              before the hook runs (so that it may read them), or NULL
  * Each stream's position then advances by one. The call returns once the
  * step is queued on the engine's stream (a blocking CUDA stream): the host
  * may prepare the next step meanwhile, and a synchronous copy (cudaMemcpy)
@@ -53,6 +55,7 @@ typedef struct {
     float *rows, *q, *k;
     int max_cnt;
     const ap_step_hook *hook;
+    float *logits;  /* device [n_stream, vocab]: the step's next-token logits (before the hook), or NULL */
 } ap_device_batch;
 
 ap_status ap_engine_decode_device(ap_engine *engine, const ap_device_batch *batch, ap_error *err);

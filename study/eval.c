@@ -6,6 +6,7 @@
  * taken. Each sample's reference is prepared once a step, then the streams
  * are scored side by side on a worker pool; each writes only its own
  * (sample, policy) part. */
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -62,6 +63,17 @@ ap_status study_eval_step(void *ctx, const ap_logits_step *step, ap_error *err)
     eval_step e = {ev, step};
     ap_status st = ap_pool_run(ev->pool, S, prepare_ref, &e, err);
     return st ? st : ap_pool_run(ev->pool, step->n_active, score_stream, &e, err);
+}
+
+ap_status study_eval_values(void *ctx, int sample, int policy, int t, const double values[4], ap_error *err)
+{
+    study_eval *ev = ctx;
+    if (!measured(ev, sample, t)) return AP_OK;
+    double m[AP_M_COUNT];
+    for (int i = 0; i < AP_M_COUNT; i++) m[i] = NAN;
+    m[AP_M_NLL] = values[0], m[AP_M_NEXT_KL] = values[1], m[AP_M_NEXT_TOP1] = values[2];
+    m[AP_M_ARGMAX_RANK] = values[3];
+    return study_acc_values(ev->acc, sample, policy, 0, m, err);
 }
 
 void study_eval_free(study_eval *ev)

@@ -262,7 +262,9 @@ static ap_status replay_cascade_batch(study_acc *acc, ap_engine *engine, const a
     study_eval ev = {acc, tr, full_index(cfg), pool, NULL, NULL, NULL};
     ap_replay_opts o = {.warmup = cfg->warmup, .stride = cfg->stride, .sink = sink_cascade, .sink_ctx = &cs,
                         .progress = cascade_progress, .progress_ctx = ps,
-                        .logits_sink = eval ? study_eval_step : NULL, .logits_ctx = &ev};
+                        .logits_sink = eval ? study_eval_step : NULL, .logits_ctx = &ev,
+                        .next_sink = eval ? study_eval_values : NULL, .next_ctx = &ev,
+                        .host_policies = cfg->host_replay};
     ap_status st = eval && ev.full_policy < 0
                        ? ap_error_set(err, AP_ERR_USAGE, "eval compares every policy with full: list full in the policies")
                        : ap_replay_cascade(engine, tr, cfg->policies, cfg->n_policies, &o, cost, err);

@@ -44,8 +44,9 @@ typedef struct {
                                      memory (a quarter of the free memory when less), or a
                                      third of the free device memory for a device replay */
     int threads;                  /* isolated replays side by side; 0: one per core */
-    int host_replay;              /* on a CUDA engine, replay isolated on the host anyway (the
-                                     device replay keeps the same sets; for comparison) */
+    int host_replay;              /* on a CUDA engine, run the policies (and eval's next-token
+                                     metrics) on the host anyway: the device keeps the same
+                                     sets; for comparison */
     /* recorded in the summary */
     const char *input_source, *input_sha256;
     const char *model_dtype;      /* the weights' stored dtype (F32, F16, BF16), for memory in it */

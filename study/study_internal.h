@@ -73,6 +73,8 @@ typedef struct {
 } study_eval;
 /* An ap_logits_sink: each stream's next-token metrics into its part. */
 ap_status study_eval_step(void *ctx, const ap_logits_step *step, ap_error *err);
+/* An ap_next_sink: one stream's metrics, computed on the device, into its part. */
+ap_status study_eval_values(void *ctx, int sample, int policy, int t, const double values[4], ap_error *err);
 void study_eval_free(study_eval *ev);
 
 /* ---- several processes (mpi.c) ---- */

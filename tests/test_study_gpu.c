@@ -111,6 +111,60 @@ static void device_vs_host(const char *spec, int n_layers)
     ap_model_free(model);
 }
 
+/* eval (docs/eval.md) with the policies and the next-token metrics on the
+ * device against the host policies and host metrics: the same statistics to
+ * 1e-6 relative (the logits are the same step's; only the sums' order
+ * differs), full's next-token KL exactly 0 and top-1 agreement 1. */
+static void eval_device_vs_host(const char *spec)
+{
+    ap_model *model;
+    ap_error err;
+    if (ap_model_load(spec, &model, &err)) fail_msg("%s", err.msg);
+    const int V = model->config.vocab_size, lens[4] = {160, 97, 160, 130};
+    int *ids[4];
+    for (int s = 0; s < 4; s++) {
+        ids[s] = malloc(160 * sizeof(int));
+        for (int t = 0; t < 160; t++) ids[s][t] = (int)((t * 7919u + s * 104729u + (unsigned)(t * t)) % (unsigned)V);
+    }
+    ap_samples samples = {4, (int *)lens, ids, 4, 0};
+    const int layers[1] = {-1};
+    ap_policy_params pol[64];
+    int n_pol = 0;
+    for (int i = 0; i < ap_policy_count() && n_pol < 64; i++) {
+        if (!ap_policy_info_at(i)->on_device) continue;
+        ap_policy_params_default(&pol[n_pol], ap_policy_info_at(i)->name);
+        pol[n_pol++].budget = 24;
+    }
+    pol[1].budget = 160; /* a budget of at least the length: exactly full's numbers */
+    ap_study_config cfg = {.layers = layers, .n_layers = 1, .policies = pol, .n_policies = n_pol,
+                           .mode = AP_STUDY_EVAL, .warmup = 16, .stride = 1, .bootstrap = 200, .seed = 5,
+                           .backend = AP_BACKEND_CUDA, .precision = AP_PRECISION_FP32, .max_length = 160,
+                           .compare_to = "full"};
+    ap_summary dev, host;
+    if (ap_study_run(&cfg, model, &samples, NULL, NULL, &dev, &err)) fail_msg("%s", err.msg);
+    cfg.host_replay = 1;
+    if (ap_study_run(&cfg, model, &samples, NULL, NULL, &host, &err)) fail_msg("%s", err.msg);
+    worst w = {0, 0, 0};
+    compare(&dev, &host, &w);
+    const ap_stats *kl = &dev.runs[0].stats[AP_M_NEXT_KL], *top1 = &dev.runs[0].stats[AP_M_NEXT_TOP1];
+    assert_true(kl->n > 0 && kl->max == 0.0 && top1->min == 1.0);
+    for (int m = AP_M_NLL; m <= AP_M_ARGMAX_RANK; m++) /* budget >= T: full's numbers */
+        assert_true(rel(dev.runs[1].stats[m].mean, dev.runs[0].stats[m].mean) <= 1e-12);
+    print_message("%s: eval on the device vs the host, %d policies: statistics %.3g (relative, worst)\n", spec,
+                  n_pol, w.stats);
+    ap_summary_free(&dev);
+    ap_summary_free(&host);
+    for (int s = 0; s < 4; s++) free(ids[s]);
+    ap_model_free(model);
+}
+
+static void test_eval(void **state)
+{
+    (void)state;
+    eval_device_vs_host("random:L=3,H=4,D=256,V=512,T=256,seed=2");
+    eval_device_vs_host(AP_SOURCE_DIR "/models/attnprobe-mini");
+}
+
 static void test_heads_of_64(void **state)
 {
     (void)state;
@@ -132,6 +186,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_heads_of_64),
         cmocka_unit_test(test_heads_of_32),
+        cmocka_unit_test(test_eval),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -97,10 +97,49 @@ static ap_status emit_rows(cascade_state *s, ap_policy_gpu *g, const ap_trace *t
     return st ? st : ap_pool_run(s->pool, s->n_streams, emit_stream, &job, err);
 }
 
-/* The decode step's hook: the policies' updates at its end. */
+/* The decode step's hook: the policies' updates at its end, and for eval
+ * the next-token metrics of the step's logits. */
+typedef struct {
+    ap_policy_gpu *g;
+    ap_next_gpu *next; /* eval, or NULL */
+} step_work;
+
 static ap_status hook_enqueue(void *ctx, void *stream, const int *t_of, ap_error *err)
 {
-    return ap_policy_gpu_enqueue((ap_policy_gpu *)ctx, stream, t_of, err);
+    const step_work *w = ctx;
+    ap_status st = ap_policy_gpu_enqueue(w->g, stream, t_of, err);
+    return st || !w->next ? st : ap_next_gpu_enqueue(w->next, stream, t_of, err);
+}
+
+/* eval: each active stream's id, sample and the active index of its
+ * sample's full stream (policy full_p), for ap_next_gpu_set_active. */
+static ap_status eval_active(const cascade_state *s, ap_next_gpu *next, int n_active, int full_p, int n_policies,
+                             int *meta, ap_error *err)
+{
+    for (int a = 0; a < n_active; a++) {
+        const int id = s->active_id[a];
+        meta[3 * a] = id, meta[3 * a + 1] = s->sample_of[id], meta[3 * a + 2] = -1;
+        for (int b = 0; b < n_active; b++)
+            if (s->active_id[b] == s->sample_of[id] * n_policies + full_p) meta[3 * a + 2] = b;
+        if (meta[3 * a + 2] < 0)
+            return ap_error_set(err, AP_ERR_RUNTIME, "eval: sample %d has no full-cache stream", s->sample_of[id]);
+    }
+    return ap_next_gpu_set_active(next, meta, n_active, err);
+}
+
+/* eval: every stream's measured next-token metrics, in stream and step order. */
+static ap_status eval_deliver(const cascade_state *s, ap_next_gpu *next, int n_policies, int max_T,
+                              const ap_replay_opts *opts, ap_error *err)
+{
+    double *values = malloc((size_t)s->n_streams * max_T * 4 * sizeof *values);
+    if (!values) return ap_error_set(err, AP_ERR_RUNTIME, "out of memory for eval's metrics");
+    ap_status st = ap_next_gpu_values(next, values, err);
+    for (int i = 0; i < s->n_streams && !st; i++)
+        for (int t = opts->warmup; t + 1 < s->len_of[i] && !st; t++)
+            st = opts->next_sink(opts->next_ctx, s->sample_of[i], i % n_policies, t,
+                                 values + ((size_t)i * max_T + t) * 4, err);
+    free(values);
+    return st;
 }
 
 /* kv_bytes and sketch_bytes of each policy from the final retained counts
@@ -148,10 +187,19 @@ ap_status ap_replay_cascade_gpu(ap_engine *engine, const ap_trace *tr,
     s.dense = malloc((size_t)n * max_T * sizeof(float));
     s.mask = malloc((size_t)n * max_T);
     ap_policy_gpu *g = NULL;
+    ap_next_gpu *next = NULL; /* eval: the next-token metrics where the logits are */
+    int *meta = malloc((size_t)n * 3 * sizeof *meta), full_p = -1;
+    const int eval = opts->next_sink != NULL;
+    for (int p = 0; p < n_policies; p++)
+        if (ap_policy_find(params[p].name) && ap_policy_find(params[p].name)->never_evicts) full_p = p;
     ap_status st = AP_OK;
     memset(cost, 0, (size_t)n_policies * sizeof *cost);
+    if (eval && full_p < 0) {
+        free(meta);
+        return ap_error_set(err, AP_ERR_USAGE, "eval compares every policy with full: list full in the policies");
+    }
     if (!s.param_of || !s.len_of || !s.sample_of || !s.streams || !s.active || !s.active_id ||
-        !s.tokens || !s.list_base || !s.cnt || !s.dense || !s.mask) {
+        !s.tokens || !s.list_base || !s.cnt || !s.dense || !s.mask || !meta) {
         st = ap_error_set(err, AP_ERR_RUNTIME, "out of memory for cascade replay");
         goto done;
     }
@@ -166,15 +214,21 @@ ap_status ap_replay_cascade_gpu(ap_engine *engine, const ap_trace *tr,
         goto done;
     /* A stream whose policy keeps everything is not decoded: its cascade is
      * the reference by definition, so its rows are the trace's (`full` then
-     * gives KL exactly 0 on any engine and precision). */
+     * gives KL exactly 0 on any engine and precision). eval decodes it: its
+     * logits are the others' reference. */
+    if (eval && (st = ap_next_gpu_create(n, (const int *const *)tr->ids, tr->len, tr->n_samples, max_T,
+                                         c->vocab_size, &next, err)))
+        goto done;
     for (int i = 0; i < n; i++) {
-        if (ap_policy_gpu_keeps_all(g, i)) continue;
+        if (ap_policy_gpu_keeps_all(g, i) && !eval) continue;
         s.n_decoded++;
         if ((st = ap_stream_create(engine, s.len_of[i], &s.streams[i], err))) goto done;
     }
     if (opts->sink && tr->n_layers > 0 && (st = ap_policy_gpu_keep_layers(g, tr->layers, tr->n_layers, err))) goto done;
     const ap_policy_gpu_buffers *buf = ap_policy_gpu_buffers_of(g);
-    ap_step_hook hook = {g, hook_enqueue, 0};
+    step_work work = {g, next};
+    ap_step_hook hook = {&work, hook_enqueue, 0};
+    long long active_key = -1;
     const double t0 = replay_now_s();
     double decode_s = 0;
     int measured = -1; /* a step whose rows are still to be emitted */
@@ -191,8 +245,13 @@ ap_status ap_replay_cascade_gpu(ap_engine *engine, const ap_trace *tr,
         }
         if (n_active) {
             if ((st = ap_policy_gpu_begin_step(g, s.active_id, n_active, &hook.key, err))) break;
+            if (eval && hook.key != active_key) {
+                if ((st = eval_active(&s, next, n_active, full_p, n_policies, meta, err))) break;
+                active_key = hook.key;
+            }
             ap_device_batch b = {n_active, s.active, s.tokens, s.list_base, buf->off, buf->cnt,
-                                 buf->pos, buf->rows, buf->q, buf->k, max_cnt, &hook};
+                                 buf->pos, buf->rows, buf->q, buf->k, max_cnt, &hook,
+                                 eval ? ap_next_gpu_logits(next) : NULL};
             const double t_decode = replay_now_s();
             if ((st = ap_engine_decode_device(engine, &b, err))) break;
             decode_s += replay_now_s() - t_decode;
@@ -210,6 +269,7 @@ ap_status ap_replay_cascade_gpu(ap_engine *engine, const ap_trace *tr,
     if (!st && measured >= 0) st = emit_rows(&s, g, tr, n_policies, measured, opts, err);
     /* the decode steps return queued: reading the final counts waits for the last */
     if (!st) st = ap_policy_gpu_counts(g, s.cnt, err);
+    if (!st && eval) st = eval_deliver(&s, next, n_policies, max_T, opts, err);
     const double dt = replay_now_s() - t0;
     if (!st) st = fill_costs(&s, g, params, n_policies, cost, err);
     for (int p = 0; p < n_policies && !st; p++) {
@@ -218,7 +278,9 @@ ap_status ap_replay_cascade_gpu(ap_engine *engine, const ap_trace *tr,
         cost[p].observe_seconds = 0; /* inside the decode steps */
     }
 done:
+    ap_next_gpu_free(next);
     ap_policy_gpu_free(g);
     state_free(&s);
+    free(meta);
     return st;
 }

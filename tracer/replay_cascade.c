@@ -68,7 +68,9 @@ ap_status ap_replay_cascade(ap_engine *engine, const ap_trace *tr, const ap_poli
 #ifdef AP_HAVE_CUDA
     int on_device = 1;
     for (int p = 0; p < n_policies; p++) on_device &= ap_policy_params_on_device(&params[p]);
-    if (ap_engine_backend(engine) == AP_BACKEND_CUDA && !opts->host_policies && !opts->logits_sink && on_device)
+    /* eval's logits stay on the device when its next_sink takes the metrics */
+    const int logits_on_device = !opts->logits_sink || opts->next_sink;
+    if (ap_engine_backend(engine) == AP_BACKEND_CUDA && !opts->host_policies && logits_on_device && on_device)
         return ap_replay_cascade_gpu(engine, tr, params, n_policies, opts, cost, err);
 #endif
     for (int p = 0; p < n_policies; p++)

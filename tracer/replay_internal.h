@@ -48,6 +48,23 @@ const float *replay_quant_row(replay_quant *rq, int h, int t, const float *q_t, 
 ap_status ap_replay_cascade_gpu(ap_engine *engine, const ap_trace *trace,
                                 const ap_policy_params *params, int n_policies,
                                 const ap_replay_opts *opts, ap_replay_cost *cost, ap_error *err);
+
+/* eval's next-token metrics on the device (cuda/next_token_gpu.cu): each
+ * decode step writes the active streams' logits into ap_next_gpu_logits;
+ * enqueued inside the step (t_of: device [n_active], each stream's position),
+ * the metrics of every active stream against its sample's full stream go to
+ * [stream][t][nll, next_kl, next_top1, full_argmax_rank], read at the end. */
+typedef struct ap_next_gpu ap_next_gpu;
+ap_status ap_next_gpu_create(int n_streams, const int *const *ids, const int *len, int n_samples, int max_T,
+                             int vocab, ap_next_gpu **out, ap_error *err);
+void ap_next_gpu_free(ap_next_gpu *g);
+float *ap_next_gpu_logits(ap_next_gpu *g);
+/* meta [n_active * 3]: each active stream's id, sample, and the active index
+ * of its sample's full stream; when the active streams change */
+ap_status ap_next_gpu_set_active(ap_next_gpu *g, const int *meta, int n_active, ap_error *err);
+ap_status ap_next_gpu_enqueue(ap_next_gpu *g, void *stream, const int *t_of, ap_error *err);
+/* out [n_streams * max_T * 4] */
+ap_status ap_next_gpu_values(ap_next_gpu *g, double *out, ap_error *err);
 #endif
 
 #endif

@@ -134,6 +134,12 @@ typedef struct {
 
 typedef ap_status (*ap_logits_sink)(void *ctx, const ap_logits_step *step, ap_error *err);
 
+/* eval on the device: one stream's next-token metrics at step t (measured:
+ * t >= warmup, a next token exists) as values[4] = nll, next_kl, next_top1,
+ * full_argmax_rank, computed where the logits are (the full stream's of the
+ * same sample is the reference). */
+typedef ap_status (*ap_next_sink)(void *ctx, int sample, int policy, int t, const double values[4], ap_error *err);
+
 typedef struct {
     int warmup, stride;      /* rows at t >= warmup with t % stride == 0 are emitted */
     ap_row_sink sink;
@@ -147,6 +153,10 @@ typedef struct {
      * policies then run on the host */
     ap_logits_sink logits_sink;
     void *logits_ctx;
+    /* cascade on a CUDA engine whose policies all run on the device: the
+     * next-token metrics there, delivered here instead of the logits */
+    ap_next_sink next_sink;
+    void *next_ctx;
 } ap_replay_opts;
 
 /* Memory a policy used, the most over samples (and layers in cascade). */

@@ -115,6 +115,7 @@ static ap_status enqueue_decode(ap_engine *e, const void *arg, ap_error *err)
                      "keeping the attention output for the host");
         if ((st = block_finish(e, l, S, l + 1 < L, err))) return st;
     }
+    if (dev && dev->logits && (st = lm_head(e, ce->x, dev->logits, S, err))) return st;
     if (dev && dev->hook && (st = dev->hook->enqueue(dev->hook->ctx, ce->stream, d_t, err))) return st;
     if (a->cap && a->cap->logits) return lm_head(e, ce->x, ce->logits, S, err);
     return AP_OK;
@@ -264,8 +265,9 @@ static ap_status cuda_decode_device(ap_engine *e, const ap_device_batch *b, ap_e
                                     (long long)(size_t)b->q,
                                     (long long)(size_t)b->k,
                                     (long long)(size_t)b->hook,
-                                    b->hook ? b->hook->key : 0};
-    return run_recorded(e, &ce->decode_graph, key, 12, enqueue_decode, &args, err);
+                                    b->hook ? b->hook->key : 0,
+                                    (long long)(size_t)b->logits};
+    return run_recorded(e, &ce->decode_graph, key, 13, enqueue_decode, &args, err);
 }
 
 #endif
