@@ -72,13 +72,22 @@ int cli_policy_longopts(struct option *out, int first_code)
     return n;
 }
 
+/* The base's defaults (sketch/policy.c), the same for every policy. */
+static ap_policy_params base_defaults(void)
+{
+    ap_policy_params d;
+    ap_policy_params_default(&d, "full");
+    return d;
+}
+
 void cli_policy_opts_default(cli_policy_opts *o)
 {
+    const ap_policy_params d = base_defaults();
     memset(o, 0, sizeof *o);
     o->allocate = "uniform";
-    o->beta = 20;
-    o->alpha = 0.2;
-    o->quant = (ap_quant){0, 32, 32};
+    o->beta = d.beta;
+    o->alpha = d.alpha;
+    o->quant = d.quant;
 }
 
 /* "16,32,64": distinct integers in [lo, hi], at most CLI_SWEEP_MAX. */
@@ -152,6 +161,7 @@ ap_status cli_policy_flag(cli_policy_opts *o, int index, const char *value, ap_e
 void cli_policy_usage(FILE *f)
 {
     build_flags();
+    const ap_policy_params d = base_defaults();
     fprintf(f, "policies (--types all: every one):\n");
     for (int i = 0; i < ap_policy_count(); i++) {
         const ap_policy_info *info = ap_policy_info_at(i);
@@ -159,7 +169,8 @@ void cli_policy_usage(FILE *f)
     }
     fprintf(f, "policy options (each takes a list too, 16,32,64: every policy it shapes runs once per\n"
                "combination of the values, all on one reference trace):\n"
-               "  --budget B (64)  --sink S (4)  --recent R (16)   positions kept a set; protected first/last\n");
+               "  --budget B (%d)  --sink S (%d)  --recent R (%d)   positions kept a set; protected first/last\n",
+            d.budget, d.sink, d.recent);
     for (int k = 0; k < n_flags; k++) {
         char head[64];
         snprintf(head, sizeof head, "%s N (%d)", FLAGS[k].flag, FLAGS[k].decl->def);
@@ -168,12 +179,13 @@ void cli_policy_usage(FILE *f)
     }
     fprintf(f, "  --plain-update         Count-Min without conservative update (as --conservative 0)\n"
                "  --allocate uniform|pyramid|adakv (uniform)  how a budget is shared: pyramid, per-layer\n"
-               "                 budgets falling with depth (PyramidKV; --beta X (20)); adakv, one pool a\n"
-               "                 layer shared by its heads (AdaKV; --alpha-safeguard X (0.2) of the budget\n"
+               "                 budgets falling with depth (PyramidKV; --beta X (%g)); adakv, one pool a\n"
+               "                 layer shared by its heads (AdaKV; --alpha-safeguard X (%g) of the budget\n"
                "                 a head keeps at least)\n"
                "  --quant none|kivi2|kivi4|int8 (none)  the retained cache quantised as KIVI does: keys per\n"
-               "                 channel over --group-size N (32) positions, values per position over N\n"
-               "                 channels, the last --residual R (32) positions exact (isolated mode)\n");
+               "                 channel over --group-size N (%d) positions, values per position over N\n"
+               "                 channels, the last --residual R (%d) positions exact (isolated mode)\n",
+            d.beta, d.alpha, d.quant.group, d.quant.residual);
 }
 
 /* ---- the parameter sets ----------------------------------------------------------- */
