@@ -306,7 +306,8 @@ static ap_status next_batch(batch_source *src, const ap_study_config *cfg, int f
     ap_samples view = {n, src->samples->len + first, src->samples->ids + first, 0, 0};
     const int n_layers = cfg->mode == AP_STUDY_EVAL ? 0 : cfg->n_layers; /* eval captures no attention */
     st = src->on_device
-             ? ap_trace_run_device(src->engine, src->model, &view, cfg->layers, n_layers, tr, trace_progress, ps, err)
+             ? ap_trace_run_device(src->engine, src->model, &view, cfg->layers, n_layers, cfg->mode == AP_STUDY_EVAL, tr,
+                                   trace_progress, ps, err)
              : ap_trace_run(src->engine, src->model, &view, cfg->layers, n_layers, tr, trace_progress, ps, err);
     if (st) return st;
     *trace_s += tr->seconds;
@@ -325,7 +326,10 @@ static ap_status run_batches(const ap_study_config *cfg, batch_source *src, cons
     int lo = 0, count = S;
     if (src->sharded) study_shard_of(S, &lo, &count);
     const int hi = lo + count;
-    const int B = batch_size(cfg, sample_bytes(info->n_layers, info->n_head, info->head_dim, max_T), count, src->on_device);
+    size_t per_sample = sample_bytes(info->n_layers, info->n_head, info->head_dim, max_T);
+    /* eval on the device: each position's logits, the trace's and the engine's staging of them */
+    if (cfg->mode == AP_STUDY_EVAL && src->on_device) per_sample += 2 * (size_t)max_T * info->model_vocab * sizeof(float);
+    const int B = batch_size(cfg, per_sample, count, src->on_device);
     progress_state ps = {progress, ctx, {"trace", 0, S, 0, 0, 0}, info->len, now_s(), 0, 0, lo, hi};
     for (int s = 0; s < S; s++) ps.p.tokens_total += info->len[s];
     ap_pool *pool = NULL;
@@ -418,7 +422,8 @@ static ap_status study_model(const ap_study_config *cfg, const ap_model *model, 
     /* an isolated replay on a CUDA engine runs where the trace is */
     int device_policies = 1; /* a policy the CUDA policies lack (docs/policies.md) replays on the host */
     for (int p = 0; p < cfg->n_policies; p++) device_policies &= ap_policy_params_on_device(&cfg->policies[p]);
-    src.on_device = !st && replay && cfg->mode == AP_STUDY_ISOLATED && !cfg->host_replay && !cfg->save_trace &&
+    /* (eval: the trace holds the prefill's logits there, the reference of the device's next-token metrics) */
+    src.on_device = !st && replay && cfg->mode != AP_STUDY_CASCADE && !cfg->host_replay && !cfg->save_trace &&
                     device_policies && ap_engine_backend(src.engine) == AP_BACKEND_CUDA; /* a file is written from host memory */
 #endif
     if (!st && cfg->save_trace) {

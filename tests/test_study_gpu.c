@@ -112,9 +112,13 @@ static void device_vs_host(const char *spec, int n_layers)
 }
 
 /* eval (docs/eval.md) with the policies and the next-token metrics on the
- * device against the host policies and host metrics: the same statistics to
- * 1e-6 relative (the logits are the same step's; only the sums' order
- * differs), full's next-token KL exactly 0 and top-1 agreement 1. */
+ * device — the reference the prefill's logits — against the host policies
+ * and metrics, whose reference is the decoded full stream: perplexities
+ * within 1e-5 relative, next-token KL within 1e-4 (+1e-3 relative), top-1
+ * agreement within 0.02, the full argmax's rank within 2% (the prefill's
+ * and the decode's logits differ by float rounding, which can flip near
+ * ties); full's KL exactly 0 and top-1 agreement 1 on the device; a budget
+ * of at least the length gives full's numbers exactly. */
 static void eval_device_vs_host(const char *spec)
 {
     ap_model *model;
@@ -144,14 +148,28 @@ static void eval_device_vs_host(const char *spec)
     if (ap_study_run(&cfg, model, &samples, NULL, NULL, &dev, &err)) fail_msg("%s", err.msg);
     cfg.host_replay = 1;
     if (ap_study_run(&cfg, model, &samples, NULL, NULL, &host, &err)) fail_msg("%s", err.msg);
-    worst w = {0, 0, 0};
-    compare(&dev, &host, &w);
+    assert_int_equal(dev.n_runs, host.n_runs);
+    double worst[4] = {0, 0, 0, 0};
+    for (int r = 0; r < dev.n_runs; r++) {
+        const ap_stats *x = dev.runs[r].stats, *y = host.runs[r].stats;
+        assert_string_equal(dev.runs[r].policy, host.runs[r].policy);
+        const double d[4] = {rel(x[AP_M_NLL].mean, y[AP_M_NLL].mean), fabs(x[AP_M_NEXT_KL].mean - y[AP_M_NEXT_KL].mean),
+                             fabs(x[AP_M_NEXT_TOP1].mean - y[AP_M_NEXT_TOP1].mean),
+                             rel(x[AP_M_ARGMAX_RANK].mean, y[AP_M_ARGMAX_RANK].mean)};
+        assert_true(x[AP_M_NLL].n == y[AP_M_NLL].n && x[AP_M_NLL].n > 0);
+        assert_true(d[0] <= 1e-5);
+        assert_true(d[1] <= 1e-4 + 1e-3 * fabs(y[AP_M_NEXT_KL].mean));
+        assert_true(d[2] <= 0.02);
+        assert_true(d[3] <= 0.02 || fabs(x[AP_M_ARGMAX_RANK].mean - y[AP_M_ARGMAX_RANK].mean) <= 0.5);
+        for (int i = 0; i < 4; i++) worst[i] = fmax(worst[i], d[i]);
+    }
     const ap_stats *kl = &dev.runs[0].stats[AP_M_NEXT_KL], *top1 = &dev.runs[0].stats[AP_M_NEXT_TOP1];
     assert_true(kl->n > 0 && kl->max == 0.0 && top1->min == 1.0);
     for (int m = AP_M_NLL; m <= AP_M_ARGMAX_RANK; m++) /* budget >= T: full's numbers */
         assert_true(rel(dev.runs[1].stats[m].mean, dev.runs[0].stats[m].mean) <= 1e-12);
-    print_message("%s: eval on the device vs the host, %d policies: statistics %.3g (relative, worst)\n", spec,
-                  n_pol, w.stats);
+    print_message("%s: eval on the device vs the host, %d policies: perplexity %.3g relative, next_kl %.3g, "
+                  "top-1 %.3g, rank %.3g relative (worst)\n",
+                  spec, n_pol, worst[0], worst[1], worst[2], worst[3]);
     ap_summary_free(&dev);
     ap_summary_free(&host);
     for (int s = 0; s < 4; s++) free(ids[s]);

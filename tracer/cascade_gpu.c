@@ -112,13 +112,15 @@ static ap_status hook_enqueue(void *ctx, void *stream, const int *t_of, ap_error
 }
 
 /* eval: each active stream's id, sample and the active index of its
- * sample's full stream (policy full_p), for ap_next_gpu_set_active. */
+ * sample's full stream (policy full_p; -1 when the prefill's logits are the
+ * reference), for ap_next_gpu_set_active. */
 static ap_status eval_active(const cascade_state *s, ap_next_gpu *next, int n_active, int full_p, int n_policies,
-                             int *meta, ap_error *err)
+                             int prefill_ref, int *meta, ap_error *err)
 {
     for (int a = 0; a < n_active; a++) {
         const int id = s->active_id[a];
         meta[3 * a] = id, meta[3 * a + 1] = s->sample_of[id], meta[3 * a + 2] = -1;
+        if (prefill_ref) continue;
         for (int b = 0; b < n_active; b++)
             if (s->active_id[b] == s->sample_of[id] * n_policies + full_p) meta[3 * a + 2] = b;
         if (meta[3 * a + 2] < 0)
@@ -127,13 +129,19 @@ static ap_status eval_active(const cascade_state *s, ap_next_gpu *next, int n_ac
     return ap_next_gpu_set_active(next, meta, n_active, err);
 }
 
-/* eval: every stream's measured next-token metrics, in stream and step order. */
+/* eval: every stream's measured next-token metrics, in stream and step
+ * order; those of the streams that were not decoded (they keep everything)
+ * from the prefill's logits first. */
 static ap_status eval_deliver(const cascade_state *s, ap_next_gpu *next, int n_policies, int max_T,
-                              const ap_replay_opts *opts, ap_error *err)
+                              const ap_replay_opts *opts, int *keeps, ap_error *err)
 {
+    int n_keeps = 0;
+    for (int i = 0; i < s->n_streams; i++)
+        if (!s->streams[i]) keeps[2 * n_keeps] = i, keeps[2 * n_keeps++ + 1] = s->sample_of[i];
     double *values = malloc((size_t)s->n_streams * max_T * 4 * sizeof *values);
     if (!values) return ap_error_set(err, AP_ERR_RUNTIME, "out of memory for eval's metrics");
-    ap_status st = ap_next_gpu_values(next, values, err);
+    ap_status st = ap_next_gpu_reference(next, keeps, n_keeps, err);
+    if (!st) st = ap_next_gpu_values(next, values, err);
     for (int i = 0; i < s->n_streams && !st; i++)
         for (int t = opts->warmup; t + 1 < s->len_of[i] && !st; t++)
             st = opts->next_sink(opts->next_ctx, s->sample_of[i], i % n_policies, t,
@@ -190,6 +198,9 @@ ap_status ap_replay_cascade_gpu(ap_engine *engine, const ap_trace *tr,
     ap_next_gpu *next = NULL; /* eval: the next-token metrics where the logits are */
     int *meta = malloc((size_t)n * 3 * sizeof *meta), full_p = -1;
     const int eval = opts->next_sink != NULL;
+    /* eval's reference: the prefill's logits where the trace kept them on the
+     * device; else the full streams, decoded beside the others */
+    const int prefill_ref = eval && tr->device && tr->logits;
     for (int p = 0; p < n_policies; p++)
         if (ap_policy_find(params[p].name) && ap_policy_find(params[p].name)->never_evicts) full_p = p;
     ap_status st = AP_OK;
@@ -213,14 +224,15 @@ ap_status ap_replay_cascade_gpu(ap_engine *engine, const ap_trace *tr,
         (st = ap_policy_gpu_create(params, n_policies, s.param_of, s.len_of, n, s.L, s.H, s.D, &g, err)))
         goto done;
     /* A stream whose policy keeps everything is not decoded: its cascade is
-     * the reference by definition, so its rows are the trace's (`full` then
-     * gives KL exactly 0 on any engine and precision). eval decodes it: its
+     * the reference by definition, so its rows are the trace's, and its
+     * logits the prefill's (`full` then gives KL exactly 0 on any engine and
+     * precision). An eval without the prefill's logits decodes it: its
      * logits are the others' reference. */
     if (eval && (st = ap_next_gpu_create(n, (const int *const *)tr->ids, tr->len, tr->n_samples, max_T,
-                                         c->vocab_size, &next, err)))
+                                         c->vocab_size, prefill_ref ? tr->logits : NULL, &next, err)))
         goto done;
     for (int i = 0; i < n; i++) {
-        if (ap_policy_gpu_keeps_all(g, i) && !eval) continue;
+        if (ap_policy_gpu_keeps_all(g, i) && (!eval || prefill_ref)) continue;
         s.n_decoded++;
         if ((st = ap_stream_create(engine, s.len_of[i], &s.streams[i], err))) goto done;
     }
@@ -246,7 +258,7 @@ ap_status ap_replay_cascade_gpu(ap_engine *engine, const ap_trace *tr,
         if (n_active) {
             if ((st = ap_policy_gpu_begin_step(g, s.active_id, n_active, &hook.key, err))) break;
             if (eval && hook.key != active_key) {
-                if ((st = eval_active(&s, next, n_active, full_p, n_policies, meta, err))) break;
+                if ((st = eval_active(&s, next, n_active, full_p, n_policies, prefill_ref, meta, err))) break;
                 active_key = hook.key;
             }
             ap_device_batch b = {n_active, s.active, s.tokens, s.list_base, buf->off, buf->cnt,
@@ -269,7 +281,7 @@ ap_status ap_replay_cascade_gpu(ap_engine *engine, const ap_trace *tr,
     if (!st && measured >= 0) st = emit_rows(&s, g, tr, n_policies, measured, opts, err);
     /* the decode steps return queued: reading the final counts waits for the last */
     if (!st) st = ap_policy_gpu_counts(g, s.cnt, err);
-    if (!st && eval) st = eval_deliver(&s, next, n_policies, max_T, opts, err);
+    if (!st && eval) st = eval_deliver(&s, next, n_policies, max_T, opts, meta, err);
     const double dt = replay_now_s() - t0;
     if (!st) st = fill_costs(&s, g, params, n_policies, cost, err);
     for (int p = 0; p < n_policies && !st; p++) {

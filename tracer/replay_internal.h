@@ -52,11 +52,16 @@ ap_status ap_replay_cascade_gpu(ap_engine *engine, const ap_trace *trace,
 /* eval's next-token metrics on the device (cuda/next_token_gpu.cu): each
  * decode step writes the active streams' logits into ap_next_gpu_logits;
  * enqueued inside the step (t_of: device [n_active], each stream's position),
- * the metrics of every active stream against its sample's full stream go to
- * [stream][t][nll, next_kl, next_top1, full_argmax_rank], read at the end. */
+ * the metrics of every active stream against the full cache — ref[sample]
+ * (device [T, vocab], the prefill's logits) at its position, or, with ref
+ * NULL, its sample's decoded full stream — go to [stream][t][nll, next_kl,
+ * next_top1, full_argmax_rank], read at the end. */
 typedef struct ap_next_gpu ap_next_gpu;
 ap_status ap_next_gpu_create(int n_streams, const int *const *ids, const int *len, int n_samples, int max_T,
-                             int vocab, ap_next_gpu **out, ap_error *err);
+                             int vocab, float *const *ref, ap_next_gpu **out, ap_error *err);
+/* The streams that keep everything and are not decoded (keeps: [n * 2] id,
+ * sample): their metrics are the prefill's own (needs ref). */
+ap_status ap_next_gpu_reference(ap_next_gpu *g, const int *keeps, int n_keeps, ap_error *err);
 void ap_next_gpu_free(ap_next_gpu *g);
 float *ap_next_gpu_logits(ap_next_gpu *g);
 /* meta [n_active * 3]: each active stream's id, sample, and the active index

@@ -44,6 +44,8 @@ void ap_trace_free(ap_trace *tr)
         if (tr->v) buffer_free(tr, tr->v[i]);
         if (tr->o) buffer_free(tr, tr->o[i]);
     }
+    for (int s = 0; tr->logits && s < tr->n_samples; s++) buffer_free(tr, tr->logits[s]);
+    free(tr->logits);
     for (int s = 0; tr->ids && s < tr->n_samples; s++) free(tr->ids[s]);
     free(tr->attn), free(tr->q), free(tr->k), free(tr->v), free(tr->o);
     free(tr->ids), free(tr->len), free(tr->layers);
@@ -82,7 +84,7 @@ enum { TRACE_BATCH = 8 };
 #define TRACE_BATCH_BYTES ((size_t)2 << 30)
 
 static ap_status trace_run(ap_engine *engine, const ap_model *model, const ap_samples *samples,
-                           const int *layers, int n_layers, ap_trace *tr, ap_engine *device,
+                           const int *layers, int n_layers, int with_logits, ap_trace *tr, ap_engine *device,
                            ap_progress_fn progress, void *progress_ctx, ap_error *err)
 {
     memset(tr, 0, sizeof *tr);
@@ -90,6 +92,7 @@ static ap_status trace_run(ap_engine *engine, const ap_model *model, const ap_sa
     const ap_config *c = &model->config;
     ap_status st = ap_trace_alloc(tr, samples->n, n_layers, err);
     if (st) goto fail;
+    if (with_logits && !(tr->logits = calloc((size_t)samples->n, sizeof *tr->logits))) goto oom;
     tr->n_head = c->n_head;
     tr->head_dim = c->n_embd / c->n_head;
     memcpy(tr->layers, layers, (size_t)n_layers * sizeof *layers);
@@ -133,8 +136,10 @@ static ap_status trace_run(ap_engine *engine, const ap_model *model, const ap_sa
                 o[l] = buffer_alloc(tr, qk * sizeof(float));
                 if (!attn[l] || !q[l] || !k[l] || !v[l] || !o[l]) goto oom;
             }
+            if (with_logits && !(tr->logits[s] = buffer_alloc(tr, (size_t)T * c->vocab_size * sizeof(float))))
+                goto oom;
             caps[b] = (ap_capture){.n_capture = n_layers, .layers = layers, .attn = attn, .q = q, .k = k,
-                                   .v = v, .o = o};
+                                   .v = v, .o = o, .logits = with_logits ? tr->logits[s] : NULL};
             batch_ids[b] = samples->ids[s];
         }
         if ((st = ap_engine_prefill_batch(engine, n_batch, batch_ids, T, caps, err))) goto fail;
@@ -154,15 +159,16 @@ ap_status ap_trace_run(ap_engine *engine, const ap_model *model, const ap_sample
                        const int *layers, int n_layers, ap_trace *out, ap_progress_fn progress,
                        void *progress_ctx, ap_error *err)
 {
-    return trace_run(engine, model, samples, layers, n_layers, out, NULL, progress, progress_ctx, err);
+    return trace_run(engine, model, samples, layers, n_layers, 0, out, NULL, progress, progress_ctx, err);
 }
 
 ap_status ap_trace_run_device(ap_engine *engine, const ap_model *model, const ap_samples *samples,
-                              const int *layers, int n_layers, ap_trace *out, ap_progress_fn progress,
-                              void *progress_ctx, ap_error *err)
+                              const int *layers, int n_layers, int with_logits, ap_trace *out,
+                              ap_progress_fn progress, void *progress_ctx, ap_error *err)
 {
     if (ap_engine_backend(engine) != AP_BACKEND_CUDA)
         return ap_error_set(err, AP_ERR_USAGE, "a trace kept on the device needs a CUDA engine");
-    return trace_run(engine, model, samples, layers, n_layers, out, engine, progress, progress_ctx, err);
+    return trace_run(engine, model, samples, layers, n_layers, with_logits, out, engine, progress, progress_ctx,
+                     err);
 }
 

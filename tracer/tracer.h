@@ -54,6 +54,8 @@ typedef struct {
     char *config_json;      /* what shaped the trace, as saved in its file (owned; may be NULL) */
     double seconds;
     ap_engine *device;      /* non-NULL: attn, q, k, v, o are buffers on this engine's device */
+    float **logits;         /* [n_samples]: [T, vocab] the prefill's next-token logits, on the
+                               device (ap_trace_run_device with logits), or NULL */
 } ap_trace;
 
 /* Allocates the arrays of a trace of these shapes (buffers left NULL). */
@@ -66,10 +68,11 @@ ap_status ap_trace_run(ap_engine *engine, const ap_model *model, const ap_sample
                        const int *layers, int n_layers, ap_trace *out, ap_progress_fn progress,
                        void *progress_ctx, ap_error *err);
 /* The same with attn, q, k, v and o left on a CUDA engine's device (for a
- * replay there; the trace must be freed before the engine). */
+ * replay there; the trace must be freed before the engine); with_logits:
+ * also every position's next-token logits (eval's reference, docs/eval.md). */
 ap_status ap_trace_run_device(ap_engine *engine, const ap_model *model, const ap_samples *samples,
-                              const int *layers, int n_layers, ap_trace *out, ap_progress_fn progress,
-                              void *progress_ctx, ap_error *err);
+                              const int *layers, int n_layers, int with_logits, ap_trace *out,
+                              ap_progress_fn progress, void *progress_ctx, ap_error *err);
 void ap_trace_free(ap_trace *trace);
 /* Index of layer in trace->layers, or -1. */
 int ap_trace_layer_index(const ap_trace *trace, int layer);

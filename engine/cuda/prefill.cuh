@@ -98,7 +98,7 @@ static ap_status cuda_prefill_batch(ap_engine *e, int B, const int *const *ids, 
         return st;
     for (int b = 0; logits_rows && b < B; b++)
         CUDA_TRY(cudaMemcpyAsync(caps[b].logits, ce->logits + (size_t)b * logits_rows * c->vocab_size,
-                                 (size_t)logits_rows * c->vocab_size * sizeof(float), cudaMemcpyDeviceToHost,
+                                 (size_t)logits_rows * c->vocab_size * sizeof(float), cudaMemcpyDefault,
                                  ce->stream),
                  "copying logits to the host");
     CUDA_TRY(cudaStreamSynchronize(ce->stream), "finishing the prefill");

@@ -1,8 +1,9 @@
 /* next_token_gpu.cu — eval's next-token metrics on the device (docs/eval.md):
  * at each decode step every stream's logits are compared, inside the step's
- * recorded launch, with those of its sample's `full` stream, and four numbers
- * a (stream, step) are kept in device memory until the cascade ends. Only
- * they cross to the host: not 50,257 logits a stream and step.
+ * recorded launch, with the full cache's — the prefill's logits at that
+ * position, or the decoded `full` stream's of the same sample — and four
+ * numbers a (stream, step) are kept in device memory until the cascade ends.
+ * Only they cross to the host: not 50,257 logits a stream and step.
  *
  * The arithmetic is analysis/next_token.c's, in double: log-sum-exp from the
  * maximum, the argmax the first of equal maxima, KL(p_full || p_policy)
@@ -25,7 +26,9 @@ struct ap_next_gpu {
     int n_streams, n_samples, max_T, vocab;
     float *logits;  /* [n_streams, vocab]: the step's, by active index */
     int *ids, *len; /* [n_samples * max_T], [n_samples] */
-    int *meta;      /* [n_streams * 3]: each active stream's id, sample, and its sample's full stream's active index */
+    int *meta;      /* [n_streams * 3]: each active stream's id, sample, and its sample's full stream's
+                       active index (-1: the reference is the prefill's) */
+    const float **ref; /* [n_samples]: the prefill's logits [T, vocab] of each sample, or NULL */
     double *values; /* [n_streams * max_T * 4]: nll, next_kl, next_top1, full_argmax_rank */
     int n_active;
 };
@@ -84,7 +87,8 @@ __global__ void next_token_kernel(ap_next_gpu g, const int *t_of)
     const int a = blockIdx.x, id = g.meta[3 * a], sample = g.meta[3 * a + 1], r = g.meta[3 * a + 2];
     const int t = t_of[a], V = g.vocab;
     if (t + 1 >= g.len[sample]) return;
-    const float *lp = g.logits + (size_t)a * V, *lr = g.logits + (size_t)r * V;
+    const float *lp = g.logits + (size_t)a * V;
+    const float *lr = r >= 0 ? g.logits + (size_t)r * V : g.ref[sample] + (size_t)t * V;
     int top_p, top_r;
     const double zp = log_sum_exp(lp, V, &top_p, sv, si), zr = log_sum_exp(lr, V, &top_r, sv, si);
     double kl = 0, rank = 0;
@@ -105,8 +109,27 @@ __global__ void next_token_kernel(ap_next_gpu g, const int *t_of)
     }
 }
 
+/* A stream that keeps everything is not decoded: its logits are the
+ * prefill's, so its metrics are the reference's own (one block a position;
+ * blockIdx.y the stream of keeps[]). KL 0, top-1 1, rank 0 exactly. */
+__global__ void reference_kernel(ap_next_gpu g, const int *keeps)
+{
+    __shared__ double sv[NEXT_THREADS];
+    __shared__ int si[NEXT_THREADS];
+    const int id = keeps[2 * blockIdx.y], sample = keeps[2 * blockIdx.y + 1], t = blockIdx.x;
+    if (t + 1 >= g.len[sample]) return;
+    const float *lr = g.ref[sample] + (size_t)t * g.vocab;
+    int top;
+    const double z = log_sum_exp(lr, g.vocab, &top, sv, si);
+    if (threadIdx.x == 0) {
+        double *out = g.values + ((size_t)id * g.max_T + t) * 4;
+        out[0] = z - lr[g.ids[(size_t)sample * g.max_T + t + 1]];
+        out[1] = 0.0, out[2] = 1.0, out[3] = 0.0;
+    }
+}
+
 extern "C" ap_status ap_next_gpu_create(int n_streams, const int *const *ids, const int *len, int n_samples,
-                                        int max_T, int vocab, ap_next_gpu **out, ap_error *err)
+                                        int max_T, int vocab, float *const *ref, ap_next_gpu **out, ap_error *err)
 {
     ap_next_gpu *g = (ap_next_gpu *)calloc(1, sizeof *g);
     if (!g) return ap_error_set(err, AP_ERR_RUNTIME, "out of memory");
@@ -120,6 +143,8 @@ extern "C" ap_status ap_next_gpu_create(int n_streams, const int *const *ids, co
     if (!e) e = cudaMalloc(&g->len, (size_t)n_samples * sizeof(int));
     if (!e) e = cudaMalloc(&g->meta, (size_t)n_streams * 3 * sizeof(int));
     if (!e) e = cudaMalloc(&g->values, (size_t)n_streams * max_T * 4 * sizeof(double));
+    if (!e && ref) e = cudaMalloc(&g->ref, (size_t)n_samples * sizeof *g->ref);
+    if (!e && ref) e = cudaMemcpy(g->ref, ref, (size_t)n_samples * sizeof *g->ref, cudaMemcpyHostToDevice);
     if (!e) e = cudaMemcpy(g->ids, h_ids, (size_t)n_samples * max_T * sizeof(int), cudaMemcpyHostToDevice);
     if (!e) e = cudaMemcpy(g->len, len, (size_t)n_samples * sizeof(int), cudaMemcpyHostToDevice);
     /* steps without a next token stay NaN: the host never reads them */
@@ -133,6 +158,7 @@ extern "C" void ap_next_gpu_free(ap_next_gpu *g)
 {
     if (!g) return;
     cudaFree(g->logits), cudaFree(g->ids), cudaFree(g->len), cudaFree(g->meta), cudaFree(g->values);
+    cudaFree(g->ref);
     free(g);
 }
 
@@ -152,6 +178,23 @@ extern "C" ap_status ap_next_gpu_enqueue(ap_next_gpu *g, void *stream, const int
     if (g->n_active < 1) return AP_OK;
     next_token_kernel<<<g->n_active, NEXT_THREADS, 0, (cudaStream_t)stream>>>(*g, t_of);
     KERNEL_TRY("eval's next-token metrics");
+    return AP_OK;
+}
+
+extern "C" ap_status ap_next_gpu_reference(ap_next_gpu *g, const int *keeps, int n_keeps, ap_error *err)
+{
+    if (n_keeps < 1) return AP_OK;
+    if (!g->ref) return ap_error_set(err, AP_ERR_RUNTIME, "eval: a stream keeps everything but no prefill logits");
+    int *d_keeps;
+    CUDA_TRY(cudaMalloc(&d_keeps, (size_t)n_keeps * 2 * sizeof(int)), "allocating eval's reference streams");
+    cudaError_t e = cudaMemcpy(d_keeps, keeps, (size_t)n_keeps * 2 * sizeof(int), cudaMemcpyHostToDevice);
+    if (!e) {
+        reference_kernel<<<dim3(g->max_T, n_keeps), NEXT_THREADS>>>(*g, d_keeps);
+        e = cudaGetLastError();
+    }
+    if (!e) e = cudaDeviceSynchronize();
+    cudaFree(d_keeps);
+    CUDA_TRY(e, "eval's metrics of the streams that keep everything");
     return AP_OK;
 }
 
