@@ -58,7 +58,7 @@ int ap_policy_n_params(const ap_policy_info *info)
 
 const char *ap_policy_names(void)
 {
-    static char names[1024];
+    static _Thread_local char names[1024]; /* built once a thread: error messages read it */
     if (!names[0])
         for (int i = 0; i < ap_policy_registry_size; i++)
             snprintf(names + strlen(names), sizeof names - strlen(names), "%s%s", i ? ", " : "",
