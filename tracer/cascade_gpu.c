@@ -205,13 +205,13 @@ ap_status ap_replay_cascade_gpu(ap_engine *engine, const ap_trace *tr,
         if (ap_policy_find(params[p].name) && ap_policy_find(params[p].name)->never_evicts) full_p = p;
     ap_status st = AP_OK;
     memset(cost, 0, (size_t)n_policies * sizeof *cost);
-    if (eval && full_p < 0) {
-        free(meta);
-        return ap_error_set(err, AP_ERR_USAGE, "eval compares every policy with full: list full in the policies");
-    }
     if (!s.param_of || !s.len_of || !s.sample_of || !s.streams || !s.active || !s.active_id ||
         !s.tokens || !s.list_base || !s.cnt || !s.dense || !s.mask || !meta) {
         st = ap_error_set(err, AP_ERR_RUNTIME, "out of memory for cascade replay");
+        goto done;
+    }
+    if (eval && full_p < 0) {
+        st = ap_error_set(err, AP_ERR_USAGE, "eval compares every policy with full: list full in the policies");
         goto done;
     }
     /* stream i = sample * n_policies + policy, as on the host */
