@@ -48,19 +48,29 @@ static int line_points(const char *svg, double *x, double *y, int max)
     return best;
 }
 
+/* Draws an xy chart (c) or a heatmap (h) into dir/name and returns the
+ * file's contents (malloc'ed; *n its bytes). */
+static char *draw(const ap_chart_xy *c, const ap_chart_heatmap *h, ap_chart_format format, const char *name,
+                  size_t *n)
+{
+    char path[300];
+    snprintf(path, sizeof path, "%s/%s", dir, name);
+    ap_error err;
+    const ap_status st = c ? ap_chart_xy_draw(c, format, path, &err) : ap_chart_heatmap_draw(h, format, path, &err);
+    if (st) fail_msg("%s: %s", name, err.msg);
+    char *data = testutil_read_file(path, n);
+    assert_non_null(data);
+    return data;
+}
+
 static void test_three_points(void **state)
 {
     (void)state;
     const double x[3] = {1, 2, 3}, y[3] = {10, 20, 40};
     const ap_chart_series s = {.name = "line", .n = 3, .x = x, .y = y, .style = AP_CHART_LINE};
     const ap_chart_xy c = {.title = "three points", .x_label = "x", .y_label = "y", .n_series = 1, .series = &s};
-    char path[300];
-    snprintf(path, sizeof path, "%s/three.svg", dir);
-    ap_error err;
-    assert_int_equal(ap_chart_xy_draw(&c, AP_CHART_SVG, path, &err), AP_OK);
     size_t n;
-    char *svg = testutil_read_file(path, &n);
-    assert_non_null(svg);
+    char *svg = draw(&c, NULL, AP_CHART_SVG, "three.svg", &n);
     double px[64], py[64];
     assert_int_equal(line_points(svg, px, py, 64), 3);
     /* x equally spaced and increasing; y (up the page: PLplot's SVG flips
@@ -82,22 +92,15 @@ static void test_log_axis_and_band(void **state)
     const double x[3] = {16, 64, 256}, y[3] = {3, 2, 1}, lo[3] = {2.5, 1.5, 0.5}, hi[3] = {3.5, 2.5, 1.5};
     const ap_chart_series s = {.name = "h2o", .n = 3, .x = x, .y = y, .lo = lo, .hi = hi};
     const ap_chart_xy c = {.title = "log", .x_label = "budget", .y_label = "KL", .log_x = 1, .n_series = 1, .series = &s};
-    char path[300];
-    snprintf(path, sizeof path, "%s/log.svg", dir);
-    ap_error err;
-    assert_int_equal(ap_chart_xy_draw(&c, AP_CHART_SVG, path, &err), AP_OK);
     size_t n;
-    char *svg = testutil_read_file(path, &n);
+    char *svg = draw(&c, NULL, AP_CHART_SVG, "log.svg", &n);
     double px[64], py[64];
     assert_int_equal(line_points(svg, px, py, 3), 3);
     /* 16, 64, 256 are equally spaced on a log axis */
     assert_true(fabs((px[1] - px[0]) - (px[2] - px[1])) < 0.05);
     assert_non_null(strstr(svg, "fill-opacity=\"0.18")); /* the band, translucent */
     free(svg);
-    snprintf(path, sizeof path, "%s/log.png", dir);
-    assert_int_equal(ap_chart_xy_draw(&c, AP_CHART_PNG, path, &err), AP_OK);
-    char *png = testutil_read_file(path, &n);
-    assert_non_null(png);
+    char *png = draw(&c, NULL, AP_CHART_PNG, "log.png", &n);
     assert_true(n > 1000 && !memcmp(png, "\x89PNG", 4));
     free(png);
 }
@@ -109,12 +112,8 @@ static void test_heatmap(void **state)
     const double v[6] = {1, 2, 3, 4, NAN, 6};
     const ap_chart_heatmap h = {.title = "heat", .x_label = "layer", .y_label = "policy", .n_rows = 2, .n_cols = 3,
                                 .row_names = rows, .col_names = cols, .values = v};
-    char path[300];
-    snprintf(path, sizeof path, "%s/heat.svg", dir);
-    ap_error err;
-    assert_int_equal(ap_chart_heatmap_draw(&h, AP_CHART_SVG, path, &err), AP_OK);
     size_t n;
-    char *svg = testutil_read_file(path, &n);
+    char *svg = draw(NULL, &h, AP_CHART_SVG, "heat.svg", &n);
     int cells = 0; /* PLplot's fills: closed polylines with a fill rule */
     for (const char *p = svg; (p = strstr(p, "fill-rule=\"nonzero\"")); p++) cells++;
     assert_int_equal(cells, 6); /* one a cell, the empty one in grey */

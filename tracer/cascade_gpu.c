@@ -201,8 +201,10 @@ ap_status ap_replay_cascade_gpu(ap_engine *engine, const ap_trace *tr,
     /* eval's reference: the prefill's logits where the trace kept them on the
      * device; else the full streams, decoded beside the others */
     const int prefill_ref = eval && tr->device && tr->logits;
-    for (int p = 0; p < n_policies; p++)
-        if (ap_policy_find(params[p].name) && ap_policy_find(params[p].name)->never_evicts) full_p = p;
+    for (int p = 0; p < n_policies; p++) {
+        const ap_policy_info *info = ap_policy_find(params[p].name);
+        if (info && info->never_evicts) full_p = p;
+    }
     ap_status st = AP_OK;
     memset(cost, 0, (size_t)n_policies * sizeof *cost);
     if (!s.param_of || !s.len_of || !s.sample_of || !s.streams || !s.active || !s.active_id ||

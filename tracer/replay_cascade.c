@@ -73,11 +73,13 @@ ap_status ap_replay_cascade(ap_engine *engine, const ap_trace *tr, const ap_poli
     if (ap_engine_backend(engine) == AP_BACKEND_CUDA && !opts->host_policies && logits_on_device && on_device)
         return ap_replay_cascade_gpu(engine, tr, params, n_policies, opts, cost, err);
 #endif
-    for (int p = 0; p < n_policies; p++)
-        if (ap_policy_find(params[p].name) && ap_policy_find(params[p].name)->selects)
+    for (int p = 0; p < n_policies; p++) {
+        const ap_policy_info *info = ap_policy_find(params[p].name);
+        if (info && info->selects)
             return ap_error_set(err, AP_ERR_USAGE, "policy %s chooses its set from each query, which the cascade's "
                                 "decode step computes after the sets are given (accepted: --mode isolated)",
                                 params[p].name);
+    }
     const int n_streams = tr->n_samples * n_policies;
     int max_T = 0;
     for (int s = 0; s < tr->n_samples; s++) max_T = tr->len[s] > max_T ? tr->len[s] : max_T;
