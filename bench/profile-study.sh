@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # On the GPU machine, after scripts/gpu-check.sh has built build-gpu: where
 # an isolated study's device replay goes. (1) the whole command with one
-# policy at a time (`--types`), its replay_s; (2) Nsight Compute on one
-# step's launches past the budget (the ten policies' observe kernels and
-# the step's feed kernel), their durations.
+# policy at a time (`--types`), its replay_s; (2) Nsight Compute on the
+# first batch's launches: the reference rows' top positions and each
+# policy's replay kernel (all of its sets through all their steps), their
+# durations, registers and occupancy.
 #   usage: bench/profile-study.sh BUILD_DIR TEXT [OUT]
 set -uo pipefail
 build=$1 text=$2 out=${3:-${OUT:-.}}
@@ -15,7 +16,7 @@ for ty in full window h2o random cms count_sketch race race_kde window,sink,rand
           full,window,sink,random,h2o,tova,cms,count_sketch,race,race_kde; do
   echo "types $ty: $(bash "$here/study.sh" "$build/attnprobe" "${common[@]}" --types "$ty")"
 done
-"$ncu" --cache-control none --clock-control none -k regex:"observe_kernel|feed_kernel|metrics_kernel" \
-  --launch-skip 3000 --launch-count 12 --section SpeedOfLight --section LaunchStats --section Occupancy \
+"$ncu" --cache-control none --clock-control none -k regex:"replay_kernel|topk_kernel" \
+  --launch-count 11 --section SpeedOfLight --section LaunchStats --section Occupancy \
   "$build/attnprobe" run "${common[@]}" --quiet --out "$(mktemp -d)" > "$out/ncu_study.txt" 2>&1
-grep -E "observe_kernel|feed_kernel|metrics_kernel|Duration|Registers Per|Achieved Occupancy" "$out/ncu_study.txt"
+grep -E "replay_kernel|topk_kernel|Duration|Registers Per|Achieved Occupancy" "$out/ncu_study.txt"

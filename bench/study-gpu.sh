@@ -5,6 +5,7 @@
 # 32 and 256 samples, cascade at 8 samples. Wall time and peak RSS from GNU
 # time (bench/study.sh), the model's load included.
 #   usage: bench/study-gpu.sh BUILD_DIR TEXT [PRECISION] [SAMPLES...]
+#   (CASCADE=0 leaves the cascade out)
 set -uo pipefail
 build=$1 text=$2 prec=${3:-fp32}
 shift 3 2>/dev/null || shift $#
@@ -16,7 +17,8 @@ common=(--model random:gpt2-small --tokenizer "$here/../tests/fixtures/gpt2-toke
 for n in "${sizes[@]}"; do
   echo "isolated $prec, $n samples: $(bash "$here/study.sh" "$build/attnprobe" "${common[@]}" --samples $n)"
 done
-echo "cascade $prec, 8 samples: $(bash "$here/study.sh" "$build/attnprobe" "${common[@]}" --samples 8 --mode cascade)"
+[ "${CASCADE:-1}" = 1 ] &&
+  echo "cascade $prec, 8 samples: $(bash "$here/study.sh" "$build/attnprobe" "${common[@]}" --samples 8 --mode cascade)"
 # the model's load alone (a study of one short sample on one layer and policy)
 echo "load only: $(bash "$here/study.sh" "$build/attnprobe" --model random:gpt2-small \
   --tokenizer "$here/../tests/fixtures/gpt2-tokenizer" --input "$text" --max-length 128 --samples 1 \

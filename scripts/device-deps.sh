@@ -35,4 +35,6 @@ extra postgresql-docs postgresql-doc-15
 extra git-docs git-doc
 extra debian-handbook debian-handbook 'usr/share/doc/debian-handbook/html/en-US/*.html'
 tar czf .device/shared.tgz -C .device/stage data extra
-du -sh .device/debs .device/mpi-debs .device/shared.tgz
+# the Brown text alone, for calls whose working tree leaves no room for the rest
+tar czf .device/text.tgz -C .device/stage data/text/brown.txt
+du -sh .device/debs .device/mpi-debs .device/shared.tgz .device/text.tgz

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Run THERE (the GPU machine, through the device tool with carry
-# [".device/debs", ".device/mpi-debs", ".device/shared.tgz"]):
+# [".device/debs", ".device/mpi-debs", ".device/shared.tgz" or ".device/text.tgz"]):
 # unpacks the carried Debian packages into a private prefix, builds attnprobe
 # with CUDA for sm_90, runs the tests (ctest, all labels) and, with
 # --bench, the benchmarks. Logs go to $OUT when set.
@@ -14,7 +14,10 @@ PREFIX=/tmp/attnprobe-deps
 if [ ! -d "$PREFIX/usr" ]; then
   for f in .device/debs/*.deb .device/mpi-debs/*.deb; do [ -e "$f" ] && dpkg -x "$f" "$PREFIX"; done
 fi
-if [ ! -d .device/shared ] && [ -f .device/shared.tgz ]; then mkdir -p .device/shared && tar xzf .device/shared.tgz -C .device/shared; fi
+# the shared data, whole (shared.tgz) or its Brown text alone (text.tgz, when the rest would not fit the carry)
+for f in .device/shared.tgz .device/text.tgz; do
+  if [ ! -d .device/shared ] && [ -f "$f" ]; then mkdir -p .device/shared && tar xzf "$f" -C .device/shared; fi
+done
 LIBDIR=$PREFIX/usr/lib/x86_64-linux-gnu
 ln -sf openblas-pthread/libopenblas.so.0 "$LIBDIR/libopenblas.so.0" 2>/dev/null
 export PKG_CONFIG_SYSROOT_DIR=$PREFIX

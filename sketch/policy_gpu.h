@@ -81,6 +81,13 @@ ap_status ap_policy_gpu_wait_kept(ap_policy_gpu *g, ap_error *err);
 int ap_policy_gpu_kept(const ap_policy_gpu *g, int stream, int which, int head, const int **pos,
                        const float **rows);
 
+/* For device code that runs the sets itself (sketch/cuda/observe.cuh's
+ * set_step, as the isolated replay of study/cuda/ does): g's device state,
+ * and the kind (observe.cuh's K_*) of policy p. */
+struct ap_step_view;
+const struct ap_step_view *ap_policy_gpu_view(const ap_policy_gpu *g);
+int ap_policy_gpu_kind(const ap_policy_gpu *g, int p);
+
 /* Retained counts of every list: cnt[n_stream * n_layer * n_head]. */
 ap_status ap_policy_gpu_counts(ap_policy_gpu *g, int *cnt, ap_error *err);
 

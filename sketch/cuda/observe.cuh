@@ -1,9 +1,9 @@
 /* observe.cuh — the device side of policy_gpu.cu: what a policy's set does
- * each decode step (observe_kernel: observe, retain t, evict, one warp a set)
- * and the copies of the sets the step attended to (keep_kernel), with the
+ * each step (set_step: observe, retain t, evict, one warp a set; run by the
+ * cascade's observe_kernel and by the isolated replay of study/cuda/) and
+ * the copies of the sets the step attended to (keep_kernel), with the
  * helpers the policies share; each policy's own code is its file in
- * policies/. Included once, by policy_gpu.cu, which says why the
- * arithmetic is the host's. */
+ * policies/. policy_gpu.cu says why the arithmetic is the host's. */
 #ifndef AP_SKETCH_OBSERVE_CUH
 #define AP_SKETCH_OBSERVE_CUH
 
@@ -30,8 +30,9 @@ typedef struct {
     long long state_words; /* per head: counters, or the generator */
 } gpu_policy;
 
-/* What the kernel reads; passed by value. */
-typedef struct {
+/* What the kernels read; passed by value. (policy_gpu.h hands it to
+ * device code elsewhere as struct ap_step_view.) */
+typedef struct ap_step_view {
     int L, H, D, max_T, n_active;
     const int *off;
     int *cnt, *pos;
@@ -100,20 +101,34 @@ __device__ static void add_in_order(float *counts, int row_len, const uint32_t *
 #include "policies/race.cuh"
 #include "policies/snapkv.cuh"
 
+/* What a set's step reads besides the rows: head h's query and key at
+ * q + h * stride and k + h * stride, and, when computed ahead (the isolated
+ * replay hashes every position of the trace at once), their RACE buckets
+ * at q_buckets + h * bucket_stride and k_buckets likewise (NULL: hashed in
+ * the step). */
+typedef struct {
+    const float *q, *k;
+    size_t stride;
+    const uint32_t *q_buckets, *k_buckets;
+    size_t bucket_stride;
+} step_vectors;
+
 /* One head's ingestion of the step (method.h's observe): kept i has
  * attention row[i], t has row[n]; the new slot is at slots + n * words. */
 __device__ static void observe_head(const gpu_policy *P, const step_view *v, int t, int h, const float *row,
-                                    uint32_t *slots, uint32_t *state, const float *q, const float *k, int n,
-                                    int lane)
+                                    uint32_t *slots, uint32_t *state, const step_vectors &x, int n, int lane)
 {
     uint32_t *fresh = slots + (size_t)n * P->words;
     float *counts = (float *)state;
+    const float *q = x.q + h * x.stride, *k = x.k + h * x.stride;
+    const uint32_t *qb = x.q_buckets ? x.q_buckets + h * x.bucket_stride : NULL;
+    const uint32_t *kb = x.k_buckets ? x.k_buckets + h * x.bucket_stride : NULL;
     switch (P->kind) {
     case K_H2O: observe_h2o(P, v, t, h, row, slots, counts, fresh, q, k, n, lane); break;
     case K_CMS: observe_cms(P, v, t, h, row, slots, counts, fresh, q, k, n, lane); break;
     case K_CS: observe_count_sketch(P, v, t, h, row, slots, counts, fresh, q, k, n, lane); break;
-    case K_RACE: observe_race(P, v, t, h, row, slots, counts, fresh, q, k, n, lane); break;
-    case K_RACE_KDE: observe_race_kde(P, v, t, h, row, slots, counts, fresh, q, k, n, lane); break;
+    case K_RACE: observe_race(P, v, t, h, row, slots, counts, fresh, k, kb, n, lane); break;
+    case K_RACE_KDE: observe_race_kde(P, v, t, h, counts, fresh, q, k, qb, kb, lane); break;
     case K_KNORM: observe_knorm(P, v, t, h, row, slots, counts, fresh, q, k, n, lane); break;
     case K_SNAPKV: observe_snapkv(P, v, t, h, row, slots, counts, fresh, q, k, n, lane); break;
     default: /* full, window, sink, random, tova keep no per-step state */
@@ -187,39 +202,24 @@ __device__ static void stage_in(uint32_t *staged, const uint32_t *home, long lon
     }
 }
 
-/* One warp per (active stream, layer, set) of the streams items[] (indices
- * into the active streams, all of one policy; t_of: their positions), n_sets
- * in all: observe, retain t, evict. A head-granularity set's sketch or
- * generator is worked on in shared memory when it fits stage_words. Blocks of
- * several warps: an SM holds at most 32 blocks, and the ten policies' sets
- * run side by side. */
+/* One set's step, one warp: observe t, retain it, evict as the host's
+ * policy would. The set is list (a head's) or, for a layer-granularity set,
+ * base's heads h0..h1 (its positions in list = base, mirrored into the
+ * others at the end); head h's rows are at v.rows + v.off[base + h], its
+ * vectors in x; a head set's state is at `staged` when not NULL (else in
+ * place). P's kind must be
+ * KIND. Both replays run it: the cascade's step by step (observe_kernel),
+ * the isolated one with a set's every step in one warp (study/). */
 template <int KIND>
-__global__ void __launch_bounds__(128, 6) observe_kernel(step_view v, const int *t_of, const int *items, int stage_words, int n_sets)
+__device__ __forceinline__ static void set_step(const gpu_policy &P, const step_view &v, int list, int base, int h0,
+                                                int h1, int t, const step_vectors &x, uint32_t *staged, int lane)
 {
-    extern __shared__ uint32_t staged_all[];
-    const int warp = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32, lane = threadIdx.x % 32;
-    if (warp >= n_sets) return;
-    uint32_t *staged = staged_all + (size_t)(threadIdx.x / 32) * stage_words;
-    const int a = items[warp / (v.L * v.H)], l = warp / v.H % v.L, set = warp % v.H, t = t_of[a];
-    const int sid = v.active[a];
-    gpu_policy P = v.policies[v.stream_policy[sid]];
-    P.kind = KIND; /* a constant: each kind's launch compiles to its own code */
-    if (P.layer_sets && set > 0) return;
-    const int base = (sid * v.L + l) * v.H, list = base + set;
-    const int h0 = P.layer_sets ? 0 : set, h1 = P.layer_sets ? v.H - 1 : set;
-    const int C = v.H * v.D;
     int *kp = v.pos + v.off[list];
     int n = v.cnt[list];
-    /* head h's state: staged (a single head whose state fits) or in place */
-    const int stage = !P.layer_sets && P.state_words > 0 && P.state_words <= stage_words;
-    uint32_t *home = v.state + v.state_off[list];
-    if (stage) stage_in(staged, home, P.state_words, lane);
-    __syncwarp();
-#define STATE_OF(h) (stage ? staged : v.state + v.state_off[base + (h)])
+#define STATE_OF(h) (staged ? staged : v.state + v.state_off[base + (h)])
     for (int h = h0; h <= h1; h++) {
-        const size_t qk = ((size_t)l * v.n_active + a) * C + (size_t)h * v.D;
-        observe_head(&P, &v, t, h, v.rows + v.off[base + h], v.slots + v.slot_off[base + h], STATE_OF(h),
-                     v.q + qk, v.k + qk, n, lane);
+        observe_head(&P, &v, t, h, v.rows + v.off[base + h], v.slots + v.slot_off[base + h], STATE_OF(h), x, n,
+                     lane);
         __syncwarp();
     }
     if (lane == 0) kp[n] = t;
@@ -227,13 +227,13 @@ __global__ void __launch_bounds__(128, 6) observe_kernel(step_view v, const int 
     __syncwarp();
     if (!P.never_evicts && n > P.budget) {
         double *score = v.scratch + v.off[list];
-        if (P.kind == K_RANDOM) {
+        if (KIND == K_RANDOM) {
             /* the host draws per evictable position, head after head */
             for (int i = lane; i < n; i += 32) score[i] = 0;
             for (int h = h0; h <= h1; h++) draw_evictable(&P, STATE_OF(h), score, kp, n, t, lane);
             __syncwarp();
         }
-        const int sketch = P.kind == K_CMS || P.kind == K_CS || P.kind == K_RACE || P.kind == K_RACE_KDE;
+        const int sketch = KIND == K_CMS || KIND == K_CS || KIND == K_RACE || KIND == K_RACE_KDE;
         if (sketch) /* estimates read counters SCORE_BATCH positions at a time, their loads together */
             for (int i0 = lane; i0 < n; i0 += 32 * SCORE_BATCH) {
                 double s[SCORE_BATCH];
@@ -248,7 +248,7 @@ __global__ void __launch_bounds__(128, 6) observe_kernel(step_view v, const int 
                 for (int j = 0; j < SCORE_BATCH; j++)
                     if (i0 + 32 * j < n) score[i0 + 32 * j] = s[j];
             }
-        if (P.kind == K_SNAPKV) { /* every head's window sums first: a score pools its neighbours' */
+        if (KIND == K_SNAPKV) { /* every head's window sums first: a score pools its neighbours' */
             for (int h = h0; h <= h1; h++)
                 for (int i = lane; i < n; i += 32)
                     v.scratch[v.off[base + h] + i] = window_sum(&P, v.slots + v.slot_off[base + h], i);
@@ -259,9 +259,9 @@ __global__ void __launch_bounds__(128, 6) observe_kernel(step_view v, const int 
         for (int i = lane; i < n; i += 32) {
             if (!evictable(&P, kp[i], t)) continue;
             double s = 0;
-            if (P.kind == K_SNAPKV)
+            if (KIND == K_SNAPKV)
                 for (int h = h0; h <= h1; h++) s += pooled(&P, v.scratch + v.off[base + h], i, n);
-            else if (P.kind == K_RANDOM || sketch) s = score[i];
+            else if (KIND == K_RANDOM || sketch) s = score[i];
             else
                 for (int h = h0; h <= h1; h++)
                     s += score_head(&P, v.rows + v.off[base + h], v.slots + v.slot_off[base + h], STATE_OF(h), i,
@@ -281,7 +281,6 @@ __global__ void __launch_bounds__(128, 6) observe_kernel(step_view v, const int 
     }
 #undef STATE_OF
     __syncwarp();
-    for (long long w = lane; stage && w < P.state_words; w += 32) home[w] = staged[w];
     if (lane == 0) v.cnt[list] = n;
     if (P.layer_sets)
         for (int h = 1; h < v.H; h++) {
@@ -289,12 +288,43 @@ __global__ void __launch_bounds__(128, 6) observe_kernel(step_view v, const int 
             for (int i = lane; i < n; i += 32) dst[i] = kp[i];
             if (lane == 0) v.cnt[base + h] = n;
         }
+    __syncwarp();
+}
+
+/* One warp per (active stream, layer, set) of the streams items[] (indices
+ * into the active streams, all of one policy; t_of: their positions), n_sets
+ * in all: set_step. A head-granularity set's sketch or generator is worked
+ * on in shared memory when it fits stage_words. Blocks of several warps: an
+ * SM holds at most 32 blocks, and the ten policies' sets run side by side. */
+template <int KIND>
+__global__ void __launch_bounds__(128, 6) observe_kernel(step_view v, const int *t_of, const int *items, int stage_words, int n_sets)
+{
+    extern __shared__ uint32_t staged_all[];
+    const int warp = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32, lane = threadIdx.x % 32;
+    if (warp >= n_sets) return;
+    uint32_t *staged = staged_all + (size_t)(threadIdx.x / 32) * stage_words;
+    const int a = items[warp / (v.L * v.H)], l = warp / v.H % v.L, set = warp % v.H, t = t_of[a];
+    const int sid = v.active[a];
+    gpu_policy P = v.policies[v.stream_policy[sid]];
+    P.kind = KIND; /* a constant: each kind's launch compiles to its own code */
+    if (P.layer_sets && set > 0) return;
+    const int base = (sid * v.L + l) * v.H, list = base + set;
+    const int h0 = P.layer_sets ? 0 : set, h1 = P.layer_sets ? v.H - 1 : set;
+    /* head h's state: staged (a single head whose state fits) or in place */
+    const int stage = !P.layer_sets && P.state_words > 0 && P.state_words <= stage_words;
+    uint32_t *home = v.state + v.state_off[list];
+    if (stage) stage_in(staged, home, P.state_words, lane);
+    __syncwarp();
+    const size_t qk = ((size_t)l * v.n_active + a) * v.H * v.D;
+    const step_vectors x = {v.q + qk, v.k + qk, (size_t)v.D, NULL, NULL, 0};
+    set_step<KIND>(P, v, list, base, h0, h1, t, x, stage ? staged : NULL, lane);
+    for (long long w = lane; stage && w < P.state_words; w += 32) home[w] = staged[w];
 }
 
 /* Copies layer `layer`'s lists of the active streams as the decode step left
  * them: one block per (active stream, head); positions, then the rows with t
  * last. (A stream that has ended holds no row of t: its list may be full.) */
-__global__ void keep_kernel(step_view v, int layer, const int *cap, const long long *kept_off, int *kept_cnt,
+static __global__ void keep_kernel(step_view v, int layer, const int *cap, const long long *kept_off, int *kept_cnt,
                             int *kept_pos, float *kept_rows)
 {
     const int s = v.active[blockIdx.x / v.H], h = blockIdx.x % v.H, list = (s * v.L + layer) * v.H + h;

@@ -222,6 +222,35 @@ static cudaError_t upload(void **dst, const void *host, size_t n)
     return host ? cudaMemcpy(*dst, host, n, cudaMemcpyHostToDevice) : cudaMemset(*dst, 0, n ? n : 1);
 }
 
+/* Each list of policy p's streams starts from its head's template,
+ * tmpl[(list % H) * words ...]. */
+__global__ void fill_state_kernel(step_view v, int p, const uint32_t *tmpl, long long words)
+{
+    const int list = blockIdx.x, LH = v.L * v.H;
+    if (v.stream_policy[list / LH] != p) return;
+    uint32_t *dst = v.state + v.state_off[list];
+    const uint32_t *src = tmpl + (size_t)(list % v.H) * words;
+    for (long long w = threadIdx.x; w < words; w += blockDim.x) dst[w] = src[w];
+}
+
+/* Policy p's initial states, on the device (the state starts zeroed: only
+ * a template with a non-zero word, a generator's, is copied). */
+static ap_status fill_state(ap_policy_gpu *g, int p, const gpu_policy *P, const uint32_t *tmpl, ap_error *err)
+{
+    const size_t n = (size_t)g->H * P->state_words;
+    size_t nonzero = 0;
+    while (tmpl && nonzero < n && !tmpl[nonzero]) nonzero++;
+    if (!tmpl || nonzero == n || !g->n_lists) return AP_OK;
+    uint32_t *d_tmpl;
+    CUDA_TRY(upload((void **)&d_tmpl, tmpl, n * sizeof *tmpl), "uploading a policy's initial state");
+    fill_state_kernel<<<(unsigned)g->n_lists, 128>>>(g->v, p, d_tmpl, P->state_words);
+    cudaError_t e = cudaGetLastError();
+    if (e == cudaSuccess) e = cudaDeviceSynchronize();
+    cudaFree(d_tmpl);
+    CUDA_TRY(e, "filling a policy's initial states");
+    return AP_OK;
+}
+
 ap_status ap_policy_gpu_create(const ap_policy_params *params, int n_params, const int *stream_param,
                                const int *stream_len, int n_stream, int n_layer, int n_head, int head_dim,
                                ap_policy_gpu **out, ap_error *err)
@@ -251,7 +280,6 @@ ap_status ap_policy_gpu_create(const ap_policy_params *params, int n_params, con
     g->h_items = (int *)malloc((size_t)n_stream * sizeof *g->h_items);
     g->first = (int *)calloc((size_t)n_params, sizeof *g->first);
     g->count = (int *)calloc((size_t)n_params, sizeof *g->count);
-    uint32_t *state = NULL;
     ap_status st = AP_OK;
     if (!pols || !init || !slot_off || !state_off || !g->h_off || !g->h_cap || !g->h_keeps_all || !g->h_param ||
         !g->stage_words || !g->kind ||
@@ -282,17 +310,6 @@ ap_status ap_policy_gpu_create(const ap_policy_params *params, int n_params, con
             goto done;
         }
         g->h_off[g->n_lists] = (int)at, slot_off[g->n_lists] = slot_at, state_off[g->n_lists] = state_at;
-        if (!(state = (uint32_t *)calloc((size_t)state_at + 1, sizeof *state))) {
-            st = ap_error_set(err, AP_ERR_RUNTIME, "out of memory");
-            goto done;
-        }
-        for (int s = 0; s < n_stream; s++) {
-            const gpu_policy *P = &pols[stream_param[s]];
-            const uint32_t *tmpl = init[stream_param[s]];
-            for (int i = 0; tmpl && i < LH; i++)
-                memcpy(state + state_off[s * LH + i], tmpl + (size_t)(i % n_head) * P->state_words,
-                       (size_t)P->state_words * sizeof *state);
-        }
         step_view *v = &g->v;
         const size_t C = (size_t)n_head * head_dim;
         v->L = n_layer, v->H = n_head, v->D = head_dim, v->max_T = g->max_T;
@@ -314,11 +331,13 @@ ap_status ap_policy_gpu_create(const ap_policy_params *params, int n_params, con
         CUDA_TRY(upload((void **)&v->state_off, state_off, ((size_t)g->n_lists + 1) * sizeof(long long)),
                  "uploading state offsets");
         CUDA_TRY(upload((void **)&v->slots, NULL, (size_t)slot_at * sizeof(uint32_t)), "allocating slots");
-        CUDA_TRY(upload((void **)&v->state, state, (size_t)state_at * sizeof(uint32_t)), "uploading sketches");
+        CUDA_TRY(upload((void **)&v->state, NULL, (size_t)state_at * sizeof(uint32_t)), "allocating sketches");
         CUDA_TRY(upload((void **)&v->tables, tables, n_tables * sizeof(uint32_t)), "uploading hash tables");
         CUDA_TRY(upload((void **)&v->stream_policy, stream_param, (size_t)n_stream * sizeof(int)),
                  "uploading stream policies");
         CUDA_TRY(upload((void **)&v->policies, pols, (size_t)n_params * sizeof *pols), "uploading policies");
+        for (int p = 0; p < n_params; p++)
+            if ((st = fill_state(g, p, &pols[p], init[p], err))) goto done;
         CUDA_TRY(upload((void **)&g->d_active, NULL, (size_t)n_stream * sizeof(int)), "allocating active streams");
         v->active = g->d_active;
         for (int p = 0; p < n_params; p++) g->stage_words[p] = staged_words(&pols[p]), g->kind[p] = pols[p].kind;
@@ -329,7 +348,7 @@ ap_status ap_policy_gpu_create(const ap_policy_params *params, int n_params, con
     }
 done:
     for (int p = 0; init && p < n_params; p++) free(init[p]);
-    free(init), free(pols), free(tables), free(slot_off), free(state_off), free(state);
+    free(init), free(pols), free(tables), free(slot_off), free(state_off);
     if (st) ap_policy_gpu_free(g);
     else *out = g;
     return st;
@@ -339,6 +358,8 @@ const ap_policy_gpu_buffers *ap_policy_gpu_buffers_of(const ap_policy_gpu *g) { 
 int ap_policy_gpu_list_base(const ap_policy_gpu *g, int stream) { return stream * g->L * g->H; }
 int ap_policy_gpu_keeps_all(const ap_policy_gpu *g, int stream) { return g->h_keeps_all[stream]; }
 int ap_policy_gpu_capacity(const ap_policy_gpu *g, int stream) { return g->h_cap[stream]; }
+const struct ap_step_view *ap_policy_gpu_view(const ap_policy_gpu *g) { return &g->v; }
+int ap_policy_gpu_kind(const ap_policy_gpu *g, int p) { return g->kind[p]; }
 
 ap_status ap_policy_gpu_begin_step(ap_policy_gpu *g, const int *active, int n_active, long long *key,
                                    ap_error *err)

@@ -2,14 +2,18 @@
  * its trace (study_internal.h, docs/architecture.md).
  *
  * Streams are (sample, policy) pairs, one list per (stream, probed layer,
- * head), run by the cascade's device policies (sketch/policy_gpu.h). Each
- * step t:
- *   1. at a measured step, every row's metrics against the sets as they are
- *      (before t is observed), one warp a row (analysis/metrics_device.cuh);
+ * head), run by the cascade's device policies (sketch/policy_gpu.h). In an
+ * isolated replay no set depends on another, and every step's input — the
+ * reference row of t — is in the trace already, so one warp runs one set
+ * through all of its steps (replay_kernel), its sketch held in shared memory
+ * throughout. Each step t:
+ *   1. at a measured step, the set's rows' metrics as it stands (before t
+ *      is observed; analysis/metrics_device.cuh);
  *   2. the reference row of t, scaled by 1 / the mass the set retains (the
- *      host's double sum, in its order), is written where the policies read
- *      the step's probabilities, with t's query and key;
- *   3. the policies observe t, retain it and evict, as the host's would.
+ *      host's double sum, in its order), is written where the policy reads
+ *      the step's probabilities;
+ *   3. the policy observes t, retains it and evicts, as the host's would
+ *      (observe.cuh's set_step, the cascade's code).
  * Only the per-row metric values (15 numbers a measured row) come back to
  * the host, which folds them as it folds its own replay's. */
 #include <cuda_runtime.h>
@@ -24,20 +28,33 @@ extern "C" {
 
 #include "../../analysis/metrics_device.cuh"
 #include "../../common/cuda_try.h"
+#include "../../sketch/cuda/observe.cuh"
 
 /* What the kernels read of a batch; passed by value. */
 typedef struct {
-    int n_policies, L, H, D, max_T, n_steps;
+    int n_samples, n_policies, L, H, D, max_T, n_steps, warmup, stride, n_lists;
     const int *len;                 /* [B] */
     const float *const *attn, *const *q, *const *k, *const *v, *const *o; /* [B * L] */
     const int *keeps_all;           /* [B * n_policies] */
-    const int *off, *cnt, *pos;     /* the policies' lists */
-    float *rows, *q_step, *k_step;  /* where the policies read step t */
     double *values;                 /* [B][n_policies * L][n_steps][H][AP_M_COUNT] */
-    int *top;                       /* [B * L * H][32]: each reference row's top positions at t */
+    const int *top;                 /* [n_steps][B * L * H][32]: each reference row's top positions */
+    /* the sets at the measured steps of the current segment (snapshots):
+     * step s's list at snap_pos + s * snap_total + snap_off[list], its
+     * count at snap_cnt[s * n_lists + list]; a list of a stream that keeps
+     * everything has none (snap_off -1) */
+    const long long *snap_off;      /* [n_lists] */
+    long long snap_total;
+    int *snap_pos, *snap_cnt;
+    int seg_step;                   /* the segment's first measured step */
 } batch_view;
 
-enum { WARPS = 4 };
+/* The position of measured step `step`: the multiples of the stride from the warmup on. */
+__host__ __device__ static inline int measured_t(const batch_view *bv, int step)
+{
+    return (bv->warmup + bv->stride - 1) / bv->stride * bv->stride + step * bv->stride;
+}
+
+enum { WARPS = 4 }; /* warps a block of the top and metrics kernels */
 
 /* A metrics warp's scratch: the policy row (floats), then the kept flags;
  * 16-byte multiples so that every warp's floats stay aligned. */
@@ -46,35 +63,45 @@ __host__ __device__ static inline size_t warp_scratch_bytes(int max_T)
     return ((size_t)max_T * (sizeof(float) + 1) + 15) / 16 * 16;
 }
 
-/* One warp a reference row (sample, layer, head) at t: its top positions,
- * which every policy's recall reads. */
-__global__ void topk_kernel(batch_view bv, int t, int n_rows)
+/* Words of a head's state a set may stage in shared memory for its whole
+ * replay (a RACE sketch of 16 rows × 2^9 buckets is 8,192). */
+enum { ISO_STAGE_WORDS_MAX = 16 * 1024 };
+
+/* One warp a reference row (measured step, sample, layer, head): its top
+ * positions, which every policy's recall reads. */
+__global__ void topk_kernel(batch_view bv, int n_rows)
 {
     const int warp = blockIdx.x * WARPS + threadIdx.x / 32;
-    if (warp >= n_rows) return;
-    const int h = warp % bv.H, l = warp / bv.H % bv.L, b = warp / (bv.H * bv.L), T = bv.len[b];
+    if (warp >= n_rows * bv.n_steps) return;
+    const int row = warp % n_rows, step = warp / n_rows;
+    const int h = row % bv.H, l = row / bv.H % bv.L, b = row / (bv.H * bv.L), T = bv.len[b];
+    const int t = measured_t(&bv, step);
     if (t >= T) return;
     const float *ref = bv.attn[(size_t)b * bv.L + l] + ((size_t)h * T + t) * T;
-    ap_topk_warp(ref, t + 1, bv.top + (size_t)warp * 32);
+    ap_topk_warp(ref, t + 1, (int *)bv.top + (size_t)warp * 32);
 }
 
-/* One warp a row (stream, layer, head) of every stream still running at t. */
-__global__ void metrics_kernel(batch_view bv, int t, int step, int n_rows)
+/* One warp a row (segment step, stream, layer, head) of the segment's
+ * n_rows: its metrics against the set the snapshot holds. */
+__global__ void metrics_kernel(batch_view bv, int n_rows)
 {
     extern __shared__ unsigned char scratch[];
     const int warp = blockIdx.x * WARPS + threadIdx.x / 32;
     if (warp >= n_rows) return;
-    const int h = warp % bv.H, l = warp / bv.H % bv.L, sid = warp / (bv.H * bv.L);
-    const int b = sid / bv.n_policies, p = sid % bv.n_policies, T = bv.len[b];
+    const int n_lists = bv.n_lists, list = warp % n_lists, s = warp / n_lists, step = bv.seg_step + s;
+    const int h = list % bv.H, l = list / bv.H % bv.L, sid = list / (bv.H * bv.L);
+    const int b = sid / bv.n_policies, p = sid % bv.n_policies, T = bv.len[b], t = measured_t(&bv, step);
     if (t >= T) return;
     float *q = (float *)(scratch + (threadIdx.x / 32) * warp_scratch_bytes(bv.max_T));
     unsigned char *kept = (unsigned char *)(q + bv.max_T);
-    const int list = warp; /* (sid * L + l) * H + h */
-    ap_row_set set = {t, bv.cnt[list], bv.keeps_all[sid], bv.pos + bv.off[list]};
+    const long long at = bv.snap_off[list];
+    const int keeps_all = at < 0;
+    ap_row_set set = {t, keeps_all ? t : bv.snap_cnt[(size_t)s * n_lists + list], keeps_all,
+                      keeps_all ? NULL : bv.snap_pos + s * bv.snap_total + at};
     const size_t tl = (size_t)b * bv.L + l;
     const float *ref = bv.attn[tl] + ((size_t)h * T + t) * T;
+    const int *top = bv.top + ((size_t)step * bv.n_samples * bv.L * bv.H + tl * bv.H + h) * 32;
     double out[AP_M_COUNT];
-    const int *top = bv.top + (((size_t)b * bv.L + l) * bv.H + h) * 32;
     ap_metrics_row_warp(ref, &set, top, bv.v[tl] + (size_t)h * T * bv.D, bv.o[tl] + ((size_t)h * T + t) * bv.D, bv.D,
                         q, kept, out);
     if (threadIdx.x % 32 == 0) {
@@ -84,54 +111,117 @@ __global__ void metrics_kernel(batch_view bv, int t, int step, int n_rows)
     }
 }
 
-/* One warp a list of an active stream: the scaled reference row of t where
- * the policies read it, and t's query and key. */
-__global__ void feed_kernel(batch_view bv, const int *active, int n_active, int t, int *t_of)
+/* Head h's reference row of t restricted to the set (n positions kp[] and
+ * t), scaled as ap_replay_isolated scales it: by 1 / its mass summed in the
+ * host's order, unless nothing has been evicted. */
+__device__ static void feed_row(const float *ref, const int *kp, int n, int t, float *row, int lane)
 {
-    const int warp = blockIdx.x * WARPS + threadIdx.x / 32, lane = threadIdx.x % 32;
-    if (warp >= n_active * bv.L * bv.H) return;
-    const int h = warp % bv.H, l = warp / bv.H % bv.L, a = warp / (bv.H * bv.L);
-    const int sid = active[a], b = sid / bv.n_policies, T = bv.len[b];
-    const int list = (sid * bv.L + l) * bv.H + h, n = bv.cnt[list];
-    const int *pos = bv.pos + bv.off[list];
-    const size_t tl = (size_t)b * bv.L + l;
-    const float *ref = bv.attn[tl] + ((size_t)h * T + t) * T;
-    /* the retained entries of the row, gathered by the whole warp into the
-     * policies' row (unscaled) so that the sum below reads them nearby */
-    float *row = bv.rows + bv.off[list];
-    for (int x = lane; x <= n; x += 32) row[x] = ref[x < n ? pos[x] : t];
+    for (int x = lane; x <= n; x += 32) row[x] = ref[x < n ? kp[x] : t];
     __syncwarp();
-    /* ap_replay_isolated's scale: 1 / the retained mass, summed in its order */
     double mass = 0;
     if (lane == 0 && n < t) {
         mass = row[n];
+#pragma unroll 8
         for (int x = 0; x < n; x++) mass += row[x];
     }
     mass = __shfl_sync(0xffffffffu, mass, 0);
     const float scale = n == t || !(mass > 0) ? 1.0f : (float)(1.0 / mass);
     if (scale != 1.0f)
         for (int x = lane; x <= n; x += 32) row[x] *= scale;
-    const size_t C = (size_t)bv.H * bv.D, src = ((size_t)h * T + t) * bv.D;
-    const size_t dst = ((size_t)l * n_active + a) * C + (size_t)h * bv.D;
-    for (int d = lane; d < bv.D; d += 32) {
-        bv.q_step[dst + d] = bv.q[tl][src + d];
-        bv.k_step[dst + d] = bv.k[tl][src + d];
-    }
-    if (l == 0 && h == 0 && lane == 0) t_of[a] = t;
+    __syncwarp();
 }
 
-/* Device copies of the batch's pointer tables and small arrays. */
+/* One warp a vector (sample, layer, head, position) of the batch's queries
+ * (of_q) or keys: its buckets under policy P's hyperplanes, at
+ * out + ((tl * H + h) * max_T + t) * rows — what race_hash gives in a step,
+ * found for every position at once. */
+__global__ void hash_kernel(batch_view bv, gpu_policy P, const uint32_t *tables, int of_q, uint32_t *out, int n_vectors)
+{
+    const int warp = blockIdx.x * WARPS + threadIdx.x / 32, lane = threadIdx.x % 32;
+    if (warp >= n_vectors) return;
+    const int t = warp % bv.max_T, h = warp / bv.max_T % bv.H, tl = warp / (bv.max_T * bv.H);
+    const int T = bv.len[tl / bv.L];
+    if (t >= T) return;
+    const float *x = (of_q ? bv.q : bv.k)[tl] + ((size_t)h * T + t) * bv.D;
+    const float *planes = (const float *)(tables + P.table) + (size_t)h * P.rows * P.bits * bv.D;
+    race_hash(&P, planes, bv.D, x, out + (size_t)warp * P.rows, lane);
+}
+
+/* One warp a set (sample, layer, head — or layer for a layer-granularity
+ * policy) of policy p: its steps t0 <= t < t1, the sets of the measured
+ * ones copied to the segment's snapshots before t is observed. A set whose
+ * state fits stage_words keeps it in shared memory meanwhile. */
+template <int KIND>
+__global__ void __launch_bounds__(128) replay_kernel(batch_view bv, step_view v, int p, int stage_words, int n_sets,
+                                                     int t0, int t1, const uint32_t *pre_q, const uint32_t *pre_k)
+{
+    extern __shared__ __align__(16) uint32_t staged_all[];
+    const int warp = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32, lane = threadIdx.x % 32;
+    if (warp >= n_sets) return;
+    const int set = warp % bv.H, l = warp / bv.H % bv.L, b = warp / (bv.H * bv.L);
+    const int sid = b * bv.n_policies + p, T = bv.len[b];
+    if (bv.keeps_all[sid]) return;
+    gpu_policy P = v.policies[v.stream_policy[sid]];
+    P.kind = KIND; /* a constant: each kind's launch compiles to its own code */
+    if (P.layer_sets && set > 0) return;
+    const int base = (sid * bv.L + l) * bv.H, list = base + set;
+    const int h0 = P.layer_sets ? 0 : set, h1 = P.layer_sets ? bv.H - 1 : set;
+    uint32_t *staged = staged_all + (size_t)(threadIdx.x / 32) * stage_words;
+    const int stage = !P.layer_sets && P.state_words > 0 && P.state_words <= stage_words;
+    uint32_t *home = v.state + v.state_off[list];
+    if (stage) stage_in(staged, home, P.state_words, lane);
+    __syncwarp();
+    const size_t tl = (size_t)b * bv.L + l;
+    const float *attn = bv.attn[tl];
+    for (int t = t0; t < t1 && t < T; t++) {
+        if (t >= bv.warmup && t % bv.stride == 0) {
+            const size_t s = (size_t)((t - measured_t(&bv, 0)) / bv.stride - bv.seg_step);
+            for (int h = h0; h <= h1; h++) {
+                const int hl = base + h, n = v.cnt[list];
+                const int *kp = v.pos + v.off[list];
+                int *dst = bv.snap_pos + s * bv.snap_total + bv.snap_off[hl];
+                for (int i = lane; i < n; i += 32) dst[i] = kp[i];
+                if (lane == 0) bv.snap_cnt[s * bv.n_lists + hl] = n;
+            }
+        }
+        const int n = v.cnt[list], *kp = v.pos + v.off[list];
+        for (int h = h0; h <= h1; h++)
+            feed_row(attn + ((size_t)h * T + t) * T, kp, n, t, (float *)v.rows + v.off[base + h], lane);
+        const size_t at = (tl * bv.H * bv.max_T + t) * P.rows;
+        const step_vectors x = {bv.q[tl] + (size_t)t * bv.D, bv.k[tl] + (size_t)t * bv.D, (size_t)T * bv.D,
+                                pre_q ? pre_q + at : NULL, pre_k ? pre_k + at : NULL, (size_t)bv.max_T * P.rows};
+        set_step<KIND>(P, v, list, base, h0, h1, t, x, stage ? staged : NULL, lane);
+    }
+    for (long long w = lane; stage && w < P.state_words; w += 32) home[w] = staged[w];
+}
+
+typedef void (*replay_fn)(batch_view, step_view, int, int, int, int, int, const uint32_t *, const uint32_t *);
+static const replay_fn REPLAY[] = {
+    replay_kernel<K_FULL>, replay_kernel<K_WINDOW>, replay_kernel<K_SINK>,     replay_kernel<K_RANDOM>,
+    replay_kernel<K_H2O>,  replay_kernel<K_TOVA>,   replay_kernel<K_CMS>,      replay_kernel<K_CS>,
+    replay_kernel<K_RACE>, replay_kernel<K_RACE_KDE>, replay_kernel<K_KNORM>, replay_kernel<K_SNAPKV>};
+
+/* Device copies of the batch's pointer tables and small arrays; a stream per policy. */
 typedef struct {
-    cudaStream_t stream;
+    cudaStream_t stream, *policy_stream;
+    int n_policy_streams;
     void *tables;    /* attn, q, k, v, o pointers; len; keeps_all */
-    int *active, *t_of, *top;
+    int *top, *snap_pos, *snap_cnt;
+    long long *snap_off;
     double *values;
+    uint32_t **buckets; /* [2 * n_policy_streams]: each RACE policy's query and key buckets, or NULL */
 } batch_device;
 
 static void batch_device_free(batch_device *d)
 {
     if (d->stream) cudaStreamDestroy(d->stream);
-    cudaFree(d->tables), cudaFree(d->active), cudaFree(d->t_of), cudaFree(d->top), cudaFree(d->values);
+    for (int p = 0; p < d->n_policy_streams; p++) {
+        cudaStreamDestroy(d->policy_stream[p]);
+        if (d->buckets) cudaFree(d->buckets[2 * p]), cudaFree(d->buckets[2 * p + 1]);
+    }
+    free(d->policy_stream), free(d->buckets);
+    cudaFree(d->tables), cudaFree(d->top), cudaFree(d->values);
+    cudaFree(d->snap_pos), cudaFree(d->snap_cnt), cudaFree(d->snap_off);
 }
 
 static double now_s(void)
@@ -165,56 +255,122 @@ static ap_status upload_tables(const ap_trace *tr, const int *keeps_all, int n_s
     return AP_OK;
 }
 
-/* The measured steps of the batch, and every step's replay. */
-static ap_status replay_steps(const ap_study_config *cfg, const ap_trace *tr, ap_policy_gpu *g, const int *keeps_all,
-                              int n_streams, batch_device *d, batch_view *bv, ap_error *err)
+/* Snapshot memory at most: the measured steps go in segments that fit. */
+static const size_t SNAP_BYTES_MAX = (size_t)4 << 30;
+
+/* The snapshots' layout (bv->snap_off, snap_total) and buffers for
+ * *seg_len measured steps a segment. */
+static ap_status plan_snapshots(const ap_policy_gpu *g, const int *keeps_all, int n_streams, batch_device *d,
+                                batch_view *bv, int *seg_len, ap_error *err)
 {
-    int *active = (int *)malloc((size_t)n_streams * sizeof(int));
-    int *last = (int *)malloc((size_t)n_streams * sizeof(int));
-    if (!active || !last) {
-        free(active), free(last);
+    const int LH = bv->L * bv->H;
+    long long *off = (long long *)malloc((size_t)bv->n_lists * sizeof *off), total = 0;
+    if (!off) return ap_error_set(err, AP_ERR_RUNTIME, "out of memory");
+    for (int s = 0; s < n_streams; s++)
+        for (int i = 0; i < LH; i++) {
+            off[s * LH + i] = keeps_all[s] ? -1 : total;
+            if (!keeps_all[s]) total += ap_policy_gpu_capacity(g, s);
+        }
+    const size_t step_bytes = ((size_t)total + bv->n_lists) * sizeof(int);
+    size_t cap = study_gpu_free_bytes() / 4;
+    cap = cap < SNAP_BYTES_MAX ? cap : SNAP_BYTES_MAX;
+    const size_t fit = cap / step_bytes;
+    *seg_len = bv->n_steps < 1 ? 1 : fit < 1 ? 1 : fit < (size_t)bv->n_steps ? (int)fit : bv->n_steps;
+    cudaError_t e = cudaMalloc(&d->snap_off, (size_t)bv->n_lists * sizeof *off);
+    if (e == cudaSuccess) e = cudaMemcpy(d->snap_off, off, (size_t)bv->n_lists * sizeof *off, cudaMemcpyHostToDevice);
+    free(off);
+    CUDA_TRY(e, "copying the snapshots' layout");
+    CUDA_TRY(cudaMalloc(&d->snap_pos, (size_t)*seg_len * total * sizeof(int) + 1), "allocating the sets' snapshots");
+    CUDA_TRY(cudaMalloc(&d->snap_cnt, (size_t)*seg_len * bv->n_lists * sizeof(int)), "allocating the sets' snapshots");
+    bv->snap_off = d->snap_off, bv->snap_total = total, bv->snap_pos = d->snap_pos, bv->snap_cnt = d->snap_cnt;
+    return AP_OK;
+}
+
+/* Launches policy p's sets through steps t0 <= t < t1 on its stream. */
+static ap_status launch_policy(const ap_policy_gpu *g, const gpu_policy *P, int p, const batch_device *d,
+                               const batch_view *bv, int t0, int t1, ap_error *err)
+{
+    const step_view *v = (const step_view *)ap_policy_gpu_view(g);
+    const int stage_words = !P->layer_sets && P->state_words <= ISO_STAGE_WORDS_MAX ? (int)P->state_words : 0;
+    const size_t stage_bytes = (size_t)stage_words * sizeof(uint32_t);
+    const int fit = stage_bytes ? (int)((48 * 1024) / stage_bytes) : 4, warps = fit > 4 ? 4 : fit < 1 ? 1 : fit;
+    const size_t shared = warps * stage_bytes;
+    const replay_fn fn = REPLAY[ap_policy_gpu_kind(g, p)];
+    const int n_sets = bv->n_samples * bv->L * bv->H;
+    if (shared > 48 * 1024)
+        CUDA_TRY(cudaFuncSetAttribute(fn, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)shared),
+                 "sizing the replay's shared memory");
+    fn<<<(unsigned)((n_sets + warps - 1) / warps), 32 * warps, shared, d->policy_stream[p]>>>(
+        *bv, *v, p, stage_words, n_sets, t0, t1, d->buckets[2 * p], d->buckets[2 * p + 1]);
+    KERNEL_TRY("launching the policies' replay");
+    return AP_OK;
+}
+
+/* A RACE policy's buckets of every key (and, for race_kde, query) of the
+ * batch, on its stream: what its steps would hash one at a time. */
+static ap_status hash_ahead(const ap_policy_gpu *g, const gpu_policy *P, int p, batch_device *d, const batch_view *bv,
+                            ap_error *err)
+{
+    if (P->kind != K_RACE && P->kind != K_RACE_KDE) return AP_OK;
+    const int n_vectors = bv->n_samples * bv->L * bv->H * bv->max_T;
+    const step_view *v = (const step_view *)ap_policy_gpu_view(g);
+    for (int of_q = 0; of_q <= (P->kind == K_RACE_KDE); of_q++) {
+        uint32_t **out = &d->buckets[2 * p + (of_q ? 0 : 1)];
+        CUDA_TRY(cudaMalloc((void **)out, (size_t)n_vectors * P->rows * sizeof(uint32_t)),
+                 "allocating the RACE buckets of the trace's vectors");
+        hash_kernel<<<(unsigned)((n_vectors + WARPS - 1) / WARPS), 32 * WARPS, 0, d->policy_stream[p]>>>(
+            *bv, *P, v->tables, of_q, *out, n_vectors);
+        KERNEL_TRY("hashing the trace's vectors into RACE buckets");
+    }
+    return AP_OK;
+}
+
+/* The reference rows' top positions; then, a segment of measured steps at
+ * a time, every policy's sets through the segment's steps (each policy on
+ * its own stream, side by side) and the metrics of its rows. */
+static ap_status launch_replay(const ap_policy_gpu *g, const int *keeps_all, batch_device *d, batch_view *bv,
+                               ap_error *err)
+{
+    const int ref_rows = bv->n_samples * bv->L * bv->H, topk_warps = ref_rows * bv->n_steps;
+    const size_t shared = WARPS * warp_scratch_bytes(bv->max_T);
+    if (shared > 48 * 1024)
+        CUDA_TRY(cudaFuncSetAttribute(metrics_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)shared),
+                 "sizing the metrics' shared memory");
+    if (topk_warps > 0) topk_kernel<<<(unsigned)((topk_warps + WARPS - 1) / WARPS), 32 * WARPS, 0, d->stream>>>(*bv, ref_rows);
+    KERNEL_TRY("finding the reference rows' top positions");
+    CUDA_TRY(cudaStreamSynchronize(d->stream), "finding the reference rows' top positions");
+    const int P_n = bv->n_policies;
+    gpu_policy *shapes = (gpu_policy *)malloc((size_t)P_n * sizeof *shapes);
+    int *evicts = (int *)calloc((size_t)P_n, sizeof *evicts);
+    if (!shapes || !evicts) {
+        free(shapes), free(evicts);
         return ap_error_set(err, AP_ERR_RUNTIME, "out of memory");
     }
-    const int rows_all = n_streams * bv->L * bv->H;
-    const size_t shared = WARPS * warp_scratch_bytes(bv->max_T);
-    ap_status st = AP_OK;
-    int n_last = -1, step = 0;
-    for (int t = 0; t < bv->max_T && !st; t++) {
-        if (t >= cfg->warmup && t % cfg->stride == 0) {
-            const int ref_rows = tr->n_samples * bv->L * bv->H;
-            topk_kernel<<<(unsigned)((ref_rows + WARPS - 1) / WARPS), 32 * WARPS, 0, d->stream>>>(*bv, t, ref_rows);
-            metrics_kernel<<<(unsigned)((rows_all + WARPS - 1) / WARPS), 32 * WARPS, shared, d->stream>>>(*bv, t, step++,
-                                                                                                         rows_all);
-            if (cudaGetLastError() != cudaSuccess) {
-                st = ap_error_set(err, AP_ERR_RUNTIME, "launching the metrics of step %d failed", t);
-                break;
-            }
-        }
-        int n_active = 0;
-        for (int s = 0; s < n_streams; s++)
-            if (t < tr->len[s / cfg->n_policies] && !keeps_all[s]) active[n_active++] = s;
-        if (!n_active) continue;
-        long long key;
-        if ((st = ap_policy_gpu_begin_step(g, active, n_active, &key, err))) break;
-        if (n_active != n_last || memcmp(active, last, (size_t)n_active * sizeof(int))) {
-            if (cudaMemcpyAsync(d->active, active, (size_t)n_active * sizeof(int), cudaMemcpyHostToDevice, d->stream) !=
-                cudaSuccess) {
-                st = ap_error_set(err, AP_ERR_RUNTIME, "copying the active streams failed");
-                break;
-            }
-            memcpy(last, active, (size_t)n_active * sizeof(int));
-            n_last = n_active;
-        }
-        const int lists = n_active * bv->L * bv->H;
-        feed_kernel<<<(unsigned)((lists + WARPS - 1) / WARPS), 32 * WARPS, 0, d->stream>>>(*bv, d->active, n_active, t,
-                                                                                          d->t_of);
-        if (cudaGetLastError() != cudaSuccess) {
-            st = ap_error_set(err, AP_ERR_RUNTIME, "launching step %d's rows failed", t);
-            break;
-        }
-        st = ap_policy_gpu_enqueue(g, d->stream, d->t_of, err);
+    const step_view *v = (const step_view *)ap_policy_gpu_view(g);
+    cudaError_t e = cudaMemcpy(shapes, v->policies, (size_t)P_n * sizeof *shapes, cudaMemcpyDeviceToHost);
+    for (int s = 0; s < bv->n_samples * P_n; s++) evicts[s % P_n] |= !keeps_all[s];
+    int seg_len = 1;
+    ap_status st = e != cudaSuccess ? ap_error_set(err, AP_ERR_RUNTIME, "reading the policies' shapes: %s",
+                                                   cudaGetErrorString(e))
+                                    : plan_snapshots(g, keeps_all, bv->n_samples * P_n, d, bv, &seg_len, err);
+    for (int p = 0; p < P_n && !st; p++)
+        if (evicts[p]) st = hash_ahead(g, &shapes[p], p, d, bv, err);
+    for (int first = 0; !st && (first == 0 || first < bv->n_steps); first += seg_len) {
+        const int last = first + seg_len < bv->n_steps ? first + seg_len : bv->n_steps;
+        const int t0 = first == 0 ? 0 : measured_t(bv, first), t1 = last < bv->n_steps ? measured_t(bv, last) : bv->max_T;
+        bv->seg_step = first;
+        for (int p = 0; p < P_n && !st; p++)
+            if (evicts[p]) st = launch_policy(g, &shapes[p], p, d, bv, t0, t1, err);
+        for (int p = 0; p < P_n && !st; p++)
+            if (cudaStreamSynchronize(d->policy_stream[p]) != cudaSuccess)
+                st = ap_error_set(err, AP_ERR_RUNTIME, "replaying the policies on the device failed");
+        const int rows = (last - first) * bv->n_lists;
+        if (st || rows <= 0) continue;
+        metrics_kernel<<<(unsigned)((rows + WARPS - 1) / WARPS), 32 * WARPS, shared, d->stream>>>(*bv, rows);
+        if (cudaGetLastError() != cudaSuccess || cudaStreamSynchronize(d->stream) != cudaSuccess)
+            st = ap_error_set(err, AP_ERR_RUNTIME, "computing the rows' metrics on the device failed");
     }
-    free(active), free(last);
+    free(shapes), free(evicts);
     return st;
 }
 
@@ -223,27 +379,24 @@ static ap_status run_batch(const ap_study_config *cfg, const ap_trace *tr, int n
                            int n_streams, ap_policy_gpu *g, batch_device *d, double *values, ap_error *err)
 {
     const int L = tr->n_layers, H = tr->n_head;
-    const ap_policy_gpu_buffers *buf = ap_policy_gpu_buffers_of(g);
     const size_t n_values = (size_t)n_streams * L * n_steps * H * AP_M_COUNT;
-    batch_view bv = {cfg->n_policies, L, H, tr->head_dim, max_T, n_steps};
-    bv.off = buf->off, bv.cnt = buf->cnt, bv.pos = buf->pos;
-    bv.rows = buf->rows, bv.q_step = buf->q, bv.k_step = buf->k;
+    batch_view bv = {tr->n_samples, cfg->n_policies, L, H,           tr->head_dim,
+                     max_T,        n_steps,          cfg->warmup, cfg->stride, n_streams * L * H};
     CUDA_TRY(cudaStreamCreate(&d->stream), "creating a stream for the replay");
-    CUDA_TRY(cudaMalloc(&d->active, (size_t)n_streams * sizeof(int)), "allocating the active streams");
-    CUDA_TRY(cudaMalloc(&d->t_of, (size_t)n_streams * sizeof(int)), "allocating the steps' positions");
-    CUDA_TRY(cudaMalloc(&d->top, (size_t)tr->n_samples * L * H * 32 * sizeof(int)), "allocating the rows' top positions");
+    if (!(d->policy_stream = (cudaStream_t *)calloc((size_t)cfg->n_policies, sizeof(cudaStream_t))))
+        return ap_error_set(err, AP_ERR_RUNTIME, "out of memory");
+    if (!(d->buckets = (uint32_t **)calloc(2 * (size_t)cfg->n_policies, sizeof *d->buckets)))
+        return ap_error_set(err, AP_ERR_RUNTIME, "out of memory");
+    for (; d->n_policy_streams < cfg->n_policies; d->n_policy_streams++)
+        CUDA_TRY(cudaStreamCreate(&d->policy_stream[d->n_policy_streams]), "creating a stream for a policy");
+    CUDA_TRY(cudaMalloc(&d->top, (size_t)n_steps * tr->n_samples * L * H * 32 * sizeof(int) + 1),
+             "allocating the rows' top positions");
     bv.top = d->top;
     CUDA_TRY(cudaMalloc(&d->values, n_values * sizeof(double) + 1), "allocating the rows' metrics");
     bv.values = d->values;
-    const size_t shared = WARPS * warp_scratch_bytes(max_T);
-    if (shared > 48 * 1024)
-        CUDA_TRY(cudaFuncSetAttribute(metrics_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)shared),
-                 "sizing the metrics' shared memory");
     ap_status st;
-    if ((st = upload_tables(tr, keeps_all, n_streams, d, &bv, err)) ||
-        (st = replay_steps(cfg, tr, g, keeps_all, n_streams, d, &bv, err)))
+    if ((st = upload_tables(tr, keeps_all, n_streams, d, &bv, err)) || (st = launch_replay(g, keeps_all, d, &bv, err)))
         return st;
-    CUDA_TRY(cudaStreamSynchronize(d->stream), "replaying the policies on the device");
     CUDA_TRY(cudaMemcpy(values, d->values, n_values * sizeof(double), cudaMemcpyDeviceToHost),
              "copying the rows' metrics to the host");
     return AP_OK;

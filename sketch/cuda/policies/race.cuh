@@ -6,14 +6,22 @@
 #ifndef AP_SKETCH_CUDA_RACE_CUH
 #define AP_SKETCH_CUDA_RACE_CUH
 
-/* x . plane over dim floats (16-byte aligned when dim % 4 == 0). */
+/* x[d..d+3], as one load when x is 16-byte aligned (a trace's vectors
+ * need not be: the isolated replay reads them in place). */
+__device__ static inline float4 load4(const float *x, int d, bool aligned)
+{
+    return aligned ? *(const float4 *)(x + d) : make_float4(x[d], x[d + 1], x[d + 2], x[d + 3]);
+}
+
+/* x . plane over dim floats (planes 16-byte aligned when dim % 4 == 0). */
 template <int DIM>
 __device__ static float dot_fixed(const float *plane, const float *x)
 {
+    const bool aligned = ((uintptr_t)x & 15) == 0;
     float acc[4] = {0, 0, 0, 0};
 #pragma unroll
     for (int d = 0; d < DIM; d += 4) { /* every load in flight at once */
-        const float4 p4 = *(const float4 *)(plane + d), x4 = *(const float4 *)(x + d);
+        const float4 p4 = *(const float4 *)(plane + d), x4 = load4(x, d, aligned);
         acc[0] += p4.x * x4.x, acc[1] += p4.y * x4.y, acc[2] += p4.z * x4.z, acc[3] += p4.w * x4.w;
     }
     return (acc[0] + acc[1]) + (acc[2] + acc[3]);
@@ -25,9 +33,10 @@ __device__ static float dot(const float *plane, const float *x, int dim)
     if (dim == 32) return dot_fixed<32>(plane, x);
     float acc[4] = {0, 0, 0, 0};
     int d = 0;
+    const bool aligned = ((uintptr_t)x & 15) == 0;
     if (dim % 4 == 0)
         for (; d < dim; d += 4) {
-            const float4 p4 = *(const float4 *)(plane + d), x4 = *(const float4 *)(x + d);
+            const float4 p4 = *(const float4 *)(plane + d), x4 = load4(x, d, aligned);
             acc[0] += p4.x * x4.x, acc[1] += p4.y * x4.y, acc[2] += p4.z * x4.z, acc[3] += p4.w * x4.w;
         }
     for (; d < dim; d++) acc[0] += plane[d] * x[d];
@@ -71,26 +80,37 @@ __device__ static const float *race_planes(const gpu_policy *P, const step_view 
     return (const float *)(v->tables + P->table) + (size_t)h * P->rows * P->bits * v->D;
 }
 
-__device__ static void observe_race(const gpu_policy *P, const step_view *v, int t, int h, const float *row, uint32_t *slots,
-                                    float *counts, uint32_t *fresh, const float *q, const float *k, int n, int lane)
+/* The vector's buckets into fresh: computed ahead (buckets) or hashed here. */
+__device__ static void race_buckets(const gpu_policy *P, const step_view *v, int h, const float *x,
+                                    const uint32_t *buckets, uint32_t *fresh, int lane)
 {
-    (void)t, (void)q;
-    race_hash(P, race_planes(P, v, h), v->D, k, fresh, lane);
+    if (buckets)
+        for (int r = lane; r < P->rows; r += 32) fresh[r] = buckets[r];
+    else
+        race_hash(P, race_planes(P, v, h), v->D, x, fresh, lane);
     __syncwarp();
+}
+
+__device__ static void observe_race(const gpu_policy *P, const step_view *v, int t, int h, const float *row, uint32_t *slots,
+                                    float *counts, uint32_t *fresh, const float *k, const uint32_t *k_buckets, int n,
+                                    int lane)
+{
+    (void)t;
+    race_buckets(P, v, h, k, k_buckets, fresh, lane);
     add_in_order(counts, 1 << P->bits, slots, P->rows, row, n, lane);
 }
 
-/* One unit of query mass in each row at the query's buckets (hashed into
+/* One unit of query mass in each row at the query's buckets (found in
  * t's slot, which the key's buckets then replace). */
-__device__ static void observe_race_kde(const gpu_policy *P, const step_view *v, int t, int h, const float *row, uint32_t *slots,
-                                        float *counts, uint32_t *fresh, const float *q, const float *k, int n, int lane)
+__device__ static void observe_race_kde(const gpu_policy *P, const step_view *v, int t, int h, float *counts,
+                                        uint32_t *fresh, const float *q, const float *k, const uint32_t *q_buckets,
+                                        const uint32_t *k_buckets, int lane)
 {
-    (void)t, (void)row, (void)slots, (void)n;
-    const float *planes = race_planes(P, v, h);
-    race_hash(P, planes, v->D, q, fresh, lane);
+    (void)t;
+    race_buckets(P, v, h, q, q_buckets, fresh, lane);
     for (int r = lane; r < P->rows; r += 32) counts[((size_t)r << P->bits) + fresh[r]] += 1.0f;
     __syncwarp();
-    race_hash(P, planes, v->D, k, fresh, lane);
+    race_buckets(P, v, h, k, k_buckets, fresh, lane);
 }
 
 __device__ static double score_race(const gpu_policy *P, const float *counts, const uint32_t *slot)
