@@ -127,6 +127,15 @@ void ap_qsketch_init(ap_qsketch *q, double alpha);
 void ap_qsketch_free(ap_qsketch *q);
 ap_status ap_qsketch_add(ap_qsketch *q, double x, ap_error *err);
 ap_status ap_qsketch_merge(ap_qsketch *into, const ap_qsketch *from, ap_error *err);
+/* The keys a value's bucket can have: [-ap_qsketch_key_limit, +limit]
+ * (values past 1e12 share the last). A value x with AP_QSKETCH_ZERO <= |x|
+ * goes to key ceil(log|x| / log_gamma), clamped, in store[x < 0]; a device
+ * that found the keys hands their counts over with add_bins. */
+int64_t ap_qsketch_key_limit(const ap_qsketch *q);
+/* Adds counts[i] values of key first_key + i to store[negative], and zero
+ * values below AP_QSKETCH_ZERO. */
+ap_status ap_qsketch_add_bins(ap_qsketch *q, int negative, int64_t first_key, const uint32_t *counts, size_t n,
+                              uint64_t zero, ap_error *err);
 /* Quantile p in [0, 1] (ranks interpolated as gsl_stats_quantile does); NaN when empty. */
 double ap_qsketch_quantile(const ap_qsketch *q, double p);
 /* The sketch as bytes for another process, and back (*used: bytes read). */
@@ -153,6 +162,11 @@ ap_status ap_metric_acc_fold(ap_metric_acc *a, int sample, const ap_moments *par
  * mt19937 seeded with seed. */
 ap_status ap_metric_acc_stats(const ap_metric_acc *a, int n_samples, int resamples, uint64_t seed,
                               ap_stats *out, ap_error *err);
+/* The bootstrap CI of each of accs[0..n_accs) into outs[j]->ci_lo, ci_hi,
+ * each as ap_metric_acc_stats finds it with this seed, the draws made once
+ * for all (they depend on the seed and n_samples alone). */
+ap_status ap_metric_acc_bootstrap(const ap_metric_acc *const *accs, int n_accs, int n_samples, int resamples,
+                                  uint64_t seed, ap_stats *const *outs, ap_error *err);
 
 /* ---- paired comparisons (paired.c) ------------------------------------------ */
 

@@ -16,10 +16,12 @@
 #include "analysis.h"
 
 /* Keys are clamped to this range: |x| in [1e-12, 1e12] is covered. */
+int64_t ap_qsketch_key_limit(const ap_qsketch *q) { return (int64_t)(ceil(log(1e12) / q->log_gamma) + 1); }
+
 static int64_t key_of(const ap_qsketch *q, double ax)
 {
     double k = ceil(log(ax) / q->log_gamma);
-    const double lim = ceil(log(1e12) / q->log_gamma) + 1;
+    const double lim = (double)ap_qsketch_key_limit(q);
     if (k > lim) k = lim;
     if (k < -lim) k = -lim;
     return (int64_t)k;
@@ -83,6 +85,22 @@ ap_status ap_qsketch_add(ap_qsketch *q, double x, ap_error *err)
     if (st) return st;
     s->bins[key - s->offset]++;
     q->count++;
+    return AP_OK;
+}
+
+ap_status ap_qsketch_add_bins(ap_qsketch *q, int negative, int64_t first_key, const uint32_t *counts, size_t n,
+                              uint64_t zero, ap_error *err)
+{
+    q->zero += zero;
+    q->count += zero;
+    if (!n) return AP_OK;
+    ap_qstore *s = &q->store[negative != 0];
+    ap_status st;
+    if ((st = store_reserve(s, first_key, err)) || (st = store_reserve(s, first_key + (int64_t)n - 1, err))) return st;
+    for (size_t i = 0; i < n; i++) {
+        s->bins[first_key + (int64_t)i - s->offset] += counts[i];
+        q->count += counts[i];
+    }
     return AP_OK;
 }
 

@@ -84,38 +84,54 @@ ap_status ap_metric_acc_fold(ap_metric_acc *a, int sample, const ap_moments *par
     return AP_OK;
 }
 
-/* Bootstrap 95% CI of the mean: resample samples with replacement. */
-static ap_status bootstrap_ci(const ap_metric_acc *a, int n_samples, int resamples, uint64_t seed,
-                              ap_stats *out, ap_error *err)
+/* Resamples drawn at a time by the bootstrap: their picks are shared by
+ * every accumulator (they depend on the seed and n_samples alone). */
+enum { BOOT_CHUNK = 64 };
+
+ap_status ap_metric_acc_bootstrap(const ap_metric_acc *const *accs, int n_accs, int n_samples, int resamples,
+                                  uint64_t seed, ap_stats *const *outs, ap_error *err)
 {
-    double *means = malloc((size_t)resamples * sizeof *means);
+    if (n_samples < 2 || resamples < 1 || n_accs < 1) return AP_OK;
+    double *means = malloc((size_t)n_accs * resamples * sizeof *means);
+    int *picks = malloc((size_t)BOOT_CHUNK * n_samples * sizeof *picks), *n_means = calloc((size_t)n_accs, sizeof *n_means);
     gsl_rng *rng = gsl_rng_alloc(gsl_rng_mt19937);
-    if (!means || !rng) {
-        free(means);
-        gsl_rng_free(rng);
-        return ap_error_set(err, AP_ERR_RUNTIME, "out of memory for the bootstrap");
+    ap_status st = AP_OK;
+    if (!means || !picks || !n_means || !rng) {
+        st = ap_error_set(err, AP_ERR_RUNTIME, "out of memory for the bootstrap");
+        goto done;
     }
     gsl_rng_set(rng, (unsigned long)seed);
-    int m = 0;
-    for (int b = 0; b < resamples; b++) {
-        double tot = 0, c = 0;
-        for (int k = 0; k < n_samples; k++) {
-            const int pick = (int)gsl_rng_uniform_int(rng, (unsigned long)n_samples);
-            if (pick < a->n_samples) {
-                tot += a->sample_sum[pick];
-                c += a->sample_n[pick];
+    for (int b0 = 0; b0 < resamples; b0 += BOOT_CHUNK) {
+        const int nb = resamples - b0 < BOOT_CHUNK ? resamples - b0 : BOOT_CHUNK;
+        for (int i = 0; i < nb * n_samples; i++) picks[i] = (int)gsl_rng_uniform_int(rng, (unsigned long)n_samples);
+        for (int j = 0; j < n_accs; j++) {
+            const ap_metric_acc *a = accs[j];
+            if (a->all.n == 0) continue;
+            for (int b = 0; b < nb; b++) {
+                double tot = 0, c = 0;
+                for (int k = 0; k < n_samples; k++) {
+                    const int pick = picks[b * n_samples + k];
+                    if (pick < a->n_samples) {
+                        tot += a->sample_sum[pick];
+                        c += a->sample_n[pick];
+                    }
+                }
+                if (c > 0) means[(size_t)j * resamples + n_means[j]++] = tot / c;
             }
         }
-        if (c > 0) means[m++] = tot / c;
     }
-    if (m > 0) {
-        gsl_sort(means, 1, (size_t)m);
-        out->ci_lo = gsl_stats_quantile_from_sorted_data(means, 1, (size_t)m, 0.025);
-        out->ci_hi = gsl_stats_quantile_from_sorted_data(means, 1, (size_t)m, 0.975);
+    for (int j = 0; j < n_accs; j++) {
+        const int m = n_means[j];
+        double *mj = means + (size_t)j * resamples;
+        if (m == 0) continue;
+        gsl_sort(mj, 1, (size_t)m);
+        outs[j]->ci_lo = gsl_stats_quantile_from_sorted_data(mj, 1, (size_t)m, 0.025);
+        outs[j]->ci_hi = gsl_stats_quantile_from_sorted_data(mj, 1, (size_t)m, 0.975);
     }
-    free(means);
+done:
+    free(means), free(picks), free(n_means);
     gsl_rng_free(rng);
-    return AP_OK;
+    return st;
 }
 
 ap_status ap_metric_acc_stats(const ap_metric_acc *a, int n_samples, int resamples, uint64_t seed,
@@ -146,6 +162,5 @@ ap_status ap_metric_acc_stats(const ap_metric_acc *a, int n_samples, int resampl
         if (*qs[i] > out->max) *qs[i] = out->max;
     }
     out->ci_lo = out->ci_hi = out->mean;
-    if (n_samples > 1 && resamples > 0) return bootstrap_ci(a, n_samples, resamples, seed, out, err);
-    return AP_OK;
+    return ap_metric_acc_bootstrap(&a, 1, n_samples, resamples, seed, &out, err);
 }

@@ -103,6 +103,17 @@ ap_status study_acc_values(study_acc *a, int b, int run, int head, const double 
     return st;
 }
 
+void study_acc_add_part(study_acc *a, int b, int run, const ap_moments *m, const double *head_sum,
+                        const double *head_cnt)
+{
+    study_part *part = &a->parts[(size_t)b * a->n_runs + run];
+    for (int k = 0; k < AP_M_COUNT; k++) ap_moments_merge(&part->m[k], &m[k]);
+    for (size_t i = 0; i < (size_t)a->n_head * AP_M_COUNT; i++) {
+        part->head_sum[i] += head_sum[i];
+        part->head_cnt[i] += head_cnt[i];
+    }
+}
+
 /* A part's moments as doubles (ap_moments is six doubles). */
 #define MOMENT_DOUBLES (AP_M_COUNT * (sizeof(ap_moments) / sizeof(double)))
 

@@ -157,48 +157,15 @@ static ap_status replay_isolated_batch(study_acc *acc, const ap_trace *tr, const
 /* ---- isolated replay of a batch on the device ---------------------------------- */
 
 #ifdef AP_HAVE_CUDA
-typedef struct {
-    study_acc *acc;
-    const ap_trace *tr;
-    const double *values;
-    int n_steps;
-} device_fold;
-
-/* Folds item (sample, run)'s rows in the host replay's order: steps, then heads. */
-static ap_status fold_item(void *ctx, int item, ap_error *err)
-{
-    const device_fold *f = ctx;
-    study_acc *acc = f->acc;
-    const ap_study_config *cfg = acc->cfg;
-    const int b = item / acc->n_runs, run = item % acc->n_runs, H = acc->n_head;
-    int step = 0;
-    for (int t = 0; t < f->tr->len[b]; t++) {
-        if (t < cfg->warmup || t % cfg->stride) continue;
-        const double *m = f->values + (((size_t)b * acc->n_runs + run) * f->n_steps + step++) * H * AP_M_COUNT;
-        for (int h = 0; h < H; h++) {
-            ap_status st = study_acc_values(acc, b, run, h, m + (size_t)h * AP_M_COUNT, err);
-            if (st) return st;
-        }
-    }
-    return AP_OK;
-}
-
 static ap_status replay_device_batch(study_acc *acc, const ap_trace *tr, ap_pool *pool, progress_state *ps,
                                      ap_error *err)
 {
     const ap_study_config *cfg = acc->cfg;
-    int max_T = 0, n_steps = 0;
-    for (int b = 0; b < tr->n_samples; b++) max_T = tr->len[b] > max_T ? tr->len[b] : max_T;
-    for (int t = cfg->warmup; t < max_T; t++) n_steps += t % cfg->stride == 0;
-    const size_t n_values = (size_t)tr->n_samples * acc->n_runs * n_steps * acc->n_head * AP_M_COUNT;
-    double *values = malloc(n_values * sizeof *values + 1);
     double *kv = calloc((size_t)acc->n_runs, sizeof *kv);
     double seconds = 0;
-    ap_status st = !values || !kv ? ap_error_set(err, AP_ERR_RUNTIME, "out of memory for the rows' metrics")
-                                  : study_isolated_gpu(cfg, tr, n_steps, values, kv, &seconds, err);
+    ap_status st = !kv ? ap_error_set(err, AP_ERR_RUNTIME, "out of memory")
+                       : study_isolated_gpu(cfg, tr, acc, pool, kv, &seconds, err);
     report(ps, "replay", 0.9);
-    device_fold f = {acc, tr, values, n_steps};
-    if (!st) st = ap_pool_run(pool, tr->n_samples * acc->n_runs, fold_item, &f, err);
     for (int r = 0; r < acc->n_runs && !st; r++) {
         study_run *run = &acc->runs[r];
         run->replay_s += seconds; /* the runs replay together */
@@ -210,7 +177,6 @@ static ap_status replay_device_batch(study_acc *acc, const ap_trace *tr, ap_pool
         ap_policy_free(host);
         if (bytes > run->sketch_bytes) run->sketch_bytes = bytes;
     }
-    free(values);
     free(kv);
     return st;
 }

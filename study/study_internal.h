@@ -50,6 +50,12 @@ void study_acc_begin_batch(study_acc *a, int first);
 ap_status study_acc_row(study_acc *a, int b, int run, const ap_row_event *ev, ap_error *err);
 /* The same from the row's metric values m[AP_M_COUNT] (computed on a device). */
 ap_status study_acc_values(study_acc *a, int b, int run, int head, const double *m, ap_error *err);
+/* The same for a sample's rows folded elsewhere (a device) in the order
+ * study_acc_values would fold them: m[AP_M_COUNT] moments, head_sum and
+ * head_cnt [n_head * AP_M_COUNT]; their quantiles go to the runs' sketches
+ * separately (ap_qsketch_add_bins). Exact when the part is empty. */
+void study_acc_add_part(study_acc *a, int b, int run, const ap_moments *m, const double *head_sum,
+                        const double *head_cnt);
 /* Folds the batch's n parts into the runs, in sample order (or, with
  * keep_parts, appends them to kept). */
 ap_status study_acc_end_batch(study_acc *a, int n, ap_error *err);
@@ -93,12 +99,18 @@ ap_status study_summary(const study_acc *a, const ap_study_config *cfg, const ap
 
 #ifdef AP_HAVE_CUDA
 /* The isolated replay of a batch whose trace is on the CUDA device
- * (ap_trace_run_device): every row's metrics, values[b][run][step][head][m]
- * for the n_steps measured steps (those of the longest sample; a shorter
- * sample's later entries are unset); kv_bytes[run] raised to the most any
- * sample keeps; seconds: the replay's wall time. */
-ap_status study_isolated_gpu(const ap_study_config *cfg, const ap_trace *trace, int n_steps, double *values,
+ * (ap_trace_run_device), folded into acc's parts of the batch and its runs'
+ * sketches there: only those accumulators come back (pool: for the
+ * sketches' merge); kv_bytes[run] raised to the most any sample keeps;
+ * seconds: the replay's wall time. */
+ap_status study_isolated_gpu(const ap_study_config *cfg, const ap_trace *trace, study_acc *acc, ap_pool *pool,
                              double *kv_bytes, double *seconds, ap_error *err);
+/* Folds a batch's metric values on the device (study/cuda/fold_gpu.cu),
+ * values[b][run][step][head][AP_M_COUNT] for n_steps measured steps, of
+ * which sample b has steps_of[b], into acc's parts of the batch (as
+ * study_acc_values would, bit for bit) and the runs' sketches. */
+ap_status study_fold_gpu(study_acc *acc, const double *values, int n_samples, int n_steps, const int *steps_of,
+                         ap_pool *pool, ap_error *err);
 /* Free memory on the current CUDA device (0 when unknown). */
 size_t study_gpu_free_bytes(void);
 #endif

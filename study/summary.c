@@ -128,8 +128,8 @@ static ap_status fill_run(const study_acc *a, const ap_study_config *cfg, int p,
     run_params(&cfg->policies[p], r);
     r->layer = cfg->layers[l];
     for (int m = 0; m < AP_M_COUNT; m++) {
-        ap_status st = ap_metric_acc_stats(&acc->m[m], n_samples, cfg->bootstrap, cfg->seed + (uint64_t)m,
-                                           &r->stats[m], err);
+        /* the bootstrap CI comes after, every run's at once (bootstrap_item) */
+        ap_status st = ap_metric_acc_stats(&acc->m[m], n_samples, 0, 0, &r->stats[m], err);
         if (st) return st;
         const ap_stats *s = &r->stats[m];
         if (s->n && (!isfinite(s->mean) || !isfinite(s->sd)) && m != AP_M_KL_REV)
@@ -255,12 +255,28 @@ static ap_status compare_runs(const ap_study_config *cfg, ap_summary *out, ap_po
     return st;
 }
 
-/* One run's statistics (the bootstrap's resamples are most of the work). */
+/* One run's statistics but the bootstrap's. */
 static ap_status fill_item(void *ctx, int run, ap_error *err)
 {
     const fill_job *j = ctx;
     return fill_run(j->a, j->cfg, run / j->cfg->n_layers, run % j->cfg->n_layers, j->n_samples,
                     &j->out->runs[run], err);
+}
+
+/* Metric m's bootstrap CI in every run: seeded seed + m, as each run's own
+ * would be, so the runs share the resamples' draws. */
+static ap_status bootstrap_item(void *ctx, int m, ap_error *err)
+{
+    const fill_job *j = ctx;
+    const int n = j->a->n_runs;
+    const ap_metric_acc **accs = malloc((size_t)n * sizeof *accs);
+    ap_stats **outs = malloc((size_t)n * sizeof *outs);
+    ap_status st = !accs || !outs ? ap_error_set(err, AP_ERR_RUNTIME, "out of memory") : AP_OK;
+    for (int r = 0; r < n && !st; r++) accs[r] = &j->a->runs[r].m[m], outs[r] = &j->out->runs[r].stats[m];
+    if (!st)
+        st = ap_metric_acc_bootstrap(accs, n, j->n_samples, j->cfg->bootstrap, j->cfg->seed + (uint64_t)m, outs, err);
+    free(accs), free(outs);
+    return st;
 }
 
 ap_status study_summary(const study_acc *a, const ap_study_config *cfg, const ap_trace *info,
@@ -279,6 +295,7 @@ ap_status study_summary(const study_acc *a, const ap_study_config *cfg, const ap
     struct timespec t0, t1;
     clock_gettime(CLOCK_MONOTONIC, &t0);
     st = ap_pool_run(pool, a->n_runs, fill_item, &job, err);
+    if (!st) st = ap_pool_run(pool, AP_M_COUNT, bootstrap_item, &job, err);
     if (!st) st = compare_runs(cfg, out, pool, err);
     clock_gettime(CLOCK_MONOTONIC, &t1);
     out->statistics_s = (double)(t1.tv_sec - t0.tv_sec) + (t1.tv_nsec - t0.tv_nsec) * 1e-9;

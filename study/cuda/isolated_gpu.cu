@@ -374,9 +374,11 @@ static ap_status launch_replay(const ap_policy_gpu *g, const int *keeps_all, bat
     return st;
 }
 
-/* Creates the device state of the batch and replays it; the caller frees g and d. */
-static ap_status run_batch(const ap_study_config *cfg, const ap_trace *tr, int n_steps, int max_T, const int *keeps_all,
-                           int n_streams, ap_policy_gpu *g, batch_device *d, double *values, ap_error *err)
+/* Creates the device state of the batch, replays it and folds its rows'
+ * metrics into acc; the caller frees g and d. */
+static ap_status run_batch(const ap_study_config *cfg, const ap_trace *tr, study_acc *acc, ap_pool *pool,
+                           int n_steps, int max_T, const int *keeps_all, int n_streams, ap_policy_gpu *g,
+                           batch_device *d, ap_error *err)
 {
     const int L = tr->n_layers, H = tr->n_head;
     const size_t n_values = (size_t)n_streams * L * n_steps * H * AP_M_COUNT;
@@ -394,21 +396,27 @@ static ap_status run_batch(const ap_study_config *cfg, const ap_trace *tr, int n
     bv.top = d->top;
     CUDA_TRY(cudaMalloc(&d->values, n_values * sizeof(double) + 1), "allocating the rows' metrics");
     bv.values = d->values;
+    int *steps_of = (int *)malloc((size_t)tr->n_samples * sizeof(int) + 1);
+    if (!steps_of) return ap_error_set(err, AP_ERR_RUNTIME, "out of memory");
+    for (int b = 0; b < tr->n_samples; b++) {
+        steps_of[b] = 0;
+        while (steps_of[b] < n_steps && measured_t(&bv, steps_of[b]) < tr->len[b]) steps_of[b]++;
+    }
     ap_status st;
-    if ((st = upload_tables(tr, keeps_all, n_streams, d, &bv, err)) || (st = launch_replay(g, keeps_all, d, &bv, err)))
-        return st;
-    CUDA_TRY(cudaMemcpy(values, d->values, n_values * sizeof(double), cudaMemcpyDeviceToHost),
-             "copying the rows' metrics to the host");
-    return AP_OK;
+    if (!(st = upload_tables(tr, keeps_all, n_streams, d, &bv, err)) && !(st = launch_replay(g, keeps_all, d, &bv, err)))
+        st = study_fold_gpu(acc, d->values, tr->n_samples, n_steps, steps_of, pool, err);
+    free(steps_of);
+    return st;
 }
 
-extern "C" ap_status study_isolated_gpu(const ap_study_config *cfg, const ap_trace *tr, int n_steps, double *values,
+extern "C" ap_status study_isolated_gpu(const ap_study_config *cfg, const ap_trace *tr, study_acc *acc, ap_pool *pool,
                                         double *kv_bytes, double *seconds, ap_error *err)
 {
     const int B = tr->n_samples, P = cfg->n_policies, L = tr->n_layers, H = tr->n_head, D = tr->head_dim;
     const int n_streams = B * P;
-    int max_T = 0;
+    int max_T = 0, n_steps = 0;
     for (int b = 0; b < B; b++) max_T = tr->len[b] > max_T ? tr->len[b] : max_T;
+    for (int t = cfg->warmup; t < max_T; t++) n_steps += t % cfg->stride == 0;
     int *stream_param = (int *)malloc((size_t)n_streams * sizeof(int));
     int *stream_len = (int *)malloc((size_t)n_streams * sizeof(int));
     int *keeps_all = (int *)malloc((size_t)n_streams * sizeof(int));
@@ -424,7 +432,7 @@ extern "C" ap_status study_isolated_gpu(const ap_study_config *cfg, const ap_tra
     for (int s = 0; s < n_streams; s++) stream_param[s] = s % P, stream_len[s] = tr->len[s / P];
     if ((st = ap_policy_gpu_create(cfg->policies, P, stream_param, stream_len, n_streams, L, H, D, &g, err))) goto done;
     for (int s = 0; s < n_streams; s++) keeps_all[s] = ap_policy_gpu_keeps_all(g, s);
-    if ((st = run_batch(cfg, tr, n_steps, max_T, keeps_all, n_streams, g, &d, values, err)) ||
+    if ((st = run_batch(cfg, tr, acc, pool, n_steps, max_T, keeps_all, n_streams, g, &d, err)) ||
         (st = ap_policy_gpu_counts(g, cnt, err)))
         goto done;
     /* what each run keeps at the end, the most over the batch's samples */
