@@ -201,9 +201,12 @@ static const replay_fn REPLAY[] = {
     replay_kernel<K_H2O>,  replay_kernel<K_TOVA>,   replay_kernel<K_CMS>,      replay_kernel<K_CS>,
     replay_kernel<K_RACE>, replay_kernel<K_RACE_KDE>, replay_kernel<K_KNORM>, replay_kernel<K_SNAPKV>};
 
-/* Device copies of the batch's pointer tables and small arrays; a stream per policy. */
+/* Device copies of the batch's pointer tables and small arrays; a stream
+ * per policy; events: each policy's last segment done, each snapshot
+ * buffer's metrics done. */
 typedef struct {
     cudaStream_t stream, *policy_stream;
+    cudaEvent_t *policy_done, metrics_done[2];
     int n_policy_streams;
     void *tables;    /* attn, q, k, v, o pointers; len; keeps_all */
     int *top, *snap_pos, *snap_cnt;
@@ -215,11 +218,14 @@ typedef struct {
 static void batch_device_free(batch_device *d)
 {
     if (d->stream) cudaStreamDestroy(d->stream);
+    for (int i = 0; i < 2; i++)
+        if (d->metrics_done[i]) cudaEventDestroy(d->metrics_done[i]);
     for (int p = 0; p < d->n_policy_streams; p++) {
         cudaStreamDestroy(d->policy_stream[p]);
+        cudaEventDestroy(d->policy_done[p]);
         if (d->buckets) cudaFree(d->buckets[2 * p]), cudaFree(d->buckets[2 * p + 1]);
     }
-    free(d->policy_stream), free(d->buckets);
+    free(d->policy_stream), free(d->policy_done), free(d->buckets);
     cudaFree(d->tables), cudaFree(d->top), cudaFree(d->values);
     cudaFree(d->snap_pos), cudaFree(d->snap_cnt), cudaFree(d->snap_off);
 }
@@ -257,9 +263,13 @@ static ap_status upload_tables(const ap_trace *tr, const int *keeps_all, int n_s
 
 /* Snapshot memory at most: the measured steps go in segments that fit. */
 static const size_t SNAP_BYTES_MAX = (size_t)4 << 30;
+/* Segments a replay is cut into at least, so that the metrics of one run
+ * beside the replay of the next. */
+enum { SEGMENTS = 4 };
 
-/* The snapshots' layout (bv->snap_off, snap_total) and buffers for
- * *seg_len measured steps a segment. */
+/* The snapshots' layout (bv->snap_off, snap_total) and two buffers (one
+ * segment's metrics read one while the next segment's replay writes the
+ * other) of *seg_len measured steps each. */
 static ap_status plan_snapshots(const ap_policy_gpu *g, const int *keeps_all, int n_streams, batch_device *d,
                                 batch_view *bv, int *seg_len, ap_error *err)
 {
@@ -274,14 +284,14 @@ static ap_status plan_snapshots(const ap_policy_gpu *g, const int *keeps_all, in
     const size_t step_bytes = ((size_t)total + bv->n_lists) * sizeof(int);
     size_t cap = study_gpu_free_bytes() / 4;
     cap = cap < SNAP_BYTES_MAX ? cap : SNAP_BYTES_MAX;
-    const size_t fit = cap / step_bytes;
-    *seg_len = bv->n_steps < 1 ? 1 : fit < 1 ? 1 : fit < (size_t)bv->n_steps ? (int)fit : bv->n_steps;
+    const size_t fit = cap / 2 / step_bytes, quarter = ((size_t)bv->n_steps + SEGMENTS - 1) / SEGMENTS;
+    *seg_len = bv->n_steps < 1 ? 1 : fit < 1 ? 1 : fit < quarter ? (int)fit : (int)quarter;
     cudaError_t e = cudaMalloc(&d->snap_off, (size_t)bv->n_lists * sizeof *off);
     if (e == cudaSuccess) e = cudaMemcpy(d->snap_off, off, (size_t)bv->n_lists * sizeof *off, cudaMemcpyHostToDevice);
     free(off);
     CUDA_TRY(e, "copying the snapshots' layout");
-    CUDA_TRY(cudaMalloc(&d->snap_pos, (size_t)*seg_len * total * sizeof(int) + 1), "allocating the sets' snapshots");
-    CUDA_TRY(cudaMalloc(&d->snap_cnt, (size_t)*seg_len * bv->n_lists * sizeof(int)), "allocating the sets' snapshots");
+    CUDA_TRY(cudaMalloc(&d->snap_pos, 2 * (size_t)*seg_len * total * sizeof(int) + 1), "allocating the sets' snapshots");
+    CUDA_TRY(cudaMalloc(&d->snap_cnt, 2 * (size_t)*seg_len * bv->n_lists * sizeof(int)), "allocating the sets' snapshots");
     bv->snap_off = d->snap_off, bv->snap_total = total, bv->snap_pos = d->snap_pos, bv->snap_cnt = d->snap_cnt;
     return AP_OK;
 }
@@ -355,21 +365,35 @@ static ap_status launch_replay(const ap_policy_gpu *g, const int *keeps_all, bat
                                     : plan_snapshots(g, keeps_all, bv->n_samples * P_n, d, bv, &seg_len, err);
     for (int p = 0; p < P_n && !st; p++)
         if (evicts[p]) st = hash_ahead(g, &shapes[p], p, d, bv, err);
-    for (int first = 0; !st && (first == 0 || first < bv->n_steps); first += seg_len) {
-        const int last = first + seg_len < bv->n_steps ? first + seg_len : bv->n_steps;
+    /* segment k: each policy's replay on its stream (after the metrics of
+     * segment k - 2, which read the same snapshot buffer), then its metrics
+     * on d->stream once every policy is through it */
+    for (int first = 0, k = 0; !st && (first == 0 || first < bv->n_steps); first += seg_len, k++) {
+        const int last = first + seg_len < bv->n_steps ? first + seg_len : bv->n_steps, buf = k % 2;
         const int t0 = first == 0 ? 0 : measured_t(bv, first), t1 = last < bv->n_steps ? measured_t(bv, last) : bv->max_T;
         bv->seg_step = first;
-        for (int p = 0; p < P_n && !st; p++)
-            if (evicts[p]) st = launch_policy(g, &shapes[p], p, d, bv, t0, t1, err);
-        for (int p = 0; p < P_n && !st; p++)
-            if (cudaStreamSynchronize(d->policy_stream[p]) != cudaSuccess)
-                st = ap_error_set(err, AP_ERR_RUNTIME, "replaying the policies on the device failed");
+        bv->snap_pos = d->snap_pos + (size_t)buf * seg_len * bv->snap_total;
+        bv->snap_cnt = d->snap_cnt + (size_t)buf * seg_len * bv->n_lists;
+        for (int p = 0; p < P_n && !st; p++) {
+            if (!evicts[p]) continue;
+            if (k >= 2 && cudaStreamWaitEvent(d->policy_stream[p], d->metrics_done[buf], 0) != cudaSuccess)
+                st = ap_error_set(err, AP_ERR_RUNTIME, "ordering the replay after the metrics failed");
+            if (!st) st = launch_policy(g, &shapes[p], p, d, bv, t0, t1, err);
+            if (!st && (cudaEventRecord(d->policy_done[p], d->policy_stream[p]) != cudaSuccess ||
+                        cudaStreamWaitEvent(d->stream, d->policy_done[p], 0) != cudaSuccess))
+                st = ap_error_set(err, AP_ERR_RUNTIME, "ordering the metrics after the replay failed");
+        }
         const int rows = (last - first) * bv->n_lists;
         if (st || rows <= 0) continue;
         metrics_kernel<<<(unsigned)((rows + WARPS - 1) / WARPS), 32 * WARPS, shared, d->stream>>>(*bv, rows);
-        if (cudaGetLastError() != cudaSuccess || cudaStreamSynchronize(d->stream) != cudaSuccess)
-            st = ap_error_set(err, AP_ERR_RUNTIME, "computing the rows' metrics on the device failed");
+        if (cudaGetLastError() != cudaSuccess || cudaEventRecord(d->metrics_done[buf], d->stream) != cudaSuccess)
+            st = ap_error_set(err, AP_ERR_RUNTIME, "launching the rows' metrics on the device failed");
     }
+    for (int p = 0; p < P_n; p++)
+        if (cudaStreamSynchronize(d->policy_stream[p]) != cudaSuccess && !st)
+            st = ap_error_set(err, AP_ERR_RUNTIME, "replaying the policies on the device failed");
+    if (cudaStreamSynchronize(d->stream) != cudaSuccess && !st)
+        st = ap_error_set(err, AP_ERR_RUNTIME, "computing the rows' metrics on the device failed");
     free(shapes), free(evicts);
     return st;
 }
@@ -389,8 +413,18 @@ static ap_status run_batch(const ap_study_config *cfg, const ap_trace *tr, study
         return ap_error_set(err, AP_ERR_RUNTIME, "out of memory");
     if (!(d->buckets = (uint32_t **)calloc(2 * (size_t)cfg->n_policies, sizeof *d->buckets)))
         return ap_error_set(err, AP_ERR_RUNTIME, "out of memory");
-    for (; d->n_policy_streams < cfg->n_policies; d->n_policy_streams++)
-        CUDA_TRY(cudaStreamCreate(&d->policy_stream[d->n_policy_streams]), "creating a stream for a policy");
+    if (!(d->policy_done = (cudaEvent_t *)calloc((size_t)cfg->n_policies, sizeof(cudaEvent_t))))
+        return ap_error_set(err, AP_ERR_RUNTIME, "out of memory");
+    for (int i = 0; i < 2; i++)
+        CUDA_TRY(cudaEventCreateWithFlags(&d->metrics_done[i], cudaEventDisableTiming), "creating an event");
+    for (; d->n_policy_streams < cfg->n_policies; d->n_policy_streams++) {
+        const int p = d->n_policy_streams;
+        CUDA_TRY(cudaEventCreateWithFlags(&d->policy_done[p], cudaEventDisableTiming), "creating an event");
+        if (cudaStreamCreate(&d->policy_stream[p]) != cudaSuccess) {
+            cudaEventDestroy(d->policy_done[p]);
+            return ap_error_set(err, AP_ERR_RUNTIME, "creating a stream for a policy failed");
+        }
+    }
     CUDA_TRY(cudaMalloc(&d->top, (size_t)n_steps * tr->n_samples * L * H * 32 * sizeof(int) + 1),
              "allocating the rows' top positions");
     bv.top = d->top;
