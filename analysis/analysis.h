@@ -181,6 +181,23 @@ typedef struct {
  * GSL mt19937 seeded with seed draws the resamples, then the sign flips. */
 ap_status ap_paired_compare(const double *a, const double *b, int n, int resamples, int permutations,
                             uint64_t seed, ap_paired *out, ap_error *err);
+
+/* The random draws of a comparison of m differences: they depend on the
+ * seed and m alone, so comparisons that share a seed can share them
+ * (picks: [resamples][m] bootstrap indices; signs: [permutations][(m + 31)
+ * / 32] sign bits). */
+typedef struct {
+    int m, resamples, permutations;
+    int *picks;
+    uint32_t *signs;
+} ap_paired_draws;
+ap_status ap_paired_draws_make(uint64_t seed, int m, int resamples, int permutations, ap_paired_draws *out,
+                               ap_error *err);
+void ap_paired_draws_free(ap_paired_draws *dr);
+/* ap_paired_compare with draws made for its seed: used when they were made
+ * for the comparison's number of finite differences (else it draws its own). */
+ap_status ap_paired_compare_drawn(const double *a, const double *b, int n, const ap_paired_draws *draws,
+                                  int resamples, int permutations, uint64_t seed, ap_paired *out, ap_error *err);
 /* Holm's step-down adjustment of n p-values (NaN stays NaN). */
 void ap_holm(const double *p, int n, double *adjusted);
 

@@ -183,7 +183,16 @@ enum { PERMUTATIONS = 999 };
 typedef struct {
     const ap_study_config *cfg;
     ap_summary *out;
+    const ap_paired_draws *draws; /* made for every sample having a difference, or NULL */
 } compare_job;
+
+/* Every comparison draws with this seed (common random numbers: the same
+ * resamples and sign flips for every policy, layer and metric), so the
+ * draws are made once (docs/statistics.md). */
+static uint64_t compare_seed(const ap_study_config *cfg) { return cfg->seed + 7919u; }
+/* Bootstrap indices held at most for the shared draws (beyond, each
+ * comparison draws its own: the same numbers, slower). */
+enum { SHARED_PICKS_MAX = 1 << 26 };
 
 static double param_of(const ap_report_run *r, const char *name)
 {
@@ -223,8 +232,8 @@ static ap_status compare_item(void *ctx, int run, ap_error *err)
             a[smp] = r->sample_mean[(size_t)smp * AP_M_COUNT + m];
             b[smp] = ref->sample_mean[(size_t)smp * AP_M_COUNT + m];
         }
-        st = ap_paired_compare(a, b, n, j->cfg->bootstrap, PERMUTATIONS, j->cfg->seed + 7919u * (uint64_t)(run * AP_M_COUNT + m),
-                               &r->compare[m], err);
+        st = ap_paired_compare_drawn(a, b, n, j->draws, j->cfg->bootstrap, PERMUTATIONS, compare_seed(j->cfg),
+                                     &r->compare[m], err);
     }
     free(a), free(b);
     return st;
@@ -239,8 +248,14 @@ static ap_status compare_runs(const ap_study_config *cfg, ap_summary *out, ap_po
     for (int p = 0; p < cfg->n_policies; p++) found |= !strcmp(cfg->policies[p].name, cfg->compare_to);
     if (!found)
         return ap_error_set(err, AP_ERR_USAGE, "compare to %s: not among the study's policies", cfg->compare_to);
-    compare_job job = {cfg, out};
-    ap_status st = ap_pool_run(pool, out->n_runs, compare_item, &job, err);
+    ap_paired_draws draws = {0};
+    const int n = out->n_runs ? out->runs[0].n_samples : 0;
+    ap_status st = AP_OK;
+    if ((size_t)cfg->bootstrap * n <= SHARED_PICKS_MAX)
+        st = ap_paired_draws_make(compare_seed(cfg), n, cfg->bootstrap, PERMUTATIONS, &draws, err);
+    compare_job job = {cfg, out, draws.picks ? &draws : NULL};
+    if (!st) st = ap_pool_run(pool, out->n_runs, compare_item, &job, err);
+    ap_paired_draws_free(&draws);
     double *p = malloc(((size_t)out->n_runs + 1) * sizeof *p), *adj = malloc(((size_t)out->n_runs + 1) * sizeof *adj);
     int *who = malloc(((size_t)out->n_runs + 1) * sizeof *who);
     if (!st && (!p || !adj || !who)) st = ap_error_set(err, AP_ERR_RUNTIME, "out of memory");

@@ -320,6 +320,126 @@ static void test_paired_undefined(void **state)
     CLOSE(adj[2], 0.06, 1e-12);
 }
 
+/* Draws made once serve every comparison with their seed: the numbers each
+ * comparison gets drawing its own; one with fewer finite differences
+ * draws its own. */
+static void test_paired_shared_draws(void **state)
+{
+    (void)state;
+    enum { N = 40, RESAMPLES = 500, PERMS = 99 };
+    double a[N], b[N], c[N];
+    gsl_rng *rng = gsl_rng_alloc(gsl_rng_mt19937);
+    gsl_rng_set(rng, 8);
+    for (int i = 0; i < N; i++) b[i] = gsl_ran_gaussian(rng, 1), a[i] = b[i] + 0.2 + gsl_ran_gaussian(rng, 0.3);
+    gsl_rng_free(rng);
+    ap_error err;
+    ap_paired_draws dr;
+    assert_int_equal(ap_paired_draws_make(11, N, RESAMPLES, PERMS, &dr, &err), AP_OK);
+    ap_paired own, shared;
+    for (int pass = 0; pass < 2; pass++) {
+        memcpy(c, a, sizeof c);
+        if (pass) c[3] = NAN; /* 39 differences: the draws for 40 do not apply */
+        assert_int_equal(ap_paired_compare(c, b, N, RESAMPLES, PERMS, 11, &own, &err), AP_OK);
+        assert_int_equal(ap_paired_compare_drawn(c, b, N, &dr, RESAMPLES, PERMS, 11, &shared, &err), AP_OK);
+        assert_int_equal(shared.n, N - pass);
+        assert_memory_equal(&own, &shared, sizeof own);
+        assert_true(own.ci_lo < own.delta && own.delta < own.ci_hi && own.p > 0 && own.p <= 1);
+    }
+    ap_paired_draws_free(&dr);
+}
+
+/* The bootstrap of several accumulators at once gives each the CI it gets
+ * alone (500 resamples: several of the shared draws' chunks). */
+static void test_bootstrap_many(void **state)
+{
+    (void)state;
+    ap_error err;
+    ap_metric_acc acc[2];
+    fold_1_to_100(&acc[0], &err);
+    ap_metric_acc_init(&acc[1]);
+    for (int smp = 0; smp < 4; smp++) { /* sample 2 has no value: a pick of it adds nothing */
+        ap_moments m = {0};
+        for (int i = 0; i < 30 && smp != 2; i++) ap_moments_add(&m, (smp + 1) * sin(i));
+        assert_int_equal(ap_metric_acc_fold(&acc[1], smp, &m, &err), AP_OK);
+    }
+    ap_stats alone[2], together[2];
+    for (int j = 0; j < 2; j++) {
+        assert_int_equal(ap_metric_acc_stats(&acc[j], 4, 500, 5, &alone[j], &err), AP_OK);
+        assert_int_equal(ap_metric_acc_stats(&acc[j], 4, 0, 0, &together[j], &err), AP_OK);
+    }
+    const ap_metric_acc *accs[2] = {&acc[0], &acc[1]};
+    ap_stats *outs[2] = {&together[0], &together[1]};
+    assert_int_equal(ap_metric_acc_bootstrap(accs, 2, 4, 500, 5, outs, &err), AP_OK);
+    for (int j = 0; j < 2; j++) {
+        assert_memory_equal(&alone[j], &together[j], sizeof alone[j]);
+        /* against the bootstrap written out: 500 resamples of 4 picks, one generator */
+        gsl_rng *rng = gsl_rng_alloc(gsl_rng_mt19937);
+        gsl_rng_set(rng, 5);
+        double means[500];
+        int m = 0;
+        for (int r = 0; r < 500; r++) {
+            double tot = 0, c = 0;
+            for (int k = 0; k < 4; k++) {
+                const int pick = (int)gsl_rng_uniform_int(rng, 4);
+                tot += acc[j].sample_sum[pick], c += acc[j].sample_n[pick];
+            }
+            if (c > 0) means[m++] = tot / c;
+        }
+        gsl_rng_free(rng);
+        qsort(means, (size_t)m, sizeof *means, cmp_double);
+        assert_true(alone[j].ci_lo == gsl_stats_quantile_from_sorted_data(means, 1, (size_t)m, 0.025));
+        assert_true(alone[j].ci_hi == gsl_stats_quantile_from_sorted_data(means, 1, (size_t)m, 0.975));
+        assert_true(alone[j].ci_lo < alone[j].ci_hi);
+        ap_metric_acc_free(&acc[j]);
+    }
+}
+
+/* Bucket counts handed over (as the device replay finds them) make the
+ * sketch that adding the values one by one makes: positive, negative,
+ * below the zero threshold and past the clamped keys. */
+static void test_qsketch_bins(void **state)
+{
+    (void)state;
+    enum { N = 20000 };
+    ap_qsketch one, bins;
+    ap_qsketch_init(&one, AP_QSKETCH_ALPHA);
+    ap_qsketch_init(&bins, AP_QSKETCH_ALPHA);
+    const int64_t lim = ap_qsketch_key_limit(&one), width = 2 * lim + 1;
+    uint32_t *count = calloc(2 * (size_t)width, sizeof *count);
+    uint64_t zero = 0;
+    gsl_rng *rng = gsl_rng_alloc(gsl_rng_mt19937);
+    gsl_rng_set(rng, 21);
+    ap_error err;
+    for (int i = 0; i < N; i++) {
+        double x = gsl_ran_gaussian(rng, 1) * exp(gsl_ran_gaussian(rng, 6));
+        if (i % 97 == 0) x = 1e-13 * (i % 2 ? 1 : -1);
+        if (i % 89 == 0) x = 3e14;
+        assert_int_equal(ap_qsketch_add(&one, x, &err), AP_OK);
+        const double ax = fabs(x);
+        if (ax < AP_QSKETCH_ZERO) {
+            zero++;
+            continue;
+        }
+        double key = ceil(log(ax) / one.log_gamma);
+        key = key > lim ? lim : key < -lim ? -lim : key;
+        count[(size_t)(x < 0) * width + (size_t)(key + lim)]++;
+    }
+    for (int side = 0; side < 2; side++) {
+        const uint32_t *c = count + (size_t)side * width;
+        int64_t lo = 0, hi = width - 1;
+        while (lo < width && !c[lo]) lo++;
+        while (hi >= 0 && !c[hi]) hi--;
+        const size_t n = hi >= lo ? (size_t)(hi - lo + 1) : 0;
+        assert_int_equal(ap_qsketch_add_bins(&bins, side, lo - lim, c + lo, n, side ? 0 : zero, &err), AP_OK);
+    }
+    assert_true(one.count == bins.count && one.zero == bins.zero && one.count == N);
+    for (int pc = 0; pc <= 100; pc += 5) assert_true(ap_qsketch_quantile(&one, pc / 100.0) == ap_qsketch_quantile(&bins, pc / 100.0));
+    gsl_rng_free(rng);
+    free(count);
+    ap_qsketch_free(&one);
+    ap_qsketch_free(&bins);
+}
+
 static void test_holm(void **state)
 {
     (void)state;
@@ -344,6 +464,9 @@ int main(void)
         cmocka_unit_test(test_paired_comparison),
         cmocka_unit_test(test_holm),
         cmocka_unit_test(test_paired_undefined),
+        cmocka_unit_test(test_paired_shared_draws),
+        cmocka_unit_test(test_bootstrap_many),
+        cmocka_unit_test(test_qsketch_bins),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
