@@ -166,16 +166,19 @@ static ap_status replay_device_batch(study_acc *acc, const ap_trace *tr, ap_pool
     ap_status st = !kv ? ap_error_set(err, AP_ERR_RUNTIME, "out of memory")
                        : study_isolated_gpu(cfg, tr, acc, pool, kv, &seconds, err);
     report(ps, "replay", 0.9);
-    for (int r = 0; r < acc->n_runs && !st; r++) {
-        study_run *run = &acc->runs[r];
-        run->replay_s += seconds; /* the runs replay together */
-        if (kv[r] > run->kv_bytes) run->kv_bytes = kv[r];
+    for (int p = 0; p < cfg->n_policies && !st; p++) {
         /* the policy's state, as a host instance of the same parameters holds it */
         ap_policy *host;
-        if ((st = ap_policy_create(&cfg->policies[r / cfg->n_layers], tr->n_head, tr->head_dim, &host, err))) break;
+        if ((st = ap_policy_create(&cfg->policies[p], tr->n_head, tr->head_dim, &host, err))) break;
         const double bytes = (double)ap_policy_state_bytes(host);
         ap_policy_free(host);
-        if (bytes > run->sketch_bytes) run->sketch_bytes = bytes;
+        for (int l = 0; l < cfg->n_layers; l++) {
+            const int r = p * cfg->n_layers + l;
+            study_run *run = &acc->runs[r];
+            run->replay_s += seconds; /* the runs replay together */
+            if (kv[r] > run->kv_bytes) run->kv_bytes = kv[r];
+            if (bytes > run->sketch_bytes) run->sketch_bytes = bytes;
+        }
     }
     free(kv);
     return st;
