@@ -241,10 +241,12 @@ static ap_status fill_state(ap_policy_gpu *g, int p, const gpu_policy *P, const 
     size_t nonzero = 0;
     while (tmpl && nonzero < n && !tmpl[nonzero]) nonzero++;
     if (!tmpl || nonzero == n || !g->n_lists) return AP_OK;
-    uint32_t *d_tmpl;
-    CUDA_TRY(upload((void **)&d_tmpl, tmpl, n * sizeof *tmpl), "uploading a policy's initial state");
-    fill_state_kernel<<<(unsigned)g->n_lists, 128>>>(g->v, p, d_tmpl, P->state_words);
-    cudaError_t e = cudaGetLastError();
+    uint32_t *d_tmpl = NULL;
+    cudaError_t e = upload((void **)&d_tmpl, tmpl, n * sizeof *tmpl);
+    if (e == cudaSuccess) {
+        fill_state_kernel<<<(unsigned)g->n_lists, 128>>>(g->v, p, d_tmpl, P->state_words);
+        e = cudaGetLastError();
+    }
     if (e == cudaSuccess) e = cudaDeviceSynchronize();
     cudaFree(d_tmpl);
     CUDA_TRY(e, "filling a policy's initial states");

@@ -7,15 +7,18 @@
  * reference row of t — is in the trace already, so one warp runs one set
  * through all of its steps (replay_kernel), its sketch held in shared memory
  * throughout. Each step t:
- *   1. at a measured step, the set's rows' metrics as it stands (before t
- *      is observed; analysis/metrics_device.cuh);
+ *   1. at a measured step, the set's positions are copied to a snapshot
+ *      (before t is observed);
  *   2. the reference row of t, scaled by 1 / the mass the set retains (the
  *      host's double sum, in its order), is written where the policy reads
  *      the step's probabilities;
  *   3. the policy observes t, retains it and evicts, as the host's would
  *      (observe.cuh's set_step, the cascade's code).
- * Only the per-row metric values (15 numbers a measured row) come back to
- * the host, which folds them as it folds its own replay's. */
+ * RACE's buckets of every key and query are hashed before the first step.
+ * The measured rows' metrics are computed from the snapshots by their own
+ * kernel (analysis/metrics_device.cuh), a segment of steps at a time beside
+ * the next segment's replay, and folded on the device (fold_gpu.cu): only
+ * the accumulators come back to the host. */
 #include <cuda_runtime.h>
 #include <stdlib.h>
 #include <string.h>
