@@ -14,6 +14,8 @@
 
 const char *ap_analysis_gsl_version(void) { return gsl_version; }
 
+/* study/cuda/fold_gpu.cu repeats this on the device, operation for
+ * operation (its moments must be these bits): change both together. */
 void ap_moments_add(ap_moments *m, double x)
 {
     if (isnan(x)) return;
