@@ -122,7 +122,7 @@ static ap_status trace_run(ap_engine *engine, const ap_model *model, const ap_sa
             float **attn = tr->attn + (size_t)s * n_layers, **q = tr->q + (size_t)s * n_layers,
                   **k = tr->k + (size_t)s * n_layers, **v = tr->v + (size_t)s * n_layers,
                   **o = tr->o + (size_t)s * n_layers;
-            if (device) { /* one device allocation a sample: cudaMalloc is slow */
+            if (device && n_layers > 0) { /* one device allocation a sample: cudaMalloc is slow */
                 float *block = buffer_alloc(tr, sample_bytes);
                 if (!block) goto oom;
                 for (int l = 0; l < n_layers; l++, block += a + 4 * qk)
