@@ -150,6 +150,44 @@ __global__ void hash_kernel(batch_view bv, gpu_policy P, const uint32_t *tables,
     race_hash(&P, planes, bv.D, x, out + (size_t)warp * P.rows, lane);
 }
 
+/* The same for heads of DIM (32 or 64) whose hyperplanes fit the shared
+ * memory: a block per (sample, layer, head) and 128 positions, a thread a
+ * vector, held in registers, against the head's hyperplanes read from
+ * shared memory by every thread at once — dot_fixed's sums, in its order. */
+enum { HASH_TILE = 128 };
+template <int DIM>
+__global__ void __launch_bounds__(HASH_TILE) hash_tile_kernel(batch_view bv, gpu_policy P, const uint32_t *tables,
+                                                              int of_q, uint32_t *out)
+{
+    extern __shared__ float4 planes_s[];
+    const int n_planes = P.rows * P.bits, tiles = (bv.max_T + HASH_TILE - 1) / HASH_TILE;
+    const int tile = blockIdx.x % tiles, vh = blockIdx.x / tiles, h = vh % bv.H, tl = vh / bv.H;
+    const int T = bv.len[tl / bv.L], t = tile * HASH_TILE + threadIdx.x;
+    const float4 *planes = (const float4 *)(tables + P.table) + (size_t)h * n_planes * DIM / 4;
+    for (int i = threadIdx.x; i < n_planes * DIM / 4; i += blockDim.x) planes_s[i] = planes[i];
+    __syncthreads();
+    if (t >= T) return;
+    const float *xg = (of_q ? bv.q : bv.k)[tl] + ((size_t)h * T + t) * DIM;
+    float x[DIM];
+#pragma unroll
+    for (int d = 0; d < DIM; d++) x[d] = xg[d];
+    uint32_t *dst = out + ((size_t)vh * bv.max_T + t) * P.rows;
+    for (int r = 0; r < P.rows; r++) {
+        uint32_t b = 0;
+        for (int i = 0; i < P.bits; i++) {
+            const float4 *p = planes_s + (size_t)(r * P.bits + i) * DIM / 4;
+            float acc[4] = {0, 0, 0, 0};
+#pragma unroll
+            for (int d = 0; d < DIM; d += 4) {
+                const float4 p4 = p[d / 4];
+                acc[0] += p4.x * x[d], acc[1] += p4.y * x[d + 1], acc[2] += p4.z * x[d + 2], acc[3] += p4.w * x[d + 3];
+            }
+            b |= (uint32_t)((acc[0] + acc[1]) + (acc[2] + acc[3]) >= 0) << i;
+        }
+        dst[r] = b;
+    }
+}
+
 /* One warp a set (sample, layer, head — or layer for a layer-granularity
  * policy) of policy p: its steps t0 <= t < t1, the sets of the measured
  * ones copied to the segment's snapshots before t is observed. A set whose
@@ -331,8 +369,16 @@ static ap_status hash_ahead(const ap_policy_gpu *g, const gpu_policy *P, int p, 
         uint32_t **out = &d->buckets[2 * p + (of_q ? 0 : 1)];
         CUDA_TRY(cudaMalloc((void **)out, (size_t)n_vectors * P->rows * sizeof(uint32_t)),
                  "allocating the RACE buckets of the trace's vectors");
-        hash_kernel<<<(unsigned)((n_vectors + WARPS - 1) / WARPS), 32 * WARPS, 0, d->policy_stream[p]>>>(
-            *bv, *P, v->tables, of_q, *out, n_vectors);
+        const size_t plane_bytes = (size_t)P->rows * P->bits * bv->D * sizeof(float);
+        const unsigned tiles = (unsigned)((bv->max_T + HASH_TILE - 1) / HASH_TILE) * bv->n_samples * bv->L * bv->H;
+        cudaStream_t ps = d->policy_stream[p];
+        if ((bv->D == 64 || bv->D == 32) && plane_bytes <= 48 * 1024) {
+            if (bv->D == 64) hash_tile_kernel<64><<<tiles, HASH_TILE, plane_bytes, ps>>>(*bv, *P, v->tables, of_q, *out);
+            else hash_tile_kernel<32><<<tiles, HASH_TILE, plane_bytes, ps>>>(*bv, *P, v->tables, of_q, *out);
+        } else {
+            hash_kernel<<<(unsigned)((n_vectors + WARPS - 1) / WARPS), 32 * WARPS, 0, ps>>>(*bv, *P, v->tables, of_q,
+                                                                                          *out, n_vectors);
+        }
         KERNEL_TRY("hashing the trace's vectors into RACE buckets");
     }
     return AP_OK;
