@@ -12,6 +12,9 @@ here=$(dirname "$0")
 ncu=${NCU:-/usr/local/cuda/bin/ncu}
 common=(--model random:gpt2-small --tokenizer "$here/../tests/fixtures/gpt2-tokenizer" --input "$text"
         --max-length 1024 --layers all --device cuda --samples 32)
+# (0) the phases of the whole study (ATTNPROBE_PHASES=1: engine, trace,
+# the device replay's parts, statistics), the ten policies
+ATTNPROBE_PHASES=1 "$build/attnprobe" run "${common[@]}" --quiet --out "$(mktemp -d)" 2>&1 | grep '^phase'
 [ "${PER_POLICY:-1}" = 1 ] && for ty in full window h2o random cms count_sketch race race_kde window,sink,random,h2o,tova \
           full,window,sink,random,h2o,tova,cms,count_sketch,race,race_kde; do
   echo "types $ty: $(bash "$here/study.sh" "$build/attnprobe" "${common[@]}" --types "$ty")"

@@ -278,6 +278,14 @@ static double now_s(void)
     return ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 
+/* A phase's end, when ATTNPROBE_PHASES asks: after the device's work. */
+static void phase(const char *what)
+{
+    if (!study_phases_on()) return;
+    cudaDeviceSynchronize();
+    study_phase_mark(what);
+}
+
 /* Uploads the pointer tables and lengths; fills bv's pointers to them. */
 static ap_status upload_tables(const ap_trace *tr, const int *keeps_all, int n_streams, batch_device *d,
                                batch_view *bv, ap_error *err)
@@ -398,6 +406,7 @@ static ap_status launch_replay(const ap_policy_gpu *g, const int *keeps_all, bat
     if (topk_warps > 0) topk_kernel<<<(unsigned)((topk_warps + WARPS - 1) / WARPS), 32 * WARPS, 0, d->stream>>>(*bv, ref_rows);
     KERNEL_TRY("finding the reference rows' top positions");
     CUDA_TRY(cudaStreamSynchronize(d->stream), "finding the reference rows' top positions");
+    phase("top positions");
     const int P_n = bv->n_policies;
     gpu_policy *shapes = (gpu_policy *)malloc((size_t)P_n * sizeof *shapes);
     int *evicts = (int *)calloc((size_t)P_n, sizeof *evicts);
@@ -414,6 +423,7 @@ static ap_status launch_replay(const ap_policy_gpu *g, const int *keeps_all, bat
                                     : plan_snapshots(g, keeps_all, bv->n_samples * P_n, d, bv, &seg_len, err);
     for (int p = 0; p < P_n && !st; p++)
         if (evicts[p]) st = hash_ahead(g, &shapes[p], p, d, bv, err);
+    phase("snapshots+hash");
     /* segment k: each policy's replay on its stream (after the metrics of
      * segment k - 2, which read the same snapshot buffer), then its metrics
      * on d->stream once every policy is through it */
@@ -443,6 +453,7 @@ static ap_status launch_replay(const ap_policy_gpu *g, const int *keeps_all, bat
             st = ap_error_set(err, AP_ERR_RUNTIME, "replaying the policies on the device failed");
     if (cudaStreamSynchronize(d->stream) != cudaSuccess && !st)
         st = ap_error_set(err, AP_ERR_RUNTIME, "computing the rows' metrics on the device failed");
+    phase("replay+metrics");
     free(shapes), free(evicts);
     return st;
 }
@@ -488,6 +499,7 @@ static ap_status run_batch(const ap_study_config *cfg, const ap_trace *tr, study
     ap_status st;
     if (!(st = upload_tables(tr, keeps_all, n_streams, d, &bv, err)) && !(st = launch_replay(g, keeps_all, d, &bv, err)))
         st = study_fold_gpu(acc, d->values, tr->n_samples, n_steps, steps_of, pool, err);
+    phase("fold");
     free(steps_of);
     return st;
 }
@@ -513,7 +525,9 @@ extern "C" ap_status study_isolated_gpu(const ap_study_config *cfg, const ap_tra
         goto done;
     }
     for (int s = 0; s < n_streams; s++) stream_param[s] = s % P, stream_len[s] = tr->len[s / P];
+    phase("replay start");
     if ((st = ap_policy_gpu_create(cfg->policies, P, stream_param, stream_len, n_streams, L, H, D, &g, err))) goto done;
+    phase("policy state");
     for (int s = 0; s < n_streams; s++) keeps_all[s] = ap_policy_gpu_keeps_all(g, s);
     if ((st = run_batch(cfg, tr, acc, pool, n_steps, max_T, keeps_all, n_streams, g, &d, err)) ||
         (st = ap_policy_gpu_counts(g, cnt, err)))
@@ -532,6 +546,7 @@ extern "C" ap_status study_isolated_gpu(const ap_study_config *cfg, const ap_tra
 done:
     ap_policy_gpu_free(g);
     batch_device_free(&d);
+    phase("free");
     free(stream_param), free(stream_len), free(keeps_all), free(cnt);
     return st;
 }
