@@ -50,15 +50,16 @@ typedef struct ap_step_view {
 __device__ static inline float as_float(uint32_t u) { return __uint_as_float(u); }
 
 /* counts[r][bucket] += ±row[i] for i = 0..n in order, the buckets of i at
- * slots + i * n_rows (Count Sketch's sign in bit 31; RACE's buckets never
- * reach it); lane r owns row r. The sketch may sit in global memory, so the
+ * slots + i * n_rows — or, with an index, at slots + pos * n_rows for i's
+ * position pos (index[i], t for i = n) (Count Sketch's sign in bit 31;
+ * RACE's buckets never reach it); lane r owns row r. The sketch may sit in global memory, so the
  * positions go ADD_GROUP at a time: their buckets and weights, then their
  * counters, are loaded together, and a counter that an earlier position of
  * the group updates is taken from that update (the same sums, in the same
  * order, as one position after the other). */
 enum { ADD_GROUP = 16 };
 __device__ static void add_in_order(float *counts, int row_len, const uint32_t *slots, int n_rows, const float *row,
-                                    int n, int lane)
+                                    int n, int lane, const int *index = NULL, int t = 0)
 {
     for (int r0 = 0; r0 < n_rows; r0 += 32) {
         const int r = r0 + lane;
@@ -70,7 +71,8 @@ __device__ static void add_in_order(float *counts, int row_len, const uint32_t *
 #pragma unroll
             for (int j = 0; j < ADD_GROUP; j++)
                 if (i0 + j <= n) {
-                    b[j] = slots[(size_t)(i0 + j) * n_rows + r];
+                    const int at = index ? (i0 + j < n ? index[i0 + j] : t) : i0 + j;
+                    b[j] = slots[(size_t)at * n_rows + r];
                     w[j] = row[i0 + j];
                     if (b[j] & CS_NEG) w[j] = -w[j];
                     b[j] &= ~CS_NEG;
@@ -103,9 +105,10 @@ __device__ static void add_in_order(float *counts, int row_len, const uint32_t *
 
 /* What a set's step reads besides the rows: head h's query and key at
  * q + h * stride and k + h * stride, and, when computed ahead (the isolated
- * replay hashes every position of the trace at once), their RACE buckets
- * at q_buckets + h * bucket_stride and k_buckets likewise (NULL: hashed in
- * the step). */
+ * replay hashes every position of the trace at once), the RACE buckets of
+ * head h's position p at q_buckets + h * bucket_stride + p * rows and
+ * k_buckets likewise (NULL: hashed in the step). With them a retained
+ * position's buckets are read by its position, not kept in its slot. */
 typedef struct {
     const float *q, *k;
     size_t stride;
@@ -116,7 +119,8 @@ typedef struct {
 /* One head's ingestion of the step (method.h's observe): kept i has
  * attention row[i], t has row[n]; the new slot is at slots + n * words. */
 __device__ static void observe_head(const gpu_policy *P, const step_view *v, int t, int h, const float *row,
-                                    uint32_t *slots, uint32_t *state, const step_vectors &x, int n, int lane)
+                                    uint32_t *slots, uint32_t *state, const step_vectors &x, const int *kp, int n,
+                                    int lane)
 {
     uint32_t *fresh = slots + (size_t)n * P->words;
     float *counts = (float *)state;
@@ -127,7 +131,7 @@ __device__ static void observe_head(const gpu_policy *P, const step_view *v, int
     case K_H2O: observe_h2o(P, v, t, h, row, slots, counts, fresh, q, k, n, lane); break;
     case K_CMS: observe_cms(P, v, t, h, row, slots, counts, fresh, q, k, n, lane); break;
     case K_CS: observe_count_sketch(P, v, t, h, row, slots, counts, fresh, q, k, n, lane); break;
-    case K_RACE: observe_race(P, v, t, h, row, slots, counts, fresh, k, kb, n, lane); break;
+    case K_RACE: observe_race(P, v, t, h, row, slots, counts, fresh, k, kb, kp, n, lane); break;
     case K_RACE_KDE: observe_race_kde(P, v, t, h, counts, fresh, q, k, qb, kb, lane); break;
     case K_KNORM: observe_knorm(P, v, t, h, row, slots, counts, fresh, q, k, n, lane); break;
     case K_SNAPKV: observe_snapkv(P, v, t, h, row, slots, counts, fresh, q, k, n, lane); break;
@@ -136,13 +140,13 @@ __device__ static void observe_head(const gpu_policy *P, const step_view *v, int
     }
 }
 
-/* Head h's score of retained index i (position pos) (method.h's score);
- * snapkv's pooled score is the kernel's (it needs the neighbours'). */
-__device__ static double score_head(const gpu_policy *P, const float *row, const uint32_t *slots,
+/* Head h's score of retained index i (position pos, its slot `slot`)
+ * (method.h's score); snapkv's pooled score is the kernel's (it needs the
+ * neighbours'). */
+__device__ static double score_head(const gpu_policy *P, const float *row, const uint32_t *slot,
                                     const uint32_t *state, int i, int pos)
 {
     const float *counts = (const float *)state;
-    const uint32_t *slot = slots + (size_t)i * P->words;
     switch (P->kind) {
     case K_H2O:
     case K_KNORM: return score_slot(slot);
@@ -217,8 +221,13 @@ __device__ __forceinline__ static void set_step(const gpu_policy &P, const step_
     int *kp = v.pos + v.off[list];
     int n = v.cnt[list];
 #define STATE_OF(h) (staged ? staged : v.state + v.state_off[base + (h)])
+    /* RACE's buckets read by position from the ones computed ahead, or kept in the slots */
+    const int by_position = (KIND == K_RACE || KIND == K_RACE_KDE) && x.k_buckets;
+#define SLOT_OF(h, i)                                                                                  \
+    (by_position ? x.k_buckets + (h) * x.bucket_stride + (size_t)kp[i] * P.rows                       \
+                 : v.slots + v.slot_off[base + (h)] + (size_t)(i) * P.words)
     for (int h = h0; h <= h1; h++) {
-        observe_head(&P, &v, t, h, v.rows + v.off[base + h], v.slots + v.slot_off[base + h], STATE_OF(h), x, n,
+        observe_head(&P, &v, t, h, v.rows + v.off[base + h], v.slots + v.slot_off[base + h], STATE_OF(h), x, kp, n,
                      lane);
         __syncwarp();
     }
@@ -242,7 +251,7 @@ __device__ __forceinline__ static void set_step(const gpu_policy &P, const step_
                     const int i = i0 + 32 * j;
                     s[j] = 0;
                     for (int h = h0; i < n && h <= h1; h++)
-                        s[j] += score_head(&P, NULL, v.slots + v.slot_off[base + h], STATE_OF(h), i, 0);
+                        s[j] += score_head(&P, NULL, SLOT_OF(h, i), STATE_OF(h), i, 0);
                 }
 #pragma unroll
                 for (int j = 0; j < SCORE_BATCH; j++)
@@ -264,8 +273,7 @@ __device__ __forceinline__ static void set_step(const gpu_policy &P, const step_
             else if (KIND == K_RANDOM || sketch) s = score[i];
             else
                 for (int h = h0; h <= h1; h++)
-                    s += score_head(&P, v.rows + v.off[base + h], v.slots + v.slot_off[base + h], STATE_OF(h), i,
-                                    kp[i]);
+                    s += score_head(&P, v.rows + v.off[base + h], SLOT_OF(h, i), STATE_OF(h), i, kp[i]);
             if (victim < 0 || s < best) victim = i, best = s;
         }
         for (int o = 16; o > 0; o >>= 1) {
@@ -275,11 +283,12 @@ __device__ __forceinline__ static void set_step(const gpu_policy &P, const step_
         }
         /* budget >= sink + recent (ap_policy_create): there is a victim */
         remove_entry((uint32_t *)kp, 1, victim, n, lane);
-        for (int h = h0; P.words && h <= h1; h++)
+        for (int h = h0; P.words && !by_position && h <= h1; h++)
             remove_entry(v.slots + v.slot_off[base + h], P.words, victim, n, lane);
         n--;
     }
 #undef STATE_OF
+#undef SLOT_OF
     __syncwarp();
     if (lane == 0) v.cnt[list] = n;
     if (P.layer_sets)

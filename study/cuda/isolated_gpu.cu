@@ -228,7 +228,7 @@ __global__ void __launch_bounds__(128) replay_kernel(batch_view bv, step_view v,
         const int n = v.cnt[list], *kp = v.pos + v.off[list];
         for (int h = h0; h <= h1; h++)
             feed_row(attn + ((size_t)h * T + t) * T, kp, n, t, (float *)v.rows + v.off[base + h], lane);
-        const size_t at = (tl * bv.H * bv.max_T + t) * P.rows;
+        const size_t at = tl * bv.H * bv.max_T * P.rows; /* head 0's position 0 */
         const step_vectors x = {bv.q[tl] + (size_t)t * bv.D, bv.k[tl] + (size_t)t * bv.D, (size_t)T * bv.D,
                                 pre_q ? pre_q + at : NULL, pre_k ? pre_k + at : NULL, (size_t)bv.max_T * P.rows};
         set_step<KIND>(P, v, list, base, h0, h1, t, x, stage ? staged : NULL, lane);

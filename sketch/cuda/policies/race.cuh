@@ -80,37 +80,38 @@ __device__ static const float *race_planes(const gpu_policy *P, const step_view 
     return (const float *)(v->tables + P->table) + (size_t)h * P->rows * P->bits * v->D;
 }
 
-/* The vector's buckets into fresh: computed ahead (buckets) or hashed here. */
-__device__ static void race_buckets(const gpu_policy *P, const step_view *v, int h, const float *x,
-                                    const uint32_t *buckets, uint32_t *fresh, int lane)
-{
-    if (buckets)
-        for (int r = lane; r < P->rows; r += 32) fresh[r] = buckets[r];
-    else
-        race_hash(P, race_planes(P, v, h), v->D, x, fresh, lane);
-    __syncwarp();
-}
-
+/* Key buckets: with the buckets computed ahead (k_buckets: head h's
+ * position 0), a retained position's are read by its position; else t's
+ * are hashed into its slot, fresh, beside the retained ones'. */
 __device__ static void observe_race(const gpu_policy *P, const step_view *v, int t, int h, const float *row, uint32_t *slots,
-                                    float *counts, uint32_t *fresh, const float *k, const uint32_t *k_buckets, int n,
-                                    int lane)
+                                    float *counts, uint32_t *fresh, const float *k, const uint32_t *k_buckets,
+                                    const int *kp, int n, int lane)
 {
-    (void)t;
-    race_buckets(P, v, h, k, k_buckets, fresh, lane);
+    if (k_buckets) {
+        add_in_order(counts, 1 << P->bits, k_buckets, P->rows, row, n, lane, kp, t);
+        return;
+    }
+    race_hash(P, race_planes(P, v, h), v->D, k, fresh, lane);
+    __syncwarp();
     add_in_order(counts, 1 << P->bits, slots, P->rows, row, n, lane);
 }
 
-/* One unit of query mass in each row at the query's buckets (found in
- * t's slot, which the key's buckets then replace). */
+/* One unit of query mass in each row at the query's buckets (computed
+ * ahead, or hashed into t's slot, which the key's buckets then replace). */
 __device__ static void observe_race_kde(const gpu_policy *P, const step_view *v, int t, int h, float *counts,
                                         uint32_t *fresh, const float *q, const float *k, const uint32_t *q_buckets,
                                         const uint32_t *k_buckets, int lane)
 {
-    (void)t;
-    race_buckets(P, v, h, q, q_buckets, fresh, lane);
-    for (int r = lane; r < P->rows; r += 32) counts[((size_t)r << P->bits) + fresh[r]] += 1.0f;
-    __syncwarp();
-    race_buckets(P, v, h, k, k_buckets, fresh, lane);
+    if (q_buckets) {
+        const uint32_t *qb = q_buckets + (size_t)t * P->rows;
+        for (int r = lane; r < P->rows; r += 32) counts[((size_t)r << P->bits) + qb[r]] += 1.0f;
+        __syncwarp();
+    } else {
+        race_hash(P, race_planes(P, v, h), v->D, q, fresh, lane);
+        for (int r = lane; r < P->rows; r += 32) counts[((size_t)r << P->bits) + fresh[r]] += 1.0f;
+        __syncwarp();
+    }
+    if (!k_buckets) race_hash(P, race_planes(P, v, h), v->D, k, fresh, lane);
 }
 
 __device__ static double score_race(const gpu_policy *P, const float *counts, const uint32_t *slot)
