@@ -228,21 +228,35 @@ static void cuda_free(ap_engine *e)
     cudaFree(ce->weights_bf16);
     if (ce->blas) cublasDestroy(ce->blas);
     if (ce->lt) cublasLtDestroy(ce->lt);
-    if (ce->stream) cudaStreamDestroy(ce->stream);
+    if (ce->stream) {
+        cudaStreamSynchronize(ce->stream); /* the capture buffers' frees */
+        cudaStreamDestroy(ce->stream);
+    }
+    int device;
+    cudaMemPool_t pool;
+    if (cudaGetDevice(&device) == cudaSuccess && cudaDeviceGetDefaultMemPool(&pool, device) == cudaSuccess)
+        cudaMemPoolTrimTo(pool, 0);
     free(ce);
 }
 
+/* Capture buffers come from the device's memory pool, which keeps what is
+ * freed (cuda_engine_create sets its release threshold to never): a
+ * study's batches reuse the same blocks instead of mapping a trace
+ * sample's hundreds of MB anew with cudaMalloc each time. A block may be
+ * used on any stream once alloc returns; the caller frees it when no work
+ * on it is in flight. */
 static ap_status cuda_device_alloc(ap_engine *e, size_t bytes, void **out, ap_error *err)
 {
-    (void)e;
-    CUDA_TRY(cudaMalloc(out, bytes ? bytes : 1), "allocating device memory for a capture");
+    cuda_engine *ce = (cuda_engine *)e->impl;
+    CUDA_TRY(cudaMallocAsync(out, bytes ? bytes : 1, ce->stream), "allocating device memory for a capture");
+    CUDA_TRY(cudaStreamSynchronize(ce->stream), "allocating device memory for a capture");
     return AP_OK;
 }
 
 static void cuda_device_free(ap_engine *e, void *p)
 {
-    (void)e;
-    cudaFree(p);
+    cuda_engine *ce = (cuda_engine *)e->impl;
+    cudaFreeAsync(p, ce->stream);
 }
 
 static const ap_backend_ops cuda_ops = {cuda_prefill,      cuda_stream_init,   cuda_stream_free,
@@ -273,6 +287,15 @@ extern "C" ap_status ap_cuda_engine_init(ap_engine *e, ap_error *err)
     const ap_model *m = e->model;
     const size_t bytes = m->n_params * sizeof(float);
     CUDA_TRY(cudaStreamCreate(&ce->stream), "creating a CUDA stream");
+    {
+        int device;
+        cudaMemPool_t pool;
+        uint64_t keep = UINT64_MAX;
+        CUDA_TRY(cudaGetDevice(&device), "finding the device");
+        CUDA_TRY(cudaDeviceGetDefaultMemPool(&pool, device), "finding the device's memory pool");
+        CUDA_TRY(cudaMemPoolSetAttribute(pool, cudaMemPoolAttrReleaseThreshold, &keep),
+                 "keeping freed capture buffers for reuse");
+    }
     for (int k = 0; k < 2; k++)
         CUDA_TRY(cudaEventCreateWithFlags(&ce->step_set[k].copied, cudaEventDisableTiming), "creating an event");
     CUBLAS_TRY(cublasCreate(&ce->blas), "creating the cuBLAS handle");
