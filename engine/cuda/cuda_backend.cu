@@ -137,6 +137,9 @@ typedef struct {
     graph_cache prefill_graph, decode_graph;
     unsigned long generation;
     int fused_smem_max; /* shared memory fused_attention_kernel may use; 0: not used */
+    /* the capture buffers' own memory pool (NULL where the device has none:
+     * plain cudaMalloc then), see cuda_device_alloc */
+    cudaMemPool_t capture_pool;
 } cuda_engine;
 
 /* Device pointer of a host weight tensor (same offset in the device copy). */
@@ -232,31 +235,64 @@ static void cuda_free(ap_engine *e)
         cudaStreamSynchronize(ce->stream); /* the capture buffers' frees */
         cudaStreamDestroy(ce->stream);
     }
-    int device;
-    cudaMemPool_t pool;
-    if (cudaGetDevice(&device) == cudaSuccess && cudaDeviceGetDefaultMemPool(&pool, device) == cudaSuccess)
-        cudaMemPoolTrimTo(pool, 0);
+    if (ce->capture_pool) cudaMemPoolDestroy(ce->capture_pool);
     free(ce);
 }
 
-/* Capture buffers come from the device's memory pool, which keeps what is
- * freed (cuda_engine_create sets its release threshold to never): a
- * study's batches reuse the same blocks instead of mapping a trace
- * sample's hundreds of MB anew with cudaMalloc each time. A block may be
- * used on any stream once alloc returns; the caller frees it when no work
- * on it is in flight. */
+/* Capture buffers come from the engine's own memory pool, which keeps what
+ * is freed: a study's batches reuse the same blocks instead of mapping a
+ * trace sample's hundreds of MB anew with cudaMalloc each time. When the
+ * device runs out, what the pool holds unused is given back and the
+ * allocation tried once more (samples of other lengths cannot reuse a
+ * block). A block may be used on any stream once alloc returns; the caller
+ * frees it when no work on it is in flight, before the engine goes. */
 static ap_status cuda_device_alloc(ap_engine *e, size_t bytes, void **out, ap_error *err)
 {
     cuda_engine *ce = (cuda_engine *)e->impl;
-    CUDA_TRY(cudaMallocAsync(out, bytes ? bytes : 1, ce->stream), "allocating device memory for a capture");
-    CUDA_TRY(cudaStreamSynchronize(ce->stream), "allocating device memory for a capture");
+    if (!bytes) bytes = 1;
+    if (!ce->capture_pool) {
+        CUDA_TRY(cudaMalloc(out, bytes), "allocating device memory for a capture");
+        return AP_OK;
+    }
+    cudaError_t st = cudaMallocFromPoolAsync(out, bytes, ce->capture_pool, ce->stream);
+    if (st == cudaErrorMemoryAllocation) {
+        cudaGetLastError(); /* not sticky: clear it */
+        cudaStreamSynchronize(ce->stream);
+        cudaMemPoolTrimTo(ce->capture_pool, 0);
+        st = cudaMallocFromPoolAsync(out, bytes, ce->capture_pool, ce->stream);
+    }
+    if (st == cudaSuccess) st = cudaStreamSynchronize(ce->stream);
+    CUDA_TRY(st, "allocating device memory for a capture");
     return AP_OK;
 }
 
 static void cuda_device_free(ap_engine *e, void *p)
 {
     cuda_engine *ce = (cuda_engine *)e->impl;
-    cudaFreeAsync(p, ce->stream);
+    if (ce->capture_pool) cudaFreeAsync(p, ce->stream);
+    else cudaFree(p);
+}
+
+/* The capture pool, where the device supports memory pools: kept when freed
+ * (release threshold: never; the engine's free destroys it). */
+static ap_status make_capture_pool(cuda_engine *ce, ap_error *err)
+{
+    int device, pools = 0;
+    CUDA_TRY(cudaGetDevice(&device), "finding the device");
+    if (cudaDeviceGetAttribute(&pools, cudaDevAttrMemoryPoolsSupported, device) != cudaSuccess || !pools) {
+        cudaGetLastError();
+        return AP_OK;
+    }
+    cudaMemPoolProps props;
+    memset(&props, 0, sizeof props);
+    props.allocType = cudaMemAllocationTypePinned;
+    props.location.type = cudaMemLocationTypeDevice;
+    props.location.id = device;
+    CUDA_TRY(cudaMemPoolCreate(&ce->capture_pool, &props), "creating the capture buffers' memory pool");
+    uint64_t keep = UINT64_MAX;
+    CUDA_TRY(cudaMemPoolSetAttribute(ce->capture_pool, cudaMemPoolAttrReleaseThreshold, &keep),
+             "keeping freed capture buffers for reuse");
+    return AP_OK;
 }
 
 static const ap_backend_ops cuda_ops = {cuda_prefill,      cuda_stream_init,   cuda_stream_free,
@@ -287,15 +323,8 @@ extern "C" ap_status ap_cuda_engine_init(ap_engine *e, ap_error *err)
     const ap_model *m = e->model;
     const size_t bytes = m->n_params * sizeof(float);
     CUDA_TRY(cudaStreamCreate(&ce->stream), "creating a CUDA stream");
-    {
-        int device;
-        cudaMemPool_t pool;
-        uint64_t keep = UINT64_MAX;
-        CUDA_TRY(cudaGetDevice(&device), "finding the device");
-        CUDA_TRY(cudaDeviceGetDefaultMemPool(&pool, device), "finding the device's memory pool");
-        CUDA_TRY(cudaMemPoolSetAttribute(pool, cudaMemPoolAttrReleaseThreshold, &keep),
-                 "keeping freed capture buffers for reuse");
-    }
+    ap_status pool_st = make_capture_pool(ce, err);
+    if (pool_st) return pool_st;
     for (int k = 0; k < 2; k++)
         CUDA_TRY(cudaEventCreateWithFlags(&ce->step_set[k].copied, cudaEventDisableTiming), "creating an event");
     CUBLAS_TRY(cublasCreate(&ce->blas), "creating the cuBLAS handle");
