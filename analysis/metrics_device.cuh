@@ -103,7 +103,8 @@ __device__ static void ap_metrics_row_warp(const float *p, const ap_row_set *set
     for (int j = lane; j < n; j += 32) {
         const double a = p[j], b = q[j];
         const double as = (a + AP_KL_EPS) / zp, bs = (b + AP_KL_EPS) / zq;
-        kl += as * log(as / bs);
+        const double kl_term = as * log(as / bs);
+        kl += kl_term;
         if (b > 0) kl_rev += a > 0 ? b * log(b / a) : INFINITY;
         if (a > 0 && b > 0) {
             const double m = 0.5 * (a + b);
@@ -126,7 +127,9 @@ __device__ static void ap_metrics_row_warp(const float *p, const ap_row_set *set
         const double cs = (c + AP_KL_EPS) / zq; /* c sums to sq: q's values in slot order */
         il1 += fabs(a - c);
         il2 += (a - c) * (a - c);
-        ikl += as * log(as / cs);
+        /* an evicted position past the kept count pairs p_j with 0 on both
+         * sides: the same term, its log not taken twice */
+        ikl += cs == bs ? kl_term : as * log(as / cs);
         idot += a * c;
     }
     kl = ap_warp_sum(kl), kl_rev = ap_warp_sum(kl_rev), js = ap_warp_sum(js), l1 = ap_warp_sum(l1);
