@@ -58,20 +58,47 @@ __device__ static inline int ap_row_set_at(const ap_row_set *k, int j)
     return j < k->cnt ? k->pos[j] : j == k->cnt ? k->t : -1;
 }
 
+/* Σ_j as_j log as_j of reference row p[0..n), as_j = (p_j + ε) / zp its
+ * ε-smoothed value: the part of every policy's KL that depends on p alone,
+ * found once a row (beside its top positions). The sum on every lane. */
+__device__ static double ap_row_neg_entropy_warp(const float *p, int n)
+{
+    const int lane = threadIdx.x % 32;
+    double sp = 0;
+    for (int j = lane; j < n; j += 32) sp += p[j];
+    const double zp = ap_warp_sum(sp) + n * AP_KL_EPS;
+    double h = 0;
+    for (int j = lane; j < n; j += 32) {
+        const double as = (p[j] + AP_KL_EPS) / zp;
+        h += as * log(as);
+    }
+    return ap_warp_sum(h);
+}
+
 /* Metrics of reference row p[0..t] against the policy row that is p
  * restricted to the set and renormalised (the isolated replay's row).
  * top: p's min(32, t + 1) largest positions, best first, ties to the earlier
- * position (ap_topk_warp; the same for every policy, so found once a row).
+ * position (ap_topk_warp; the same for every policy, so found once a row);
+ * neg_entropy: ap_row_neg_entropy_warp(p, t + 1).
  * q, kept: the warp's scratch of t + 1 floats and bytes. v: [t + 1, hd]
- * reference values, o_p: [hd] reference output. out[AP_M_COUNT] on lane 0. */
-__device__ static void ap_metrics_row_warp(const float *p, const ap_row_set *set, const int *top, const float *v,
-                                           const float *o_p, int hd, float *q, unsigned char *kept,
+ * reference values, o_p: [hd] reference output. out[AP_M_COUNT] on lane 0.
+ *
+ * The divergences take a log only where the policy's row is non-zero (see
+ * docs/architecture.md, "Metrics on the device"): with bs_j = c0 = ε / zq
+ * wherever q_j = 0,
+ *   KL = Σ as log(as / bs) = neg_entropy − Σ_{q_j ≠ 0} as log bs − log c0 · Σ_{q_j = 0} as,
+ * and the index KL likewise over the slot values c_j; JS and the reverse KL
+ * have log terms only where both rows are non-zero. A row with nothing
+ * evicted gives every divergence exactly 0, as on the host. */
+__device__ static void ap_metrics_row_warp(const float *p, const ap_row_set *set, const int *top, double neg_entropy,
+                                           const float *v, const float *o_p, int hd, float *q, unsigned char *kept,
                                            double *out)
 {
     const int lane = threadIdx.x % 32, t = set->t, n = t + 1;
     /* the policy's row: p itself when nothing was evicted, else renormalised
      * on the set with the host's double sum in the host's order */
     const int nothing_evicted = set->all_kept || set->cnt == t;
+    const int n_set = nothing_evicted ? n : set->cnt + 1; /* the positions q may be non-zero at */
     double mass = 0;
     if (!nothing_evicted && lane == 0) {
         mass = p[t];
@@ -84,7 +111,7 @@ __device__ static void ap_metrics_row_warp(const float *p, const ap_row_set *set
     }
     __syncwarp();
     if (!nothing_evicted) {
-        for (int x = lane; x <= set->cnt; x += 32) {
+        for (int x = lane; x < n_set; x += 32) {
             const int j = x < set->cnt ? set->pos[x] : t;
             q[j] = mass > 0 ? (float)(p[j] / mass) : 0.0f;
             kept[j] = 1;
@@ -96,22 +123,17 @@ __device__ static void ap_metrics_row_warp(const float *p, const ap_row_set *set
     sp = ap_warp_sum(sp);
     sq = ap_warp_sum(sq);
     const double zp = sp + n * AP_KL_EPS, zq = sq + n * AP_KL_EPS, ln2 = 0.69314718055994530942;
-    double kl = 0, kl_rev = 0, js = 0, l1 = 0, l2 = 0, dot = 0, np2 = 0, nq2 = 0, mk = 0, lost = 0, il1 = 0, il2 = 0,
-           ikl = 0, idot = 0;
+    /* the dense pass: every position's cheap terms, the index KL's logs
+     * (slots 0..n_set - 1 are the first positions, so no lane idles) */
+    double l1 = 0, l2 = 0, dot = 0, np2 = 0, nq2 = 0, mk = 0, lost = 0, il1 = 0, il2 = 0, idot = 0;
+    double js = 0, q_zero = 0, ikl_part = 0, c_zero = 0;
     float best_p = -1.0f, best_q = -1.0f;
     int arg_p = -1, arg_q = -1;
     for (int j = lane; j < n; j += 32) {
         const double a = p[j], b = q[j];
-        const double as = (a + AP_KL_EPS) / zp, bs = (b + AP_KL_EPS) / zq;
-        const double kl_term = as * log(as / bs);
-        kl += kl_term;
-        if (b > 0) kl_rev += a > 0 ? b * log(b / a) : INFINITY;
-        if (a > 0 && b > 0) {
-            const double m = 0.5 * (a + b);
-            js += 0.5 * (a * log(a / m) + b * log(b / m));
-        } else {
-            js += 0.5 * (a + b) * ln2;
-        }
+        const double as = (a + AP_KL_EPS) / zp;
+        if (!(a > 0 && b > 0)) js += 0.5 * (a + b) * ln2;
+        if (b == 0) q_zero += as;
         l1 += fabs(a - b);
         l2 += (a - b) * (a - b);
         dot += a * b;
@@ -122,20 +144,39 @@ __device__ static void ap_metrics_row_warp(const float *p, const ap_row_set *set
         if (p[j] > best_p) best_p = p[j], arg_p = j;
         if (q[j] > best_q) best_q = q[j], arg_q = j;
         /* the seed study's slot-index comparison: the j-th retained entry against p_j */
-        const int slot = ap_row_set_at(set, j);
+        const int slot = j < n_set ? ap_row_set_at(set, j) : -1;
         const double c = slot >= 0 ? (double)q[slot] : 0.0;
-        const double cs = (c + AP_KL_EPS) / zq; /* c sums to sq: q's values in slot order */
         il1 += fabs(a - c);
         il2 += (a - c) * (a - c);
-        /* an evicted position past the kept count pairs p_j with 0 on both
-         * sides: the same term, its log not taken twice */
-        ikl += cs == bs ? kl_term : as * log(as / cs);
         idot += a * c;
+        if (c == 0) c_zero += as;
+        else ikl_part += as * log((c + AP_KL_EPS) / zq); /* c sums to sq: q's values in slot order */
     }
-    kl = ap_warp_sum(kl), kl_rev = ap_warp_sum(kl_rev), js = ap_warp_sum(js), l1 = ap_warp_sum(l1);
-    l2 = ap_warp_sum(l2), dot = ap_warp_sum(dot), np2 = ap_warp_sum(np2), nq2 = ap_warp_sum(nq2);
-    mk = ap_warp_sum(mk), lost = ap_warp_sum(lost), il1 = ap_warp_sum(il1), il2 = ap_warp_sum(il2);
-    ikl = ap_warp_sum(ikl), idot = ap_warp_sum(idot);
+    /* the retained positions: the log terms */
+    double kl_part = 0, kl_rev = 0;
+    if (!nothing_evicted) {
+        for (int x = lane; x < n_set; x += 32) {
+            const int j = ap_row_set_at(set, x);
+            const double a = p[j], b = q[j];
+            if (b == 0) continue;
+            kl_part += (a + AP_KL_EPS) / zp * log((b + AP_KL_EPS) / zq);
+            kl_rev += a > 0 ? b * log(b / a) : INFINITY;
+            if (a > 0) {
+                const double m = 0.5 * (a + b);
+                js += 0.5 * (a * log(a / m) + b * log(b / m));
+            }
+        }
+    }
+    l1 = ap_warp_sum(l1), l2 = ap_warp_sum(l2), dot = ap_warp_sum(dot), np2 = ap_warp_sum(np2);
+    nq2 = ap_warp_sum(nq2), mk = ap_warp_sum(mk), lost = ap_warp_sum(lost), il1 = ap_warp_sum(il1);
+    il2 = ap_warp_sum(il2), idot = ap_warp_sum(idot), js = ap_warp_sum(js), kl_rev = ap_warp_sum(kl_rev);
+    q_zero = ap_warp_sum(q_zero), c_zero = ap_warp_sum(c_zero), kl_part = ap_warp_sum(kl_part);
+    ikl_part = ap_warp_sum(ikl_part);
+    const double log_c0 = log(AP_KL_EPS / zq);
+    /* nothing evicted: q = p, every term is x log 1 on the host */
+    const double kl = nothing_evicted ? 0.0 : neg_entropy - kl_part - log_c0 * q_zero;
+    const double ikl = nothing_evicted ? 0.0 : neg_entropy - ikl_part - log_c0 * c_zero;
+    if (nothing_evicted) js = 0, kl_rev = 0;
     ap_warp_argmax(&best_p, &arg_p);
     ap_warp_argmax(&best_q, &arg_q);
     /* recall of p's top positions (given, best first) among the kept ones */
@@ -143,18 +184,28 @@ __device__ static void ap_metrics_row_warp(const float *p, const ap_row_set *set
     const unsigned hit = __ballot_sync(0xffffffffu, lane < kmax && (kept[top[lane < kmax ? lane : 0]] & 1));
     const int hits[4] = {(int)(hit & 1u), __popc(hit & 0xffu), __popc(hit), __popc(hit & 0x3ffu)};
     /* the attention output over the policy's row, each dimension's sum in
-     * the host's position order */
+     * the host's position order; a lane sums two dimensions side by side */
     double num = 0, den = 0;
-    const int n_set = nothing_evicted ? n : set->cnt + 1; /* the positions q may be non-zero at */
-    for (int d = lane; d < hd; d += 32) {
-        double oq = 0;
+    for (int d0 = lane; d0 < hd; d0 += 64) {
+        const int d1 = d0 + 32 < hd ? d0 + 32 : d0;
+        double oq0 = 0, oq1 = 0;
         for (int x = 0; x < n_set; x++) {
             const int j = nothing_evicted ? x : ap_row_set_at(set, x);
-            if (q[j] != 0) oq += (double)q[j] * v[(size_t)j * hd + d];
+            const double qj = q[j];
+            if (qj != 0) {
+                const float *vj = v + (size_t)j * hd;
+                oq0 += qj * vj[d0];
+                oq1 += qj * vj[d1];
+            }
         }
-        const double op = o_p[d];
-        num += (oq - op) * (oq - op);
-        den += op * op;
+        const double op0 = o_p[d0];
+        num += (oq0 - op0) * (oq0 - op0);
+        den += op0 * op0;
+        if (d1 != d0) {
+            const double op1 = o_p[d1];
+            num += (oq1 - op1) * (oq1 - op1);
+            den += op1 * op1;
+        }
     }
     num = ap_warp_sum(num), den = ap_warp_sum(den);
     if (lane == 0) {

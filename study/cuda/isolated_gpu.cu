@@ -41,6 +41,7 @@ typedef struct {
     const int *keeps_all;           /* [B * n_policies] */
     double *values;                 /* [B][n_policies * L][n_steps][H][AP_M_COUNT] */
     const int *top;                 /* [n_steps][B * L * H][32]: each reference row's top positions */
+    const double *neg_entropy;      /* [n_steps][B * L * H]: each reference row's ap_row_neg_entropy_warp */
     /* the sets at the measured steps of the current segment (snapshots):
      * step s's list at snap_pos + s * snap_total + snap_off[list], its
      * count at snap_cnt[s * n_lists + list]; a list of a stream that keeps
@@ -82,6 +83,8 @@ __global__ void topk_kernel(batch_view bv, int n_rows)
     if (t >= T) return;
     const float *ref = bv.attn[(size_t)b * bv.L + l] + ((size_t)h * T + t) * T;
     ap_topk_warp(ref, t + 1, (int *)bv.top + (size_t)warp * 32);
+    const double neg_entropy = ap_row_neg_entropy_warp(ref, t + 1);
+    if (threadIdx.x % 32 == 0) ((double *)bv.neg_entropy)[warp] = neg_entropy;
 }
 
 /* One warp a row (segment step, stream, layer, head) of the segment's
@@ -103,9 +106,9 @@ __global__ void metrics_kernel(batch_view bv, int n_rows)
                       keeps_all ? NULL : bv.snap_pos + s * bv.snap_total + at};
     const size_t tl = (size_t)b * bv.L + l;
     const float *ref = bv.attn[tl] + ((size_t)h * T + t) * T;
-    const int *top = bv.top + ((size_t)step * bv.n_samples * bv.L * bv.H + tl * bv.H + h) * 32;
+    const size_t ref_row = (size_t)step * bv.n_samples * bv.L * bv.H + tl * bv.H + h;
     double out[AP_M_COUNT];
-    ap_metrics_row_warp(ref, &set, top, bv.v[tl] + (size_t)h * T * bv.D, bv.o[tl] + ((size_t)h * T + t) * bv.D, bv.D,
+    ap_metrics_row_warp(ref, &set, bv.top + ref_row * 32, bv.neg_entropy[ref_row], bv.v[tl] + (size_t)h * T * bv.D, bv.o[tl] + ((size_t)h * T + t) * bv.D, bv.D,
                         q, kept, out);
     if (threadIdx.x % 32 == 0) {
         const int run = p * bv.L + l;
@@ -252,7 +255,7 @@ typedef struct {
     void *tables;    /* attn, q, k, v, o pointers; len; keeps_all */
     int *top, *snap_pos, *snap_cnt;
     long long *snap_off;
-    double *values;
+    double *values, *neg_entropy;
     uint32_t **buckets; /* [2 * n_policy_streams]: each RACE policy's query and key buckets, or NULL */
 } batch_device;
 
@@ -267,7 +270,7 @@ static void batch_device_free(batch_device *d)
         if (d->buckets) cudaFree(d->buckets[2 * p]), cudaFree(d->buckets[2 * p + 1]);
     }
     free(d->policy_stream), free(d->policy_done), free(d->buckets);
-    cudaFree(d->tables), cudaFree(d->top), cudaFree(d->values);
+    cudaFree(d->tables), cudaFree(d->top), cudaFree(d->values), cudaFree(d->neg_entropy);
     cudaFree(d->snap_pos), cudaFree(d->snap_cnt), cudaFree(d->snap_off);
 }
 
@@ -488,6 +491,9 @@ static ap_status run_batch(const ap_study_config *cfg, const ap_trace *tr, study
     CUDA_TRY(cudaMalloc(&d->top, (size_t)n_steps * tr->n_samples * L * H * 32 * sizeof(int) + 1),
              "allocating the rows' top positions");
     bv.top = d->top;
+    CUDA_TRY(cudaMalloc(&d->neg_entropy, (size_t)n_steps * tr->n_samples * L * H * sizeof(double) + 1),
+             "allocating the rows' entropies");
+    bv.neg_entropy = d->neg_entropy;
     CUDA_TRY(cudaMalloc(&d->values, n_values * sizeof(double) + 1), "allocating the rows' metrics");
     bv.values = d->values;
     int *steps_of = (int *)malloc((size_t)tr->n_samples * sizeof(int) + 1);
