@@ -4,7 +4,7 @@
 # policy at a time (`--types`), its replay_s; (2) Nsight Compute on the
 # first batch's launches: the reference rows' top positions and each
 # policy's replay kernel (all of its sets through all their steps), their
-# durations, registers and occupancy.
+# durations, registers and occupancy; (3) the same for the rows' metrics.
 #   usage: bench/profile-study.sh BUILD_DIR TEXT [OUT]
 set -uo pipefail
 build=$1 text=$2 out=${3:-${OUT:-.}}
@@ -23,3 +23,8 @@ done
   --launch-count 11 --section SpeedOfLight --section LaunchStats --section Occupancy \
   "$build/attnprobe" run "${common[@]}" --quiet --out "$(mktemp -d)" > "$out/ncu_study.txt" 2>&1
 grep -E "replay_kernel|topk_kernel|Duration|Registers Per|Achieved Occupancy" "$out/ncu_study.txt"
+# (3) the rows' metrics, every segment's launch of the first batch
+"$ncu" --cache-control none --clock-control none -k regex:"metrics_kernel" --launch-count 8 --section SpeedOfLight \
+  --section LaunchStats --section Occupancy \
+  "$build/attnprobe" run "${common[@]}" --quiet --out "$(mktemp -d)" > "$out/ncu_metrics.txt" 2>&1
+grep -E "metrics_kernel|Duration|Registers Per|Achieved Occupancy" "$out/ncu_metrics.txt"
