@@ -32,7 +32,7 @@ if [ -x "$PREFIX/usr/bin/mpirun.openmpi" ]; then # Open MPI, relocated into the 
 fi
 export ATTNPROBE_SHARED=$ROOT/.device/shared
 cmake -S . -B build-gpu -DCMAKE_BUILD_TYPE=Release -DATTNPROBE_CUDA=ON \
-  -DCMAKE_CUDA_ARCHITECTURES=90 -DATTNPROBE_SHARED_DIR="$ATTNPROBE_SHARED" "${mpi_flags[@]}" > "$OUT/configure.log" 2>&1 \
+  -DCMAKE_CUDA_ARCHITECTURES=90 -DCMAKE_CUDA_FLAGS=-lineinfo -DATTNPROBE_SHARED_DIR="$ATTNPROBE_SHARED" "${mpi_flags[@]}" > "$OUT/configure.log" 2>&1 \
   || { tail -30 "$OUT/configure.log"; exit 1; }
 cmake --build build-gpu -j16 > "$OUT/build.log" 2>&1 || { grep -E "error" -A3 "$OUT/build.log" | head -40; exit 1; }
 echo "gpu-check: built"
