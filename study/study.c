@@ -5,6 +5,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "../common/phase.h"
 #include "../common/pool.h"
 #include "study_internal.h"
 
@@ -15,27 +16,6 @@ static double now_s(void)
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
-/* ATTNPROBE_PHASES=1 (a profiling aid, bench/profile-study.sh): each phase
- * of the study and its seconds since the last mark, on stderr. */
-static double phase_last;
-int study_phases_on(void)
-{
-    static int on = -1;
-    if (on < 0) {
-        const char *v = getenv("ATTNPROBE_PHASES");
-        on = v && *v && strcmp(v, "0") != 0;
-    }
-    return on;
-}
-
-void study_phase_mark(const char *what)
-{
-    if (!study_phases_on()) return;
-    const double now = now_s();
-    if (phase_last > 0) fprintf(stderr, "phase %-14s %.4f s\n", what, now - phase_last);
-    phase_last = now;
 }
 
 /* The trace file being written, for a signal handler (study.h). */
@@ -300,7 +280,7 @@ static ap_status next_batch(batch_source *src, const ap_study_config *cfg, int f
                                    trace_progress, ps, err)
              : ap_trace_run(src->engine, src->model, &view, cfg->layers, n_layers, tr, trace_progress, ps, err);
     if (st) return st;
-    study_phase_mark("trace");
+    ap_phase_mark("trace");
     *trace_s += tr->seconds;
     if (src->writer && (st = ap_trace_writer_add(src->writer, tr, err))) ap_trace_free(tr);
     return st;
@@ -344,7 +324,7 @@ static ap_status run_batches(const ap_study_config *cfg, batch_source *src, cons
 #endif
             else
                 st = replay_isolated_batch(acc, &tr, li, pool, &ps, err);
-            study_phase_mark("replay");
+            ap_phase_mark("replay");
             if (!st) st = study_acc_end_batch(acc, n, err);
             for (int b = 0; b < n; b++) acc->tokens += tr.len[b];
         }
@@ -409,9 +389,9 @@ static ap_status study_model(const ap_study_config *cfg, const ap_model *model, 
     ap_status st = model_info(cfg, model, samples, &info, err);
     if (!st && samples->n < 1) st = ap_error_set(err, AP_ERR_INPUT, "the study has no sample");
     if (!st && src.sharded) st = shard_check(cfg, samples->n, err);
-    study_phase_mark("start");
+    ap_phase_mark("start");
     if (!st) st = ap_engine_create(model, cfg->backend, cfg->precision, &src.engine, err);
-    study_phase_mark("engine");
+    ap_phase_mark("engine");
 #ifdef AP_HAVE_CUDA
     /* an isolated replay on a CUDA engine runs where the trace is */
     int device_policies = 1; /* a policy the CUDA policies lack (docs/policies.md) replays on the host */
@@ -444,7 +424,7 @@ static ap_status study_model(const ap_study_config *cfg, const ap_model *model, 
     if (!st && replay)
         st = study_summary(&acc, cfg, &info, samples->n, ap_engine_backend(src.engine) == AP_BACKEND_CUDA ? "cuda" : "cpu",
                            ap_engine_device_name(src.engine), *trace_s, out, err);
-    study_phase_mark("statistics");
+    ap_phase_mark("statistics");
     if (!st && replay) out->study_s = now_s() - t0; /* the engine's creation included */
     study_acc_free(&acc);
     free(li_buf);

@@ -89,11 +89,6 @@ void study_shard_of(int n_samples, int *first, int *count);
 /* Rank 0 receives every other rank's shard and folds it in after its own. */
 ap_status study_mpi_gather(study_acc *a, int n_samples, double *trace_s, ap_error *err);
 
-/* ATTNPROBE_PHASES=1: study_phase_mark prints "phase WHAT SECONDS" (since
- * the last mark) on stderr; device code synchronises first when on. */
-int study_phases_on(void);
-void study_phase_mark(const char *what);
-
 /* Every option that shaped the numbers, as a JSON object (malloc'ed). */
 char *study_config_json(const ap_study_config *cfg, int n_samples);
 

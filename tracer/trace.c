@@ -6,6 +6,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "../common/phase.h"
 #include "../engine/engine_device.h"
 #include "tracer.h"
 
@@ -142,7 +143,9 @@ static ap_status trace_run(ap_engine *engine, const ap_model *model, const ap_sa
                                    .v = v, .o = o, .logits = with_logits ? tr->logits[s] : NULL};
             batch_ids[b] = samples->ids[s];
         }
+        ap_phase_mark("trace: buffers");
         if ((st = ap_engine_prefill_batch(engine, n_batch, batch_ids, T, caps, err))) goto fail;
+        ap_phase_mark("trace: call");
         s0 += n_batch;
         if (progress) progress(progress_ctx, "trace", (double)s0 / samples->n);
     }

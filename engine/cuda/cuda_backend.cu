@@ -35,6 +35,7 @@ extern "C" {
 /* ---- error handling --------------------------------------------------------- */
 
 #include "../../common/cuda_try.h"
+#include "../../common/phase.h"
 
 #define CUBLAS_TRY(call, what)                                                                \
     do {                                                                                      \
@@ -322,7 +323,9 @@ extern "C" ap_status ap_cuda_engine_init(ap_engine *e, ap_error *err)
     ce->n_zeroed = -1;
     const ap_model *m = e->model;
     const size_t bytes = m->n_params * sizeof(float);
+    ap_phase_mark("engine: start");
     CUDA_TRY(cudaStreamCreate(&ce->stream), "creating a CUDA stream");
+    ap_phase_mark("engine: context");
     ap_status pool_st = make_capture_pool(ce, err);
     if (pool_st) return pool_st;
     for (int k = 0; k < 2; k++)
@@ -338,8 +341,10 @@ extern "C" ap_status ap_cuda_engine_init(ap_engine *e, ap_error *err)
     CUBLAS_TRY(cublasSetMathMode(ce->blas, e->precision == AP_PRECISION_FP32 ? CUBLAS_PEDANTIC_MATH
                                                                              : CUBLAS_TF32_TENSOR_OP_MATH),
                "setting the math mode");
+    ap_phase_mark("engine: cublas");
     CUDA_TRY(cudaMalloc(&ce->weights, bytes), "allocating the weights on the device");
     CUDA_TRY(cudaMemcpy(ce->weights, m->storage, bytes, cudaMemcpyHostToDevice), "copying the weights");
+    ap_phase_mark("engine: weights");
     if (e->precision == AP_PRECISION_BF16) {
         CUDA_TRY(cudaMalloc(&ce->weights_bf16, m->n_params * sizeof(__nv_bfloat16)), "allocating bf16 weights");
         to_bf16_kernel<<<blocks(m->n_params), 256, 0, ce->stream>>>(ce->weights_bf16, ce->weights, m->n_params);

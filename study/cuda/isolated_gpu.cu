@@ -31,6 +31,7 @@ extern "C" {
 
 #include "../../analysis/metrics_device.cuh"
 #include "../../common/cuda_try.h"
+#include "../../common/phase.h"
 #include "../../sketch/cuda/observe.cuh"
 
 /* What the kernels read of a batch; passed by value. */
@@ -284,9 +285,9 @@ static double now_s(void)
 /* A phase's end, when ATTNPROBE_PHASES asks: after the device's work. */
 static void phase(const char *what)
 {
-    if (!study_phases_on()) return;
+    if (!ap_phase_on()) return;
     cudaDeviceSynchronize();
-    study_phase_mark(what);
+    ap_phase_mark(what);
 }
 
 /* Uploads the pointer tables and lengths; fills bv's pointers to them. */
