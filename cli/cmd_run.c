@@ -16,6 +16,7 @@
 
 #include "cli.h"
 #include "common/atomic_file.h"
+#include "common/phase.h"
 #include "study/study.h"
 
 /* Longest path accepted: the summary and the trace record paths in 1 KiB fields. */
@@ -688,7 +689,12 @@ static ap_status study_of(job_kind kind, const run_opts *o, int argc, char **arg
         goto provenance;
     }
 
+    ap_phase_mark("cli: start");
+    /* the device's context is made while the model loads (a process of
+     * several picks its device in the study: it makes its own) */
+    if (!o->shard) ap_engine_prepare(cfg.backend);
     if ((st = cli_load_model(o->model, o->tokenizer, &model, &tok, err))) goto out;
+    ap_phase_mark("cli: model");
     if (!tok) {
         st = ap_error_set(err, AP_ERR_USAGE, "--model %s has no tokenizer; pass --tokenizer DIR", model->source);
         goto out;
@@ -724,6 +730,7 @@ static ap_status study_of(job_kind kind, const run_opts *o, int argc, char **arg
     if (st || (st = fit_sketch_memory(o, params, n_policies, model->config.n_head, err)) ||
         (st = make_samples(o, model, tok, input_source, text, n_text, &samples, err)))
         goto out;
+    ap_phase_mark("cli: samples");
     cfg.layers = layers, cfg.n_layers = n_layers, cfg.heads = heads, cfg.n_heads = n_heads;
     cfg.input_source = input_source;
     cfg.input_sha256 = input_sha;
@@ -741,6 +748,7 @@ provenance:
     if (!st && !(summary->provenance_json = cli_provenance_json(argc, argv, started, cfg.backend == AP_BACKEND_CUDA)))
         st = ap_error_set(err, AP_ERR_RUNTIME, "out of memory");
 out:
+    ap_engine_prepare_wait(); /* (a study that failed before its engine) */
     free(params);
     free(layers);
     free(heads);
