@@ -2,7 +2,8 @@
  * runs: creating the context, then N blocks of B MiB (a trace sample's
  * capture block is ~755 MiB at GPT-2-small shapes) by cudaMalloc, by a
  * fresh memory pool (cudaMallocFromPoolAsync), and again from that pool
- * once its blocks were freed (what a study's later batches get).
+ * once its blocks were freed (what a study's later batches get); then all
+ * N blocks' bytes as one block, from a fresh pool and by cudaMalloc.
  *   build: nvcc -O2 -o device-alloc bench/device-alloc.cu
  *   usage: device-alloc [N] [MiB]   (32 755) */
 #include <cuda_runtime.h>
@@ -70,6 +71,20 @@ int main(int argc, char **argv)
         CHECK(cudaStreamSynchronize(stream));
     }
     CHECK(cudaMemPoolDestroy(pool));
+    /* a fresh pool again, the N blocks' bytes asked for at once */
+    CHECK(cudaMemPoolCreate(&pool, &props));
+    CHECK(cudaMemPoolSetAttribute(pool, cudaMemPoolAttrReleaseThreshold, &keep));
+    t = now_s();
+    CHECK(cudaMallocFromPoolAsync(&block[0], bytes * n, pool, stream));
+    CHECK(cudaStreamSynchronize(stream));
+    printf("pool, fresh: 1 x %zu MiB: %.3f s\n", (bytes >> 20) * n, now_s() - t);
+    CHECK(cudaFreeAsync(block[0], stream));
+    CHECK(cudaStreamSynchronize(stream));
+    CHECK(cudaMemPoolDestroy(pool));
+    t = now_s();
+    CHECK(cudaMalloc(&block[0], bytes * n));
+    printf("cudaMalloc 1 x %zu MiB: %.3f s\n", (bytes >> 20) * n, now_s() - t);
+    CHECK(cudaFree(block[0]));
     free(block);
     return 0;
 }

@@ -114,11 +114,23 @@ __device__ static void observe_race_kde(const gpu_policy *P, const step_view *v,
     if (!k_buckets) race_hash(P, race_planes(P, v, h), v->D, k, fresh, lane);
 }
 
+/* The rows' counts at the slot's buckets, summed in row order; the buckets
+ * four at a time where they are 16-byte aligned (a lane reads its own
+ * position's: one 16-byte load, not four 4-byte ones, a sector each). */
 __device__ static double score_race(const gpu_policy *P, const float *counts, const uint32_t *slot)
 {
     double sum = 0;
+    int r = 0;
+    if (P->rows % 4 == 0 && ((uintptr_t)slot & 15) == 0)
+        for (; r < P->rows; r += 4) {
+            const uint4 b = *(const uint4 *)(slot + r);
+            sum += counts[((size_t)r << P->bits) + b.x];
+            sum += counts[((size_t)(r + 1) << P->bits) + b.y];
+            sum += counts[((size_t)(r + 2) << P->bits) + b.z];
+            sum += counts[((size_t)(r + 3) << P->bits) + b.w];
+        }
 #pragma unroll 16
-    for (int r = 0; r < P->rows; r++) sum += counts[((size_t)r << P->bits) + slot[r]];
+    for (; r < P->rows; r++) sum += counts[((size_t)r << P->bits) + slot[r]];
     return (float)(sum / P->rows);
 }
 
