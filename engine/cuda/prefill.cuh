@@ -63,6 +63,10 @@ static ap_status enqueue_prefill(ap_engine *e, const void *arg, ap_error *err)
     return AP_OK;
 }
 
+/* Tokens (sequences × length) from which a prefill runs its launches
+ * directly instead of recording them. */
+enum { PREFILL_RECORD_TOKENS = 2048 };
+
 static ap_status cuda_prefill_batch(ap_engine *e, int B, const int *const *ids, int T, const ap_capture *caps,
                                     ap_error *err)
 {
@@ -97,7 +101,13 @@ static ap_status cuda_prefill_batch(ap_engine *e, int B, const int *const *ids, 
         CUDA_TRY(cudaMemcpyAsync(ce->ids + (size_t)b * T, ids[b], (size_t)T * sizeof(int), cudaMemcpyHostToDevice,
                                  ce->stream),
                  "copying token ids to the device");
-    if ((st = run_recorded(e, &ce->prefill_graph, key, key_captures(key, 6, cap), enqueue_prefill, &args, err)))
+    /* a long prefill's launches take less host time than its device work
+     * does, and recording them cost the first call 0.15-0.3 s on the H200
+     * (bench/RESULTS.md): only short ones are recorded */
+    const char *force = getenv("AP_EXPERIMENT_GRAPH"); /* EXPERIMENT: remove */
+    const int record = (long long)B * T < PREFILL_RECORD_TOKENS || (force && *force);
+    if ((st = run_recorded(e, &ce->prefill_graph, key, record ? key_captures(key, 6, cap) : -1, enqueue_prefill, &args,
+                           err)))
         return st;
     ap_phase_mark("prefill: launches");
     if ((st = copy_out(e, caps, B, size, slots, err))) return st;

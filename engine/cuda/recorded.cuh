@@ -119,7 +119,6 @@ static ap_status run_recorded(ap_engine *e, graph_cache *g, const long long *key
         return AP_OK;
     }
     graph_cache_clear(g);
-    if (getenv("AP_EXPERIMENT_NO_GRAPH")) n_key = -1; /* EXPERIMENT: remove */
     if (n_key < 0) return enqueue(e, arg, err);
     CUDA_TRY(cudaStreamBeginCapture(ce->stream, cudaStreamCaptureModeThreadLocal), "recording the launches");
     ap_status st = enqueue(e, arg, err);
