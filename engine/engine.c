@@ -1,47 +1,14 @@
 /* engine.c — backend selection and argument checks shared by all backends. */
 #include "engine_internal.h"
 
-#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-
-/* ---- the backend's setup ahead of the model (ap_engine_prepare) ---- */
-
-static pthread_t prepare_thread;
-static int prepare_started;
-
-#ifdef AP_HAVE_CUDA
-static void *prepare_cuda(void *unused)
-{
-    extern void ap_cuda_context_create(void);
-    (void)unused;
-    ap_cuda_context_create();
-    return NULL;
-}
-#endif
-
-void ap_engine_prepare(ap_backend backend)
-{
-#ifdef AP_HAVE_CUDA
-    if (backend == AP_BACKEND_CUDA && !prepare_started)
-        prepare_started = pthread_create(&prepare_thread, NULL, prepare_cuda, NULL) == 0;
-#else
-    (void)backend;
-#endif
-}
-
-void ap_engine_prepare_wait(void)
-{
-    if (prepare_started) pthread_join(prepare_thread, NULL);
-    prepare_started = 0;
-}
 
 ap_status ap_engine_create(const ap_model *model, ap_backend backend, ap_precision precision,
                            ap_engine **out, ap_error *err)
 {
     *out = NULL;
-    ap_engine_prepare_wait();
     ap_engine *e = calloc(1, sizeof *e);
     if (!e) return ap_error_set(err, AP_ERR_RUNTIME, "out of memory");
     e->model = model;

@@ -120,15 +120,6 @@ int ap_cuda_devices(void);
  * on one node: one device each). */
 ap_status ap_cuda_use_device(int index, ap_error *err);
 
-/* Starts the backend's one-time setup that needs no model (CUDA: the
- * device's context, ~0.1-0.15 s on an H200) on a thread of its own, so that
- * it runs while the model loads; the next ap_engine_create waits for it.
- * Not for a process that picks its device later (ap_cuda_use_device): the
- * context would be made on the default device. A process that creates no
- * engine calls ap_engine_prepare_wait before it exits. No-op on the CPU. */
-void ap_engine_prepare(ap_backend backend);
-void ap_engine_prepare_wait(void);
-
 /* Binds a backend to a model. The model must outlive the engine. */
 ap_status ap_engine_create(const ap_model *model, ap_backend backend, ap_precision precision,
                            ap_engine **out, ap_error *err);

@@ -300,14 +300,6 @@ static const ap_backend_ops cuda_ops = {cuda_prefill,      cuda_stream_init,   c
                                         cuda_decode_step,  cuda_free,          cuda_prefill_batch,
                                         cuda_decode_device, cuda_device_alloc, cuda_device_free};
 
-/* The current device's context, made now rather than by the first call
- * that needs it (ap_engine_prepare). A failure is left for that call to
- * report. */
-extern "C" void ap_cuda_context_create(void)
-{
-    if (cudaFree(0) != cudaSuccess) cudaGetLastError();
-}
-
 extern "C" void ap_cuda_versions(int *runtime, int *driver)
 {
     if (cudaRuntimeGetVersion(runtime) != cudaSuccess) *runtime = 0;

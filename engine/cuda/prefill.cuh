@@ -24,7 +24,6 @@ static ap_status enqueue_prefill(ap_engine *e, const void *arg, ap_error *err)
     const int C = c->n_embd, H = c->n_head, T = a->T, N = a->B * a->T;
     const int n_capture = a->cap ? a->cap->n_capture : 0;
     ap_status st;
-    ap_phase_mark("prefill: enqueue start"); /* EXPERIMENT: remove */
     embed_kernel<<<N, 256, 0, ce->stream>>>(ce->x, dev_w(e, w->wte), dev_w(e, w->wpe), ce->ids, NULL, T, C);
     KERNEL_TRY("the embedding");
     for (int l = 0; l <= a->last; l++) {
@@ -54,7 +53,6 @@ static ap_status enqueue_prefill(ap_engine *e, const void *arg, ap_error *err)
                 return st;
         }
         if ((st = block_finish(e, l, N, l < a->last, err))) return st;
-        if (l == 0) ap_phase_mark("prefill: layer 0"); /* EXPERIMENT: remove */
     }
     if (a->logits_rows == T) return lm_head(e, ce->x, ce->logits, N, err);
     for (int b = 0; a->logits_rows && b < a->B; b++) /* the last position of each sequence */
@@ -62,10 +60,6 @@ static ap_status enqueue_prefill(ap_engine *e, const void *arg, ap_error *err)
             return st;
     return AP_OK;
 }
-
-/* Tokens (sequences × length) from which a prefill runs its launches
- * directly instead of recording them. */
-enum { PREFILL_RECORD_TOKENS = 2048 };
 
 static ap_status cuda_prefill_batch(ap_engine *e, int B, const int *const *ids, int T, const ap_capture *caps,
                                     ap_error *err)
@@ -78,7 +72,6 @@ static ap_status cuda_prefill_batch(ap_engine *e, int B, const int *const *ids, 
     const int fused = fused_attention_fits(e);
     ap_status st = ensure_scratch(e, (size_t)B * T, fused ? 0 : (size_t)B * H * T * T, err);
     if (st) return st;
-    ap_phase_mark("prefill: scratch");
     if (!fused)
         CUDA_TRY(grow(ce, &ce->attn_ptrs, &ce->attn_ptrs_cap,
                       (size_t)PTR_RULES * causal_chunks(T) * B * H * sizeof(float *)),
@@ -93,7 +86,6 @@ static ap_status cuda_prefill_batch(ap_engine *e, int B, const int *const *ids, 
     stage_slots *slots = slots_for(e, B * n_capture);
     if (!slots) return ap_error_set(err, AP_ERR_RUNTIME, "out of memory");
     if ((st = plan_stage(e, caps, B, size, slots, 1, err))) return st;
-    ap_phase_mark("prefill: stage");
     const int logits_rows = cap && cap->logits ? (cap->logits_last_only ? 1 : T) : 0;
     prefill_args args = {B, T, last, logits_rows, cap, slots};
     long long key[GRAPH_KEY_MAX] = {1, B, T, last, logits_rows, (long long)ce->generation};
@@ -101,16 +93,9 @@ static ap_status cuda_prefill_batch(ap_engine *e, int B, const int *const *ids, 
         CUDA_TRY(cudaMemcpyAsync(ce->ids + (size_t)b * T, ids[b], (size_t)T * sizeof(int), cudaMemcpyHostToDevice,
                                  ce->stream),
                  "copying token ids to the device");
-    /* a long prefill's launches take less host time than its device work
-     * does, and recording them cost the first call 0.15-0.3 s on the H200
-     * (bench/RESULTS.md): only short ones are recorded */
-    const char *force = getenv("AP_EXPERIMENT_GRAPH"); /* EXPERIMENT: remove */
-    const int record = (long long)B * T < PREFILL_RECORD_TOKENS || (force && *force);
-    if ((st = run_recorded(e, &ce->prefill_graph, key, record ? key_captures(key, 6, cap) : -1, enqueue_prefill, &args,
-                           err)))
+    if ((st = run_recorded(e, &ce->prefill_graph, key, key_captures(key, 6, cap), enqueue_prefill, &args, err)) ||
+        (st = copy_out(e, caps, B, size, slots, err)))
         return st;
-    ap_phase_mark("prefill: launches");
-    if ((st = copy_out(e, caps, B, size, slots, err))) return st;
     for (int b = 0; logits_rows && b < B; b++)
         CUDA_TRY(cudaMemcpyAsync(caps[b].logits, ce->logits + (size_t)b * logits_rows * c->vocab_size,
                                  (size_t)logits_rows * c->vocab_size * sizeof(float), cudaMemcpyDefault,

@@ -122,17 +122,14 @@ static ap_status run_recorded(ap_engine *e, graph_cache *g, const long long *key
     if (n_key < 0) return enqueue(e, arg, err);
     CUDA_TRY(cudaStreamBeginCapture(ce->stream, cudaStreamCaptureModeThreadLocal), "recording the launches");
     ap_status st = enqueue(e, arg, err);
-    ap_phase_mark("recorded: enqueue");
     cudaGraph_t graph = NULL;
     cudaError_t ec = cudaStreamEndCapture(ce->stream, &graph);
-    ap_phase_mark("recorded: end capture");
     if (st) {
         if (graph) cudaGraphDestroy(graph);
         return st;
     }
     CUDA_TRY(ec, "recording the launches");
     ec = cudaGraphInstantiate(&g->exec, graph, 0);
-    ap_phase_mark("recorded: instantiate");
     cudaGraphDestroy(graph);
     if (ec != cudaSuccess) g->exec = NULL;
     CUDA_TRY(ec, "instantiating the recorded launches");
