@@ -1,13 +1,17 @@
 /* metrics_device.cuh — ap_metrics_row (metrics.c) on a CUDA device, one warp
  * per row, for replays whose reference rows never leave the GPU. Same
- * definitions, same arithmetic per position; sums over positions are split
- * among the lanes, so a value can differ from the host's in its last bits
- * (a row with nothing evicted still gives KL exactly 0: every term is
- * x log 1). Include from a .cu file. */
+ * definitions; sums over positions are split among the lanes and the KL
+ * sums rearranged (ap_metrics_row_warp), so a value can differ from the
+ * host's in its last bits (a row with nothing evicted still gives KL
+ * exactly 0, as the host's x log 1 terms do). Include from a .cu file. */
 #ifndef AP_METRICS_DEVICE_CUH
 #define AP_METRICS_DEVICE_CUH
 
 #include "analysis.h"
+
+/* Below this smoothed mass where the policy's row is zero, a row's KL is
+ * summed term by term rather than rearranged (ap_metrics_row_warp). */
+#define AP_KL_DIRECT_BELOW 1e-6
 
 /* The policy's retained set of one row: all of 0..t (all_kept), or the
  * cnt ascending positions pos[] (all < t) and t itself. */
@@ -174,9 +178,30 @@ __device__ static void ap_metrics_row_warp(const float *p, const ap_row_set *set
     ikl_part = ap_warp_sum(ikl_part);
     const double log_c0 = log(AP_KL_EPS / zq);
     /* nothing evicted: q = p, every term is x log 1 on the host */
-    const double kl = nothing_evicted ? 0.0 : neg_entropy - kl_part - log_c0 * q_zero;
-    const double ikl = nothing_evicted ? 0.0 : neg_entropy - ikl_part - log_c0 * c_zero;
+    double kl = nothing_evicted ? 0.0 : neg_entropy - kl_part - log_c0 * q_zero;
+    double ikl = nothing_evicted ? 0.0 : neg_entropy - ikl_part - log_c0 * c_zero;
     if (nothing_evicted) js = 0, kl_rev = 0;
+    /* the rearranged sums carry an absolute error of ~1e-15 (neg_entropy is
+     * of the order of log n): where the smoothed mass at q = 0 (or c = 0) is
+     * below AP_KL_DIRECT_BELOW the divergence is that small too, and it is
+     * summed term by term as on the host (warp-uniform branches) */
+    if (!nothing_evicted && q_zero < AP_KL_DIRECT_BELOW) {
+        kl = 0;
+        for (int j = lane; j < n; j += 32) {
+            const double as = (p[j] + AP_KL_EPS) / zp, bs = (q[j] + AP_KL_EPS) / zq;
+            kl += as * log(as / bs);
+        }
+        kl = ap_warp_sum(kl);
+    }
+    if (!nothing_evicted && c_zero < AP_KL_DIRECT_BELOW) {
+        ikl = 0;
+        for (int j = lane; j < n; j += 32) {
+            const int slot = j < n_set ? ap_row_set_at(set, j) : -1;
+            const double as = (p[j] + AP_KL_EPS) / zp, cs = ((slot >= 0 ? (double)q[slot] : 0.0) + AP_KL_EPS) / zq;
+            ikl += as * log(as / cs);
+        }
+        ikl = ap_warp_sum(ikl);
+    }
     ap_warp_argmax(&best_p, &arg_p);
     ap_warp_argmax(&best_q, &arg_q);
     /* recall of p's top positions (given, best first) among the kept ones */
