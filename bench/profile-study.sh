@@ -23,7 +23,7 @@ done
   --launch-count 11 --section SpeedOfLight --section LaunchStats --section Occupancy \
   "$build/attnprobe" run "${common[@]}" --quiet --out "$(mktemp -d)" > "$out/ncu_study.txt" 2>&1
 grep -E "replay_kernel|topk_kernel|Duration|Registers Per|Achieved Occupancy" "$out/ncu_study.txt"
-# (3) the rows' metrics, every segment's launch of the first batch
+# (3) the rows' metrics kernel, its first eight launches (one a segment)
 "$ncu" --cache-control none --clock-control none -k regex:"metrics_kernel" --launch-count 8 --section SpeedOfLight \
   --section LaunchStats --section Occupancy \
   "$build/attnprobe" run "${common[@]}" --quiet --out "$(mktemp -d)" > "$out/ncu_metrics.txt" 2>&1

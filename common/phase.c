@@ -24,6 +24,6 @@ void ap_phase_mark(const char *what)
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     const double now = ts.tv_sec + ts.tv_nsec * 1e-9;
-    if (phase_last > 0) fprintf(stderr, "phase %-14s %.4f s\n", what, now - phase_last);
+    if (phase_last > 0) fprintf(stderr, "phase %-22s %.4f s\n", what, now - phase_last);
     phase_last = now;
 }
