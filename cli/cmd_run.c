@@ -690,6 +690,9 @@ static ap_status study_of(job_kind kind, const run_opts *o, int argc, char **arg
     }
 
     ap_phase_mark("cli: start");
+    /* the device's one-time costs are paid while the model loads (a process
+     * of several picks its device in the study: it warms its own) */
+    if (!(o->shard && ap_mpi_size() > 1)) ap_engine_warm_up(cfg.backend);
     if ((st = cli_load_model(o->model, o->tokenizer, &model, &tok, err))) goto out;
     ap_phase_mark("cli: model");
     if (!tok) {
@@ -745,6 +748,7 @@ provenance:
     if (!st && !(summary->provenance_json = cli_provenance_json(argc, argv, started, cfg.backend == AP_BACKEND_CUDA)))
         st = ap_error_set(err, AP_ERR_RUNTIME, "out of memory");
 out:
+    ap_engine_warm_up_wait(); /* (a study that failed before its engine) */
     free(params);
     free(layers);
     free(heads);

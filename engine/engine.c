@@ -1,14 +1,47 @@
 /* engine.c — backend selection and argument checks shared by all backends. */
 #include "engine_internal.h"
 
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+
+/* ---- the backend's warm-up ahead of the model (ap_engine_warm_up) ---- */
+
+static pthread_t warm_up_thread;
+static int warm_up_started;
+
+#ifdef AP_HAVE_CUDA
+static void *warm_up_cuda(void *unused)
+{
+    extern void ap_cuda_warm_up(void);
+    (void)unused;
+    ap_cuda_warm_up();
+    return NULL;
+}
+#endif
+
+void ap_engine_warm_up(ap_backend backend)
+{
+#ifdef AP_HAVE_CUDA
+    if (backend == AP_BACKEND_CUDA && !warm_up_started)
+        warm_up_started = pthread_create(&warm_up_thread, NULL, warm_up_cuda, NULL) == 0;
+#else
+    (void)backend;
+#endif
+}
+
+void ap_engine_warm_up_wait(void)
+{
+    if (warm_up_started) pthread_join(warm_up_thread, NULL);
+    warm_up_started = 0;
+}
 
 ap_status ap_engine_create(const ap_model *model, ap_backend backend, ap_precision precision,
                            ap_engine **out, ap_error *err)
 {
     *out = NULL;
+    ap_engine_warm_up_wait();
     ap_engine *e = calloc(1, sizeof *e);
     if (!e) return ap_error_set(err, AP_ERR_RUNTIME, "out of memory");
     e->model = model;

@@ -120,6 +120,17 @@ int ap_cuda_devices(void);
  * on one node: one device each). */
 ap_status ap_cuda_use_device(int index, ap_error *err);
 
+/* Starts the backend's one-time costs that need no model on a thread of
+ * its own, so that they are paid while the model loads; the next
+ * ap_engine_create waits for it. CUDA: the device's context and cuBLAS's
+ * first product (0.1 s on an H200, per process, whatever the handle:
+ * bench/first-call.cu). Not for a process that picks its device later
+ * (ap_cuda_use_device): it would warm the default device. A process that
+ * creates no engine calls ap_engine_warm_up_wait before it exits. No-op on
+ * the CPU. */
+void ap_engine_warm_up(ap_backend backend);
+void ap_engine_warm_up_wait(void);
+
 /* Binds a backend to a model. The model must outlive the engine. */
 ap_status ap_engine_create(const ap_model *model, ap_backend backend, ap_precision precision,
                            ap_engine **out, ap_error *err);

@@ -53,6 +53,10 @@ static int batch_size(const ap_study_config *cfg, size_t per_sample, int n_sampl
 #endif
         n = per_sample ? (int)(budget / per_sample) : n_samples;
         if (n < 1) n = 1;
+        if (n < n_samples) { /* batches of equal size: no short last one */
+            const int n_batches = (n_samples + n - 1) / n;
+            n = (n_samples + n_batches - 1) / n_batches;
+        }
     }
     n = n < n_samples ? n : n_samples;
     return n > 0 ? n : 1;
@@ -270,20 +274,42 @@ static ap_status next_batch(batch_source *src, const ap_study_config *cfg, int f
     ap_status st;
     if (src->reader) {
         st = ap_trace_reader_read(src->reader, first, n, tr, err);
-        report(ps, "read", 0.5);
+        if (ps) report(ps, "read", 0.5);
         return st;
     }
     ap_samples view = {n, src->samples->len + first, src->samples->ids + first, 0, 0};
     const int n_layers = cfg->mode == AP_STUDY_EVAL ? 0 : cfg->n_layers; /* eval captures no attention */
+    ap_progress_fn fn = ps ? trace_progress : NULL;
     st = src->on_device
              ? ap_trace_run_device(src->engine, src->model, &view, cfg->layers, n_layers, cfg->mode == AP_STUDY_EVAL, tr,
-                                   trace_progress, ps, err)
-             : ap_trace_run(src->engine, src->model, &view, cfg->layers, n_layers, tr, trace_progress, ps, err);
+                                   fn, ps, err)
+             : ap_trace_run(src->engine, src->model, &view, cfg->layers, n_layers, tr, fn, ps, err);
     if (st) return st;
     ap_phase_mark("trace");
     *trace_s += tr->seconds;
     if (src->writer && (st = ap_trace_writer_add(src->writer, tr, err))) ap_trace_free(tr);
     return st;
+}
+
+/* The next batch's trace, made on a thread while the current batch's
+ * replay runs on the device's other streams (the engine is the thread's
+ * alone meanwhile). It reports no progress: the replay does. */
+typedef struct {
+    batch_source *src;
+    const ap_study_config *cfg;
+    int first, n;
+    pthread_t thread;
+    ap_trace tr;
+    double trace_s;
+    ap_status st;
+    ap_error err;
+} ahead_job;
+
+static void *trace_ahead(void *arg)
+{
+    ahead_job *j = arg;
+    j->st = next_batch(j->src, j->cfg, j->first, j->n, NULL, &j->tr, &j->trace_s, &j->err);
+    return NULL;
 }
 
 /* Runs the batches; `info` gives the shapes (a trace without tensors). */
@@ -308,13 +334,24 @@ static ap_status run_batches(const ap_study_config *cfg, batch_source *src, cons
     if (replay && (st = study_acc_init(acc, cfg, info, B, err))) return st;
     acc->keep_parts = src->sharded && lo > 0; /* rank 0 folds its own; the others send theirs */
     if (replay && cfg->mode != AP_STUDY_CASCADE && (st = ap_pool_create(cfg->threads, &pool, err))) return st;
+    /* an isolated replay on the device leaves the engine free: the next
+     * batch is traced on a thread while this one replays (trace_ahead) */
+    const int ahead = replay && src->on_device && cfg->mode == AP_STUDY_ISOLATED && hi - lo > B;
+    ap_trace tr = {0};
+    if (lo < hi) {
+        ps.batch_first = lo;
+        ps.batch_n = B < hi - lo ? B : hi - lo;
+        st = next_batch(src, cfg, lo, ps.batch_n, &ps, &tr, trace_s, err);
+    }
     for (int first = lo; first < hi && !st; first += B) {
         const int n = first + B <= hi ? B : hi - first;
         ps.batch_first = first;
         ps.batch_n = n;
-        ap_trace tr = {0};
-        if ((st = next_batch(src, cfg, first, n, &ps, &tr, trace_s, err))) break;
-        if (replay) {
+        ahead_job next = {.src = src, .cfg = cfg, .first = first + B, .n = first + 2 * B <= hi ? B : hi - first - B};
+        int started = 0;
+        if (ahead && first + B < hi && !(started = !pthread_create(&next.thread, NULL, trace_ahead, &next)))
+            st = ap_error_set(err, AP_ERR_RUNTIME, "starting the next batch's trace failed");
+        if (replay && !st) {
             study_acc_begin_batch(acc, first);
             if (cfg->mode != AP_STUDY_ISOLATED)
                 st = replay_cascade_batch(acc, src->engine, &tr, pool, &ps, err);
@@ -328,9 +365,22 @@ static ap_status run_batches(const ap_study_config *cfg, batch_source *src, cons
             if (!st) st = study_acc_end_batch(acc, n, err);
             for (int b = 0; b < n; b++) acc->tokens += tr.len[b];
         }
+        if (started) { /* the engine is this thread's again only after the join */
+            pthread_join(next.thread, NULL);
+            *trace_s += next.trace_s;
+            if (!st && next.st) st = next.st, *err = next.err;
+        }
         ap_trace_free(&tr);
         report(&ps, replay ? (cfg->mode == AP_STUDY_ISOLATED ? "replay" : "cascade") : "trace", 1.0);
+        if (started) {
+            tr = next.tr; /* (freed by the next turn, or after the loop) */
+        } else if (first + B < hi && !st) {
+            ps.batch_first = first + B;
+            ps.batch_n = first + 2 * B <= hi ? B : hi - first - B;
+            st = next_batch(src, cfg, first + B, ps.batch_n, &ps, &tr, trace_s, err);
+        }
     }
+    ap_trace_free(&tr);
     ap_pool_free(pool);
     return st;
 }

@@ -300,6 +300,28 @@ static const ap_backend_ops cuda_ops = {cuda_prefill,      cuda_stream_init,   c
                                         cuda_decode_step,  cuda_free,          cuda_prefill_batch,
                                         cuda_decode_device, cuda_device_alloc, cuda_device_free};
 
+/* The current device's context and cuBLAS's first product, on handles
+ * thrown away after (ap_engine_warm_up): what the first engine call would
+ * otherwise wait for. A failure is left for the engine to meet and report. */
+extern "C" void ap_cuda_warm_up(void)
+{
+    cudaStream_t stream = NULL;
+    cublasHandle_t blas = NULL;
+    float *buf = NULL;
+    const float one = 1.0f, zero = 0.0f;
+    const int n = 32;
+    if (cudaStreamCreate(&stream) == cudaSuccess && cublasCreate(&blas) == CUBLAS_STATUS_SUCCESS &&
+        cublasSetStream(blas, stream) == CUBLAS_STATUS_SUCCESS &&
+        cudaMalloc(&buf, 3 * n * n * sizeof(float)) == cudaSuccess &&
+        cudaMemsetAsync(buf, 0, 3 * n * n * sizeof(float), stream) == cudaSuccess)
+        cublasSgemm(blas, CUBLAS_OP_N, CUBLAS_OP_N, n, n, n, &one, buf, n, buf + n * n, n, &zero, buf + 2 * n * n, n);
+    if (stream) cudaStreamSynchronize(stream);
+    if (blas) cublasDestroy(blas);
+    if (buf) cudaFree(buf);
+    if (stream) cudaStreamDestroy(stream);
+    cudaGetLastError();
+}
+
 extern "C" void ap_cuda_versions(int *runtime, int *driver)
 {
     if (cudaRuntimeGetVersion(runtime) != cudaSuccess) *runtime = 0;
