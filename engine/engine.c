@@ -96,6 +96,8 @@ void ap_engine_device_free(ap_engine *e, void *p)
 {
     if (p && e->ops->device_free) e->ops->device_free(e, p);
 }
+
+void ap_engine_device_shared(ap_engine *e, int shared) { e->device_shared = shared; }
 const ap_config *ap_engine_config(const ap_engine *e) { return &e->model->config; }
 
 int ap_capture_index(const ap_capture *cap, int layer)

@@ -1,7 +1,8 @@
 /* engine_device.h — the engine's calls on device memory (CUDA engines), for
  * the code that keeps its state on the GPU: trace buffers that stay there
  * (tracer/trace.c) and the decode step over retained lists that the device
- * policies own (tracer/cascade_gpu.c, sketch/policy_gpu.h). Everyone else
+ * policies own (tracer/cascade_gpu.c, sketch/policy_gpu.h); a study that
+ * traces on a thread beside its replay (study/study.c). Everyone else
  * uses engine.h alone, whose buffers are host memory. */
 #ifndef AP_ENGINE_DEVICE_H
 #define AP_ENGINE_DEVICE_H
@@ -13,6 +14,13 @@
  * device to device). AP_ERR_USAGE on a CPU engine. */
 ap_status ap_engine_device_alloc(ap_engine *engine, size_t bytes, void **out, ap_error *err);
 void ap_engine_device_free(ap_engine *engine, void *p);
+
+/* While `shared` is set, another thread issues work on the same device (the
+ * replay of a study's previous batch, study/study.c). The engine then
+ * records no new graph of launches — a recording would make that thread's
+ * calls on the default stream fail — and runs them directly; a graph
+ * recorded before is still replayed. Nothing changes on a CPU engine. */
+void ap_engine_device_shared(ap_engine *engine, int shared);
 
 /* Work a caller adds at the end of a device decode step, after every
  * layer: enqueue(ctx, stream, t_of) enqueues it on `stream` (a cudaStream_t)

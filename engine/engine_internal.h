@@ -31,6 +31,7 @@ struct ap_engine {
     const ap_backend_ops *ops;
     void *impl;
     char device_name[128];
+    int device_shared; /* ap_engine_device_shared */
 };
 
 struct ap_stream {

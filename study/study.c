@@ -7,6 +7,7 @@
 
 #include "../common/phase.h"
 #include "../common/pool.h"
+#include "../engine/engine_device.h"
 #include "study_internal.h"
 
 #define BATCH_BYTES ((size_t)256 << 20)
@@ -349,8 +350,13 @@ static ap_status run_batches(const ap_study_config *cfg, batch_source *src, cons
         ps.batch_n = n;
         ahead_job next = {.src = src, .cfg = cfg, .first = first + B, .n = first + 2 * B <= hi ? B : hi - first - B};
         int started = 0;
-        if (ahead && first + B < hi && !(started = !pthread_create(&next.thread, NULL, trace_ahead, &next)))
-            st = ap_error_set(err, AP_ERR_RUNTIME, "starting the next batch's trace failed");
+        if (ahead && first + B < hi) {
+            ap_engine_device_shared(src->engine, 1);
+            if (!(started = !pthread_create(&next.thread, NULL, trace_ahead, &next))) {
+                ap_engine_device_shared(src->engine, 0);
+                st = ap_error_set(err, AP_ERR_RUNTIME, "starting the next batch's trace failed");
+            }
+        }
         if (replay && !st) {
             study_acc_begin_batch(acc, first);
             if (cfg->mode != AP_STUDY_ISOLATED)
@@ -367,6 +373,7 @@ static ap_status run_batches(const ap_study_config *cfg, batch_source *src, cons
         }
         if (started) { /* the engine is this thread's again only after the join */
             pthread_join(next.thread, NULL);
+            ap_engine_device_shared(src->engine, 0);
             *trace_s += next.trace_s;
             if (!st && next.st) st = next.st, *err = next.err;
         }

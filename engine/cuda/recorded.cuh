@@ -109,7 +109,8 @@ static int key_captures(long long *key, int n, const ap_capture *cap)
 typedef ap_status (*enqueue_fn)(ap_engine *e, const void *arg, ap_error *err);
 
 /* Runs enqueue's launches on the engine's stream: replays the recorded graph
- * when key matches, else records them (n_key < 0: runs them directly). */
+ * when key matches, else records them (n_key < 0, or a device shared with
+ * another thread (ap_engine_device_shared): runs them directly). */
 static ap_status run_recorded(ap_engine *e, graph_cache *g, const long long *key, int n_key, enqueue_fn enqueue,
                               const void *arg, ap_error *err)
 {
@@ -118,6 +119,7 @@ static ap_status run_recorded(ap_engine *e, graph_cache *g, const long long *key
         CUDA_TRY(cudaGraphLaunch(g->exec, ce->stream), "replaying the recorded launches");
         return AP_OK;
     }
+    if (e->device_shared) return enqueue(e, arg, err); /* (the recorded graph stays) */
     graph_cache_clear(g);
     if (n_key < 0) return enqueue(e, arg, err);
     CUDA_TRY(cudaStreamBeginCapture(ce->stream, cudaStreamCaptureModeThreadLocal), "recording the launches");
