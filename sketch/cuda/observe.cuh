@@ -49,48 +49,68 @@ typedef struct ap_step_view {
 
 __device__ static inline float as_float(uint32_t u) { return __uint_as_float(u); }
 
+/* The largest of the warp's values. */
+__device__ static inline int warp_max(int x)
+{
+#if __CUDA_ARCH__ >= 800
+    return (int)__reduce_max_sync(0xffffffffu, (unsigned)x);
+#else
+    for (int o = 16; o > 0; o >>= 1) x = max(x, __shfl_xor_sync(0xffffffffu, x, o));
+    return x;
+#endif
+}
+
+/* One sketch row's counters `line` += ±w of the warp's positions, one a
+ * lane (`on`), in lane order: the lanes that share a counter
+ * (__match_any_sync) pass its running sum from one to the next, the first
+ * having read it and the last storing it — the same sums, in the same order,
+ * as one position after the other. */
+__device__ static inline void add_row(float *line, uint32_t b, float w, bool on, int lane)
+{
+    const uint32_t counter = on ? b & ~CS_NEG : 0xffffffffu; /* (no bucket reaches ~0: width < 2^31) */
+    const unsigned group = __match_any_sync(0xffffffffu, counter), below = (1u << lane) - 1u;
+    const unsigned earlier = group & below, later = group & ~below & ~(1u << lane);
+    const int rank = __popc(earlier), prev = earlier ? 31 - __clz(earlier) : lane;
+    const float signed_w = b & CS_NEG ? -w : w;
+    float sum = on && !earlier ? line[counter] + signed_w : 0.0f;
+    const int rounds = warp_max(on ? rank : 0);
+    for (int k = 1; k <= rounds; k++) {
+        const float from = __shfl_sync(0xffffffffu, sum, prev);
+        if (on && rank == k) sum = from + signed_w;
+    }
+    if (on && !later) line[counter] = sum;
+}
+
 /* counts[r][bucket] += ±row[i] for i = 0..n in order, the buckets of i at
  * slots + i * n_rows — or, with an index, at slots + pos * n_rows for i's
  * position pos (index[i], t for i = n) (Count Sketch's sign in bit 31;
- * RACE's buckets never reach it); lane r owns row r. The sketch may sit in global memory, so the
- * positions go ADD_GROUP at a time: their buckets and weights, then their
- * counters, are loaded together, and a counter that an earlier position of
- * the group updates is taken from that update (the same sums, in the same
- * order, as one position after the other). */
-enum { ADD_GROUP = 16 };
+ * RACE's buckets never reach it). A lane a position, 32 positions at a
+ * time, a row after the other (add_row keeps each counter's order); a
+ * lane's buckets four rows at a time, as one 16-byte load where aligned. */
 __device__ static void add_in_order(float *counts, int row_len, const uint32_t *slots, int n_rows, const float *row,
                                     int n, int lane, const int *index = NULL, int t = 0)
 {
-    for (int r0 = 0; r0 < n_rows; r0 += 32) {
-        const int r = r0 + lane;
-        if (r >= n_rows) break;
-        float *line = counts + (size_t)r * row_len;
-        for (int i0 = 0; i0 <= n; i0 += ADD_GROUP) {
-            uint32_t b[ADD_GROUP] = {0};
-            float w[ADD_GROUP] = {0}, c[ADD_GROUP] = {0};
+    const bool by4 = n_rows % 4 == 0 && ((uintptr_t)slots & 15) == 0;
+    for (int i0 = 0; i0 <= n; i0 += 32) {
+        const int i = i0 + lane;
+        const bool on = i <= n;
+        const float w = on ? row[i] : 0.0f;
+        const uint32_t *mine = slots + (size_t)(on ? (index ? (i < n ? index[i] : t) : i) : 0) * n_rows;
+        for (int r0 = 0; r0 < n_rows; r0 += 4) {
+            uint32_t b[4] = {0, 0, 0, 0};
+            if (on && by4) {
+                const uint4 b4 = *(const uint4 *)(mine + r0);
+                b[0] = b4.x, b[1] = b4.y, b[2] = b4.z, b[3] = b4.w;
+            } else if (on) {
 #pragma unroll
-            for (int j = 0; j < ADD_GROUP; j++)
-                if (i0 + j <= n) {
-                    const int at = index ? (i0 + j < n ? index[i0 + j] : t) : i0 + j;
-                    b[j] = slots[(size_t)at * n_rows + r];
-                    w[j] = row[i0 + j];
-                    if (b[j] & CS_NEG) w[j] = -w[j];
-                    b[j] &= ~CS_NEG;
-                }
-#pragma unroll
-            for (int j = 0; j < ADD_GROUP; j++)
-                if (i0 + j <= n) c[j] = line[b[j]];
-#pragma unroll
-            for (int j = 0; j < ADD_GROUP; j++) {
-#pragma unroll
-                for (int x = 0; x < j; x++)
-                    if (b[x] == b[j]) c[j] = c[x]; /* the latest earlier update of this counter */
-                c[j] += w[j];
+                for (int j = 0; j < 4; j++)
+                    if (r0 + j < n_rows) b[j] = mine[r0 + j];
             }
 #pragma unroll
-            for (int j = 0; j < ADD_GROUP; j++)
-                if (i0 + j <= n) line[b[j]] = c[j];
+            for (int j = 0; j < 4; j++)
+                if (r0 + j < n_rows) add_row(counts + (size_t)(r0 + j) * row_len, b[j], w, on, lane);
         }
+        __syncwarp(); /* the next positions read what these stored */
     }
 }
 

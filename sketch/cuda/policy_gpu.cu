@@ -74,8 +74,8 @@ static long long next_key(void) { return __sync_add_and_fetch(&last_key, 1); }
  * A head's sketch is staged when it fits and the step touches much of it
  * with dependent updates (Count-Min's conservative update reads the row
  * minimum before each write). The RACE sketches stay in place: 32 KB a set
- * would hold seven blocks an SM, and their sums go through add_in_order's
- * grouped loads; race_kde's step adds to one bucket a row. */
+ * would hold seven blocks an SM, and their sums go through add_in_order (a
+ * lane a position); race_kde's step adds to one bucket a row. */
 static int staged_words(const gpu_policy *P)
 {
     if (P->layer_sets || P->kind == K_RACE || P->kind == K_RACE_KDE || P->state_words > STAGE_WORDS_MAX) return 0;
