@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # On the GPU machine, after scripts/gpu-check.sh has built build-gpu: the
 # parts of a 32-sample study that bench/profile-study.sh does not split.
+# (0) each first CUDA and cuBLAS call (bench/first-call.cu, four ways);
 # (1) device memory before any kernel (bench/device-alloc.cu); (2) the
 # phases in fp32 and bf16; (3) every kernel of a 4-sample study with its
 # summed GPU time (Nsight Compute, one metric); (4) where RACE's replay
@@ -10,6 +11,8 @@ set -uo pipefail
 build=$1 text=$2 out=${3:-${OUT:-.}}
 here=$(dirname "$0")
 ncu=${NCU:-/usr/local/cuda/bin/ncu}
+nvcc -O2 -o "$out/first-call" "$here/first-call.cu" -lcublas -lcublasLt -lpthread &&
+  for mode in plain thread warm bigmem; do echo "first calls, $mode:"; "$out/first-call" $mode; done
 nvcc -O2 -o "$out/device-alloc" "$here/device-alloc.cu" && "$out/device-alloc" 32 755
 common=(--model random:gpt2-small --tokenizer "$here/../tests/fixtures/gpt2-tokenizer" --input "$text"
         --max-length 1024 --layers all --device cuda --quiet)
