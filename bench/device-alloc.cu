@@ -9,23 +9,8 @@
 #include <cuda_runtime.h>
 #include <stdio.h>
 #include <stdlib.h>
-#include <time.h>
 
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
-#define CHECK(call)                                                                                  \
-    do {                                                                                             \
-        cudaError_t e_ = (call);                                                                     \
-        if (e_ != cudaSuccess) {                                                                     \
-            fprintf(stderr, "%s: %s\n", #call, cudaGetErrorString(e_));                              \
-            return 1;                                                                                \
-        }                                                                                            \
-    } while (0)
+#include "bench_check.h"
 
 int main(int argc, char **argv)
 {

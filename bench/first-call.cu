@@ -9,30 +9,15 @@
  *   usage: first-call [thread|warm|bigmem]   (thread: the context made on a
  *   thread first; warm: a thread runs a product on handles of its own first;
  *   bigmem: 1 GB of host memory touched first) */
-#include <cublasLt.h>
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
-#define CHECK(call)                                                                                  \
-    do {                                                                                             \
-        int e_ = (int)(call);                                                                        \
-        if (e_ != 0) {                                                                               \
-            fprintf(stderr, "%s: error %d\n", #call, e_);                                            \
-            return 1;                                                                                \
-        }                                                                                            \
-    } while (0)
+#include "bench_check.h"
+#include "lt_layer.h"
 
 static double t_mark;
 static void mark(const char *what)
@@ -76,34 +61,21 @@ static void *warm_thread(void *arg)
     return NULL;
 }
 
-/* out^T[OC, N] = W^T in^T + bias, GELU, pedantic fp32: the engine's lt_linear */
-static int lt_gelu(cublasLtHandle_t lt, float *out, const float *in, const float *W, const float *bias, int N,
-                   int IC, int OC, void *ws, size_t ws_size, cudaStream_t s)
+/* the engine's MLP-up layer (bias + GELU epilogue, pedantic fp32) through cublasLt */
+static int lt_gelu(cublasLtHandle_t lt, float *out, const float *in, const float *W, float *bias, int N, int IC,
+                   int OC, void *ws, size_t ws_size, cudaStream_t s)
 {
-    cublasLtMatmulDesc_t op;
-    cublasLtMatrixLayout_t a, b, d;
-    cublasLtMatmulPreference_t pref;
+    lt_layer L;
     cublasLtMatmulHeuristicResult_t algo;
     int n_algo = 0;
-    const cublasLtEpilogue_t ep = CUBLASLT_EPILOGUE_GELU_BIAS;
-    const int32_t bias_type = CUDA_R_32F;
     const float one = 1, zero = 0;
-    CHECK(cublasLtMatmulDescCreate(&op, CUBLAS_COMPUTE_32F_PEDANTIC, CUDA_R_32F));
-    CHECK(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_EPILOGUE, &ep, sizeof ep));
-    CHECK(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof bias));
-    CHECK(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &bias_type, sizeof bias_type));
-    CHECK(cublasLtMatrixLayoutCreate(&a, CUDA_R_32F, OC, IC, OC));
-    CHECK(cublasLtMatrixLayoutCreate(&b, CUDA_R_32F, IC, N, IC));
-    CHECK(cublasLtMatrixLayoutCreate(&d, CUDA_R_32F, OC, N, OC));
-    CHECK(cublasLtMatmulPreferenceCreate(&pref));
-    CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws_size,
-                                               sizeof ws_size));
-    CHECK(cublasLtMatmulAlgoGetHeuristic(lt, op, a, b, d, d, pref, 1, &algo, &n_algo));
+    void *bias_ptr = bias;
+    CHECK(lt_layer_make(&L, CUBLAS_COMPUTE_32F_PEDANTIC, CUDA_R_32F, CUBLASLT_EPILOGUE_GELU_BIAS, &bias_ptr, N, IC,
+                        OC, ws_size));
+    CHECK(cublasLtMatmulAlgoGetHeuristic(lt, L.op, L.a, L.b, L.d, L.d, L.pref, 1, &algo, &n_algo));
     if (n_algo < 1) return 1;
-    CHECK(cublasLtMatmul(lt, op, &one, W, a, in, b, &zero, out, d, out, d, &algo.algo, ws, ws_size, s));
-    cublasLtMatmulPreferenceDestroy(pref);
-    cublasLtMatrixLayoutDestroy(d), cublasLtMatrixLayoutDestroy(b), cublasLtMatrixLayoutDestroy(a);
-    cublasLtMatmulDescDestroy(op);
+    CHECK(cublasLtMatmul(lt, L.op, &one, W, L.a, in, L.b, &zero, out, L.d, out, L.d, &algo.algo, ws, ws_size, s));
+    lt_layer_free(&L);
     return 0;
 }
 

@@ -10,6 +10,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "lt_layer.h"
+
 #define CHECK(x)                                                                                           \
     do {                                                                                                   \
         long long rc_ = (long long)(x);                                                                    \
@@ -36,26 +38,14 @@ static void time_candidates(cublasLtHandle_t lt, int bf16, cublasLtEpilogue_t ep
     CHECK(cudaMemset(in, 0, (size_t)N * IC * in_size));
     CHECK(cudaMemset(W, 0, (size_t)IC * OC * in_size));
     CHECK(cudaMemset(bias, 0, (size_t)OC * 4));
-    const int32_t bias_type = CUDA_R_32F;
     const float one = 1.0f, zero = 0.0f;
-    cublasLtMatmulDesc_t op;
-    cublasLtMatrixLayout_t a, b, d;
-    cublasLtMatmulPreference_t pref;
-    CHECK(cublasLtMatmulDescCreate(&op, compute, CUDA_R_32F));
-    CHECK(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_EPILOGUE, &ep, sizeof ep));
-    if (ep != CUBLASLT_EPILOGUE_DEFAULT) {
-        CHECK(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof bias));
-        CHECK(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &bias_type, sizeof bias_type));
-    }
-    CHECK(cublasLtMatrixLayoutCreate(&a, in_type, OC, IC, OC));
-    CHECK(cublasLtMatrixLayoutCreate(&b, in_type, IC, N, IC));
-    CHECK(cublasLtMatrixLayoutCreate(&d, CUDA_R_32F, OC, N, OC));
-    CHECK(cublasLtMatmulPreferenceCreate(&pref));
-    CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws_size,
-                                               sizeof ws_size));
+    lt_layer L;
+    CHECK(lt_layer_make(&L, compute, in_type, ep, &bias, N, IC, OC, ws_size));
+    cublasLtMatmulDesc_t op = L.op;
+    cublasLtMatrixLayout_t a = L.a, b = L.b, d = L.d;
     cublasLtMatmulHeuristicResult_t algo[MAX_ALGOS];
     int n_algo = 0;
-    CHECK(cublasLtMatmulAlgoGetHeuristic(lt, op, a, b, d, d, pref, MAX_ALGOS, algo, &n_algo));
+    CHECK(cublasLtMatmulAlgoGetHeuristic(lt, op, a, b, d, d, L.pref, MAX_ALGOS, algo, &n_algo));
     cudaEvent_t t0, t1;
     CHECK(cudaEventCreate(&t0));
     CHECK(cudaEventCreate(&t1));
@@ -85,9 +75,7 @@ static void time_candidates(cublasLtHandle_t lt, int bf16, cublasLtEpilogue_t ep
                     stages, ms * 1e3 / REPEAT, 2.0 * N * IC * OC / (ms * 1e-3 / REPEAT) / 1e12);
     }
     cudaEventDestroy(t0), cudaEventDestroy(t1);
-    cublasLtMatmulPreferenceDestroy(pref);
-    cublasLtMatrixLayoutDestroy(d), cublasLtMatrixLayoutDestroy(b), cublasLtMatrixLayoutDestroy(a);
-    cublasLtMatmulDescDestroy(op);
+    lt_layer_free(&L);
     cudaFree(in), cudaFree(W), cudaFree(out), cudaFree(bias);
 }
 
