@@ -79,6 +79,21 @@ __device__ static double ap_row_neg_entropy_warp(const float *p, int n)
     return ap_warp_sum(h);
 }
 
+/* KL(p‖q) summed term by term, as the host sums it, over the row's n
+ * positions: q_j = q[j], or with by_slot the j-th retained entry's value
+ * (the index KL; 0 beyond the n_set entries). */
+__device__ static double ap_kl_direct_warp(const float *p, const float *q, const ap_row_set *set, int by_slot, int n,
+                                           int n_set, double zp, double zq, int lane)
+{
+    double kl = 0;
+    for (int j = lane; j < n; j += 32) {
+        const int slot = !by_slot ? j : j < n_set ? ap_row_set_at(set, j) : -1;
+        const double as = (p[j] + AP_KL_EPS) / zp, bs = ((slot >= 0 ? (double)q[slot] : 0.0) + AP_KL_EPS) / zq;
+        kl += as * log(as / bs);
+    }
+    return ap_warp_sum(kl);
+}
+
 /* Metrics of reference row p[0..t] against the policy row that is p
  * restricted to the set and renormalised (the isolated replay's row).
  * top: p's min(32, t + 1) largest positions, best first, ties to the earlier
@@ -185,23 +200,8 @@ __device__ static void ap_metrics_row_warp(const float *p, const ap_row_set *set
      * of the order of log n): where the smoothed mass at q = 0 (or c = 0) is
      * below AP_KL_DIRECT_BELOW the divergence is that small too, and it is
      * summed term by term as on the host (warp-uniform branches) */
-    if (!nothing_evicted && q_zero < AP_KL_DIRECT_BELOW) {
-        kl = 0;
-        for (int j = lane; j < n; j += 32) {
-            const double as = (p[j] + AP_KL_EPS) / zp, bs = (q[j] + AP_KL_EPS) / zq;
-            kl += as * log(as / bs);
-        }
-        kl = ap_warp_sum(kl);
-    }
-    if (!nothing_evicted && c_zero < AP_KL_DIRECT_BELOW) {
-        ikl = 0;
-        for (int j = lane; j < n; j += 32) {
-            const int slot = j < n_set ? ap_row_set_at(set, j) : -1;
-            const double as = (p[j] + AP_KL_EPS) / zp, cs = ((slot >= 0 ? (double)q[slot] : 0.0) + AP_KL_EPS) / zq;
-            ikl += as * log(as / cs);
-        }
-        ikl = ap_warp_sum(ikl);
-    }
+    if (!nothing_evicted && q_zero < AP_KL_DIRECT_BELOW) kl = ap_kl_direct_warp(p, q, set, 0, n, n_set, zp, zq, lane);
+    if (!nothing_evicted && c_zero < AP_KL_DIRECT_BELOW) ikl = ap_kl_direct_warp(p, q, set, 1, n, n_set, zp, zq, lane);
     ap_warp_argmax(&best_p, &arg_p);
     ap_warp_argmax(&best_q, &arg_q);
     /* recall of p's top positions (given, best first) among the kept ones */

@@ -313,6 +313,9 @@ static void *trace_ahead(void *arg)
     return NULL;
 }
 
+/* The size of the batch that starts at `first`: B, or what is left before hi. */
+static int batch_at(int first, int B, int hi) { return first + B <= hi ? B : hi - first; }
+
 /* Runs the batches; `info` gives the shapes (a trace without tensors). */
 static ap_status run_batches(const ap_study_config *cfg, batch_source *src, const ap_trace *info,
                              const int *li, int replay, ap_study_progress_fn progress, void *ctx,
@@ -341,14 +344,14 @@ static ap_status run_batches(const ap_study_config *cfg, batch_source *src, cons
     ap_trace tr = {0};
     if (lo < hi) {
         ps.batch_first = lo;
-        ps.batch_n = B < hi - lo ? B : hi - lo;
+        ps.batch_n = batch_at(lo, B, hi);
         st = next_batch(src, cfg, lo, ps.batch_n, &ps, &tr, trace_s, err);
     }
     for (int first = lo; first < hi && !st; first += B) {
-        const int n = first + B <= hi ? B : hi - first;
+        const int n = batch_at(first, B, hi);
         ps.batch_first = first;
         ps.batch_n = n;
-        ahead_job next = {.src = src, .cfg = cfg, .first = first + B, .n = first + 2 * B <= hi ? B : hi - first - B};
+        ahead_job next = {.src = src, .cfg = cfg, .first = first + B, .n = batch_at(first + B, B, hi)};
         int started = 0;
         if (ahead && first + B < hi) {
             ap_engine_device_shared(src->engine, 1);
@@ -383,7 +386,7 @@ static ap_status run_batches(const ap_study_config *cfg, batch_source *src, cons
             tr = next.tr; /* (freed by the next turn, or after the loop) */
         } else if (first + B < hi && !st) {
             ps.batch_first = first + B;
-            ps.batch_n = first + 2 * B <= hi ? B : hi - first - B;
+            ps.batch_n = batch_at(first + B, B, hi);
             st = next_batch(src, cfg, first + B, ps.batch_n, &ps, &tr, trace_s, err);
         }
     }
